@@ -1,0 +1,102 @@
+"""``faceserve convert`` and ``faceserve embed``: the face pipeline from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert the dlib models to PyTorch safetensors (done automatically on first use)",
+        description=(
+            "Read the three CC0 dlib model files installed by face_recognition_models, convert "
+            "them to PyTorch weights and cache them as safetensors files named by the source "
+            "file's SHA-256 (a changed source converts again). Run it at image build time so "
+            "a container starts without converting."
+        ),
+    )
+    p.add_argument("--cache-dir", type=Path, help="where converted weights go "
+                   "(default: $FACESERVE_CACHE_DIR or ~/.cache/faceserve)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "embed",
+        help="print the faces and 128-d embeddings of images as JSON",
+        description=(
+            "Run the full pipeline (decode, detect, 5-point landmarks, align, embed) on each "
+            "image and print one JSON object per image: boxes (left, top, right, bottom; "
+            "inclusive), detection confidence, landmarks and the L2-normalised embedding."
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored face")
+    p.add_argument("--upsample", type=int, default=0, help="upsample photos N times (small faces)")
+    p.add_argument("--max-side", type=int, default=2048, help="shrink larger photos first")
+    p.add_argument("--no-embedding", action="store_true", help="detect and landmark only")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=_embed)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from models.detector import convert_dlib as convert_detector
+    from models.embedder import convert_dlib as convert_embedder
+    from models.landmarks import convert_dlib as convert_landmarks
+    from models.weights import default_cache_dir, dlib_model_path, load_converted
+
+    cache = args.cache_dir or default_cache_dir()
+    for name, fn in (
+        ("embedder", convert_embedder),
+        ("detector", convert_detector),
+        ("landmarks", convert_landmarks),
+    ):
+        start = time.perf_counter()
+        source = dlib_model_path(name)
+        tensors = load_converted(name, source, fn, cache)
+        n = sum(t.numel() for t in tensors.values())
+        print(f"{name:9s} {source.name:45s} {n:>10,d} values  {time.perf_counter() - start:5.1f}s")
+    print(f"cache: {cache}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from models.imageio import ImageError, decode_image
+    from models.pipeline import FacePipeline
+
+    pipeline = FacePipeline(
+        device=args.device,
+        cache_dir=args.cache_dir,
+        flip=args.flip,
+        upsample=args.upsample,
+        max_side=args.max_side,
+    )
+    status = 0
+    for path in args.images:
+        record: dict = {"image": str(path), "model": pipeline.model_version}
+        try:
+            image = decode_image(path.read_bytes())
+        except (OSError, ImageError) as exc:
+            record["error"] = str(exc)
+            print(json.dumps(record))
+            status = 1
+            continue
+        faces = pipeline.detect(image) if args.no_embedding else pipeline.embed_image(image)
+        record["faces"] = [
+            {
+                "box": list(f.box.as_tuple()),
+                "confidence": round(f.confidence, 6),
+                "landmarks": [[float(x), float(y)] for x, y in f.landmarks],
+                **({} if f.embedding is None else {"embedding": [float(v) for v in f.embedding]}),
+            }
+            for f in faces
+        ]
+        print(json.dumps(record))
+    sys.stdout.flush()
+    return status
