@@ -26,6 +26,7 @@ __all__ = [
     "DnnNetwork",
     "Reader",
     "ShapePredictorData",
+    "check_finite",
     "read_dnn",
     "read_shape_predictor",
 ]
@@ -36,14 +37,22 @@ _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002
 class DlibFormatError(ValueError):
     """A ``.dat`` file is truncated, corrupt, or not the kind of model we expected."""
 
-    def __init__(self, source: str, offset: int, expected: str, detail: str = "") -> None:
-        msg = f"{source}: at byte {offset}: expected {expected}"
+    def __init__(self, source: str, offset: int | None, expected: str, detail: str = "") -> None:
+        # offset None: a check on the parsed model (e.g. a layer list), not on one byte range.
+        where = f"{source}: at byte {offset}" if offset is not None else source
+        msg = f"{where}: expected {expected}"
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
         self.source = source
         self.offset = offset
         self.expected = expected
+        self.detail = detail
+
+    def for_model(self, model: str) -> DlibFormatError:
+        """The same error, saying which model file the caller wanted: a user who passed the
+        wrong file learns that, not only which low-level field failed to parse."""
+        return DlibFormatError(self.source, self.offset, f"{model}: {self.expected}", self.detail)
 
 
 class Reader:
@@ -58,7 +67,10 @@ class Reader:
     def _take(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
             raise DlibFormatError(
-                self.source, self.pos, what, f"needs {n} bytes, {self.remaining} left"
+                self.source,
+                self.pos,
+                what,
+                f"the file ends early: needs {n} bytes, {self.remaining} left",
             )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
@@ -103,7 +115,12 @@ class Reader:
             return -math.inf
         if exponent == _FLOAT_NAN:
             return math.nan
-        return math.ldexp(mantissa, exponent)
+        try:
+            return math.ldexp(mantissa, exponent)
+        except OverflowError:  # dlib never writes these: the bytes are not a float
+            raise DlibFormatError(
+                self.source, start, what, f"{mantissa} * 2**{exponent} overflows a double"
+            ) from None
 
     def bool(self, what: str = "bool") -> bool:
         start = self.pos
@@ -147,14 +164,30 @@ class Reader:
         return (n, k, nr, nc)
 
     def float_matrix(self, what: str = "matrix") -> np.ndarray:
-        nr, nc = -self.int(what + " rows"), -self.int(what + " cols")
-        if nr < 0 or nc < 0:
-            raise DlibFormatError(self.source, self.pos, what, "negative dimensions")
+        # dlib writes -rows and -cols; a positive count means this is not a matrix header.
+        dims = []
+        for name in ("rows", "cols"):
+            start = self.pos
+            stored = self.int(f"{what} {name}")
+            if stored > 0:
+                raise DlibFormatError(
+                    self.source, start, f"{what} {name} (stored negated)", f"found {stored}"
+                )
+            dims.append(-stored)
+        nr, nc = dims
         values = [self.float(what + " element") for _ in range(nr * nc)]
         return np.asarray(values, dtype=np.float32).reshape(nr, nc)
 
     def floats(self, count: int, what: str = "floats") -> list[float]:
         return [self.float(what) for _ in range(count)]
+
+
+def _open(path: Path, what: str) -> Reader:
+    """A reader over the whole file; an empty file is reported as such, not as a short read."""
+    data = path.read_bytes()
+    if not data:
+        raise DlibFormatError(str(path), 0, what, "the file is empty")
+    return Reader(data, str(path))
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,7 +265,8 @@ def _read_layer(r: Reader) -> DnnLayer:
         f["eps"] = r.float("bn eps")
         return DnnLayer("bn_con" if version == "bn_con2" else "bn_fc", version, params, f)
     if version in ("relu_", "relu_2"):
-        return DnnLayer("relu", version, None, {"disabled": r.bool() if version == "relu_2" else False})
+        disabled = r.bool() if version == "relu_2" else False
+        return DnnLayer("relu", version, None, {"disabled": disabled})
     if version in ("max_pool_2", "avg_pool_2"):
         keys = ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")
         f = {k: r.int() for k in keys}
@@ -257,7 +291,9 @@ def _read_input(r: Reader) -> DnnLayer:
 
 def _read_loss(r: Reader) -> DnnLayer:
     version = r.tag("loss_metric_2", "loss_metric_", "loss_mmod_")
-    if version.startswith("loss_metric"):
+    if version == "loss_metric_":  # the oldest version stored nothing: dlib's defaults
+        return DnnLayer("loss_metric", version, None, {"margin": 0.1, "distance_threshold": 0.75})
+    if version == "loss_metric_2":
         f = {"margin": r.float("metric margin"), "distance_threshold": r.float("threshold")}
         return DnnLayer("loss_metric", version, None, f)
     start = r.pos
@@ -283,7 +319,7 @@ def _read_loss(r: Reader) -> DnnLayer:
 def read_dnn(path: str | Path) -> DnnNetwork:
     """Parse a dlib ``dnn`` network file (e.g. the ResNet embedder or MMOD detector)."""
     path = Path(path)
-    r = Reader(path.read_bytes(), str(path))
+    r = _open(path, "a dlib dnn network")
     start = r.pos
     if r.int("loss layer version") != 1:
         raise DlibFormatError(r.source, start, "add_loss_layer version 1")
@@ -335,10 +371,21 @@ class ShapePredictorData:
     deltas: np.ndarray  # (L, F, 2) float32 offsets in normalised shape space
 
 
+_SHAPE_PREDICTOR = "a dlib shape_predictor"
+
+
 def read_shape_predictor(path: str | Path) -> ShapePredictorData:
     """Parse a dlib ``shape_predictor`` file into arrays (pure Python; a few seconds)."""
     path = Path(path)
-    r = Reader(path.read_bytes(), str(path))
+    try:
+        return _read_shape_predictor(_open(path, _SHAPE_PREDICTOR))
+    except DlibFormatError as exc:
+        if exc.expected.startswith(_SHAPE_PREDICTOR):
+            raise
+        raise exc.for_model(_SHAPE_PREDICTOR) from exc
+
+
+def _read_shape_predictor(r: Reader) -> ShapePredictorData:
     at = r.pos
     if (v := r.int("shape predictor version")) != 1:
         raise DlibFormatError(r.source, at, "shape_predictor version 1", f"found {v}")
@@ -382,7 +429,9 @@ def read_shape_predictor(path: str | Path) -> ShapePredictorData:
 
     if r.uint("anchor list count") != n_levels:
         raise DlibFormatError(r.source, r.pos, f"{n_levels} anchor lists")
-    anchors = [[r.uint("anchor index") for _ in range(r.uint("anchor count"))] for _ in range(n_levels)]
+    anchors = [
+        [r.uint("anchor index") for _ in range(r.uint("anchor count"))] for _ in range(n_levels)
+    ]
     if r.uint("delta list count") != n_levels:
         raise DlibFormatError(r.source, r.pos, f"{n_levels} delta lists")
     deltas = [
@@ -402,6 +451,17 @@ def read_shape_predictor(path: str | Path) -> ShapePredictorData:
         )
     except ValueError as exc:  # ragged forests: not a model we can run densely
         raise DlibFormatError(r.source, r.pos, "trees of equal depth", str(exc)) from exc
+
+
+def check_finite(arrays: dict[str, np.ndarray], source: str, model: str) -> None:
+    """Raise unless every float array is finite: a corrupt weight parses as NaN or inf and
+    would otherwise turn every output into NaN (no faces, NaN embeddings) without an error."""
+    for name, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.isfinite(value).sum())
+            raise DlibFormatError(
+                source, None, f"{model}: finite weights", f"{name} has {bad} NaN/inf values"
+            )
 
 
 def float32_bits(value: float) -> bytes:

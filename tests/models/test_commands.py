@@ -1,0 +1,48 @@
+"""``faceserve convert`` and ``faceserve embed`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service.cli import build_parser, main
+
+
+def test_help_lists_commands(capsys):
+    parser = build_parser()
+    text = parser.format_help()
+    for name in ("convert", "embed"):
+        assert name in text
+
+
+def test_convert_writes_cache(tmp_path, capsys):
+    assert main(["convert", "--cache-dir", str(tmp_path)]) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert [f.split("-")[0] for f in files] == ["detector", "embedder", "landmarks"]
+    assert "cache:" in capsys.readouterr().out
+    # A second run finds the cache and writes nothing new.
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert main(["convert", "--cache-dir", str(tmp_path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_embed_prints_faces_as_json(astronaut, tmp_path: Path, capsys):
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(astronaut).save(photo, quality=95)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    status = main(["embed", "--device", "cpu", str(photo), str(bad)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert status == 1  # one input failed, and the exit code says so
+    ok, err = lines
+    assert ok["model"] == "dlib-resnet-v1"
+    assert len(ok["faces"]) == 1
+    face = ok["faces"][0]
+    left, top, right, bottom = face["box"]
+    assert 150 < left < 190 and 50 < top < 90 and right > left and bottom > top
+    assert len(face["landmarks"]) == 5
+    assert abs(np.linalg.norm(face["embedding"]) - 1) < 1e-5
+    assert "error" in err and err["image"].endswith("notes.txt")
