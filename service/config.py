@@ -1,0 +1,256 @@
+"""Service settings: one ``Settings`` class read from ``FACESERVE_*`` variables and ``.env``.
+
+Every field carries a ``description``: the README's settings table is generated from this
+class (``faceserve serve --print-settings-table``), so the documentation cannot drift from
+the code. The match threshold is either a cosine similarity or an operating point named by
+its false-accept rate (``far=1e-3``), looked up in the profile that ``faceserve eval lfw``
+writes; ``resolve_operating_point`` turns either form into the number the service uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.schemas import OperatingPoint
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "ProfileError",
+    "Settings",
+    "resolve_operating_point",
+    "settings_table",
+]
+
+# Cosine similarity between L2-normalised dlib-resnet-v1 embeddings, chosen from data: on the
+# full LFW View-2 protocol (3000 genuine + 3000 impostor pairs, our pipeline, no flip) 0.915
+# accepts 0.17% of impostor pairs and 97.3% of genuine ones (the accuracy-best 0.911 accepts
+# 0.6% of impostors). Identification compares a stranger with every subject, so its false
+# matches grow with the gallery: the default leans to the strict side. Unrelated people
+# score 0.75-0.88 on this model, the same person 0.92-0.98. `faceserve eval lfw` writes
+# calibrated operating points (`threshold=far=1e-3`) for deployments that want a stated FAR.
+DEFAULT_THRESHOLD = 0.915
+
+
+class ProfileError(ValueError):
+    """The operating-point profile is missing, unreadable, for another model, or lacks the FAR."""
+
+
+class Settings(BaseSettings):
+    """Configuration of ``faceserve serve``; environment variables are ``FACESERVE_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACESERVE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Directory holding the gallery (SQLite database, FAISS snapshot, chips).",
+    )
+    device: str = Field(
+        "auto",
+        description="Torch device for the models: `auto` (GPU if present), `cpu`, `cuda`, "
+        "`cuda:1`.",
+    )
+    host: str = Field("127.0.0.1", description="Address `faceserve serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port `faceserve serve` listens on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes. Must be 1 with the SQLite gallery: every process would "
+        "hold its own index cache and miss the others' enrollments and deletions.",
+    )
+    threshold: float | str = Field(
+        DEFAULT_THRESHOLD,
+        description="Match threshold: a cosine similarity in [-1, 1] (match when similarity "
+        ">= threshold), or `far=1e-3` to use the calibrated operating point for that false "
+        "accept rate from the profile. Responses report which one was used.",
+    )
+    profile: Path | None = Field(
+        None,
+        description="Operating-point profile JSON written by `faceserve eval lfw`; default "
+        "`<data_dir>/operating_points.json`. Read only when `threshold` is `far=...`.",
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="Largest request body in bytes; larger uploads get 413 before they are "
+        "read (checked from Content-Length and while streaming).",
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest decoded image (width x height), checked from the image header "
+        "before decoding.",
+    )
+    max_faces: int = Field(
+        10, ge=1, description="Most faces identified or embedded per image (most confident first)."
+    )
+    index_kind: Literal["flat", "hnsw", "auto"] = Field(
+        "flat",
+        description="FAISS index: `flat` (exact inner product), `hnsw` (approximate, for large "
+        "galleries), `auto` (chosen by gallery size).",
+    )
+    store_chips: bool = Field(
+        True, description="Keep the aligned 150x150 face chip (JPEG) of each enrolled face."
+    )
+    upsample: int = Field(
+        0,
+        ge=0,
+        le=2,
+        description="Upsample photos N times before detection: finds faces smaller than about "
+        "80 px, at 4x the detection cost per step.",
+    )
+    max_side: int | None = Field(
+        2048,
+        ge=64,
+        description="Shrink photos whose longer side exceeds this before detection (boxes are "
+        "mapped back); bounds detection time for large photos.",
+    )
+    flip: bool = Field(
+        False, description="Average each embedding with that of the mirrored face chip."
+    )
+    batching: bool = Field(
+        True,
+        description="Micro-batch the embedding of faces from concurrent requests into one "
+        "forward pass; off runs one pass per request.",
+    )
+    batch_max_size: int = Field(
+        32, ge=1, description="Most faces in one micro-batched forward pass."
+    )
+    batch_max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Longest time a face waits for others to join its micro-batch, in ms.",
+    )
+    inference_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads decoding, detecting and aligning faces (off the event loop).",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Off (empty) by default. API-key authentication is not implemented in "
+        "this version: `faceserve serve` refuses to start when keys are set rather than "
+        "pretend to enforce them; keep the server on a trusted address.",
+    )
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _parse_threshold(cls, value: Any) -> float | str:
+        if isinstance(value, bool):
+            raise ValueError("threshold must be a number or far=<rate>")
+        if isinstance(value, int | float):
+            number = float(value)
+        else:
+            text = str(value).strip().lower()
+            if text.startswith("far="):
+                try:
+                    far = float(text[4:])
+                except ValueError:
+                    raise ValueError(f"bad false-accept rate in {value!r}") from None
+                if not 0.0 < far < 1.0:
+                    raise ValueError(f"false-accept rate must be in (0, 1), got {far}")
+                return f"far={far:g}"
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"threshold must be a cosine similarity or far=<rate>, got {value!r}"
+                ) from None
+        if not math.isfinite(number) or not -1.0 <= number <= 1.0:
+            raise ValueError(f"cosine threshold must be in [-1, 1], got {number}")
+        return number
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def profile_path(self) -> Path:
+        return self.profile if self.profile is not None else self.data_dir / "operating_points.json"
+
+
+def resolve_operating_point(settings: Settings, model_version: str) -> OperatingPoint:
+    """The threshold the service compares similarities with, and where it came from.
+
+    ``far=...`` thresholds come from the evaluation profile, which must be for the model that
+    is serving: a threshold calibrated on another model's similarities means nothing.
+    """
+    if isinstance(settings.threshold, float):
+        return OperatingPoint(threshold=settings.threshold, source="setting")
+    far = float(settings.threshold.split("=", 1)[1])
+    path = settings.profile_path
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(
+            f"threshold {settings.threshold} needs the operating-point profile {path}, which "
+            "does not exist; run `faceserve eval lfw` or set FACESERVE_PROFILE"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"cannot read operating-point profile {path}: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("operating_points"), list):
+        raise ProfileError(f"{path} is not an operating-point profile (no operating_points)")
+    if raw.get("model") != model_version:
+        raise ProfileError(
+            f"{path} was calibrated for model {raw.get('model')!r} but the service runs "
+            f"{model_version!r}; re-run `faceserve eval lfw` for this model"
+        )
+    if raw.get("metric", "cosine") != "cosine":
+        raise ProfileError(f"{path} uses metric {raw.get('metric')!r}; the service needs cosine")
+    for point in raw["operating_points"]:
+        if isinstance(point, dict) and math.isclose(
+            float(point.get("far", -1)), far, rel_tol=1e-6
+        ):
+            return OperatingPoint(
+                threshold=float(point["threshold"]),
+                source="profile",
+                far=far,
+                tar=point.get("tar"),
+                profile=str(path),
+                dataset=raw.get("dataset"),
+            )
+    available = sorted(float(p["far"]) for p in raw["operating_points"] if "far" in p)
+    notes = raw.get("notes") or []
+    hint = f"; notes: {' '.join(map(str, notes))}" if notes else ""
+    raise ProfileError(
+        f"{path} has no operating point for FAR {far:g} (available: "
+        f"{', '.join(f'{a:g}' for a in available) or 'none'}){hint}"
+    )
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown, generated from the field descriptions."""
+    rows = ["| Variable | Default | Description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default: Any = field.default_factory()  # type: ignore[call-arg]
+        else:
+            default = field.default
+        if default is None:
+            shown = ""
+        elif isinstance(default, list):
+            shown = ",".join(default)
+        elif isinstance(default, Path) and not default.is_absolute():
+            shown = f"./{default}"  # str(Path("./data")) drops the "./"
+        else:
+            shown = str(default)
+        rows.append(
+            f"| `FACESERVE_{name.upper()}` | `{shown}` | {field.description or ''} |"
+            if shown
+            else f"| `FACESERVE_{name.upper()}` | | {field.description or ''} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,333 @@
+"""The FAISS index over the gallery's embeddings: a cache of the store, rebuilt from it at will.
+
+Ids are the store's int64 row ids (never reused: the table is AUTOINCREMENT), so a removed id
+can never come back as another face. Similarity is the inner product of L2-normalised vectors,
+i.e. the cosine.
+
+Two kinds:
+
+* ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``; removal deletes the vector.
+* ``hnsw``: approximate, ``IndexIDMap2(IndexHNSWFlat(METRIC_INNER_PRODUCT))``. HNSW cannot remove
+  graph nodes, so a removed id becomes a *tombstone*: its vector is overwritten with zeros at once
+  (erasure: no copy survives in memory or in a later snapshot) and every search excludes the
+  tombstones with an ``IDSelector`` inside the graph walk, so it still returns up to ``k`` live
+  faces (no oversampling guesswork). Tombstones still cost graph hops, so once they exceed
+  ``COMPACT_FRACTION`` of the nodes the owner should swap in ``compacted()``, a fresh graph of
+  the live vectors.
+
+Thread safety: searches may run concurrently with each other; ``add``/``remove`` and the swap of
+a compacted index need exclusive access (the gallery's readers-writer lock). Every search builds
+its own ``SearchParameters``: ``IndexIDMap`` temporarily rewrites the selector inside the
+parameters it is given, so sharing one object between threads would race.
+
+Snapshots: ``write_snapshot`` writes the index with ``faiss.write_index`` to a temporary file,
+fsyncs it and renames it into place, then does the same for a JSON sidecar recording what the
+index was built from (store change id, face count, model, kind, dimension, tombstones) and the
+SHA-256 of the index file. ``load_snapshot`` accepts it only if all of that matches what the
+caller expects; a crash between the two renames leaves a hash mismatch, never a wrong index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+__all__ = [
+    "COMPACT_FRACTION",
+    "KINDS",
+    "FaceIndex",
+    "SnapshotInvalid",
+    "remove_snapshot",
+    "sidecar_path",
+]
+
+KINDS = ("flat", "hnsw")
+COMPACT_FRACTION = 0.10
+SNAPSHOT_FORMAT = 1
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+
+
+class SnapshotInvalid(Exception):
+    """The snapshot on disk cannot be used; the message says why (the caller rebuilds)."""
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_snapshot(path: Path) -> None:
+    """Delete the snapshot and any half-written one (after an erasure they hold stale vectors)."""
+    for p in (path, sidecar_path(path), _tmp(path), _tmp(sidecar_path(path))):
+        p.unlink(missing_ok=True)
+
+
+class FaceIndex:
+    """Inner-product search over (row id, embedding) pairs; see the module docstring."""
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "flat",
+        *,
+        hnsw_m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef_search: int = HNSW_EF_SEARCH,
+        _index: Any = None,
+        _tombstones: set[int] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"index kind must be one of {KINDS}, not {kind!r}")
+        if dim <= 0:
+            raise ValueError(f"dimension must be positive, not {dim}")
+        self.dim = dim
+        self.kind = kind
+        self._params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
+                        "ef_search": ef_search}
+        self._ef_search = ef_search
+        self._index = _index if _index is not None else self._empty(hnsw_m, ef_construction)
+        self._tombstones: set[int] = set()
+        self._exclude: Any = None
+        if _tombstones:
+            self._set_tombstones(set(_tombstones))
+
+    def _empty(self, hnsw_m: int, ef_construction: int) -> Any:
+        if self.kind == "flat":
+            inner = faiss.IndexFlatIP(self.dim)
+        else:
+            inner = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = ef_construction
+        return faiss.IndexIDMap2(inner)  # the wrapper keeps a reference to ``inner``
+
+    # ------------------------------------------------------------ size
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors (tombstones excluded)."""
+        return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    @property
+    def needs_compaction(self) -> bool:
+        return len(self._tombstones) > COMPACT_FRACTION * max(1, int(self._index.ntotal))
+
+    def ids(self) -> np.ndarray:
+        """Live ids, sorted."""
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if self._tombstones:
+            ids = ids[~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64))]
+        return np.sort(ids)
+
+    # ------------------------------------------------------------ mutations (exclusive)
+
+    def _vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise ValueError(f"{what} must have shape (n, {self.dim}), not {v.shape}")
+        return v
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        v = self._vectors(vectors, "vectors")
+        if len(ids) != len(v):
+            raise ValueError(f"{len(ids)} ids for {len(v)} vectors")
+        if len(ids):
+            self._index.add_with_ids(v, ids)
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        """Remove ``ids`` (unknown ones are ignored); returns how many were live."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if not len(ids):
+            return 0
+        if self.kind == "flat":
+            return int(self._index.remove_ids(ids))
+        known = faiss.vector_to_array(self._index.id_map)
+        positions = np.nonzero(np.isin(known, ids))[0]
+        fresh = {int(known[p]) for p in positions} - self._tombstones
+        if not fresh:
+            return 0
+        storage = faiss.downcast_index(faiss.downcast_index(self._index.index).storage)
+        xb = faiss.rev_swig_ptr(storage.get_xb(), int(storage.ntotal) * self.dim)
+        xb.reshape(-1, self.dim)[positions] = 0.0  # erase now; the node stays as a graph hop
+        self._set_tombstones(self._tombstones | fresh)
+        return len(fresh)
+
+    def _set_tombstones(self, tombstones: set[int]) -> None:
+        self._tombstones = tombstones
+        if not tombstones:
+            self._exclude = None
+            return
+        batch = faiss.IDSelectorBatch(np.fromiter(sorted(tombstones), dtype=np.int64))
+        self._exclude = faiss.IDSelectorNot(batch)  # the wrapper keeps ``batch`` alive
+
+    def compacted(self) -> FaceIndex:
+        """A new index of the live vectors only. Reads this one (safe beside searches)."""
+        fresh = FaceIndex(self.dim, self.kind, **self._params)
+        n = int(self._index.ntotal)
+        if n == 0:
+            return fresh
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if self.kind == "flat":
+            vectors = self._index.index.reconstruct_n(0, n)
+        else:
+            storage = faiss.downcast_index(faiss.downcast_index(self._index.index).storage)
+            vectors = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
+        live = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64))
+        fresh.add(ids[live], np.array(vectors[live], dtype=np.float32))
+        return fresh
+
+    # ------------------------------------------------------------ search (shared)
+
+    def search(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, (similarities, ids) best first; fewer than ``k`` when the index is smaller."""
+        q = self._vectors(queries, "queries")
+        if k <= 0:
+            raise ValueError(f"k must be positive, not {k}")
+        live = self.ntotal
+        if live == 0 or len(q) == 0:
+            empty = (np.empty(0, np.float32), np.empty(0, np.int64))
+            return [empty for _ in range(len(q))]
+        k = min(k, live)
+        params = None
+        exclude = self._exclude  # held here for the whole call
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self._ef_search, k)
+            if exclude is not None:
+                params.sel = exclude
+        sims, ids = self._index.search(q, k, params=params)
+        out = []
+        for row_sims, row_ids in zip(sims, ids, strict=True):
+            keep = row_ids >= 0
+            out.append((row_sims[keep], row_ids[keep]))
+        return out
+
+    # ------------------------------------------------------------ snapshots
+
+    def write_snapshot(self, path: Path, *, model: str, last_change_id: int) -> None:
+        """Atomically replace the snapshot at ``path`` (and its sidecar); fsynced before return."""
+        path = Path(path)
+        side = sidecar_path(path)
+        tmp, side_tmp = _tmp(path), _tmp(side)
+        faiss.write_index(self._index, str(tmp))
+        _fsync_file(tmp)
+        header = {
+            "format": SNAPSHOT_FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "model": model,
+            "count": self.ntotal,
+            "last_change_id": int(last_change_id),
+            "tombstones": sorted(self._tombstones),
+            "sha256": _sha256(tmp),
+        }
+        with open(side_tmp, "w", encoding="utf-8") as f:
+            json.dump(header, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        os.replace(side_tmp, side)
+        _fsync_dir(path.parent)
+
+    @classmethod
+    def load_snapshot(
+        cls,
+        path: Path,
+        *,
+        dim: int,
+        kind: str,
+        model: str,
+        count: int,
+        last_change_id: int,
+        **params: int,
+    ) -> FaceIndex:
+        """The snapshot at ``path`` if it was built from exactly this store state; otherwise
+        ``SnapshotInvalid`` saying what differs (missing, stale, other model, corrupt...)."""
+        path = Path(path)
+        side = sidecar_path(path)
+        try:
+            header = json.loads(side.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SnapshotInvalid("no snapshot") from None
+        except (OSError, ValueError) as exc:
+            raise SnapshotInvalid(f"unreadable sidecar {side.name}: {exc}") from None
+        if not isinstance(header, dict):
+            raise SnapshotInvalid(f"sidecar {side.name} is not a JSON object")
+        expected = {
+            "format": SNAPSHOT_FORMAT,
+            "kind": kind,
+            "dim": dim,
+            "model": model,
+            "count": count,
+            "last_change_id": last_change_id,
+        }
+        for key, want in expected.items():
+            if header.get(key) != want:
+                raise SnapshotInvalid(f"{key} is {header.get(key)!r}, the store has {want!r}")
+        tombstones = header.get("tombstones")
+        if not isinstance(tombstones, list) or not all(isinstance(t, int) for t in tombstones):
+            raise SnapshotInvalid("tombstones missing or malformed")
+        if kind == "flat" and tombstones:
+            raise SnapshotInvalid("a flat index cannot have tombstones")
+        try:
+            digest = _sha256(path)
+        except OSError as exc:
+            raise SnapshotInvalid(f"cannot read {path.name}: {exc}") from None
+        if digest != header.get("sha256"):
+            raise SnapshotInvalid(f"{path.name} does not match its checksum (corrupt or torn)")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise SnapshotInvalid(f"FAISS cannot read {path.name}: {exc}") from None
+        # read_index returns the owning, already most-derived object: keep that one (a
+        # downcast_index copy does not own the index, which would be freed under it).
+        inner_type = faiss.IndexFlatIP if kind == "flat" else faiss.IndexHNSWFlat
+        if not isinstance(index, faiss.IndexIDMap2) or not isinstance(
+            faiss.downcast_index(index.index), inner_type
+        ):
+            raise SnapshotInvalid(f"{path.name} is not a {kind} index")
+        if index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise SnapshotInvalid(f"{path.name} has dimension {index.d} or the wrong metric")
+        loaded = cls(dim, kind, _index=index, _tombstones=set(tombstones), **params)
+        if loaded.ntotal != count:
+            raise SnapshotInvalid(f"{path.name} holds {loaded.ntotal} live vectors, not {count}")
+        return loaded

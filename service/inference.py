@@ -1,0 +1,116 @@
+"""Image bytes -> embedded faces, off the event loop.
+
+Decoding, detection, landmarks and alignment of one upload run together in one call on the
+inference thread pool (they are per image and cannot be merged across requests); the aligned
+chips then go to the embedder, which micro-batches them with other requests' chips. The event
+loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from models.faces import Face
+from models.imageio import decode_image
+from service.batcher import Embedder
+
+__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "largest_face", "most_confident"]
+
+# Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
+FaceSelector = Callable[[list[Face]], list[Face]]
+
+
+class Pipeline(Protocol):
+    """What the service needs of ``models.pipeline.FacePipeline``."""
+
+    model_version: str
+    embedding_size: int
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class EmbeddedFaces:
+    """The chosen faces of one image, with their embeddings (rows match ``faces``)."""
+
+    faces: list[Face]
+    embeddings: np.ndarray  # (N, 128) float32, L2-normalised
+    chips: np.ndarray  # (N, 150, 150, 3) uint8
+    faces_detected: int
+    image_sha256: str
+
+
+def largest_face(faces: list[Face]) -> list[Face]:
+    """The face with the largest box area (ties: the more confident)."""
+    if not faces:
+        return []
+    return [max(faces, key=lambda f: (f.box.area, f.confidence))]
+
+
+def most_confident(limit: int) -> FaceSelector:
+    def select(faces: list[Face]) -> list[Face]:
+        return faces[:limit]  # the pipeline returns faces most confident first
+
+    return select
+
+
+class Inference:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        embedder: Embedder,
+        executor: Executor,
+        *,
+        max_pixels: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.embedder = embedder
+        self.executor = executor
+        self.max_pixels = max_pixels
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _detect_and_align(
+        self, data: bytes, select: FaceSelector
+    ) -> tuple[list[Face], np.ndarray, int, str]:
+        digest = hashlib.sha256(data).hexdigest()
+        image = decode_image(data, max_pixels=self.max_pixels)
+        detected = self.pipeline.detect(image)
+        chosen = select(detected)
+        chips = self.pipeline.align(image, chosen)
+        return chosen, chips, len(detected), digest
+
+    async def faces(self, data: bytes, select: FaceSelector) -> EmbeddedFaces:
+        """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
+
+        Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
+        here (``faces`` is empty) — each endpoint decides what that means.
+        """
+        chosen, chips, detected, digest = await self._run(self._detect_and_align, data, select)
+        embeddings = await self.embedder.embed(chips)
+        return EmbeddedFaces(chosen, embeddings, chips, detected, digest)
+
+    async def encode_chip(self, chip: np.ndarray) -> bytes:
+        return await self._run(encode_jpeg, chip)
+
+
+def encode_jpeg(chip: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chip, dtype=np.uint8), "RGB").save(
+        buf, format="JPEG", quality=quality
+    )
+    return buf.getvalue()

@@ -1,0 +1,128 @@
+"""Prometheus metrics of one app instance, and the ASGI middleware that records requests.
+
+Each app owns its ``CollectorRegistry`` (no process-global state), so tests can build many
+apps. Requests are labelled by route *template* (``/subjects/{subject_id}``), never by the raw
+path, so the label set stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UNMATCHED = "<unmatched>"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "faceserve_http_requests", "HTTP requests by route template, method and status.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "faceserve_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge(
+            "faceserve_http_requests_in_flight", "Requests being served now.", registry=r
+        )
+        self.faces_embedded = Counter(
+            "faceserve_faces_embedded", "Faces run through the embedding network.", registry=r
+        )
+        self.embed_batch_faces = Histogram(
+            "faceserve_embed_batch_faces", "Faces per embedding forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.embed_batch_requests = Histogram(
+            "faceserve_embed_batch_requests", "Requests merged into one embedding forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.gallery_faces = Gauge(
+            "faceserve_gallery_faces", "Face templates in the gallery.", registry=r
+        )
+        self.gallery_subjects = Gauge(
+            "faceserve_gallery_subjects", "Subjects in the gallery.", registry=r
+        )
+        self.index_info = Gauge(
+            "faceserve_index_info", "The FAISS index kind in use (value 1).", ["kind"], registry=r
+        )
+        self.ready = Gauge("faceserve_ready", "1 once models and gallery are loaded.", registry=r)
+
+    def observe_batch(self, faces: int, requests: int) -> None:
+        self.faces_embedded.inc(faces)
+        self.embed_batch_faces.observe(faces)
+        self.embed_batch_requests.observe(requests)
+
+    def bind_gallery(self, size: Callable[[], int], subjects: Callable[[], int], kind: str) -> None:
+        """Gallery gauges are read at scrape time, so they can never be stale."""
+        self.gallery_faces.set_function(size)
+        self.gallery_subjects.set_function(subjects)
+        self.index_info.labels(kind=kind).set(1)
+        self.ready.set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request, labelled by the route template that served it.
+
+    Pure ASGI (no response buffering). A request rejected before routing (say, a 413 from the
+    body-size limit) is labelled by matching the app's routes here.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._routes = routes
+
+    def _template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            route = next(
+                (r for r in self._routes() if r.matches(scope)[0] == Match.FULL), None
+            )
+        # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
+        return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            route = self._template(scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
+            self.metrics.latency.labels(method=method, route=route).observe(
+                time.perf_counter() - start
+            )

@@ -1,0 +1,19 @@
+"""One ``APIRouter`` per resource; ``ROUTERS`` is what the app factory includes, in order."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.routes import embed, enroll, faces, health, identify, subjects, verify
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (
+    enroll.router,
+    verify.router,
+    identify.router,
+    embed.router,
+    subjects.router,
+    faces.router,
+    health.router,
+)

@@ -1,0 +1,300 @@
+"""Helpers shared by the routes: request bodies in two media types, base64, search, shapes.
+
+Image endpoints accept ``multipart/form-data`` or ``application/json`` on the same path. The
+body is parsed here by hand (FastAPI binds one media type per parameter set) and validated
+with the endpoint's ``*Form`` or ``*JSON`` model, so errors are the same 422 ``invalid_field``
+that FastAPI's own validation gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from models.faces import Box
+from models.imageio import InvalidBase64 as InvalidImageBase64
+from models.imageio import b64decode_image
+from service.errors import BadRequest, InvalidBase64, InvalidField, UnsupportedMediaType
+from service.gallery import Gallery
+from service.schemas import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    BBox,
+    Candidate,
+    OperatingPoint,
+)
+
+__all__ = [
+    "candidates_for",
+    "decode_base64_image",
+    "decode_embedding",
+    "encode_embedding",
+    "image_bytes",
+    "image_request_body",
+    "landmarks_list",
+    "match_of",
+    "operating_point_for",
+    "parse_body",
+    "parse_metadata",
+    "run_in_threadpool",
+    "to_bbox",
+]
+
+M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=BaseModel)
+J = TypeVar("J", bound=BaseModel)
+
+EMBEDDING_DIM = 128
+_MAX_FORM_FIELDS = 16
+_MAX_FORM_FILES = 4
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+def image_request_body(form_model: type[BaseModel], json_model: type[BaseModel]) -> dict:
+    """``openapi_extra`` for an operation whose body comes as multipart or as JSON."""
+    ref = "#/components/schemas/{}"
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "Either `multipart/form-data` (image files as parts) or "
+            "`application/json` (images as base64 strings).",
+            "content": {
+                "multipart/form-data": {"schema": {"$ref": ref.format(form_model.__name__)}},
+                "application/json": {"schema": {"$ref": ref.format(json_model.__name__)}},
+            },
+        }
+    }
+
+
+def _validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        for err in errors:
+            err["loc"] = ("body", *err.get("loc", ()))
+        raise RequestValidationError(errors) from None
+
+
+async def parse_body(
+    request: Request, form_model: type[F], json_model: type[J]
+) -> F | J:
+    """The validated body: ``form_model`` for multipart, ``json_model`` for JSON."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form(max_files=_MAX_FORM_FILES, max_fields=_MAX_FORM_FIELDS)
+        data: dict[str, Any] = {}
+        try:
+            for key, value in form.multi_items():
+                if key in data:
+                    raise InvalidField(f"field {key!r} is given more than once")
+                data[key] = await value.read() if isinstance(value, UploadFile) else value
+        finally:
+            await form.close()
+        return _validate(form_model, data)
+    if media == "application/json" or media.endswith("+json"):
+        raw = await request.body()
+        try:
+            # Megabytes of base64 take milliseconds to parse: not on the event loop.
+            obj = await run_in_threadpool(json.loads, raw) if len(raw) > 65536 else json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the request body is not valid JSON", code="invalid_json") from None
+        except RecursionError:  # "[[[[..." deeper than the parser allows
+            raise BadRequest("the JSON body is nested too deeply", code="invalid_json") from None
+        if not isinstance(obj, dict):
+            raise BadRequest("the JSON body must be an object", code="invalid_json")
+        return _validate(json_model, obj)
+    raise UnsupportedMediaType(
+        f"send multipart/form-data or application/json, not {media or 'no content type'!r}"
+    )
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    """Standard or URL-safe alphabet, padding optional, whitespace ignored."""
+    cleaned = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64(f"{what} is not valid base64") from None
+
+
+def decode_base64_image(value: str | bytes, field: str) -> bytes:
+    """Image bytes of a field: raw bytes (multipart) pass through, strings are base64
+    (``models.imageio.b64decode_image``: either alphabet, ``data:`` URLs; 400 when bad)."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return b64decode_image(value)
+    except InvalidImageBase64 as exc:
+        raise InvalidBase64(f"field {field!r}: {exc}") from None
+
+
+def _nesting(value: Any) -> int:
+    """Depth of nested objects and arrays (1 for a flat object), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_METADATA_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+async def image_bytes(value: str | bytes, field: str) -> bytes:
+    """``decode_base64_image`` off the event loop (a base64 field may be megabytes)."""
+    if isinstance(value, bytes):
+        return value
+    return await run_in_threadpool(decode_base64_image, value, field)
+
+
+def parse_metadata(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``metadata`` as a dict: a JSON object (or its text, from multipart) of at most 4 KB
+    serialised, nested at most ``MAX_METADATA_DEPTH`` levels, storable as UTF-8 JSON."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        if len(value) > 8 * MAX_METADATA_BYTES:  # cannot fit even with "\u0041" escapes
+            raise InvalidField(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadRequest("metadata is not valid JSON", code="invalid_metadata") from None
+        except RecursionError:
+            raise InvalidField(
+                f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels"
+            ) from None
+    if not isinstance(value, dict):
+        raise InvalidField("metadata must be a JSON object")
+    if _nesting(value) > MAX_METADATA_DEPTH:
+        # Deep values are legal JSON but would fail to serialise when read back: refuse them
+        # now rather than store something that breaks GET /subjects later.
+        raise InvalidField(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON escapes can spell lone surrogates ("\ud800"), which no UTF-8 store can hold.
+        raise InvalidField("metadata contains invalid Unicode (a lone surrogate)") from None
+    except (ValueError, RecursionError):  # NaN/Infinity (json.loads takes them), too deep
+        raise InvalidField("metadata must be plain JSON: no NaN or Infinity") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidField(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    return value
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def encode_embedding(vector: np.ndarray) -> str:
+    """URL-safe base64 (no padding) of the little-endian float32 vector."""
+    raw = np.asarray(vector, dtype="<f4").tobytes()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_embedding(text: str) -> np.ndarray:
+    """The inverse of ``encode_embedding``, checked and re-normalised: ``(128,)`` float32."""
+    raw = _b64decode(text, "embedding")
+    if len(raw) != EMBEDDING_DIM * 4:
+        raise BadRequest(
+            f"embedding must be {EMBEDDING_DIM} little-endian float32 ({EMBEDDING_DIM * 4} "
+            f"bytes), got {len(raw)} bytes",
+            code="invalid_embedding",
+        )
+    vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    # float64: huge but finite float32 components must not overflow the norm.
+    norm = float(np.linalg.norm(vector.astype(np.float64))) if np.all(np.isfinite(vector)) else (
+        math.nan
+    )
+    if not math.isfinite(norm) or norm == 0.0:
+        raise BadRequest("embedding must be finite and non-zero", code="invalid_embedding")
+    return (vector.astype(np.float64) / norm).astype(np.float32)
+
+
+# ---------------------------------------------------------------- search
+
+
+def operating_point_for(default: OperatingPoint, override: float | None) -> OperatingPoint:
+    if override is None:
+        return default
+    return OperatingPoint(threshold=override, source="request")
+
+
+def candidates_for(
+    gallery: Gallery, queries: np.ndarray, k: int, exclude: Iterable[str] = ()
+) -> list[list[Candidate]]:
+    """Top ``k`` *subjects* per query, each once with its best face (blocking: run in a thread).
+
+    The index ranks faces; a subject with many templates would crowd others out, so more
+    faces are fetched until ``k`` distinct subjects are found or the gallery is exhausted.
+    """
+    excluded = set(exclude)
+    results: list[list[Candidate]] = [[] for _ in range(len(queries))]
+    total = gallery.size
+    if total == 0 or len(queries) == 0:
+        return results
+    fetch = min(total, max(4 * k, k + 16) + len(excluded))
+    while True:
+        hits = gallery.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        short = False
+        for i, row in enumerate(hits):
+            best: dict[str, Candidate] = {}
+            for hit in row:
+                if hit.face_id in excluded or hit.subject_id in best:
+                    continue
+                similarity = max(-1.0, min(1.0, float(hit.similarity)))
+                best[hit.subject_id] = Candidate(
+                    subject_id=hit.subject_id, face_id=hit.face_id, similarity=similarity
+                )
+                if len(best) == k:
+                    break
+            results[i] = list(best.values())
+            if len(best) < k and len(row) >= fetch:
+                short = True
+        if not short or fetch >= total:
+            return results
+        fetch = min(total, fetch * 4)
+
+
+def match_of(candidates: list[Candidate], threshold: float) -> Candidate | None:
+    if candidates and candidates[0].similarity >= threshold:
+        return candidates[0]
+    return None
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def to_bbox(box: Box | tuple[int, int, int, int] | list[int]) -> BBox:
+    if isinstance(box, Box):
+        box = box.as_tuple()
+    left, top, right, bottom = (int(v) for v in box)
+    return BBox(left=left, top=top, right=right, bottom=bottom)
+
+
+def landmarks_list(points: Any) -> list[list[float]]:
+    return [[float(x), float(y)] for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2)]

@@ -1,0 +1,56 @@
+"""POST /embed: faces and embeddings of a photo, for clients that keep their own store."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.deps import InferenceDep, ServicesDep, SettingsDep
+from service.errors import error_responses
+from service.inference import most_confident
+from service.routes.common import (
+    encode_embedding,
+    image_bytes,
+    image_request_body,
+    landmarks_list,
+    parse_body,
+    to_bbox,
+)
+from service.schemas import EmbeddedFace, EmbedForm, EmbedJSON, EmbedResponse
+
+router = APIRouter(tags=["recognition"])
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Detect and embed the faces of a photo",
+    description=(
+        "Every face (most confident first, at most `max_faces`, itself capped by the server's "
+        "setting) with its box, landmarks and L2-normalised 128-d embedding, as floats and "
+        "as URL-safe base64 of little-endian float32 (`embedding_b64`, accepted by GET "
+        "/identify). Nothing is stored. A photo without faces gives an empty list."
+    ),
+    responses=error_responses(400, 413, 415, 422, 503),
+    openapi_extra=image_request_body(EmbedForm, EmbedJSON),
+)
+async def embed(
+    request: Request, settings: SettingsDep, services: ServicesDep, inference: InferenceDep
+) -> EmbedResponse:
+    body = await parse_body(request, EmbedForm, EmbedJSON)
+    data = await image_bytes(body.image, "image")
+    limit = min(body.max_faces or settings.max_faces, settings.max_faces)
+    found = await inference.faces(data, most_confident(limit))
+    return EmbedResponse(
+        faces=[
+            EmbeddedFace(
+                bbox=to_bbox(face.box),
+                landmarks=landmarks_list(face.landmarks),
+                detection_confidence=float(face.confidence),
+                embedding=[float(v) for v in vector],
+                embedding_b64=encode_embedding(vector),
+            )
+            for face, vector in zip(found.faces, found.embeddings, strict=True)
+        ],
+        faces_detected=found.faces_detected,
+        model=services.pipeline.model_version,
+    )

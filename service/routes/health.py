@@ -1,0 +1,55 @@
+"""GET /healthz (process up), GET /readyz (models and gallery loaded), GET /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service.deps import MetricsDep, ServicesDep, SettingsDep
+from service.errors import error_responses
+from service.metrics import CONTENT_TYPE_LATEST
+from service.routes.common import run_in_threadpool
+from service.schemas import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process is up")
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    summary="Readiness: models and gallery loaded",
+    description="503 `not_ready` while loading, 503 `startup_failed` if loading failed.",
+    responses=error_responses(503),
+)
+async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
+    gallery = services.gallery
+
+    def counts() -> tuple[int, int]:
+        return gallery.size, gallery.subject_count
+
+    faces, subjects = await run_in_threadpool(counts)
+    return ReadyResponse(
+        status="ready",
+        model=services.pipeline.model_version,
+        device=str(getattr(services.pipeline, "device", "unknown")),
+        index_kind=gallery.index_kind,
+        index_source=gallery.index_source,  # type: ignore[arg-type]
+        gallery_faces=faces,
+        gallery_subjects=subjects,
+        batching=settings.batching,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."}},
+)
+async def metrics(request: Request, registry: MetricsDep) -> Response:
+    # Gallery gauges are read at scrape time and may wait for a writer: not on the loop.
+    return Response(await run_in_threadpool(registry.render), media_type=CONTENT_TYPE_LATEST)

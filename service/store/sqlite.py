@@ -1,0 +1,439 @@
+"""The gallery in one SQLite file: durable on commit, erased on delete.
+
+Durability: WAL with ``synchronous=FULL`` makes every commit reach the disk before it returns,
+so an enrollment acknowledged to a client survives a power cut. Erasure: ``secure_delete``
+overwrites deleted rows and freed pages with zeros, and after each deletion the WAL (which still
+holds the old page images) is checkpointed and truncated, so a deleted face's embedding, chip and
+image hash are gone from the files when the delete returns.
+
+Threads: one writer connection behind a lock, and a pool of reader connections (WAL readers never
+block the writer nor each other). Each connection is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.store.base import (
+    AddResult,
+    DeleteResult,
+    FaceChunk,
+    FaceRecord,
+    NewFace,
+    SchemaTooNew,
+    StoreError,
+    StoreState,
+    SubjectRecord,
+)
+
+__all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
+
+log = logging.getLogger("faceserve.store")
+
+FILENAME = "gallery.sqlite3"
+
+# Each entry migrates from version i to i + 1. Append only: never edit a released migration.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE subjects (
+            subject_id TEXT PRIMARY KEY,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        )""",
+        # Blobs last: scans of the small columns then never touch the overflow pages.
+        """CREATE TABLE faces (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            face_id TEXT NOT NULL UNIQUE,
+            subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+            bbox TEXT NOT NULL,
+            landmarks TEXT NOT NULL,
+            detection_confidence REAL NOT NULL,
+            model TEXT NOT NULL,
+            image_sha256 TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            chip BLOB,
+            UNIQUE (subject_id, image_sha256)
+        )""",
+        "CREATE INDEX faces_model ON faces(model)",
+        """CREATE TABLE changes (
+            change_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
+            face_row_id INTEGER NOT NULL,
+            at TEXT NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_FACE_COLUMNS = (
+    "id, face_id, subject_id, bbox, landmarks, detection_confidence, model, image_sha256, "
+    "created_at"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_blob(embedding: np.ndarray) -> bytes:
+    return np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+
+
+def _from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _face(row: sqlite3.Row | tuple[Any, ...], with_embedding: bool) -> FaceRecord:
+    bbox = json.loads(row[3])
+    return FaceRecord(
+        face_id=row[1],
+        subject_id=row[2],
+        bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
+        landmarks=json.loads(row[4]),
+        detection_confidence=float(row[5]),
+        model=row[6],
+        image_sha256=row[7],
+        created_at=row[8],
+        embedding=_from_blob(row[9]) if with_embedding else None,
+    )
+
+
+class SqliteStore:
+    """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._write_lock = threading.Lock()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
+        self._writer = self._connect()
+        try:
+            self._migrate()
+        except BaseException:
+            self._writer.close()
+            raise
+
+    @classmethod
+    def open(cls, data_dir: Path) -> SqliteStore:
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(data_dir / FILENAME)
+
+    # ------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,  # explicit BEGIN/COMMIT only
+            check_same_thread=False,  # pooled: used by one thread at a time, not always the same
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journaling (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")
+            if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+                raise StoreError("this SQLite build cannot overwrite deleted data (secure_delete)")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.put(conn)
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Several SELECTs seeing one state of the database."""
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._version(conn)
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path} has gallery schema version {version}, but this faceserve "
+                    f"knows versions up to {SCHEMA_VERSION}: it was written by a newer faceserve. "
+                    "Upgrade faceserve (or restore a backup made for this version); the file "
+                    "was not modified."
+                )
+            if version == 0:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target - 1]:
+                    conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (target,))
+                log.info("gallery schema of %s migrated to version %d", self.path, target)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" not in tables:
+            if tables - {"sqlite_sequence"}:
+                raise StoreError(f"{self.path} is an SQLite database but not a faceserve gallery")
+            return 0
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    @staticmethod
+    def _last_change(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT coalesce(max(change_id), 0) FROM changes").fetchone()[0])
+
+    def _erase_wal(self) -> None:
+        """Move the WAL into the database and empty it: it still holds the deleted rows' pages."""
+        busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("WAL checkpoint after a deletion was blocked by a reader; deleted data "
+                        "stays in %s-wal until the next checkpoint", self.path)
+
+    # ------------------------------------------------------------ writes
+
+    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
+        meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
+        with self._write_transaction() as conn:
+            subject_created = False
+            if conn.execute(
+                "SELECT 1 FROM subjects WHERE subject_id = ?", (face.subject_id,)
+            ).fetchone() is None:
+                conn.execute(
+                    "INSERT INTO subjects (subject_id, metadata, created_at) VALUES (?, ?, ?)",
+                    (face.subject_id, meta_json or "{}", face.created_at),
+                )
+                subject_created = True
+            elif meta_json is not None:
+                conn.execute(
+                    "UPDATE subjects SET metadata = ? WHERE subject_id = ?",
+                    (meta_json, face.subject_id),
+                )
+            existing = conn.execute(
+                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                "WHERE subject_id = ? AND image_sha256 = ?",
+                (face.subject_id, face.image_sha256),
+            ).fetchone()
+            if existing is not None:
+                return AddResult(
+                    _face(existing, True), int(existing[0]), False, False,
+                    self._last_change(conn),
+                )
+            cur = conn.execute(
+                "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
+                "model, image_sha256, created_at, embedding, chip) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    face.face_id,
+                    face.subject_id,
+                    json.dumps([int(v) for v in face.bbox]),
+                    json.dumps([[float(c) for c in point] for point in face.landmarks]),
+                    float(face.detection_confidence),
+                    face.model,
+                    face.image_sha256,
+                    face.created_at,
+                    _to_blob(face.embedding),
+                    face.chip_jpeg,
+                ),
+            )
+            row_id = int(cur.lastrowid or 0)
+            change = conn.execute(
+                "INSERT INTO changes (op, face_row_id, at) VALUES ('add', ?, ?)",
+                (row_id, _now()),
+            )
+            record = FaceRecord(
+                face_id=face.face_id,
+                subject_id=face.subject_id,
+                bbox=tuple(int(v) for v in face.bbox),  # type: ignore[arg-type]
+                landmarks=[[float(c) for c in point] for point in face.landmarks],
+                detection_confidence=float(face.detection_confidence),
+                model=face.model,
+                image_sha256=face.image_sha256,
+                created_at=face.created_at,
+                embedding=_from_blob(_to_blob(face.embedding)),
+            )
+            return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0))
+
+    def _delete(self, conn: sqlite3.Connection, row_ids: list[int]) -> None:
+        at = _now()
+        conn.executemany(
+            "INSERT INTO changes (op, face_row_id, at) VALUES ('delete', ?, ?)",
+            [(r, at) for r in row_ids],
+        )
+
+    def delete_subject(self, subject_id: str) -> DeleteResult:
+        with self._write_transaction() as conn:
+            if conn.execute(
+                "SELECT 1 FROM subjects WHERE subject_id = ?", (subject_id,)
+            ).fetchone() is None:
+                return DeleteResult([], False, self._last_change(conn))
+            row_ids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT id FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
+                )
+            ]
+            self._delete(conn, row_ids)
+            conn.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))  # cascades
+            change_id = self._last_change(conn)
+        with self._write_lock:
+            self._erase_wal()
+        return DeleteResult(row_ids, True, change_id)
+
+    def delete_face(self, face_id: str) -> DeleteResult:
+        with self._write_transaction() as conn:
+            row = conn.execute("SELECT id FROM faces WHERE face_id = ?", (face_id,)).fetchone()
+            if row is None:
+                return DeleteResult([], False, self._last_change(conn))
+            row_ids = [int(row[0])]
+            self._delete(conn, row_ids)
+            conn.execute("DELETE FROM faces WHERE id = ?", (row_ids[0],))
+            change_id = self._last_change(conn)
+        with self._write_lock:
+            self._erase_wal()
+        return DeleteResult(row_ids, True, change_id)
+
+    # ------------------------------------------------------------ reads
+
+    def state(self) -> StoreState:
+        with self._read_transaction() as conn:
+            models = {
+                str(m): int(n)
+                for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
+            }
+            subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
+            last = self._last_change(conn)
+        return StoreState(sum(models.values()), subjects, last, models)
+
+    def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None:
+        columns = _FACE_COLUMNS + (", embedding" if with_embedding else "")
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {columns} FROM faces WHERE face_id = ?", (face_id,)
+            ).fetchone()
+        return None if row is None else _face(row, with_embedding)
+
+    def get_chip(self, face_id: str) -> bytes | None:
+        with self._reader() as conn:
+            row = conn.execute("SELECT chip FROM faces WHERE face_id = ?", (face_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def _faces_of(
+        self, conn: sqlite3.Connection, subject_id: str, with_embeddings: bool
+    ) -> list[FaceRecord]:
+        columns = _FACE_COLUMNS + (", embedding" if with_embeddings else "")
+        rows = conn.execute(
+            f"SELECT {columns} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
+        )
+        return [_face(r, with_embeddings) for r in rows]
+
+    def get_subject(self, subject_id: str, *, with_faces: bool = True) -> SubjectRecord | None:
+        with self._read_transaction() as conn:
+            row = conn.execute(
+                "SELECT subject_id, metadata, created_at, "
+                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
+                "FROM subjects s WHERE subject_id = ?",
+                (subject_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            faces = self._faces_of(conn, subject_id, False) if with_faces else []
+        return SubjectRecord(row[0], json.loads(row[1]), row[2], int(row[3]), faces)
+
+    def subject_faces(self, subject_id: str, *, with_embeddings: bool = True) -> list[FaceRecord]:
+        with self._reader() as conn:
+            return self._faces_of(conn, subject_id, with_embeddings)
+
+    def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT subject_id, metadata, created_at, "
+                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
+                "FROM subjects s WHERE subject_id > ? ORDER BY subject_id LIMIT ?",
+                ("" if after is None else after, int(limit)),
+            ).fetchall()
+        return [SubjectRecord(r[0], json.loads(r[1]), r[2], int(r[3])) for r in rows]
+
+    def scan_faces(self, chunk_size: int, *, with_embeddings: bool) -> Iterator[FaceChunk]:
+        columns = "id, face_id, subject_id" + (", embedding" if with_embeddings else "")
+        with self._read_transaction() as conn:
+            cur = conn.execute(f"SELECT {columns} FROM faces ORDER BY id")
+            while rows := cur.fetchmany(chunk_size):
+                embeddings = None
+                if with_embeddings:
+                    embeddings = np.frombuffer(b"".join(r[3] for r in rows), dtype="<f4")
+                    embeddings = embeddings.astype(np.float32).reshape(len(rows), -1)
+                yield FaceChunk(
+                    row_ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                    face_ids=[r[1] for r in rows],
+                    subject_ids=[r[2] for r in rows],
+                    embeddings=embeddings,
+                )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Checkpoint and close every idle connection; the last close removes the WAL file."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            while True:
+                try:
+                    self._idle.get_nowait().close()
+                except queue.Empty:
+                    break
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._writer.close()

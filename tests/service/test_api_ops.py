@@ -1,0 +1,152 @@
+"""Operations: health, readiness, Prometheus metrics, the OpenAPI contract, settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from service.config import DEFAULT_THRESHOLD, ProfileError, Settings, resolve_operating_point
+from tests.service.conftest import fake_photo
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    body = client.get("/readyz").json()
+    assert body == {
+        "status": "ready", "model": "fake-v1", "device": "cpu", "index_kind": "flat",
+        "index_source": "store", "gallery_faces": 0, "gallery_subjects": 0, "batching": True,
+    }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    raise AssertionError(f"{name} {labels} not in metrics")
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
+    for i in range(3):
+        r = client.post("/enroll", files={"image": ("p.png", fake_photo(i), "image/png")},
+                        data={"subject_id": f"m{i}"})
+        assert r.status_code == 201
+    client.get("/subjects/m0")
+    client.get("/subjects/nobody")
+    client.post("/embed", files={"image": ("p.png", fake_photo(1, faces=3), "image/png")})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert metric(text, "faceserve_http_requests_total", route="/enroll", status="201") == 3
+    assert metric(text, "faceserve_http_requests_total", route="/subjects/{subject_id}",
+                  status="404") == 1
+    assert metric(text, "faceserve_http_request_duration_seconds_count", route="/enroll") == 3
+    assert metric(text, "faceserve_faces_embedded_total") == 3 + 3  # warm-up not counted
+    assert metric(text, "faceserve_gallery_faces") == 3
+    assert metric(text, "faceserve_gallery_subjects") == 3
+    assert metric(text, "faceserve_index_info", kind="flat") == 1
+    assert metric(text, "faceserve_embed_batch_faces_count") >= 4
+
+
+def test_unmatched_paths_share_one_label(client: TestClient) -> None:
+    for i in range(3):
+        client.get(f"/random/{i}")
+    text = client.get("/metrics").text
+    assert metric(text, "faceserve_http_requests_total", route="<unmatched>", status="404") == 3
+    assert "/random/1" not in text
+
+
+def test_openapi_documents_both_encodings_and_errors(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert {"/enroll", "/verify", "/identify", "/embed", "/subjects", "/subjects/{subject_id}",
+            "/faces/{face_id}", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    assert set(paths["/identify"]) == {"get", "post"}
+    for path in ("/enroll", "/verify", "/embed"):
+        content = paths[path]["post"]["requestBody"]["content"]
+        assert set(content) == {"multipart/form-data", "application/json"}
+    components = schema["components"]["schemas"]
+    for name in ("EnrollForm", "EnrollJSON", "VerifyJSON", "IdentifyForm", "EmbedJSON",
+                 "ErrorResponse", "EnrollResponse"):
+        assert name in components
+    assert components["EnrollForm"]["properties"]["image"]["format"] == "binary"
+    assert components["EnrollJSON"]["properties"]["image"]["contentEncoding"] == "base64"
+    assert paths["/enroll"]["post"]["responses"]["422"]["content"]["application/json"][
+        "schema"]["$ref"].endswith("/ErrorResponse")
+    # Every $ref resolves.
+    text = json.dumps(schema)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in components, ref
+    assert client.get("/docs").status_code == 200
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FACESERVE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FACESERVE_THRESHOLD", "0.61")
+    monkeypatch.setenv("FACESERVE_BATCHING", "false")
+    monkeypatch.setenv("FACESERVE_API_KEYS", "a, b")
+    s = Settings()
+    assert s.data_dir == tmp_path and s.threshold == 0.61 and s.batching is False
+    assert s.api_keys == ["a", "b"]
+    monkeypatch.setenv("FACESERVE_THRESHOLD", "FAR=1e-3")
+    assert Settings().threshold == "far=0.001"
+
+
+def test_settings_are_read_from_a_dotenv_file(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("FACESERVE_PORT=9123\nFACESERVE_MAX_FACES=3\n")
+    s = Settings()
+    assert s.port == 9123 and s.max_faces == 3
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-2", "far=0", "far=2", "far=x", "strict", "nan"])
+def test_bad_thresholds_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(threshold=bad)
+
+
+def test_every_setting_is_documented() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description and len(field.description) > 10, name
+    from service.config import settings_table
+
+    table = settings_table()
+    assert "`FACESERVE_DATA_DIR`" in table and "`FACESERVE_MAX_UPLOAD_BYTES`" in table
+    assert f"`{DEFAULT_THRESHOLD}`" in table
+
+
+def test_operating_point_resolution(tmp_path: Path) -> None:
+    assert resolve_operating_point(Settings(threshold=0.7), "m").model_dump(
+        exclude_none=True) == {"threshold": 0.7, "source": "setting"}
+    profile = tmp_path / "p.json"
+    settings = Settings(threshold="far=1e-2", profile=profile)
+    with pytest.raises(ProfileError, match="does not exist"):
+        resolve_operating_point(settings, "m")
+    profile.write_text(json.dumps({"model": "m", "metric": "cosine", "operating_points": [
+        {"far": 0.01, "threshold": 0.55, "tar": 0.98}], "notes": ["1e-4: too few pairs"]}))
+    point = resolve_operating_point(settings, "m")
+    assert (point.threshold, point.source, point.far) == (0.55, "profile", 0.01)
+    with pytest.raises(ProfileError, match="calibrated for model 'm'"):
+        resolve_operating_point(settings, "other-model")
+    with pytest.raises(ProfileError, match=r"no operating point for FAR 0\.0001.*too few"):
+        resolve_operating_point(Settings(threshold="far=1e-4", profile=profile), "m")
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    """The README's table is pasted from ``faceserve serve --settings-table``: keep it so."""
+    from service.config import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme, "regenerate: faceserve serve --settings-table"
