@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMANDS: list[str] = [
     "models.commands",
+    "models.evaluation.commands",
     "service.commands",
 ]
 

@@ -209,6 +209,12 @@ def resolve_operating_point(settings: Settings, model_version: str) -> Operating
             f"{path} was calibrated for model {raw.get('model')!r} but the service runs "
             f"{model_version!r}; re-run `faceserve eval lfw` for this model"
         )
+    if raw.get("flip") is not None and bool(raw["flip"]) != settings.flip:
+        raise ProfileError(
+            f"{path} was calibrated with flip={bool(raw['flip'])} but the service runs with "
+            f"flip={settings.flip}: thresholds differ between the two; re-run "
+            "`faceserve eval lfw` with the same --flip setting"
+        )
     if raw.get("metric", "cosine") != "cosine":
         raise ProfileError(f"{path} uses metric {raw.get('metric')!r}; the service needs cosine")
     for point in raw["operating_points"]:
