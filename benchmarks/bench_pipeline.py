@@ -36,15 +36,22 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timeit(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
+def _paired(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median wall times of ``ours()`` and ``theirs()``, runs interleaved after a warm-up each.
+
+    Alternating the two sides means a burst of load from another process on this shared
+    machine slows both, so the ratio stays meaningful even when absolute times are noisy.
+    """
+    ours()
+    theirs()
+    a: list[float] = []
+    b: list[float] = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in ((ours, a), (theirs, b)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
 
 
 def _photos() -> dict[str, np.ndarray]:
@@ -105,12 +112,13 @@ def main() -> int:
     batches = [1, 8, 32] + ([args.gpu_batch] if pipeline.device.type == "cuda" else [])
     for b in batches:
         batch = np.stack([chips[i % len(chips)] for i in range(b)])
-        ours = _timeit(lambda batch=batch: pipeline.embed_chips(batch), args.repeats) / b
         chip_list = [np.ascontiguousarray(c) for c in batch]
-        ref = _timeit(
+        ours, ref = _paired(
+            lambda batch=batch: pipeline.embed_chips(batch),
             lambda chip_list=chip_list: dlib_embedder.compute_face_descriptor(chip_list),
             args.repeats,
-        ) / b
+        )
+        ours, ref = ours / b, ref / b
         rows.append(
             {"stage": "embed", "input": f"batch {b}", "ours_ms": ours * 1e3,
              "dlib_ms": ref * 1e3, "speedup": ref / ours, "ours_per_s": 1 / ours}
@@ -118,8 +126,11 @@ def main() -> int:
     rss_after_embed = _peak_rss_mib()
 
     for name, photo in _photos().items():
-        ours = _timeit(lambda photo=photo: pipeline.detector.detect(photo), args.repeats)
-        ref = _timeit(lambda photo=photo: dlib_detector(photo, 0), max(1, args.repeats // 2))
+        ours, ref = _paired(
+            lambda photo=photo: pipeline.detector.detect(photo),
+            lambda photo=photo: dlib_detector(photo, 0),
+            max(1, args.repeats // 2),
+        )
         rows.append(
             {"stage": "detect", "input": name, "ours_ms": ours * 1e3, "dlib_ms": ref * 1e3,
              "speedup": ref / ours, "ours_per_s": 1 / ours}
