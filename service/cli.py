@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: list[str] = [
     "models.commands",
     "models.evaluation.commands",
+    "models.training.commands",
     "service.commands",
 ]
 
