@@ -1,27 +1,35 @@
 # syntax=docker/dockerfile:1
 # faceserve image: multi-stage, slim Python base, non-root, converted weights baked in.
-#   docker build -t faceserve .                                  (torch from the default index)
-#   docker build --build-arg TORCH_INDEX_URL=<cpu wheel index> -t faceserve:cpu .
-# The install commands below are the README's (`pip install .`), checked by tests/test_docker.py.
+#   docker build -t faceserve:cpu .                                  (CPU-only torch wheels)
+#   docker build --build-arg TORCH_VARIANT=cu130 -t faceserve:cu130 . (CUDA 13.0 torch wheels)
+#   --build-arg TORCH_INDEX_URL=<mirror>                             (another wheel index)
+# The install commands are the README's ("Deployment"), checked by tests/deploy/.
+# Not built on the machine this was written on (no Docker engine there): see the README.
 
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
-ARG TORCH_INDEX_URL=""
+# cpu: CPU-only wheels (about 1 GB smaller); cu130 (or another CUDA tag of the PyTorch index):
+# GPU wheels, which bring their CUDA libraries; the host needs only the NVIDIA driver and the
+# NVIDIA container toolkit.
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
 RUN python -m venv /opt/venv \
- && if [ -n "$TORCH_INDEX_URL" ]; then \
-      /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1; \
-    fi \
+ && /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
  && /opt/venv/bin/pip install .
 # Convert the dlib models now so a container starts without converting.
 RUN /opt/venv/bin/faceserve convert --cache-dir /opt/faceserve/weights
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
+ARG TORCH_VARIANT=cpu
+LABEL org.opencontainers.image.title="faceserve" \
+      org.opencontainers.image.description="Self-hosted face recognition service" \
+      io.faceserve.torch-variant="${TORCH_VARIANT}"
 RUN groupadd --system faceserve && useradd --system --gid faceserve --home /var/lib/faceserve faceserve \
  && mkdir -p /var/lib/faceserve && chown faceserve:faceserve /var/lib/faceserve
 COPY --from=build /opt/venv /opt/venv
@@ -37,7 +45,8 @@ USER faceserve
 WORKDIR /var/lib/faceserve
 VOLUME ["/var/lib/faceserve"]
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+# /readyz: 200 once the models and the index are loaded (a replica also reports its lag there).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('FACESERVE_PORT','8000'), timeout=4)"
 ENTRYPOINT ["faceserve-entrypoint"]
 CMD ["serve"]

@@ -22,14 +22,17 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from service.batcher import DirectEmbedder, Embedder, MicroBatcher
+from service.audit import AuditLog
+from service.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.config import Settings, resolve_operating_point
 from service.deps import Services
 from service.errors import install_error_handlers
 from service.gallery import Gallery
 from service.inference import Inference, Pipeline
-from service.limits import BodySizeLimitMiddleware
+from service.keys import KeyRing, open_security_store
+from service.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
 from service.metrics import Metrics, MetricsMiddleware
+from service.ratelimit import RateLimiter
 from service.routes import ROUTERS
 from service.schemas import REQUEST_MODELS
 
@@ -55,6 +58,13 @@ every response says which operating point supplied the threshold.
 
 **Errors.** Always `{"error": {"code": "...", "message": "..."}}`: 400 malformed input,
 404 unknown id, 413 too large, 415 not an image, 422 invalid field or no face, 503 not ready.
+
+**Authentication.** Once the gallery has API keys (`faceserve keys create`), every endpoint but
+`/healthz`, `/readyz` and the docs needs one, as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`: 401 without a valid key, 403 without the scope (`enroll`: POST /enroll;
+`recognize`: verify, identify, embed; `admin`: subjects, faces, audit, keys, metrics), 429
+over the key's rate limit or when the inference queue is full (`Retry-After` says when to
+retry). A key tied to a gallery sees only that gallery's subjects.
 """
 
 
@@ -88,6 +98,7 @@ def _build_services(
         dim=pipeline.embedding_size,
         index_kind=settings.index_kind,
         store_chips=settings.store_chips,
+        database_url=settings.database_url,
     )
     try:
         # One pass now, so lazy initialisation (kernels, allocator) is not paid by a client.
@@ -111,6 +122,8 @@ def _build_services(
                 dim=pipeline.embedding_size,
                 on_batch=metrics.observe_batch,
             )
+        # Keys and audit log: the same database, its own connections (see service.keys).
+        security = open_security_store(settings)
     except BaseException:
         gallery.close()
         raise
@@ -122,13 +135,16 @@ def _build_services(
         getattr(pipeline, "device", "?"), gallery.size, gallery.subject_count,
         gallery.index_kind, point.threshold, point.source,
     )
-    return Services(pipeline, gallery, embedder, inference, point, executor)
+    return Services(pipeline, gallery, embedder, inference, point, executor,
+                    keys=KeyRing(security), audit=AuditLog(security))
 
 
 def _close_services(services: Services) -> None:
     services.embedder.close()
     services.executor.shutdown(wait=True)
     services.gallery.close()
+    if services.keys is not None:
+        services.keys.store.close()  # type: ignore[attr-defined]
 
 
 def create_app(
@@ -176,10 +192,13 @@ def create_app(
     app.state.metrics = metrics
     app.state.services = None
     app.state.load_error = None
+    app.state.inference_gate = AdmissionGate(settings.inference_queue)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     # Added last = outermost: metrics see every request, including 413s from the limit.
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
 

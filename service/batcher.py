@@ -10,6 +10,10 @@ batch without waiting, so under load batches fill with no added latency.
 
 ``DirectEmbedder`` is the same interface without batching (``batching=false``): every request
 runs its own ``embed_fn`` call on a thread pool.
+
+``AdmissionGate`` bounds the whole inference stage (decode, detect, align, embed; running or
+waiting): a request that finds it full is refused at once (429 with ``Retry-After``) before its
+body is read, so an overload costs a short answer, not a growing backlog of uploads in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BatcherClosed", "DirectEmbedder", "Embedder", "MicroBatcher"]
+__all__ = ["AdmissionGate", "BatcherClosed", "DirectEmbedder", "Embedder", "MicroBatcher"]
 
 log = logging.getLogger("faceserve.batcher")
 
@@ -219,3 +223,31 @@ class DirectEmbedder:
 
     def close(self) -> None:
         self._closed = True
+
+
+class AdmissionGate:
+    """At most ``capacity`` requests inside the inference stage; ``try_enter`` never waits."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    @property
+    def inside(self) -> int:
+        return self._inside
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self._inside >= self.capacity:
+                return False
+            self._inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            if self._inside <= 0:
+                raise RuntimeError("AdmissionGate.leave() without a matching try_enter()")
+            self._inside -= 1

@@ -1,13 +1,39 @@
-"""``faceserve serve``: run the HTTP service with uvicorn."""
+"""``faceserve serve`` (the HTTP service, with uvicorn) and ``faceserve keys`` (API keys).
+
+Secure by default: ``serve`` binds to 127.0.0.1 unless told otherwise, and refuses any other
+address while the gallery has no API key (anyone who can reach the port could enroll, search
+and erase faces) unless ``--insecure`` says that is intended.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_parsers"]
+if TYPE_CHECKING:
+    from service.audit import AuditLog
+    from service.config import Settings
+    from service.keys import KeyRing
+    from service.store.base import KeyRecord
+
+__all__ = ["add_parsers", "is_loopback"]
+
+OPERATOR_NAME = "(command line)"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +59,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "operating point (FACESERVE_THRESHOLD)")
     p.add_argument("--no-batching", action="store_true",
                    help="embed each request on its own (FACESERVE_BATCHING=false)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host although the gallery has no API key: "
+                   "anyone who reaches the port can enroll, search and erase faces")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--settings-table", action="store_true",
                    help="print every setting as a Markdown table (for the README) and exit")
     p.set_defaults(func=_serve)
+    _add_keys_parsers(sub)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,21 +106,18 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("faceserve").warning(
-            "listening on %s without authentication (API keys are not implemented yet): "
-            "anyone who can reach this address can enroll, search and delete faces",
-            settings.host,
-        )
     if settings.api_keys:
-        # Starting anyway would let an operator believe the service is protected.
+        # Starting anyway would let an operator believe these keys protect the service.
         print(
-            "faceserve serve: FACESERVE_API_KEYS is set, but API-key authentication is not "
-            "implemented in this version (it comes with the hardening work), so the keys "
-            "would not be enforced. Unset it and keep the server on a trusted address "
-            "(the default 127.0.0.1).",
+            "faceserve serve: FACESERVE_API_KEYS is set, but keys in the environment are not "
+            "implemented: API keys are created with `faceserve keys create` and stored "
+            "hashed in the gallery database. Unset FACESERVE_API_KEYS.",
             file=sys.stderr,
         )
+        return 2
+    refusal = _check_bind(settings, insecure=args.insecure)
+    if refusal is not None:
+        print(f"faceserve serve: {refusal}", file=sys.stderr)
         return 2
 
     server: uvicorn.Server | None = None
@@ -113,4 +140,175 @@ def _serve(args: argparse.Namespace) -> int:
     if app.state.load_error:
         print(f"faceserve serve: startup failed: {app.state.load_error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _check_bind(settings: Settings, *, insecure: bool) -> str | None:
+    """Why ``serve`` must not start on this address, or None; logs what it allows."""
+    from service.keys import open_security_store
+    from service.store.base import StoreError
+
+    log = logging.getLogger("faceserve")
+    host = settings.host
+    try:
+        store = open_security_store(settings)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        ever, active = store.key_count(active_only=False), store.key_count(active_only=True)
+    finally:
+        store.close()  # type: ignore[attr-defined]
+    if ever:
+        if not active:
+            log.warning("every API key of this gallery is revoked: every protected request "
+                        "will get 401 until one is created with `faceserve keys create`")
+        else:
+            log.info("API keys required (%d active)", active)
+        return None
+    if is_loopback(host):
+        log.warning(
+            "no API keys: listening on %s only, where any local process can enroll, search "
+            "and erase faces. Create a key (`faceserve keys create --scope ... --name ...`) "
+            "to require keys, and before listening on another address.", host,
+        )
+        return None
+    if insecure:
+        log.warning(
+            "--insecure: listening on %s WITHOUT API keys: anyone who can reach this address "
+            "can enroll, search and erase faces", host,
+        )
+        return None
+    return (
+        f"refusing to listen on {host} without API keys: anyone who can reach it could enroll, "
+        "search and erase faces. Create a key first (`faceserve keys create --scope enroll "
+        "--scope recognize --name my-app`, and one with --scope admin), keep the default "
+        "host 127.0.0.1, or pass --insecure if the network is trusted."
+    )
+
+
+# ---------------------------------------------------------------- faceserve keys
+
+
+def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        description=(
+            "API keys of the gallery in --data-dir (FACESERVE_DATA_DIR). A key is a random "
+            "256-bit token, shown once at creation and stored only as its SHA-256. Clients "
+            "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: enroll "
+            "(POST /enroll), recognize (verify, identify, embed), admin (subjects, faces, "
+            "audit log, keys, metrics). Once any key exists, every request needs one; a "
+            "running server sees new and revoked keys at once."
+        ),
+    )
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data-dir", type=Path,
+                       help="gallery directory (FACESERVE_DATA_DIR, ./data)")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+
+    c = keys.add_parser("create", help="create a key and print its token (shown once)")
+    c.add_argument("--name", required=True, help="who or what uses the key (in the audit log)")
+    c.add_argument("--scope", action="append", required=True, metavar="SCOPE",
+                   help="enroll, recognize or admin; repeat (or comma-separate) for several")
+    c.add_argument("--gallery", default=None,
+                   help="tie the key to this gallery (namespace): it sees only its subjects; "
+                   "default: the default gallery")
+    common(c)
+    c.set_defaults(func=_keys_create)
+
+    ls = keys.add_parser("list", help="list keys (never their tokens)")
+    ls.add_argument("--gallery", default=None, help="only this gallery's keys")
+    common(ls)
+    ls.set_defaults(func=_keys_list)
+
+    r = keys.add_parser("revoke", help="revoke a key at once and for good")
+    r.add_argument("key_id", help="the key's id (from `keys list`), not its token")
+    common(r)
+    r.set_defaults(func=_keys_revoke)
+
+
+def _open_keys(args: argparse.Namespace) -> tuple[KeyRing, AuditLog]:
+    from service.audit import AuditLog
+    from service.config import Settings
+    from service.keys import KeyRing, open_security_store
+
+    overrides = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    store = open_security_store(Settings(**overrides))
+    return KeyRing(store), AuditLog(store)
+
+
+class _Operator:
+    key_id = None
+    name = OPERATOR_NAME
+
+
+def _key_dict(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id, "name": record.name, "scopes": list(record.scopes),
+        "gallery": record.gallery or None, "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+    }
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    ring, audit = _open_keys(args)
+    try:
+        record, token = ring.create(args.name, args.scope, args.gallery)
+        audit.record(_Operator(), "create_key", gallery=record.gallery,
+                     detail={"key_id": record.key_id, "name": record.name,
+                             "scopes": list(record.scopes)})
+    except ValueError as exc:
+        print(f"faceserve keys create: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ring.store.close()  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps({**_key_dict(record), "token": token}))
+    else:
+        print(f"key {record.key_id} ({record.name}): scopes {','.join(record.scopes)}, "
+              f"gallery {record.gallery or '(default)'}", file=sys.stderr)
+        print("token (shown once, only its hash is stored; keep it secret):", file=sys.stderr)
+        print(token)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    ring, _ = _open_keys(args)
+    try:
+        records = ring.list(args.gallery)
+    finally:
+        ring.store.close()  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps([_key_dict(r) for r in records]))
+        return 0
+    if not records:
+        print("no API keys: `faceserve serve` accepts requests without keys, on localhost only")
+        return 0
+    print(f"{'KEY ID':<16} {'NAME':<24} {'SCOPES':<24} {'GALLERY':<16} {'CREATED':<25} STATUS")
+    for r in records:
+        status = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+        print(f"{r.key_id:<16} {r.name[:24]:<24} {','.join(r.scopes):<24} "
+              f"{(r.gallery or '(default)')[:16]:<16} {r.created_at:<25} {status}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    ring, audit = _open_keys(args)
+    try:
+        record = ring.revoke(args.key_id)
+        if record is None:
+            print(f"faceserve keys revoke: no key {args.key_id!r}", file=sys.stderr)
+            return 1
+        audit.record(_Operator(), "revoke_key", gallery=record.gallery,
+                     detail={"key_id": record.key_id, "name": record.name})
+    finally:
+        ring.store.close()  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps(_key_dict(record)))
+    else:
+        print(f"revoked {record.key_id} ({record.name}) at {record.revoked_at}")
     return 0

@@ -139,9 +139,40 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Off (empty) by default. API-key authentication is not implemented in "
-        "this version: `faceserve serve` refuses to start when keys are set rather than "
-        "pretend to enforce them; keep the server on a trusted address.",
+        description="Not used: API keys are created with `faceserve keys create` and stored "
+        "hashed in the gallery database. `faceserve serve` refuses to start when this is set, "
+        "so nobody mistakes plaintext keys in the environment for protection.",
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="Longest a request may take, body upload included; then 408 (body still "
+        "arriving) or 503 `timeout`. 0 turns it off.",
+    )
+    inference_queue: int = Field(
+        32,
+        ge=1,
+        description="Most image requests (enroll, verify, identify, embed) inside inference at "
+        "once, running or waiting; more get 429 `overloaded` with Retry-After before their "
+        "body is read, so memory stays bounded under overload.",
+    )
+    rate_limit_per_s: float = Field(
+        20.0,
+        ge=0,
+        description="Requests per second each API key may make on average (token bucket); "
+        "more get 429 `rate_limited` with Retry-After. 0 turns it off. Requests without keys "
+        "(a server with no keys, on localhost) are not rate limited.",
+    )
+    rate_limit_burst: int = Field(
+        40, ge=1, description="Requests an API key may make at once before its rate applies."
+    )
+
+    database_url: str | None = Field(
+        None,
+        description="Empty: the SQLite gallery in the data dir (one process). "
+        "`postgresql://user:password@host:5432/db`: the PostgreSQL gallery, shared by several "
+        "replicas (each keeps its index in memory and follows the others' changes); the "
+        "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
     )
 
     @field_validator("threshold", mode="before")

@@ -13,11 +13,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.audit import AuditLog
 from service.batcher import Embedder
 from service.config import Settings
 from service.errors import NotReady
 from service.gallery import Gallery
 from service.inference import Inference, Pipeline
+from service.keys import KeyRing
 from service.metrics import Metrics
 from service.schemas import OperatingPoint
 
@@ -45,6 +47,8 @@ class Services:
     inference: Inference
     operating_point: OperatingPoint
     executor: Executor
+    keys: KeyRing | None = None  # None: no key checks at all (tests of the bare service)
+    audit: AuditLog | None = None
 
 
 def get_settings(request: Request) -> Settings:

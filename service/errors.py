@@ -10,12 +10,14 @@ never a 500: only a bug reaches the catch-all handler, which logs it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models.imageio import ImageError
 from service.schemas import ErrorResponse
@@ -23,6 +25,7 @@ from service.schemas import ErrorResponse
 __all__ = [
     "BadRequest",
     "FaceNotFound",
+    "Forbidden",
     "InvalidBase64",
     "InvalidField",
     "MultipleFaces",
@@ -31,6 +34,8 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceError",
     "SubjectNotFound",
+    "TooManyRequests",
+    "Unauthorized",
     "UnsupportedMediaType",
     "error_body",
     "error_responses",
@@ -46,11 +51,14 @@ class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.headers = headers
 
 
 class BadRequest(ServiceError):
@@ -91,6 +99,28 @@ class MultipleFaces(ServiceError):
 
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
+
+
+class Unauthorized(ServiceError):
+    """No key, an unknown key, or a revoked key (``WWW-Authenticate`` says how to send one)."""
+
+    status, code = 401, "missing_api_key"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServiceError):
+    status, code = 403, "insufficient_scope"
+
+
+class TooManyRequests(ServiceError):
+    """Rate limit or full inference queue; ``Retry-After`` says when to try again."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: str = "1") -> None:
+        super().__init__(message, code=code, headers={"Retry-After": retry_after})
 
 
 # models.imageio error code -> HTTP status. Not decodable as an image at all is 415; an image
@@ -139,7 +169,7 @@ def _validation_details(errors: Any) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = exc.headers or ({"Retry-After": "1"} if exc.status == 503 else None)
         return _response(exc.status, exc.code, exc.message, headers=headers)
 
     @app.exception_handler(ImageError)
@@ -158,7 +188,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STARLETTE_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return _response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; GET and DELETE of one
+            # path are separate routes here, so list the methods of all of them.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return _response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -166,13 +201,39 @@ def install_error_handlers(app: FastAPI) -> None:
         return _response(500, "internal_error", "internal server error")
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, looking inside included routers (FastAPI keeps those as one entry each)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def _allowed_methods(request: Request) -> str:
+    methods: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 _DESCRIPTIONS: dict[int, str] = {
     400: "Malformed input: bad base64, bad JSON, broken image bytes (`truncated_image`).",
-    404: "Unknown subject or face.",
+    401: "No API key (`missing_api_key`), an unknown one (`invalid_api_key`) or a revoked one "
+    "(`revoked_api_key`). Send `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+    403: "The key lacks the scope this operation needs (`insufficient_scope`).",
+    404: "Unknown subject or face (or one of another gallery).",
+    408: "The request body did not arrive within the request timeout (`request_timeout`).",
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
     422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`).",
-    503: "Models or gallery not loaded yet (`not_ready`).",
+    429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
+    "(`overloaded`); retry after `Retry-After` seconds.",
+    503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "
+    "timeout (`timeout`); retry after `Retry-After` seconds.",
 }
 
 

@@ -14,6 +14,13 @@ the next ``close`` writes a fresh one.
 
 One process per data directory: an advisory lock refuses a second one, whose index would
 silently diverge from the first's.
+
+Shared stores (PostgreSQL, ``database_url``): several processes (replicas) write to one store,
+each with its own index. The index then follows the store's change log in change-id order
+(``catch_up``, driven by ``service.replication.Replicator``), and this process's own writes
+apply to the index through the same log: after its commit a write catches up to (at least) its
+own change, so it is searchable here when acknowledged and no other replica's earlier change is
+skipped. No snapshot is kept: a replica builds its index from the store at start-up.
 """
 
 from __future__ import annotations
@@ -37,8 +44,16 @@ import numpy as np
 from service.index import FaceIndex, SnapshotInvalid, remove_snapshot
 from service.rwlock import RWLock
 from service.search_policy import choose_index_kind
-from service.store.base import FaceRecord, GalleryStore, NewFace, StoreState, SubjectRecord
-from service.store.sqlite import SqliteStore
+from service.store import open_store
+from service.store.base import (
+    ChangeBatch,
+    FaceRecord,
+    GalleryStore,
+    LogPosition,
+    NewFace,
+    StoreState,
+    SubjectRecord,
+)
 
 __all__ = [
     "FaceRecord",
@@ -56,6 +71,7 @@ log = logging.getLogger("faceserve.gallery")
 SNAPSHOT_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
 SCAN_CHUNK = 8192
+CATCH_UP_BATCH = 2000  # change-log entries applied at once (one exclusive section for searches)
 INDEX_KINDS = ("flat", "hnsw", "auto")
 _CURSOR_PREFIX = "s1."
 _NORM_TOLERANCE = 1e-3
@@ -138,7 +154,7 @@ class Gallery:
         store_chips: bool = True,
         snapshot_path: Path | None = None,
         snapshot_every: int | None = None,
-        location: str = "the store",
+        location: str | None = None,
     ) -> None:
         """Wrap an open ``store`` (this object closes it). Prefer ``Gallery.open``."""
         if index_kind not in INDEX_KINDS:
@@ -157,6 +173,10 @@ class Gallery:
         self._broken: BaseException | None = None
         self._lock_fd: int | None = None
         self._changes_since_snapshot = 0
+        self._shared = bool(getattr(store, "shared", False))
+        self._replicator: Any = None  # service.replication.Replicator, when following
+        location = location or getattr(store, "location", "the store")
+        self._location = location
 
         state = store.state()
         others = {m: n for m, n in state.model_counts.items() if m != model_version}
@@ -185,13 +205,18 @@ class Gallery:
         store_chips: bool = True,
         *,
         snapshot_every: int | None = None,
+        database_url: str | None = None,
+        follow: bool = True,
     ) -> Gallery:
-        """The gallery in ``data_dir`` (created if new): SQLite store plus index snapshot."""
+        """The gallery in ``data_dir`` (created if new): SQLite store plus index snapshot; or,
+        with ``database_url``, the shared PostgreSQL store, followed by a background
+        ``Replicator`` unless ``follow`` is False (then only ``catch_up`` calls apply others'
+        changes)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_dir(data_dir)
         try:
-            store = SqliteStore.open(data_dir)
+            store = open_store(data_dir, database_url)
         except BaseException:
             _unlock_dir(lock_fd)
             raise
@@ -202,15 +227,20 @@ class Gallery:
                 dim=dim,
                 index_kind=index_kind,
                 store_chips=store_chips,
-                snapshot_path=data_dir / SNAPSHOT_NAME,
+                snapshot_path=None if store.shared else data_dir / SNAPSHOT_NAME,
                 snapshot_every=snapshot_every,
-                location=f"the gallery in {data_dir}",
+                location=store.location,
             )
         except BaseException:
             store.close()
             _unlock_dir(lock_fd)
             raise
         gallery._lock_fd = lock_fd
+        if store.shared and follow:
+            from service.replication import Replicator
+
+            gallery._replicator = Replicator(gallery, store.open_listener)  # type: ignore[attr-defined]
+            gallery._replicator.start()
         return gallery
 
     # ------------------------------------------------------------ start-up
@@ -276,7 +306,22 @@ class Gallery:
 
     @property
     def last_change_id(self) -> int:
+        """The index reflects every store change up to this id."""
         return self._last_change_id
+
+    @property
+    def shared(self) -> bool:
+        """Other processes write to this gallery's store (see the module docstring)."""
+        return self._shared
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def replicator(self) -> Any:
+        """The ``Replicator`` following the store, or None (SQLite, or ``follow=False``)."""
+        return self._replicator
 
     # ------------------------------------------------------------ writes
 
@@ -348,6 +393,9 @@ class Gallery:
         with self._write_mutex:
             self._check_writable()
             result = self._store.add_face(face, metadata)
+            if self._shared:
+                self._catch_up_locked(None)
+                return result.record, result.created
             if result.subject_created:
                 self._subjects += 1
             if result.created:
@@ -371,6 +419,9 @@ class Gallery:
                 self._faces.pop(row_id, None)
 
         self._mutate_index(remove, change_id, len(row_ids))
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
         if self._index.needs_compaction:
             try:
                 fresh = self._index.compacted()  # searches go on against the old graph meanwhile
@@ -386,6 +437,9 @@ class Gallery:
         with self._write_mutex:
             self._check_writable()
             result = self._store.delete_subject(subject_id)
+            if self._shared:
+                self._catch_up_locked(None)
+                return len(result.row_ids)
             if result.subject_existed:
                 self._subjects -= 1
             if result.row_ids:
@@ -397,9 +451,79 @@ class Gallery:
         with self._write_mutex:
             self._check_writable()
             result = self._store.delete_face(face_id)
+            if self._shared:
+                self._catch_up_locked(None)
+                return bool(result.row_ids)
             if result.row_ids:
                 self._forget(result.row_ids, result.change_id)
             return bool(result.row_ids)
+
+    # ------------------------------------------------------------ following the change log
+
+    def catch_up(self, limit: int = CATCH_UP_BATCH) -> int:
+        """Apply up to ``limit`` store changes committed after ``last_change_id`` (by any
+        process) to the index; the number applied. A no-op once closed."""
+        with self._write_mutex:
+            if self._closed:
+                return 0
+            self._check_writable()
+            return self._catch_up_locked(limit)
+
+    def _catch_up_locked(self, limit: int | None) -> int:
+        """Caller holds the write mutex. ``limit=None``: until no change is left."""
+        applied = 0
+        batch_size = limit or CATCH_UP_BATCH
+        while True:
+            batch = self._store.changes_since(self._last_change_id, batch_size)
+            if batch.changes:
+                self._apply(batch)
+                applied += len(batch.changes)
+            else:
+                self._subjects = batch.subject_count
+            if limit is not None or len(batch.changes) < batch_size:
+                return applied
+
+    def _apply(self, batch: ChangeBatch) -> None:
+        """One batch of the log, in one exclusive section: a search sees all of it or none.
+        Idempotent (see ``service.replication``), so a replay after a restart is harmless."""
+        deleted = [c.row_id for c in batch.changes if c.op == "delete" and c.row_id in self._faces]
+        added = [c for c in batch.changes
+                 if c.op == "add" and c.embedding is not None and c.row_id not in self._faces]
+        foreign = sorted({str(c.model) for c in added if c.model != self.model_version})
+        if foreign:
+            self._broken = ModelMismatch(
+                f"another process stored faces of model(s) {foreign} in {self._location}, but "
+                f"this one computes {self.model_version!r}: run every replica with one model"
+            )
+            raise self._broken
+        vectors = np.stack([c.embedding for c in added]) if added else None  # type: ignore[misc]
+        if vectors is not None and vectors.shape[1] != self.dim:
+            raise GalleryError(f"stored embeddings have {vectors.shape[1]} dimensions, "
+                               f"not {self.dim}")
+        ids = np.array([c.row_id for c in added], dtype=np.int64)
+
+        def apply() -> None:
+            if deleted:
+                self._index.remove(deleted)
+                for row_id in deleted:
+                    self._faces.pop(row_id, None)
+            if vectors is not None:
+                self._index.add(ids, vectors)
+                for c in added:
+                    self._faces[c.row_id] = (str(c.face_id), sys.intern(str(c.subject_id)))
+
+        self._mutate_index(apply, batch.changes[-1].change_id, len(batch.changes))
+        self._subjects = batch.subject_count
+        if deleted:
+            self._maybe_compact()
+
+    def log_position(self, after: int | None = None) -> LogPosition:
+        """The store's change-log head and how far ``after`` (default: this index) is behind."""
+        return self._store.log_position(self._last_change_id if after is None else after)
+
+    def replication_status(self) -> Any:
+        """``service.replication.ReplicationStatus`` when following a shared store, else None."""
+        return None if self._replicator is None else self._replicator.status()
 
     # ------------------------------------------------------------ reads
 
@@ -483,6 +607,8 @@ class Gallery:
 
     def close(self) -> None:
         """Write the index snapshot and release the store; later calls raise ``GalleryClosed``."""
+        if self._replicator is not None:
+            self._replicator.stop()  # before the mutex: its catch-up takes the mutex
         with self._write_mutex:
             if self._closed:
                 return

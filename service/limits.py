@@ -1,13 +1,20 @@
-"""Request-body size limit as a pure ASGI middleware: 413 before an oversized body is read.
+"""Request limits as pure ASGI middleware: body size (413) and request timeout (408 / 503).
 
 Two checks: a declared ``Content-Length`` above the limit is refused at once, without reading
 a byte of the body; a body without one (chunked) or one that lies is counted as it streams in,
 and the request is cut off as soon as the count passes the limit. The app never sees more than
 ``max_bytes`` of any body, and the server never buffers more than one extra chunk.
+
+The timeout bounds a whole request, body upload included (uvicorn has no body-read timeout, so
+a client trickling bytes would otherwise hold a connection and a slot forever). When it fires
+the request is cancelled (queued inference work is dropped) and, if no response has started,
+answered 408 ``request_timeout`` when the app was waiting for the body (the client is slow), or
+503 ``timeout`` with ``Retry-After`` otherwise (the server is slow).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -15,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge"]
+__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge", "RequestTimeoutMiddleware"]
 
 
 class BodyTooLarge(Exception):
@@ -89,3 +96,54 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, guarded_send)
         if exceeded and not response_started:
             await self._reject(send)
+
+
+class RequestTimeoutMiddleware:
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout_s <= 0:
+            await self.app(scope, receive, send)
+            return
+        waiting_for_body = False
+        started = False
+
+        async def timed_receive() -> Message:
+            nonlocal waiting_for_body
+            waiting_for_body = True
+            message = await receive()
+            # Not in a ``finally``: when the timeout cancels this wait, the flag must still
+            # say so when the handler below reads it.
+            waiting_for_body = False
+            return message
+
+        async def timed_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                await self.app(scope, timed_receive, timed_send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own TimeoutError, not ours
+            if started:
+                return  # half a response is out; the server closes the connection
+            if waiting_for_body:
+                status, code, headers = 408, "request_timeout", [(b"connection", b"close")]
+                message = f"the request body did not arrive within {self.timeout_s:g} s"
+            else:
+                status, code, headers = 503, "timeout", [(b"retry-after", b"1")]
+                message = f"no answer within the request timeout of {self.timeout_s:g} s"
+            body = json.dumps(error_body(code, message)).encode()
+            await send({
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers],
+            })
+            await send({"type": "http.response.body", "body": body})

@@ -15,8 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "REQUEST_MODELS",
+    "AuditEvent",
+    "AuditList",
     "BBox",
     "Candidate",
+    "CreateKeyRequest",
+    "CreatedKey",
     "DeleteFaceResponse",
     "DeleteSubjectResponse",
     "EmbedForm",
@@ -35,8 +39,11 @@ __all__ = [
     "IdentifyImageResponse",
     "IdentifyJSON",
     "IdentifyResponse",
+    "KeyInfo",
+    "KeyList",
     "OperatingPoint",
     "ReadyResponse",
+    "ReplicationLag",
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
@@ -388,6 +395,20 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
 
 
+class ReplicationLag(BaseModel):
+    applied_change_id: int = Field(description="The index reflects every change up to this id.")
+    head_change_id: int | None = Field(
+        None, description="The last change committed to the database (absent, like the two "
+        "below, when the database cannot be reached: see `error`)."
+    )
+    changes_behind: int | None = None
+    seconds_behind: float | None = Field(
+        None, description="Age of the oldest change not applied yet; 0 when caught up."
+    )
+    listening: bool = Field(description="LISTEN/NOTIFY connection up (else polling only).")
+    error: str | None = Field(None, description="Last replication error, until it recovers.")
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     model: str
@@ -400,6 +421,63 @@ class ReadyResponse(BaseModel):
     gallery_faces: int
     gallery_subjects: int
     batching: bool
+    replication: ReplicationLag | None = Field(
+        None,
+        description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "
+        "is behind the database's change log.",
+    )
+
+
+# ---------------------------------------------------------------- keys and audit
+
+Scope = Literal["enroll", "recognize", "admin"]
+
+
+class KeyInfo(BaseModel):
+    """An API key as listed: never its token (only its hash is stored)."""
+
+    key_id: str = Field(description="Public id, for revoking.")
+    name: str
+    scopes: list[Scope]
+    gallery: str | None = Field(description="The key's gallery; null for the default one.")
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
+class CreateKeyRequest(_Strict):
+    """POST /keys: a new key in the calling admin key's gallery."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+
+
+class CreatedKey(KeyInfo):
+    token: str = Field(description="The key itself. Shown this once: store it now.")
+
+
+class AuditEvent(BaseModel):
+    id: int
+    at: str = Field(description="ISO 8601, UTC.")
+    key_id: str | None = Field(description="The key that acted; null without keys (operator).")
+    key_name: str
+    action: Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key"]
+    subject_id: str | None
+    face_id: str | None
+    detail: dict[str, Any] = Field(
+        description="Small facts (`created`, `faces_deleted`, `scopes`); never images, "
+        "embeddings or metadata."
+    )
+
+
+class AuditList(BaseModel):
+    events: list[AuditEvent]
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 # Request models that are not parameters of any FastAPI signature (the bodies are parsed by

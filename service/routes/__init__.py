@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import embed, enroll, faces, health, identify, subjects, verify
+from service.routes import (
+    audit,
+    embed,
+    enroll,
+    faces,
+    health,
+    identify,
+    keys,
+    subjects,
+    verify,
+)
 
 __all__ = ["ROUTERS"]
 
@@ -15,5 +25,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     embed.router,
     subjects.router,
     faces.router,
+    audit.router,
+    keys.router,
     health.router,
 )

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,6 +25,8 @@ from starlette.datastructures import UploadFile
 from models.faces import Box
 from models.imageio import InvalidBase64 as InvalidImageBase64
 from models.imageio import b64decode_image
+from service.auth import Principal
+from service.deps import Services
 from service.errors import BadRequest, InvalidBase64, InvalidField, UnsupportedMediaType
 from service.gallery import Gallery
 from service.schemas import (
@@ -36,6 +38,7 @@ from service.schemas import (
 )
 
 __all__ = [
+    "audit_event",
     "candidates_for",
     "decode_base64_image",
     "decode_embedding",
@@ -245,12 +248,19 @@ def operating_point_for(default: OperatingPoint, override: float | None) -> Oper
 
 
 def candidates_for(
-    gallery: Gallery, queries: np.ndarray, k: int, exclude: Iterable[str] = ()
+    gallery: Gallery,
+    queries: np.ndarray,
+    k: int,
+    exclude: Iterable[str] = (),
+    visible: Callable[[str], str | None] | None = None,
 ) -> list[list[Candidate]]:
     """Top ``k`` *subjects* per query, each once with its best face (blocking: run in a thread).
 
     The index ranks faces; a subject with many templates would crowd others out, so more
     faces are fetched until ``k`` distinct subjects are found or the gallery is exhausted.
+    ``visible`` maps a stored subject id to the id the caller sees, or None to hide it (another
+    gallery's subject); hidden faces are skipped the same way, so a small gallery inside a
+    large index costs more fetching (up to the whole index), never fewer or foreign results.
     """
     excluded = set(exclude)
     results: list[list[Candidate]] = [[] for _ in range(len(queries))]
@@ -264,11 +274,12 @@ def candidates_for(
         for i, row in enumerate(hits):
             best: dict[str, Candidate] = {}
             for hit in row:
-                if hit.face_id in excluded or hit.subject_id in best:
+                subject = hit.subject_id if visible is None else visible(hit.subject_id)
+                if subject is None or hit.face_id in excluded or subject in best:
                     continue
                 similarity = max(-1.0, min(1.0, float(hit.similarity)))
-                best[hit.subject_id] = Candidate(
-                    subject_id=hit.subject_id, face_id=hit.face_id, similarity=similarity
+                best[subject] = Candidate(
+                    subject_id=subject, face_id=hit.face_id, similarity=similarity
                 )
                 if len(best) == k:
                     break
@@ -298,3 +309,16 @@ def to_bbox(box: Box | tuple[int, int, int, int] | list[int]) -> BBox:
 
 def landmarks_list(points: Any) -> list[list[float]]:
     return [[float(x), float(y)] for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2)]
+
+
+# ---------------------------------------------------------------- audit
+
+
+async def audit_event(
+    services: Services, principal: Principal, action: str, **fields: Any
+) -> None:
+    """Record ``action`` by ``principal`` in its gallery (after the change has committed)."""
+    if services.audit is not None:
+        await run_in_threadpool(
+            services.audit.record, principal, action, gallery=principal.gallery, **fields
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.auth import RecognizeImageKey
 from service.deps import InferenceDep, ServicesDep, SettingsDep
 from service.errors import error_responses
 from service.inference import most_confident
@@ -28,13 +29,18 @@ router = APIRouter(tags=["recognition"])
         "Every face (most confident first, at most `max_faces`, itself capped by the server's "
         "setting) with its box, landmarks and L2-normalised 128-d embedding, as floats and "
         "as URL-safe base64 of little-endian float32 (`embedding_b64`, accepted by GET "
-        "/identify). Nothing is stored. A photo without faces gives an empty list."
+        "/identify). Nothing is stored. A photo without faces gives an empty list. Needs "
+        "scope `recognize`."
     ),
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(EmbedForm, EmbedJSON),
 )
 async def embed(
-    request: Request, settings: SettingsDep, services: ServicesDep, inference: InferenceDep
+    principal: RecognizeImageKey,
+    request: Request,
+    settings: SettingsDep,
+    services: ServicesDep,
+    inference: InferenceDep,
 ) -> EmbedResponse:
     body = await parse_body(request, EmbedForm, EmbedJSON)
     data = await image_bytes(body.image, "image")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from models.faces import Face
-from service.deps import GalleryDep, InferenceDep, SettingsDep
+from service.auth import EnrollKey
+from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.errors import MultipleFaces, NoFace, error_responses
 from service.inference import largest_face
 from service.routes.common import (
+    audit_event,
     image_bytes,
     image_request_body,
     landmarks_list,
@@ -40,18 +42,21 @@ def _reject_several(faces: list[Face]) -> list[Face]:
         "template of `subject_id` (created if new). `on_multiple=reject` refuses photos "
         "with several faces instead. Re-sending identical image bytes for the same subject "
         "is idempotent: the existing face is returned with `created: false` and status 200. "
-        "The response is sent only after the enrollment is committed."
+        "The response is sent only after the enrollment is committed. Needs scope `enroll`; "
+        "the subject belongs to the key's gallery."
     ),
     responses={
         200: {"model": EnrollResponse, "description": "Already enrolled (same image bytes)."},
-        **error_responses(400, 413, 415, 422, 503),
+        **error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     },
     openapi_extra=image_request_body(EnrollForm, EnrollJSON),
 )
 async def enroll(
+    principal: EnrollKey,
     request: Request,
     response: Response,
     settings: SettingsDep,
+    services: ServicesDep,
     gallery: GalleryDep,
     inference: InferenceDep,
 ) -> EnrollResponse:
@@ -66,7 +71,7 @@ async def enroll(
     chip_jpeg = await inference.encode_chip(found.chips[0]) if settings.store_chips else None
     record, created = await run_in_threadpool(
         lambda: gallery.enroll(
-            body.subject_id,
+            principal.namespace.internal(body.subject_id),
             found.embeddings[0],
             bbox=face.box.as_tuple(),
             landmarks=landmarks_list(face.landmarks),
@@ -76,11 +81,13 @@ async def enroll(
             metadata=metadata,
         )
     )
+    await audit_event(services, principal, "enroll", subject_id=body.subject_id,
+                      face_id=record.face_id, detail={"created": created})
     if not created:
         response.status_code = 200
     return EnrollResponse(
         face_id=record.face_id,
-        subject_id=record.subject_id,
+        subject_id=body.subject_id,
         created=created,
         bbox=to_bbox(record.bbox),
         landmarks=landmarks_list(record.landmarks),

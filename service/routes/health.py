@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
+from service.auth import AdminKey
 from service.deps import MetricsDep, ServicesDep, SettingsDep
 from service.errors import error_responses
 from service.metrics import CONTENT_TYPE_LATEST
 from service.routes.common import run_in_threadpool
-from service.schemas import HealthResponse, ReadyResponse
+from service.schemas import HealthResponse, ReadyResponse, ReplicationLag
 
 router = APIRouter(tags=["operations"])
 
@@ -22,16 +26,18 @@ async def healthz() -> HealthResponse:
     "/readyz",
     response_model=ReadyResponse,
     summary="Readiness: models and gallery loaded",
-    description="503 `not_ready` while loading, 503 `startup_failed` if loading failed.",
+    description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
+    "Replicas of a shared PostgreSQL gallery also report their lag (`replication`).",
     responses=error_responses(503),
+    response_model_exclude_none=True,
 )
 async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
     gallery = services.gallery
 
-    def counts() -> tuple[int, int]:
-        return gallery.size, gallery.subject_count
+    def counts() -> tuple[int, int, Any]:
+        return gallery.size, gallery.subject_count, gallery.replication_status()
 
-    faces, subjects = await run_in_threadpool(counts)
+    faces, subjects, lag = await run_in_threadpool(counts)
     return ReadyResponse(
         status="ready",
         model=services.pipeline.model_version,
@@ -41,6 +47,7 @@ async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
         gallery_faces=faces,
         gallery_subjects=subjects,
         batching=settings.batching,
+        replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
     )
 
 
@@ -48,8 +55,12 @@ async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."}},
+    description="Needs scope `admin` once the server has API keys; 503 until loaded.",
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."},
+        **error_responses(401, 403, 408, 429, 503),
+    },
 )
-async def metrics(request: Request, registry: MetricsDep) -> Response:
+async def metrics(principal: AdminKey, request: Request, registry: MetricsDep) -> Response:
     # Gallery gauges are read at scrape time and may wait for a writer: not on the loop.
     return Response(await run_in_threadpool(registry.render), media_type=CONTENT_TYPE_LATEST)

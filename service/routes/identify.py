@@ -7,6 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
+from service.auth import Principal, RecognizeImageKey, RecognizeKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.errors import FaceNotFound, InvalidField, error_responses
 from service.gallery import Gallery
@@ -44,11 +45,13 @@ router = APIRouter(tags=["recognition"])
         "template; that template itself is left out of the candidates, other templates of "
         "its subject are not) or `embedding`. Candidates are subjects, each once with its "
         "best-scoring face, most similar first; `match` is the first candidate if its "
-        "similarity reaches the threshold, else null (unknown person)."
+        "similarity reaches the threshold, else null (unknown person). Needs scope "
+        "`recognize`; only the key's gallery is searched."
     ),
-    responses=error_responses(400, 404, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
 )
 async def identify_stored(
+    principal: RecognizeKey,
     services: ServicesDep,
     gallery: GalleryDep,
     face_id: Annotated[
@@ -75,13 +78,13 @@ async def identify_stored(
     point = operating_point_for(services.operating_point, threshold)
     exclude: tuple[str, ...] = ()
     if face_id is not None:
-        query = await run_in_threadpool(_stored_embedding, gallery, face_id)
+        query = await run_in_threadpool(_stored_embedding, gallery, face_id, principal)
         exclude = (face_id,)
     else:
         assert embedding is not None
         query = decode_embedding(embedding)
     [candidates] = await run_in_threadpool(
-        candidates_for, gallery, query[None, :], k, exclude
+        candidates_for, gallery, query[None, :], k, exclude, principal.namespace.external
     )
     return IdentifyResponse(
         candidates=candidates,
@@ -92,9 +95,9 @@ async def identify_stored(
     )
 
 
-def _stored_embedding(gallery: Gallery, face_id: str) -> np.ndarray:
+def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> np.ndarray:
     record = gallery.get_face(face_id)
-    if record is None:
+    if record is None or not principal.namespace.owns(record.subject_id):
         raise FaceNotFound(f"face {face_id!r} does not exist")
     if record.embedding is None:  # a listing without vectors: fetch the subject's templates
         for face in gallery.subject_faces(record.subject_id):
@@ -111,12 +114,14 @@ def _stored_embedding(gallery: Gallery, face_id: str) -> np.ndarray:
     description=(
         "Detects the faces of the photo (most confident first, at most `max_faces`, itself "
         "capped by the server's setting) and searches the gallery with each. A photo without "
-        "faces gives an empty `faces` list."
+        "faces gives an empty `faces` list. Needs scope `recognize`; only the key's gallery "
+        "is searched."
     ),
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(IdentifyForm, IdentifyJSON),
 )
 async def identify_image(
+    principal: RecognizeImageKey,
     request: Request,
     settings: SettingsDep,
     services: ServicesDep,
@@ -128,7 +133,9 @@ async def identify_image(
     point = operating_point_for(services.operating_point, body.threshold)
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
     found = await inference.faces(data, most_confident(limit))
-    per_face = await run_in_threadpool(candidates_for, gallery, found.embeddings, body.k)
+    per_face = await run_in_threadpool(
+        candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
+    )
     faces = [
         IdentifiedFace(
             bbox=to_bbox(face.box),

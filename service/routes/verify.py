@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 from fastapi import APIRouter, Request
 
+from service.auth import RecognizeImageKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep
 from service.errors import InvalidField, NoFace, SubjectNotFound, error_responses
 from service.inference import EmbeddedFaces, Inference, largest_face
@@ -49,13 +50,18 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         "`image` + `subject_id`: compares the largest face of the photo with every template "
         "of the subject; the best score counts. `match` is `similarity >= threshold`; "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
-        "without a face is 422 `no_face`."
+        "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
+        "in the key's gallery."
     ),
-    responses=error_responses(400, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(VerifyForm, VerifyJSON),
 )
 async def verify(
-    request: Request, services: ServicesDep, gallery: GalleryDep, inference: InferenceDep
+    principal: RecognizeImageKey,
+    request: Request,
+    services: ServicesDep,
+    gallery: GalleryDep,
+    inference: InferenceDep,
 ) -> VerifyResponse:
     body = await parse_body(request, VerifyForm, VerifyJSON)
     pair = body.image_a is not None or body.image_b is not None
@@ -79,7 +85,9 @@ async def verify(
             raise InvalidField("image and subject_id must both be given")
         data = await image_bytes(body.image, "image")
         subject_id = body.subject_id
-        templates = await run_in_threadpool(gallery.subject_faces, subject_id)
+        templates = await run_in_threadpool(
+            gallery.subject_faces, principal.namespace.internal(subject_id)
+        )
         templates = [t for t in templates if t.embedding is not None]
         if not templates:
             raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")

@@ -1,8 +1,11 @@
 """The storage interface of the gallery and the records it hands out.
 
 The store is the source of truth; the FAISS index is a cache rebuilt from it. SQLite implements
-this protocol now and PostgreSQL will later, so nothing here may assume a particular database:
-ids are opaque strings outside, and the int64 row id exists only because FAISS needs integer ids.
+this protocol and so does PostgreSQL, so nothing here may assume a particular database: ids are
+opaque strings outside, and the int64 row id exists only because FAISS needs integer ids.
+
+A store that several processes share (``shared``) is followed through its change log: each
+process keeps its own index and applies the log's adds and deletes in change-id order.
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ import numpy as np
 
 __all__ = [
     "AddResult",
+    "AuditRecord",
+    "Change",
+    "ChangeBatch",
+    "ChangeListener",
     "DeleteResult",
     "FaceChunk",
     "FaceRecord",
     "GalleryStore",
+    "KeyRecord",
+    "LogPosition",
+    "NewAuditEvent",
     "NewFace",
     "SchemaTooNew",
+    "SecurityStore",
+    "SharedGalleryStore",
     "StoreError",
     "StoreState",
     "SubjectRecord",
@@ -109,10 +121,48 @@ class StoreState:
     model_counts: dict[str, int]
 
 
+@dataclass(frozen=True)
+class Change:
+    """One change-log entry, as a process following the log applies it to its index."""
+
+    change_id: int
+    op: str  # "add" or "delete"
+    row_id: int  # the FAISS id
+    # Adds only, and only while the face still exists: a face deleted since has a later
+    # "delete" entry, so there is nothing to add. Rows are never updated after insertion.
+    face_id: str | None = None
+    subject_id: str | None = None
+    model: str | None = None
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Change-log entries after some id, in id order, and the subject count, in one read."""
+
+    changes: list[Change]
+    subject_count: int
+
+
+@dataclass(frozen=True)
+class LogPosition:
+    """How far a follower that has applied everything up to ``after`` is behind."""
+
+    head: int  # the last committed change id
+    behind: int  # entries after ``after``
+    oldest_pending_s: float  # age of the oldest of them; 0.0 when there are none
+
+
 class GalleryStore(Protocol):
     """Durable subjects and faces. Every write is one transaction that also appends to the change
     log (an 'add' or 'delete' per face row), so the last change id identifies the store's state.
-    Writes may be called from one thread at a time; reads from any number of threads."""
+    Writes may be called from one thread at a time; reads from any number of threads.
+
+    Change ids increase in commit order: a reader that has seen change ``n`` committed will never
+    later find a change committed with an id below ``n`` (followers read the log by id)."""
+
+    shared: bool  # other processes may write to it: follow its change log, keep no snapshot
+    location: str  # for messages (never holds a password)
 
     def state(self) -> StoreState: ...
 
@@ -148,4 +198,94 @@ class GalleryStore(Protocol):
         """Every face in row-id order, one consistent read, ``chunk_size`` rows at a time."""
         ...
 
+    def changes_since(self, after: int, limit: int) -> ChangeBatch:
+        """Up to ``limit`` change-log entries with ids above ``after``, in id order."""
+        ...
+
+    def log_position(self, after: int) -> LogPosition: ...
+
     def close(self) -> None: ...
+
+
+class ChangeListener(Protocol):
+    """Wakes a follower when another process commits a change (a hint: the log is the truth)."""
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken by a change, False after ``timeout`` seconds without one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SharedGalleryStore(GalleryStore, Protocol):
+    """A store several processes share; each opens a listener to follow it promptly."""
+
+    def open_listener(self) -> ChangeListener: ...
+
+
+# ---------------------------------------------------------------- API keys and audit (issue 7)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored: never the token itself, only its SHA-256 (hex)."""
+
+    key_id: str  # public id, for listing and revoking
+    name: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    gallery: str  # "" is the default gallery
+    created_at: str
+    revoked_at: str | None = None
+
+
+@dataclass(frozen=True)
+class NewAuditEvent:
+    """Who did what, when: never an image, embedding, chip or metadata."""
+
+    at: str
+    key_id: str | None  # None when the server runs without keys
+    key_name: str
+    action: str
+    gallery: str = ""
+    subject_id: str | None = None  # the client's id (not the internal namespaced one)
+    face_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord(NewAuditEvent):
+    id: int = 0
+
+
+class SecurityStore(Protocol):
+    """API keys and the audit log, in the gallery's database (tables ``api_keys``, ``audit``).
+
+    Keys are never deleted, only revoked, so "keys were ever configured" cannot be undone by
+    revoking them all."""
+
+    def add_key(self, key: KeyRecord) -> None: ...
+
+    def find_key(self, key_hash: str) -> KeyRecord | None:
+        """The key (revoked or not) whose token hashes to ``key_hash``."""
+        ...
+
+    def list_keys(self, gallery: str | None = None) -> list[KeyRecord]:
+        """Every key in creation order, or those of one gallery."""
+        ...
+
+    def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
+        """Revoke (idempotent); the key as it now is, or None if unknown (in that gallery)."""
+        ...
+
+    def key_count(self, *, active_only: bool) -> int: ...
+
+    def add_audit(self, event: NewAuditEvent) -> int:
+        """Append an event (its own transaction, committed on return); its id."""
+        ...
+
+    def list_audit(
+        self, gallery: str | None, after: int, limit: int, action: str | None = None
+    ) -> list[AuditRecord]:
+        """Events with ids above ``after`` in id order (one gallery, or all when None)."""
+        ...

@@ -27,9 +27,15 @@ import numpy as np
 
 from service.store.base import (
     AddResult,
+    AuditRecord,
+    Change,
+    ChangeBatch,
     DeleteResult,
     FaceChunk,
     FaceRecord,
+    KeyRecord,
+    LogPosition,
+    NewAuditEvent,
     NewFace,
     SchemaTooNew,
     StoreError,
@@ -74,6 +80,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at TEXT NOT NULL
         )""",
     ),
+    # 2: API keys (hashes only) and the audit log (issue 7). Keys are revoked, never deleted.
+    (
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            scopes TEXT NOT NULL,
+            gallery TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            key_id TEXT,
+            key_name TEXT NOT NULL,
+            action TEXT NOT NULL,
+            gallery TEXT NOT NULL DEFAULT '',
+            subject_id TEXT,
+            face_id TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX audit_gallery ON audit(gallery, id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -110,8 +140,21 @@ def _face(row: sqlite3.Row | tuple[Any, ...], with_embedding: bool) -> FaceRecor
     )
 
 
+_KEY_COLUMNS = "key_id, name, key_hash, scopes, gallery, created_at, revoked_at"
+
+
+def _key(row: tuple[Any, ...]) -> KeyRecord:
+    return KeyRecord(
+        key_id=row[0], name=row[1], key_hash=row[2],
+        scopes=tuple(s for s in row[3].split(",") if s), gallery=row[4], created_at=row[5],
+        revoked_at=row[6],
+    )
+
+
 class SqliteStore:
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
+
+    shared = False  # one process per file: the gallery locks the data directory
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -125,6 +168,10 @@ class SqliteStore:
         except BaseException:
             self._writer.close()
             raise
+
+    @property
+    def location(self) -> str:
+        return f"the gallery in {self.path.parent}"
 
     @classmethod
     def open(cls, data_dir: Path) -> SqliteStore:
@@ -419,6 +466,112 @@ class SqliteStore:
                     subject_ids=[r[2] for r in rows],
                     embeddings=embeddings,
                 )
+
+    def changes_since(self, after: int, limit: int) -> ChangeBatch:
+        with self._read_transaction() as conn:
+            rows = conn.execute(
+                "SELECT c.change_id, c.op, c.face_row_id, f.face_id, f.subject_id, f.model, "
+                "f.embedding FROM changes c LEFT JOIN faces f "
+                "ON c.op = 'add' AND f.id = c.face_row_id "
+                "WHERE c.change_id > ? ORDER BY c.change_id LIMIT ?",
+                (int(after), int(limit)),
+            ).fetchall()
+            subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
+        changes = [
+            Change(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
+                   None if r[6] is None else _from_blob(r[6]))
+            for r in rows
+        ]
+        return ChangeBatch(changes, subjects)
+
+    def log_position(self, after: int) -> LogPosition:
+        with self._read_transaction() as conn:
+            head = self._last_change(conn)
+            behind, oldest = conn.execute(
+                "SELECT count(*), min(at) FROM changes WHERE change_id > ?", (int(after),)
+            ).fetchone()
+        age = 0.0
+        if oldest is not None:
+            then = datetime.fromisoformat(oldest.replace("Z", "+00:00"))
+            age = max(0.0, (datetime.now(UTC) - then).total_seconds())
+        return LogPosition(head, int(behind), age)
+
+    # ------------------------------------------------------------ API keys and audit (issue 7)
+
+    def add_key(self, key: KeyRecord) -> None:
+        with self._write_transaction() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_id, name, key_hash, scopes, gallery, created_at, "
+                "revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.name, key.key_hash, ",".join(key.scopes), key.gallery,
+                 key.created_at, key.revoked_at),
+            )
+
+    def find_key(self, key_hash: str) -> KeyRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+            ).fetchone()
+        return None if row is None else _key(row)
+
+    def list_keys(self, gallery: str | None = None) -> list[KeyRecord]:
+        with self._reader() as conn:
+            if gallery is None:
+                rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY rowid")
+            else:
+                rows = conn.execute(
+                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE gallery = ? ORDER BY rowid",
+                    (gallery,),
+                )
+            return [_key(r) for r in rows]
+
+    def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
+        with self._write_transaction() as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL "
+                "AND (? IS NULL OR gallery = ?)",
+                (at, key_id, gallery, gallery),
+            )
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ? "
+                "AND (? IS NULL OR gallery = ?)",
+                (key_id, gallery, gallery),
+            ).fetchone()
+        return None if row is None else _key(row)
+
+    def key_count(self, *, active_only: bool) -> int:
+        where = " WHERE revoked_at IS NULL" if active_only else ""
+        with self._reader() as conn:
+            return int(conn.execute(f"SELECT count(*) FROM api_keys{where}").fetchone()[0])
+
+    def add_audit(self, event: NewAuditEvent) -> int:
+        with self._write_transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO audit (at, key_id, key_name, action, gallery, subject_id, face_id, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.at, event.key_id, event.key_name, event.action, event.gallery,
+                 event.subject_id, event.face_id,
+                 json.dumps(event.detail, ensure_ascii=False, separators=(",", ":"))),
+            )
+            return int(cur.lastrowid or 0)
+
+    def list_audit(
+        self, gallery: str | None, after: int, limit: int, action: str | None = None
+    ) -> list[AuditRecord]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT id, at, key_id, key_name, action, gallery, subject_id, face_id, detail "
+                "FROM audit WHERE id > ? AND (? IS NULL OR gallery = ?) "
+                "AND (? IS NULL OR action = ?) ORDER BY id LIMIT ?",
+                (int(after), gallery, gallery, action, action, int(limit)),
+            ).fetchall()
+        return [
+            AuditRecord(
+                id=int(r[0]), at=r[1], key_id=r[2], key_name=r[3], action=r[4], gallery=r[5],
+                subject_id=r[6], face_id=r[7], detail=json.loads(r[8]),
+            )
+            for r in rows
+        ]
 
     # ------------------------------------------------------------ lifecycle
 

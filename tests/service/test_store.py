@@ -1,17 +1,38 @@
-"""The SQLite store: idempotent writes, the change log, cascades, migrations, scans."""
+"""The gallery stores, SQLite and PostgreSQL, against one suite: idempotent writes, the change
+log (commit order, followers), cascades, migrations, scans, keys and audit.
+
+Every test runs on both backends. PostgreSQL tests use the real server (``postgres_util``), each
+in a fresh schema dropped afterwards, and skip with the reason when no server answers.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
-from service.store import NewFace, SchemaTooNew, SqliteStore, StoreError
-from service.store.sqlite import FILENAME, SCHEMA_VERSION
+from service.store import (
+    GalleryStore,
+    NewFace,
+    SchemaTooNew,
+    SqliteStore,
+    StoreError,
+    open_store,
+)
+from service.store.base import KeyRecord, NewAuditEvent
+from service.store.migrations.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from service.store.sqlite import FILENAME
+from service.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from tests.service import postgres_util
+
+pytestmark = pytest.mark.timeout(120)
 
 DIM = 128
 
@@ -36,14 +57,107 @@ def face(subject: str, n: int, *, chip: bytes | None = None) -> NewFace:
     )
 
 
+# ---------------------------------------------------------------- the two backends
+
+
+class Backend:
+    """One database for a test: open stores on it and look at it from outside the store."""
+
+    name: str
+    schema_version: int
+
+    def open(self) -> GalleryStore:
+        raise NotImplementedError
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def execute(self, statement: str) -> None:
+        raise NotImplementedError
+
+    def fingerprint(self) -> Any:
+        """Something that changes whenever the database does."""
+        raise NotImplementedError
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+    schema_version = SQLITE_SCHEMA_VERSION
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / FILENAME
+
+    def open(self) -> GalleryStore:
+        return open_store(self.data_dir)
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(statement).fetchall()
+        finally:
+            conn.close()
+
+    def execute(self, statement: str) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
+    def fingerprint(self) -> Any:
+        return self.path.read_bytes()
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+    schema_version = PG_SCHEMA_VERSION
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url, self.schema = url, schema
+
+    def open(self) -> GalleryStore:
+        return open_store(Path("/nonexistent-unused"), self.url)
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(statement).fetchall()
+
+    def execute(self, statement: str) -> None:
+        with psycopg.connect(self.url) as conn:
+            conn.execute(statement)
+
+    def fingerprint(self) -> Any:
+        with psycopg.connect(self.url) as conn:
+            tables = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                "ORDER BY 1", (self.schema,)).fetchall()
+            dump = {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY 1').fetchall()
+                    for (t,) in tables}
+        return tables, repr(dump)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield SqliteBackend(tmp_path)
+        return
+    with postgres_util.fresh_schema() as (url, schema):
+        yield PostgresBackend(url, schema)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore.open(tmp_path)
+def store(backend: Backend) -> Iterator[GalleryStore]:
+    s = backend.open()
     yield s
     s.close()
 
 
-def test_a_face_round_trips_with_every_field(store: SqliteStore) -> None:
+# ---------------------------------------------------------------- faces and subjects
+
+
+def test_a_face_round_trips_with_every_field(store: GalleryStore) -> None:
     new = face("alice", 1, chip=b"\xff\xd8jpeg")
     result = store.add_face(new, {"name": "Alice", "tags": ["a", "ü"]})
     assert result.created and result.subject_created and result.change_id == 1
@@ -52,6 +166,7 @@ def test_a_face_round_trips_with_every_field(store: SqliteStore) -> None:
     assert (got.subject_id, got.bbox, got.landmarks, got.model, got.image_sha256) == (
         "alice", (10, 20, 110, 120), new.landmarks, "m1", new.image_sha256)
     assert got.detection_confidence == pytest.approx(0.75)
+    assert got.created_at == new.created_at
     assert got.embedding is not None and np.array_equal(got.embedding, new.embedding)
     assert got.embedding.dtype == np.float32
     assert store.get_face(new.face_id, with_embedding=False).embedding is None  # type: ignore[union-attr]
@@ -62,7 +177,7 @@ def test_a_face_round_trips_with_every_field(store: SqliteStore) -> None:
     assert subject.face_count == 1 and [f.face_id for f in subject.faces] == [new.face_id]
 
 
-def test_same_subject_and_image_is_one_face(store: SqliteStore) -> None:
+def test_same_subject_and_image_is_one_face(store: GalleryStore) -> None:
     first = store.add_face(face("alice", 1), None)
     again = store.add_face(
         NewFace(**{**face("alice", 1).__dict__, "face_id": "another-id"}), None
@@ -76,7 +191,9 @@ def test_same_subject_and_image_is_one_face(store: SqliteStore) -> None:
     assert store.state().face_count == 2
 
 
-def test_every_face_write_appends_to_the_change_log(store: SqliteStore) -> None:
+def test_every_face_write_appends_to_the_change_log(
+    backend: Backend, store: GalleryStore
+) -> None:
     for n in range(3):
         store.add_face(face("alice", n), None)
     store.add_face(face("bob", 0), None)
@@ -86,14 +203,12 @@ def test_every_face_write_appends_to_the_change_log(store: SqliteStore) -> None:
     assert store.delete_face("face-bob-0").change_id == 8
     assert store.delete_face("face-bob-0").row_ids == []
     assert store.state().last_change_id == 8
-    conn = sqlite3.connect(store.path)
-    ops = conn.execute("SELECT op, face_row_id FROM changes ORDER BY change_id").fetchall()
-    conn.close()
+    ops = backend.query("SELECT op, face_row_id FROM changes ORDER BY change_id")
     assert [op for op, _ in ops] == ["add"] * 4 + ["delete"] * 4
     assert sorted(r for op, r in ops if op == "delete") == sorted(r for op, r in ops if op == "add")
 
 
-def test_deleting_a_subject_deletes_its_faces(store: SqliteStore) -> None:
+def test_deleting_a_subject_deletes_its_faces(store: GalleryStore) -> None:
     for n in range(3):
         store.add_face(face("alice", n), None)
     store.add_face(face("bob", 0), None)
@@ -108,14 +223,14 @@ def test_deleting_a_subject_deletes_its_faces(store: SqliteStore) -> None:
     assert not unknown.subject_existed and unknown.row_ids == []
 
 
-def test_deleting_a_face_keeps_its_subject(store: SqliteStore) -> None:
+def test_deleting_a_face_keeps_its_subject(store: GalleryStore) -> None:
     store.add_face(face("alice", 0), {"k": 1})
     assert store.delete_face("face-alice-0").row_ids
     subject = store.get_subject("alice")
     assert subject is not None and subject.face_count == 0 and subject.metadata == {"k": 1}
 
 
-def test_metadata_is_replaced_only_when_given(store: SqliteStore) -> None:
+def test_metadata_is_replaced_only_when_given(store: GalleryStore) -> None:
     store.add_face(face("alice", 0), {"v": 1})
     store.add_face(face("alice", 1), None)
     assert store.get_subject("alice").metadata == {"v": 1}  # type: ignore[union-attr]
@@ -123,14 +238,15 @@ def test_metadata_is_replaced_only_when_given(store: SqliteStore) -> None:
     assert store.get_subject("alice").metadata == {"v": 2}  # type: ignore[union-attr]
 
 
-def test_chips_may_be_absent(store: SqliteStore) -> None:
+def test_chips_may_be_absent(store: GalleryStore) -> None:
     store.add_face(face("alice", 0, chip=None), None)
     assert store.get_chip("face-alice-0") is None
     assert store.get_chip("no-such-face") is None
 
 
-def test_subjects_are_listed_in_a_stable_bytewise_order(store: SqliteStore) -> None:
-    ids = ["b", "a", "é", "B", "a/b", "aa", "Z", "日本"]
+def test_subjects_are_listed_in_a_stable_bytewise_order(store: GalleryStore) -> None:
+    # "\x1f..." is how namespaced galleries store their subjects: they must sort first.
+    ids = ["b", "a", "é", "B", "a/b", "aa", "Z", "日本", "\x1fns\x1fz", "~"]
     for s in ids:
         store.add_face(face(s, 0), None)
     listed = [r.subject_id for r in store.list_subjects(None, 100)]
@@ -141,7 +257,7 @@ def test_subjects_are_listed_in_a_stable_bytewise_order(store: SqliteStore) -> N
     assert all(r.face_count == 1 and r.faces == [] for r in store.list_subjects(None, 100))
 
 
-def test_a_scan_sees_every_face_once_in_row_order(store: SqliteStore) -> None:
+def test_a_scan_sees_every_face_once_in_row_order(store: GalleryStore) -> None:
     added = [store.add_face(face(f"s{n % 7}", n), None) for n in range(50)]
     store.delete_face(added[10].record.face_id)
     chunks = list(store.scan_faces(8, with_embeddings=True))
@@ -157,52 +273,209 @@ def test_a_scan_sees_every_face_once_in_row_order(store: SqliteStore) -> None:
     assert light[0].face_ids == [a.record.face_id for i, a in enumerate(added) if i != 10]
 
 
-def test_model_counts_are_reported(store: SqliteStore) -> None:
+def test_model_counts_are_reported(store: GalleryStore) -> None:
     store.add_face(face("a", 0), None)
     store.add_face(NewFace(**{**face("b", 0).__dict__, "model": "m0"}), None)
     assert store.state().model_counts == {"m1": 1, "m0": 1}
 
 
-def test_a_reopened_store_keeps_its_data_and_version(tmp_path: Path) -> None:
-    s = SqliteStore.open(tmp_path)
+# ---------------------------------------------------------------- the change log, followed
+
+
+def test_the_change_log_is_read_by_id_with_what_a_follower_needs(store: GalleryStore) -> None:
+    a = store.add_face(face("alice", 0), None)
+    b = store.add_face(face("alice", 1), None)
+    c = store.add_face(face("bob", 0), None)
+    store.delete_face(b.record.face_id)
+    batch = store.changes_since(0, 100)
+    assert [(x.change_id, x.op, x.row_id) for x in batch.changes] == [
+        (1, "add", a.row_id), (2, "add", b.row_id), (3, "add", c.row_id), (4, "delete", b.row_id)]
+    first = batch.changes[0]
+    assert (first.face_id, first.subject_id, first.model) == ("face-alice-0", "alice", "m1")
+    assert first.embedding is not None and np.array_equal(first.embedding, a.record.embedding)
+    # The add of a face deleted since carries nothing to index: its delete follows.
+    assert batch.changes[1].embedding is None and batch.changes[1].face_id is None
+    assert batch.changes[3].embedding is None
+    assert batch.subject_count == 2
+    assert [x.change_id for x in store.changes_since(1, 2).changes] == [2, 3]
+    assert store.changes_since(4, 100).changes == []
+    position = store.log_position(2)
+    assert (position.head, position.behind) == (4, 2) and 0.0 <= position.oldest_pending_s < 600
+    caught_up = store.log_position(4)
+    assert (caught_up.head, caught_up.behind, caught_up.oldest_pending_s) == (4, 0, 0.0)
+
+
+def test_a_follower_reading_by_id_never_misses_a_concurrent_write(backend: Backend) -> None:
+    """Two writers (two store objects, as two processes would have) and a follower that reads
+    the log by id while they write: it must end with every change, each once, in id order.
+    Ids drawn in one order but committed in another would make it skip some."""
+    writers = [backend.open(), backend.open()]
+    follower = backend.open()
+    per_writer = 120
+    seen: list[int] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            for n in range(per_writer):
+                writers[w].add_face(face(f"w{w}-{n % 9}", n), None)
+                if n % 5 == 4:
+                    writers[w].delete_face(f"face-w{w}-{(n - 2) % 9}-{n - 2}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def follow() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()  # read before the log: the last read then sees all
+            for change in follower.changes_since(last, 1000).changes:
+                assert change.change_id > last
+                seen.append(change.change_id)
+                last = change.change_id
+            if finished:
+                return
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    reader = threading.Thread(target=follow)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    reader.join()
+    try:
+        assert not errors, errors
+        everything = [c.change_id for c in follower.changes_since(0, 100_000).changes]
+        assert len(everything) == 2 * (per_writer + per_writer // 5)
+        assert seen == everything
+    finally:
+        for s in (*writers, follower):
+            s.close()
+
+
+def test_stores_opened_at_once_migrate_once(backend: Backend) -> None:
+    opened: list[GalleryStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(backend.open())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in opened:
+        s.close()
+    assert not errors, errors
+    assert backend.query("SELECT version FROM schema_version") == [(backend.schema_version,)]
+
+
+# ---------------------------------------------------------------- lifecycle, migrations
+
+
+def test_a_reopened_store_keeps_its_data_and_version(backend: Backend) -> None:
+    s = backend.open()
     s.add_face(face("alice", 0), None)
     s.close()
-    s = SqliteStore.open(tmp_path)
+    s = backend.open()
     assert s.get_face("face-alice-0") is not None
+    assert s.state().last_change_id == 1
     s.close()
-    conn = sqlite3.connect(tmp_path / FILENAME)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    assert backend.query("SELECT version FROM schema_version") == [(backend.schema_version,)]
+    if backend.name == "sqlite":
+        assert backend.query("PRAGMA journal_mode")[0][0] == "wal"
 
 
-def test_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
-    SqliteStore.open(tmp_path).close()
-    path = tmp_path / FILENAME
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    conn.commit()
-    conn.close()
-    before = path.read_bytes()
-    with pytest.raises(SchemaTooNew, match=rf"version {SCHEMA_VERSION + 1}.*newer faceserve"):
-        SqliteStore.open(tmp_path)
-    assert path.read_bytes() == before
+def test_a_newer_schema_is_refused_and_left_untouched(backend: Backend) -> None:
+    backend.open().close()
+    newer = backend.schema_version + 1
+    backend.execute(f"UPDATE schema_version SET version = {newer}")
+    before = backend.fingerprint()
+    with pytest.raises(SchemaTooNew, match=rf"version {newer}.*newer faceserve"):
+        backend.open()
+    assert backend.fingerprint() == before
 
 
-def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / FILENAME)
-    conn.execute("CREATE TABLE photos (x)")
-    conn.commit()
-    conn.close()
+def test_a_foreign_database_is_refused(backend: Backend) -> None:
+    backend.execute("CREATE TABLE faces (x integer)")
     with pytest.raises(StoreError, match="not a faceserve gallery"):
-        SqliteStore.open(tmp_path)
+        backend.open()
 
 
-def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
-    s = SqliteStore.open(tmp_path)
+def test_a_closed_store_refuses_work(backend: Backend) -> None:
+    s = backend.open()
     s.close()
     s.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         s.get_face("x")
     with pytest.raises(StoreError, match="closed"):
         s.add_face(face("a", 0), None)
+
+
+def test_the_factory_picks_the_backend_from_the_url(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    assert isinstance(s, SqliteStore) and not s.shared
+    s.close()
+    with pytest.raises(StoreError, match="unsupported database URL scheme 'mysql'"):
+        open_store(tmp_path, "mysql://u:p@h/db")
+    # A server that is not there: a clear error that does not repeat the password.
+    with pytest.raises(StoreError, match="cannot connect to the PostgreSQL gallery") as err:
+        open_store(tmp_path, "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=2")
+    assert "s3cret" not in str(err.value)
+
+
+# ---------------------------------------------------------------- API keys and audit (issue 7)
+
+
+def test_keys_and_audit_events_are_stored(store: Any) -> None:
+    k1 = KeyRecord("k1", "kiosk", "h1", ("enroll", "recognize"), "", "2026-01-01T00:00:00Z")
+    k2 = KeyRecord("k2", "ops", "h2", ("admin",), "tenant", "2026-01-02T00:00:00Z")
+    store.add_key(k1)
+    store.add_key(k2)
+    assert store.find_key("h2") == k2 and store.find_key("nope") is None
+    assert [k.key_id for k in store.list_keys()] == ["k1", "k2"]
+    assert [k.key_id for k in store.list_keys("tenant")] == ["k2"]
+    assert store.revoke_key("k2", "2026-01-03T00:00:00Z", gallery="") is None  # other gallery
+    revoked = store.revoke_key("k2", "2026-01-03T00:00:00Z")
+    assert revoked is not None and revoked.revoked_at == "2026-01-03T00:00:00Z"
+    assert store.revoke_key("k2", "2026-02-01T00:00:00Z").revoked_at == "2026-01-03T00:00:00Z"
+    assert (store.key_count(active_only=True), store.key_count(active_only=False)) == (1, 2)
+    ids = [
+        store.add_audit(NewAuditEvent("t1", "k1", "kiosk", "enroll", "", "alice", "f1",
+                                      {"faces": 1})),
+        store.add_audit(NewAuditEvent("t2", None, "", "delete_subject", "tenant", "bob")),
+    ]
+    assert ids[1] > ids[0]
+    events = store.list_audit(None, 0, 10)
+    assert [(e.action, e.detail) for e in events] == [("enroll", {"faces": 1}),
+                                                       ("delete_subject", {})]
+    assert [e.id for e in store.list_audit("tenant", 0, 10)] == [ids[1]]
+    assert [e.id for e in store.list_audit(None, ids[0], 10)] == [ids[1]]
+    assert [e.id for e in store.list_audit(None, 0, 10, action="enroll")] == [ids[0]]
+    assert store.state().last_change_id == 0  # not gallery changes: followers ignore them
+
+
+# ---------------------------------------------------------------- PostgreSQL only
+
+
+def test_postgres_notifies_listeners_at_commit() -> None:
+    with postgres_util.fresh_schema() as (url, _):
+        store: Any = open_store(Path("/nonexistent-unused"), url)
+        listener = store.open_listener()
+        try:
+            assert store.shared and "s3cret" not in store.location
+            assert listener.wait(0.05) is False
+            store.add_face(face("alice", 0), None)
+            assert listener.wait(10) is True
+            assert listener.wait(0.05) is False  # drained: one wake-up per catch-up
+            store.delete_subject("alice")
+            assert listener.wait(10) is True
+        finally:
+            listener.close()
+            store.close()

@@ -1,0 +1,76 @@
+"""PostgreSQL schema of the gallery, one entry per version (append only).
+
+The same tables and semantics as the SQLite store. Differences that matter:
+
+* ``subject_id`` uses the ``C`` collation, so subjects list in UTF-8 byte order as in SQLite
+  whatever the database's locale.
+* Row ids and change ids are identity columns (sequences): never reused, so a FAISS id can
+  never come back as another face. A sequence is not transactional (a rolled-back write leaves
+  a gap); followers read the log by id and do not mind gaps. Ids still increase in *commit*
+  order because every write transaction takes one advisory lock first (see ``postgres.py``).
+* ``changes.at`` is ``clock_timestamp()`` (the time of the insert, not of the transaction
+  start, which may precede a wait for the write lock): replicas report their lag with it.
+* Chips are JPEG already: stored out of line without a compression attempt.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE subjects (
+            subject_id text COLLATE "C" PRIMARY KEY,
+            metadata json NOT NULL DEFAULT '{}',
+            created_at text NOT NULL
+        )""",
+        """CREATE TABLE faces (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            face_id text NOT NULL UNIQUE,
+            subject_id text COLLATE "C" NOT NULL
+                REFERENCES subjects (subject_id) ON DELETE CASCADE,
+            bbox integer[] NOT NULL,
+            landmarks double precision[] NOT NULL,
+            detection_confidence double precision NOT NULL,
+            model text NOT NULL,
+            image_sha256 text NOT NULL,
+            created_at text NOT NULL,
+            embedding bytea NOT NULL,
+            chip bytea,
+            UNIQUE (subject_id, image_sha256)
+        )""",
+        "ALTER TABLE faces ALTER COLUMN chip SET STORAGE EXTERNAL",
+        "CREATE INDEX faces_model ON faces (model)",
+        """CREATE TABLE changes (
+            change_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            op text NOT NULL CHECK (op IN ('add', 'delete')),
+            face_row_id bigint NOT NULL,
+            at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+    ),
+    # 2: API keys (hashes only) and the audit log (issue 7), as SQLite's version 2. Keys are
+    # revoked, never deleted; ``seq`` gives their creation order (SQLite's rowid).
+    (
+        """CREATE TABLE api_keys (
+            key_id text PRIMARY KEY,
+            name text NOT NULL,
+            key_hash text NOT NULL UNIQUE,
+            scopes text NOT NULL,
+            gallery text NOT NULL DEFAULT '',
+            created_at text NOT NULL,
+            revoked_at text,
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE
+        )""",
+        """CREATE TABLE audit (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at text NOT NULL,
+            key_id text,
+            key_name text NOT NULL,
+            action text NOT NULL,
+            gallery text NOT NULL DEFAULT '',
+            subject_id text,
+            face_id text,
+            detail json NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX audit_gallery ON audit (gallery, id)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,335 @@
+"""API keys and scopes: every protected endpoint with no key, a wrong key, a revoked key, a key
+of the wrong scope, a key of another gallery, and the right key; galleries never see each other.
+
+The fake pipeline keeps these fast; keys are created on the running app's key ring, exactly as
+`faceserve keys create` does on the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.keys import SCOPES, KeyRing, Namespace, hash_token, validate_gallery
+from tests.service.conftest import AppFactory, fake_embedding, fake_photo
+
+PHOTO = fake_photo(person=7)
+
+
+def files(data: bytes = PHOTO, name: str = "image") -> dict[str, Any]:
+    return {name: ("p.png", data, "image/png")}
+
+
+@dataclass
+class World:
+    client: TestClient
+    ring: KeyRing
+    tokens: dict[str, str]  # role -> token
+    key_ids: dict[str, str]
+    alice_face: str  # a face of subject "alice" in the default gallery
+    bob_face: str  # a face of subject "bob" in gallery "b"
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def world(make_client: AppFactory) -> World:
+    client = make_client(rate_limit_per_s=0)  # rate limits have their own tests
+    ring: KeyRing = client.app.state.services.keys
+    tokens, key_ids = {}, {}
+    roles: dict[str, tuple[tuple[str, ...], str | None]] = {
+        "all": (SCOPES, None),
+        "enroll": (("enroll",), None),
+        "recognize": (("recognize",), None),
+        "admin": (("admin",), None),
+        "revoked": (SCOPES, None),
+        "other": (SCOPES, "b"),  # every scope, but gallery "b"
+    }
+    for role, (scopes, gallery) in roles.items():
+        record, token = ring.create(role, scopes, gallery)
+        tokens[role], key_ids[role] = token, record.key_id
+    ring.revoke(key_ids["revoked"])
+    r = client.post("/enroll", data={"subject_id": "alice"}, files=files(fake_photo(1)),
+                    headers=bearer(tokens["all"]))
+    assert r.status_code == 201, r.text
+    alice = r.json()["face_id"]
+    r = client.post("/enroll", data={"subject_id": "bob"}, files=files(fake_photo(2)),
+                    headers=bearer(tokens["other"]))
+    assert r.status_code == 201, r.text
+    return World(client, ring, tokens, key_ids, alice, r.json()["face_id"])
+
+
+def b64(vector: Any) -> str:
+    return base64.urlsafe_b64encode(vector.astype("<f4").tobytes()).decode().rstrip("=")
+
+
+# Each protected endpoint: (name, scope, request). The request must succeed (2xx) with a key
+# of the default gallery holding the scope.
+Request = Callable[[World, dict[str, str]], Any]
+ENDPOINTS: list[tuple[str, str, Request]] = [
+    ("POST /enroll", "enroll", lambda w, h: w.client.post(
+        "/enroll", data={"subject_id": "carol"}, files=files(), headers=h)),
+    ("POST /verify", "recognize", lambda w, h: w.client.post(
+        "/verify", data={"subject_id": "alice"}, files=files(fake_photo(1, variant=3)),
+        headers=h)),
+    ("GET /identify", "recognize", lambda w, h: w.client.get(
+        "/identify", params={"face_id": w.alice_face}, headers=h)),
+    ("POST /identify", "recognize", lambda w, h: w.client.post(
+        "/identify", files=files(), headers=h)),
+    ("POST /embed", "recognize", lambda w, h: w.client.post("/embed", files=files(), headers=h)),
+    ("GET /subjects", "admin", lambda w, h: w.client.get("/subjects", headers=h)),
+    ("GET /subjects/{id}", "admin", lambda w, h: w.client.get("/subjects/alice", headers=h)),
+    ("DELETE /subjects/{id}", "admin", lambda w, h: w.client.delete(
+        "/subjects/alice", headers=h)),
+    ("GET /faces/{id}", "admin", lambda w, h: w.client.get(f"/faces/{w.alice_face}", headers=h)),
+    ("DELETE /faces/{id}", "admin", lambda w, h: w.client.delete(
+        f"/faces/{w.alice_face}", headers=h)),
+    ("GET /audit", "admin", lambda w, h: w.client.get("/audit", headers=h)),
+    ("GET /keys", "admin", lambda w, h: w.client.get("/keys", headers=h)),
+    ("POST /keys", "admin", lambda w, h: w.client.post(
+        "/keys", json={"name": "new", "scopes": ["enroll"]}, headers=h)),
+    ("DELETE /keys/{id}", "admin", lambda w, h: w.client.delete(
+        f"/keys/{w.key_ids['enroll']}", headers=h)),
+    ("GET /metrics", "admin", lambda w, h: w.client.get("/metrics", headers=h)),
+]
+IDS = [e[0] for e in ENDPOINTS]
+
+
+def assert_error(r: Any, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code, r.text
+
+
+@pytest.mark.parametrize(("name", "scope", "call"), ENDPOINTS, ids=IDS)
+def test_no_key_is_401(world: World, name: str, scope: str, call: Request) -> None:
+    r = call(world, {})
+    assert_error(r, 401, "missing_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("name", "scope", "call"), ENDPOINTS, ids=IDS)
+def test_a_wrong_key_is_401(world: World, name: str, scope: str, call: Request) -> None:
+    forged = world.tokens["all"][:-4] + "AAAA"
+    assert_error(call(world, bearer(forged)), 401, "invalid_api_key")
+    assert_error(call(world, {"X-API-Key": "not-a-key"}), 401, "invalid_api_key")
+    # The hash of a valid key is not a key.
+    assert_error(call(world, bearer(hash_token(world.tokens["all"]))), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(("name", "scope", "call"), ENDPOINTS, ids=IDS)
+def test_a_revoked_key_is_401(world: World, name: str, scope: str, call: Request) -> None:
+    assert_error(call(world, bearer(world.tokens["revoked"])), 401, "revoked_api_key")
+
+
+@pytest.mark.parametrize(("name", "scope", "call"), ENDPOINTS, ids=IDS)
+def test_a_key_without_the_scope_is_403(
+    world: World, name: str, scope: str, call: Request
+) -> None:
+    for other in SCOPES:
+        if other != scope:
+            assert_error(call(world, bearer(world.tokens[other])), 403, "insufficient_scope")
+
+
+@pytest.mark.parametrize(("name", "scope", "call"), ENDPOINTS, ids=IDS)
+def test_the_right_scope_is_let_in_by_either_header(
+    world: World, name: str, scope: str, call: Request
+) -> None:
+    header = {"X-API-Key": world.tokens[scope]} if "GET" in name else bearer(world.tokens[scope])
+    r = call(world, header)
+    assert 200 <= r.status_code < 300, r.text
+
+
+# ---------------------------------------------------------------- galleries
+
+
+def test_a_key_of_another_gallery_never_sees_this_gallerys_subjects(world: World) -> None:
+    c, other = world.client, bearer(world.tokens["other"])
+    # Reads by id: 404, exactly as for an id that does not exist.
+    assert_error(c.get("/subjects/alice", headers=other), 404, "subject_not_found")
+    assert_error(c.get(f"/faces/{world.alice_face}", headers=other), 404, "face_not_found")
+    assert_error(c.get("/identify", params={"face_id": world.alice_face}, headers=other),
+                 404, "face_not_found")
+    assert_error(c.post("/verify", data={"subject_id": "alice"},
+                        files=files(fake_photo(1, variant=3)), headers=other),
+                 404, "subject_not_found")
+    # Erasure by id: 404, and nothing erased.
+    assert_error(c.delete("/subjects/alice", headers=other), 404, "subject_not_found")
+    assert_error(c.delete(f"/faces/{world.alice_face}", headers=other), 404, "face_not_found")
+    mine = bearer(world.tokens["all"])
+    assert c.get("/subjects/alice", headers=mine).json()["face_count"] == 1
+    # Search: alice's own photo and vector find nobody from gallery b's point of view...
+    r = c.post("/identify", files=files(fake_photo(1, variant=5)), headers=other).json()
+    assert [cand["subject_id"] for cand in r["faces"][0]["candidates"]] == ["bob"]
+    r = c.get("/identify", params={"embedding": b64(fake_embedding(1)), "k": 10},
+              headers=other).json()
+    assert [cand["subject_id"] for cand in r["candidates"]] == ["bob"]
+    # ... and the same from the default gallery: bob is invisible there.
+    r = c.get("/identify", params={"embedding": b64(fake_embedding(2)), "k": 10},
+              headers=mine).json()
+    assert [cand["subject_id"] for cand in r["candidates"]] == ["alice"]
+    # Listings.
+    assert [s["subject_id"] for s in c.get("/subjects", headers=other).json()["subjects"]] == [
+        "bob"]
+    assert [s["subject_id"] for s in c.get("/subjects", headers=mine).json()["subjects"]] == [
+        "alice"]
+    # Enrolling the same subject id in two galleries makes two different subjects.
+    r = c.post("/enroll", data={"subject_id": "alice"}, files=files(fake_photo(9)),
+               headers=other)
+    assert r.status_code == 201 and r.json()["subject_id"] == "alice"
+    assert c.get("/subjects/alice", headers=mine).json()["faces"][0]["face_id"] == (
+        world.alice_face)
+    assert c.get("/subjects/alice", headers=other).json()["faces"][0]["face_id"] == (
+        r.json()["face_id"])
+    # Audit and keys: each gallery its own.
+    acts = {(e["action"], e["subject_id"]) for e in c.get("/audit", headers=other).json()[
+        "events"]}
+    assert acts == {("enroll", "bob"), ("enroll", "alice")}
+    assert {k["name"] for k in c.get("/keys", headers=other).json()["keys"]} == {"other"}
+    assert_error(c.delete(f"/keys/{world.key_ids['all']}", headers=other), 404, "key_not_found")
+    assert c.get("/subjects", headers=mine).status_code == 200  # still valid
+
+
+def test_control_characters_cannot_reach_another_gallery(world: World) -> None:
+    """Stored ids of gallery b are "\\x1fb\\x1fbob": a client cannot spell them."""
+    c, mine = world.client, bearer(world.tokens["all"])
+    for path in ("/subjects/%1Fb%1Fbob", "/subjects/b%1Fbob"):
+        assert c.get(path, headers=mine).status_code in (404, 422)
+        assert c.delete(path, headers=mine).status_code in (404, 422)
+    r = c.post("/verify", data={"subject_id": "\x1fb\x1fbob"},
+               files=files(fake_photo(2, variant=3)), headers=mine)
+    assert_error(r, 422, "invalid_field")
+    assert c.get("/subjects/bob", headers=bearer(world.tokens["other"])).status_code == 200
+
+
+def test_listing_walks_only_its_gallery_even_between_neighbours(
+    make_client: AppFactory,
+) -> None:
+    """Galleries "a" and "ab" sort next to each other; pages of one never step into the other."""
+    client = make_client(rate_limit_per_s=0)
+    ring: KeyRing = client.app.state.services.keys
+    tokens = {g: ring.create(f"k-{g}", SCOPES, g)[1] for g in ("", "a", "ab", "b")}
+    people = {"": ["0", "a", "zz"], "a": ["a1", "a2", "a3"], "ab": ["x", "y"], "b": ["q"]}
+    n = 0
+    for gallery, subjects in people.items():
+        for s in subjects:
+            n += 1
+            r = client.post("/enroll", data={"subject_id": s}, files=files(fake_photo(n)),
+                            headers=bearer(tokens[gallery]))
+            assert r.status_code == 201, r.text
+    for gallery, subjects in people.items():
+        seen, cursor = [], None
+        while True:
+            params: dict[str, Any] = {"limit": 1} | ({"cursor": cursor} if cursor else {})
+            body = client.get("/subjects", params=params, headers=bearer(tokens[gallery])).json()
+            seen += [s["subject_id"] for s in body["subjects"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == sorted(subjects), gallery
+    # A cursor from gallery "a" is not valid for gallery "b".
+    first = client.get("/subjects", params={"limit": 1}, headers=bearer(tokens["a"])).json()
+    r = client.get("/subjects", params={"cursor": first["next_cursor"]},
+                   headers=bearer(tokens["b"]))
+    assert_error(r, 400, "invalid_cursor")
+
+
+def test_namespace_mapping() -> None:
+    default, b = Namespace(), Namespace("b")
+    assert default.internal("x") == "x" and b.internal("x") == "\x1fb\x1fx"
+    assert b.external("\x1fb\x1fx") == "x" and b.external("x") is None
+    assert default.external("\x1fb\x1fx") is None and default.external("x") == "x"
+    assert not Namespace("a").owns(Namespace("ab").internal("x"))
+    with pytest.raises(ValueError):
+        default.internal("\x1fb\x1fx")
+    for bad in ("-x", "a b", "x" * 65, "ü", "a/b"):
+        with pytest.raises(ValueError):
+            validate_gallery(bad)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_tokens_are_random_256_bit_and_stored_only_as_hashes(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    client = make_client(data_dir=tmp_path / "g")
+    ring: KeyRing = client.app.state.services.keys
+    record, token = ring.create("k", ["admin"])
+    _, token2 = ring.create("k2", ["admin"])
+    raw = base64.urlsafe_b64decode(token.removeprefix("fsk_") + "=")
+    assert len(raw) == 32 and token != token2
+    assert record.key_hash == hashlib.sha256(token.encode()).hexdigest()
+    listed = client.get("/keys", headers=bearer(token)).json()["keys"]
+    assert all("token" not in k for k in listed)
+    client.__exit__(None, None, None)  # checkpoint: everything is in the main file
+    disk = b"".join(p.read_bytes() for p in (tmp_path / "g").glob("gallery.sqlite3*"))
+    assert token.encode() not in disk and token2.encode() not in disk
+    assert record.key_hash.encode() in disk
+
+
+def test_keys_created_at_run_time_are_enforced_at_once_and_revoking_all_keeps_them(
+    client: TestClient,
+) -> None:
+    assert client.get("/subjects").status_code == 200  # no keys yet: the operator
+    ring: KeyRing = client.app.state.services.keys
+    record, token = ring.create("late", ["admin"])
+    assert_error(client.get("/subjects"), 401, "missing_api_key")
+    assert client.get("/subjects", headers=bearer(token)).status_code == 200
+    ring.revoke(record.key_id)
+    assert_error(client.get("/subjects", headers=bearer(token)), 401, "revoked_api_key")
+    assert_error(client.get("/subjects"), 401, "missing_api_key")  # not reopened
+
+
+def test_an_admin_creates_and_revokes_keys_of_its_gallery(world: World) -> None:
+    c, admin = world.client, bearer(world.tokens["admin"])
+    r = c.post("/keys", json={"name": "kiosk-2", "scopes": ["enroll", "recognize"]},
+               headers=admin)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert new["gallery"] is None and new["scopes"] == ["enroll", "recognize"]
+    assert c.post("/embed", files=files(), headers=bearer(new["token"])).status_code == 200
+    assert c.delete(f"/keys/{new['key_id']}", headers=admin).json()["revoked_at"]
+    assert_error(c.post("/embed", files=files(), headers=bearer(new["token"])), 401,
+                 "revoked_api_key")
+    actions = [e["action"] for e in c.get("/audit", headers=admin).json()["events"]]
+    assert actions[-2:] == ["create_key", "revoke_key"]
+    assert_error(c.post("/keys", json={"name": "x", "scopes": ["root"]}, headers=admin),
+                 422, "invalid_field")
+
+
+def test_open_endpoints_need_no_key(world: World) -> None:
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+        assert world.client.get(path).status_code == 200, path
+
+
+def test_the_openapi_schema_declares_both_key_headers(world: World) -> None:
+    schema = world.client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["BearerKey"] == {"type": "http", "scheme": "bearer",
+                                    "description": schemes["BearerKey"]["description"]}
+    assert schemes["HeaderKey"]["in"] == "header" and schemes["HeaderKey"]["name"] == "X-API-Key"
+    enroll = schema["paths"]["/enroll"]["post"]
+    assert {"BearerKey": []} in enroll["security"] and "401" in enroll["responses"]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_every_credential_sent_must_be_valid(world: World) -> None:
+    """Found by schemathesis: a stray Authorization header was ignored when X-API-Key was
+    valid. Now any malformed or conflicting credential is refused."""
+    c, good = world.client, world.tokens["admin"]
+    for headers in ({"Authorization": "Basic dXNlcjpwdw==", "X-API-Key": good},
+                    {"Authorization": good},  # no scheme
+                    {"Authorization": f"Bearer {good}", "X-API-Key": world.tokens["all"]}):
+        assert_error(c.get("/subjects", headers=headers), 401, "invalid_api_key")
+    both = {"Authorization": f"Bearer {good}", "X-API-Key": good}
+    assert c.get("/subjects", headers=both).status_code == 200
+    assert c.get("/subjects", headers={"authorization": f"bearer {good}"}).status_code == 200
