@@ -53,10 +53,16 @@ from service.store.base import (
     NewFace,
     SchemaTooNew,
     StoreError,
-    StoreState,
-    SubjectRecord,
 )
 from service.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
+from service.store.sql_common import (
+    FACE_COLUMNS,
+    KEY_COLUMNS,
+    SqlReads,
+    from_blob,
+    key_record,
+    to_blob,
+)
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
 
@@ -64,49 +70,11 @@ log = logging.getLogger("faceserve.store")
 
 NOTIFY_CHANNEL = "faceserve_changes"
 OUR_TABLES = ("subjects", "faces", "changes", "api_keys", "audit")
-_FACE_COLUMNS = (
-    "id, face_id, subject_id, bbox, landmarks, detection_confidence, model, image_sha256, "
-    "created_at"
-)
 # libpq settings we add when the URL does not set them: fail fast when the server is away, name
 # the sessions in pg_stat_activity, and notice a dead server on an idle listening connection.
 _DEFAULTS = {"connect_timeout": "10", "application_name": "faceserve"}
 _KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
                "keepalives_count": "3"}
-
-
-def _to_blob(embedding: np.ndarray) -> bytes:
-    return np.ascontiguousarray(embedding, dtype="<f4").tobytes()
-
-
-def _from_blob(blob: bytes | memoryview) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-_KEY_COLUMNS = "key_id, name, key_hash, scopes, gallery, created_at, revoked_at"
-
-
-def _key(row: tuple[Any, ...]) -> KeyRecord:
-    return KeyRecord(
-        key_id=row[0], name=row[1], key_hash=row[2],
-        scopes=tuple(s for s in row[3].split(",") if s), gallery=row[4], created_at=row[5],
-        revoked_at=row[6],
-    )
-
-
-def _face(row: tuple[Any, ...], with_embedding: bool) -> FaceRecord:
-    bbox = row[3]
-    return FaceRecord(
-        face_id=row[1],
-        subject_id=row[2],
-        bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
-        landmarks=[[float(c) for c in point] for point in row[4]],
-        detection_confidence=float(row[5]),
-        model=row[6],
-        image_sha256=row[7],
-        created_at=row[8],
-        embedding=_from_blob(row[9]) if with_embedding else None,
-    )
 
 
 def describe(conninfo: str) -> str:
@@ -147,8 +115,14 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore:
+class PostgresStore(SqlReads):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
+
+    _P = "%s"
+
+    @staticmethod
+    def _json(value: Any) -> Any:
+        return value  # psycopg decodes json/jsonb columns itself
 
     shared = True
 
@@ -321,13 +295,13 @@ class PostgresStore:
                     (meta_json, face.subject_id),
                 )
             existing = conn.execute(
-                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                f"SELECT {FACE_COLUMNS}, embedding FROM faces "
                 "WHERE subject_id = %s AND image_sha256 = %s",
                 (face.subject_id, face.image_sha256),
             ).fetchone()
             if existing is not None:
                 return AddResult(
-                    _face(existing, True), int(existing[0]), False, False,
+                    self._face_record(existing, True), int(existing[0]), False, False,
                     self._last_change(conn),
                 )
             bbox = [int(v) for v in face.bbox]
@@ -345,7 +319,7 @@ class PostgresStore:
                     face.model,
                     face.image_sha256,
                     face.created_at,
-                    _to_blob(face.embedding),
+                    to_blob(face.embedding),
                     face.chip_jpeg,
                 ),
             ).fetchone()
@@ -367,7 +341,7 @@ class PostgresStore:
             model=face.model,
             image_sha256=face.image_sha256,
             created_at=face.created_at,
-            embedding=_from_blob(_to_blob(face.embedding)),
+            embedding=from_blob(to_blob(face.embedding)),
         )
         return AddResult(record, row_id, True, subject_created, change_id)
 
@@ -411,66 +385,6 @@ class PostgresStore:
 
     # ------------------------------------------------------------ reads
 
-    def state(self) -> StoreState:
-        with self._read_transaction() as conn:
-            models = {
-                str(m): int(n)
-                for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
-            }
-            row = conn.execute("SELECT count(*) FROM subjects").fetchone()
-            subjects = int(row[0]) if row else 0
-            last = self._last_change(conn)
-        return StoreState(sum(models.values()), subjects, last, models)
-
-    def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None:
-        columns = _FACE_COLUMNS + (", embedding" if with_embedding else "")
-        with self._reader() as conn:
-            row = conn.execute(
-                f"SELECT {columns} FROM faces WHERE face_id = %s", (face_id,)
-            ).fetchone()
-        return None if row is None else _face(row, with_embedding)
-
-    def get_chip(self, face_id: str) -> bytes | None:
-        with self._reader() as conn:
-            row = conn.execute("SELECT chip FROM faces WHERE face_id = %s", (face_id,)).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
-
-    def _faces_of(
-        self, conn: psycopg.Connection, subject_id: str, with_embeddings: bool
-    ) -> list[FaceRecord]:
-        columns = _FACE_COLUMNS + (", embedding" if with_embeddings else "")
-        rows = conn.execute(
-            f"SELECT {columns} FROM faces WHERE subject_id = %s ORDER BY id", (subject_id,)
-        )
-        return [_face(r, with_embeddings) for r in rows]
-
-    def get_subject(self, subject_id: str, *, with_faces: bool = True) -> SubjectRecord | None:
-        with self._read_transaction() as conn:
-            row = conn.execute(
-                "SELECT subject_id, metadata, created_at, "
-                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
-                "FROM subjects s WHERE subject_id = %s",
-                (subject_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            faces = self._faces_of(conn, subject_id, False) if with_faces else []
-        return SubjectRecord(row[0], row[1], row[2], int(row[3]), faces)
-
-    def subject_faces(self, subject_id: str, *, with_embeddings: bool = True) -> list[FaceRecord]:
-        with self._reader() as conn:
-            return self._faces_of(conn, subject_id, with_embeddings)
-
-    def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:
-        with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT subject_id, metadata, created_at, "
-                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
-                "FROM subjects s WHERE subject_id > %s ORDER BY subject_id LIMIT %s",
-                ("" if after is None else after, int(limit)),
-            ).fetchall()
-        return [SubjectRecord(r[0], r[1], r[2], int(r[3])) for r in rows]
-
     def scan_faces(self, chunk_size: int, *, with_embeddings: bool) -> Iterator[FaceChunk]:
         columns = "id, face_id, subject_id" + (", embedding" if with_embeddings else "")
         with self._read_transaction() as conn, conn.cursor(name="faceserve_scan") as cur:
@@ -501,7 +415,7 @@ class PostgresStore:
             subjects = int(row[0]) if row else 0
         changes = [
             Change(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
-                   None if r[6] is None else _from_blob(r[6]))
+                   None if r[6] is None else from_blob(r[6]))
             for r in rows
         ]
         return ChangeBatch(changes, subjects)
@@ -541,18 +455,18 @@ class PostgresStore:
     def find_key(self, key_hash: str) -> KeyRecord | None:
         with self._reader() as conn:
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s", (key_hash,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = %s", (key_hash,)
             ).fetchone()
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     def list_keys(self, gallery: str | None = None) -> list[KeyRecord]:
         with self._reader() as conn:
             rows = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys "
+                f"SELECT {KEY_COLUMNS} FROM api_keys "
                 "WHERE %s::text IS NULL OR gallery = %s ORDER BY seq",
                 (gallery, gallery),
             ).fetchall()
-        return [_key(r) for r in rows]
+        return [key_record(r) for r in rows]
 
     def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
         with self._plain_write() as conn:
@@ -562,11 +476,11 @@ class PostgresStore:
                 (at, key_id, gallery, gallery),
             )
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = %s "
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s "
                 "AND (%s::text IS NULL OR gallery = %s)",
                 (key_id, gallery, gallery),
             ).fetchone()
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     def key_count(self, *, active_only: bool) -> int:
         where = " WHERE revoked_at IS NULL" if active_only else ""

@@ -39,8 +39,14 @@ from service.store.base import (
     NewFace,
     SchemaTooNew,
     StoreError,
-    StoreState,
-    SubjectRecord,
+)
+from service.store.sql_common import (
+    FACE_COLUMNS,
+    KEY_COLUMNS,
+    SqlReads,
+    from_blob,
+    key_record,
+    to_blob,
 )
 
 __all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
@@ -107,52 +113,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_FACE_COLUMNS = (
-    "id, face_id, subject_id, bbox, landmarks, detection_confidence, model, image_sha256, "
-    "created_at"
-)
+
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _to_blob(embedding: np.ndarray) -> bytes:
-    return np.ascontiguousarray(embedding, dtype="<f4").tobytes()
-
-
-def _from_blob(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
-def _face(row: sqlite3.Row | tuple[Any, ...], with_embedding: bool) -> FaceRecord:
-    bbox = json.loads(row[3])
-    return FaceRecord(
-        face_id=row[1],
-        subject_id=row[2],
-        bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
-        landmarks=json.loads(row[4]),
-        detection_confidence=float(row[5]),
-        model=row[6],
-        image_sha256=row[7],
-        created_at=row[8],
-        embedding=_from_blob(row[9]) if with_embedding else None,
-    )
-
-
-_KEY_COLUMNS = "key_id, name, key_hash, scopes, gallery, created_at, revoked_at"
-
-
-def _key(row: tuple[Any, ...]) -> KeyRecord:
-    return KeyRecord(
-        key_id=row[0], name=row[1], key_hash=row[2],
-        scopes=tuple(s for s in row[3].split(",") if s), gallery=row[4], created_at=row[5],
-        revoked_at=row[6],
-    )
-
-
-class SqliteStore:
+class SqliteStore(SqlReads):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
+
+    _P = "?"
+
+    @staticmethod
+    def _json(value: Any) -> Any:
+        return json.loads(value)
 
     shared = False  # one process per file: the gallery locks the data directory
 
@@ -307,13 +282,13 @@ class SqliteStore:
                     (meta_json, face.subject_id),
                 )
             existing = conn.execute(
-                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                f"SELECT {FACE_COLUMNS}, embedding FROM faces "
                 "WHERE subject_id = ? AND image_sha256 = ?",
                 (face.subject_id, face.image_sha256),
             ).fetchone()
             if existing is not None:
                 return AddResult(
-                    _face(existing, True), int(existing[0]), False, False,
+                    self._face_record(existing, True), int(existing[0]), False, False,
                     self._last_change(conn),
                 )
             cur = conn.execute(
@@ -329,7 +304,7 @@ class SqliteStore:
                     face.model,
                     face.image_sha256,
                     face.created_at,
-                    _to_blob(face.embedding),
+                    to_blob(face.embedding),
                     face.chip_jpeg,
                 ),
             )
@@ -347,7 +322,7 @@ class SqliteStore:
                 model=face.model,
                 image_sha256=face.image_sha256,
                 created_at=face.created_at,
-                embedding=_from_blob(_to_blob(face.embedding)),
+                embedding=from_blob(to_blob(face.embedding)),
             )
             return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0))
 
@@ -392,65 +367,6 @@ class SqliteStore:
 
     # ------------------------------------------------------------ reads
 
-    def state(self) -> StoreState:
-        with self._read_transaction() as conn:
-            models = {
-                str(m): int(n)
-                for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
-            }
-            subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
-            last = self._last_change(conn)
-        return StoreState(sum(models.values()), subjects, last, models)
-
-    def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None:
-        columns = _FACE_COLUMNS + (", embedding" if with_embedding else "")
-        with self._reader() as conn:
-            row = conn.execute(
-                f"SELECT {columns} FROM faces WHERE face_id = ?", (face_id,)
-            ).fetchone()
-        return None if row is None else _face(row, with_embedding)
-
-    def get_chip(self, face_id: str) -> bytes | None:
-        with self._reader() as conn:
-            row = conn.execute("SELECT chip FROM faces WHERE face_id = ?", (face_id,)).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
-
-    def _faces_of(
-        self, conn: sqlite3.Connection, subject_id: str, with_embeddings: bool
-    ) -> list[FaceRecord]:
-        columns = _FACE_COLUMNS + (", embedding" if with_embeddings else "")
-        rows = conn.execute(
-            f"SELECT {columns} FROM faces WHERE subject_id = ? ORDER BY id", (subject_id,)
-        )
-        return [_face(r, with_embeddings) for r in rows]
-
-    def get_subject(self, subject_id: str, *, with_faces: bool = True) -> SubjectRecord | None:
-        with self._read_transaction() as conn:
-            row = conn.execute(
-                "SELECT subject_id, metadata, created_at, "
-                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
-                "FROM subjects s WHERE subject_id = ?",
-                (subject_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            faces = self._faces_of(conn, subject_id, False) if with_faces else []
-        return SubjectRecord(row[0], json.loads(row[1]), row[2], int(row[3]), faces)
-
-    def subject_faces(self, subject_id: str, *, with_embeddings: bool = True) -> list[FaceRecord]:
-        with self._reader() as conn:
-            return self._faces_of(conn, subject_id, with_embeddings)
-
-    def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:
-        with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT subject_id, metadata, created_at, "
-                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
-                "FROM subjects s WHERE subject_id > ? ORDER BY subject_id LIMIT ?",
-                ("" if after is None else after, int(limit)),
-            ).fetchall()
-        return [SubjectRecord(r[0], json.loads(r[1]), r[2], int(r[3])) for r in rows]
-
     def scan_faces(self, chunk_size: int, *, with_embeddings: bool) -> Iterator[FaceChunk]:
         columns = "id, face_id, subject_id" + (", embedding" if with_embeddings else "")
         with self._read_transaction() as conn:
@@ -479,7 +395,7 @@ class SqliteStore:
             subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
         changes = [
             Change(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
-                   None if r[6] is None else _from_blob(r[6]))
+                   None if r[6] is None else from_blob(r[6]))
             for r in rows
         ]
         return ChangeBatch(changes, subjects)
@@ -510,20 +426,20 @@ class SqliteStore:
     def find_key(self, key_hash: str) -> KeyRecord | None:
         with self._reader() as conn:
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
             ).fetchone()
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     def list_keys(self, gallery: str | None = None) -> list[KeyRecord]:
         with self._reader() as conn:
             if gallery is None:
-                rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY rowid")
+                rows = conn.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY rowid")
             else:
                 rows = conn.execute(
-                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE gallery = ? ORDER BY rowid",
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE gallery = ? ORDER BY rowid",
                     (gallery,),
                 )
-            return [_key(r) for r in rows]
+            return [key_record(r) for r in rows]
 
     def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
         with self._write_transaction() as conn:
@@ -533,11 +449,11 @@ class SqliteStore:
                 (at, key_id, gallery, gallery),
             )
             row = conn.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ? "
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ? "
                 "AND (? IS NULL OR gallery = ?)",
                 (key_id, gallery, gallery),
             ).fetchone()
-        return None if row is None else _key(row)
+        return None if row is None else key_record(row)
 
     def key_count(self, *, active_only: bool) -> int:
         where = " WHERE revoked_at IS NULL" if active_only else ""
