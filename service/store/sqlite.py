@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -164,7 +165,7 @@ class SqliteStore(SqlReads):
             check_same_thread=False,  # pooled: used by one thread at a time, not always the same
         )
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._enter_wal(conn)
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: cannot use WAL journaling (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
@@ -176,6 +177,24 @@ class SqliteStore(SqlReads):
             conn.close()
             raise
         return conn
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch ``conn`` to WAL journaling, waiting out other connections doing the same.
+
+        On a new file the switch needs an exclusive lock, and SQLite answers "database is
+        locked" at once instead of applying the busy timeout, so connections opened together
+        (several readers, or processes starting on an empty data dir) retry here within it.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.001
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
