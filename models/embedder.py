@@ -515,7 +515,8 @@ def embed_chips(
     flip: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """L2-normalised embeddings ``(N, 128)`` float32 on the CPU of uint8 chips ``(N,150,150,3)``.
+    """L2-normalised embeddings ``(N, D)`` float32 on the CPU of uint8 chips ``(N,150,150,3)``;
+    ``D`` is the model's output size (128 for dlib's; an exported model may differ).
 
     With ``flip`` each embedding is the renormalised mean of the chip's and its mirror's
     (test-time augmentation). Batches go to the model's device as uint8 (4x less to copy).
@@ -535,7 +536,7 @@ def embed_chips(
         raise ValueError("batch_size must be positive")
     n = x.shape[0]
     device, dtype = _model_device_dtype(model)
-    out = torch.empty((n, EMBEDDING_SIZE), dtype=torch.float32)
+    out: torch.Tensor | None = None
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             part = x[start : start + batch_size].to(device, non_blocking=True)
@@ -547,5 +548,9 @@ def embed_chips(
                 emb = F.normalize(both[:m] + both[m:], dim=1)
             else:
                 emb = model(batch)
+            if out is None:
+                out = torch.empty((n, emb.shape[1]), dtype=torch.float32)
             out[start : start + emb.shape[0]] = emb.float().cpu()
+    if out is None:  # no chips: as wide as the model's embeddings would be
+        out = torch.empty((0, int(getattr(model, "embedding_size", EMBEDDING_SIZE))))
     return out

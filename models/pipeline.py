@@ -17,7 +17,8 @@ import torch
 from models.align import extract_chips
 from models.detector import load_detector
 from models.device import resolve_device
-from models.embedder import CHIP_SIZE, EMBEDDING_SIZE, MODEL_VERSION, embed_chips, load_embedder
+from models.embedder import CHIP_SIZE
+from models.embedding_model import EmbeddingModel, load_embedding_model
 from models.faces import Face
 from models.landmarks import load_shape_predictor
 
@@ -29,13 +30,14 @@ CHIP_PADDING = 0.25  # dlib's padding for descriptor chips
 class FacePipeline:
     """Loads the three converted dlib models once and runs them on one device.
 
-    ``upsample`` doubles the photo before detection (finds faces below ~80 px, 4x slower);
-    ``max_side`` shrinks very large photos before detection (boxes are mapped back), which
-    bounds detection time and memory for 12-megapixel phone photos; ``flip`` averages each
-    embedding with that of the mirrored chip.
+    ``model`` picks the embedder: ``None``/``"dlib"`` for the published dlib ResNet, or the path
+    of a file written by ``faceserve export`` (detection and alignment stay dlib's, which is
+    what such a model was trained on). ``upsample`` doubles the photo before detection (finds
+    faces below ~80 px, 4x slower); ``max_side`` shrinks very large photos before detection
+    (boxes are mapped back), which bounds detection time and memory for 12-megapixel phone
+    photos; ``flip`` averages each embedding with that of the mirrored chip.
     """
 
-    embedding_size = EMBEDDING_SIZE
     chip_size = CHIP_SIZE
 
     def __init__(
@@ -46,13 +48,17 @@ class FacePipeline:
         upsample: int = 0,
         max_side: int | None = 2048,
         batch_size: int = 64,
+        model: str | Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
         cache = Path(cache_dir) if cache_dir is not None else None
         self.detector = load_detector(device=self.device, cache_dir=cache)
         self.landmarker = load_shape_predictor(cache_dir=cache)
-        self.embedder = load_embedder(device=self.device, cache_dir=cache)
-        self.model_version = MODEL_VERSION
+        self.model: EmbeddingModel = load_embedding_model(model, self.device, cache)
+        self.embedder = self.model.module
+        self.model_version = self.model.version
+        self.embedding_size = self.model.embedding_size
+        self.model_manifest = self.model.manifest  # {} for the dlib model
         self.flip = flip
         self.upsample = upsample
         self.max_side = max_side
@@ -82,12 +88,11 @@ class FacePipeline:
         return chips.cpu().numpy()
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 embeddings ``(N, 128)`` of aligned chips ``(N, 150, 150, 3)``."""
+        """L2-normalised float32 embeddings ``(N, D)`` of aligned chips ``(N, 150, 150, 3)``."""
         chips = np.asarray(chips)
         if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
-        out = embed_chips(self.embedder, chips, flip=self.flip, batch_size=self.batch_size)
-        return out.numpy().astype(np.float32, copy=False)
+        return self.model.embed_chips(chips, flip=self.flip, batch_size=self.batch_size)
 
     def embed(
         self, images: Sequence[np.ndarray], max_faces: int | None = None

@@ -1,65 +1,30 @@
-"""Export a trained embedder for the service: one safetensors file plus a JSON manifest.
+"""Export a trained embedder for the service: ``faceserve export CHECKPOINT``.
 
-The safetensors file holds the network's state dict and, in its metadata, the manifest (so a
-single file is self-describing); ``<file>.json`` beside it holds the same manifest for
-people. The manifest names the architecture, embedding size and input contract, summarises
-the training data and validation figures, and carries a **version string**
-``ft-<name>-<YYYYMMDD>-<hash8>`` (hash = SHA-256 over the weights), which the service stores
-with every embedding: two different weight sets never share a version, and exporting the
-same checkpoint twice gives the same one.
-
-``load_exported(path, device)`` returns a module with the DlibResNet forward contract
-(float ``(N,3,150,150)`` RGB 0..255 in, ``(N,D)`` L2-normalised out) and that version.
+The file format (safetensors + manifest in its metadata + a ``.json`` sidecar) and its
+loader are :mod:`models.model_file`; this module builds the manifest from a training
+checkpoint: architecture, embedding size and input contract, a summary of the training data
+(including every identity the run saw, which an evaluation must leave out), the validation
+figures, and the **version string** ``ft-<name>-<YYYYMMDD>-<hash8>`` (hash = SHA-256 over the
+weights), which the service stores with every embedding: two different weight sets never
+share a version, and exporting the same checkpoint twice gives the same one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
-
+from models.model_file import EXPORT_FORMAT, weights_hash, write_model_file
 from models.training.checkpoint import load_checkpoint
 
-__all__ = ["EXPORT_FORMAT", "build_architecture", "export_checkpoint", "load_exported"]
+__all__ = ["export_checkpoint"]
 
-EXPORT_FORMAT = "faceserve-embedder/1"
-MANIFEST_KEY = "faceserve_manifest"
 _TRAINING_KEYS = (
     "loss", "miner", "margin", "distance", "init", "freeze", "optimizer", "lr", "epochs",
     "steps_per_epoch", "p", "k", "warmup", "seed", "val_fraction", "max_images_per_identity",
 )  # fmt: skip
-
-
-def build_architecture(arch: str) -> nn.Module:
-    """An untrained network of the named architecture (weights come from the file)."""
-    if arch == "small":
-        from models.training.small_net import small_net
-
-        return small_net()
-    if arch == "dlib-resnet":
-        from models.embedder import DlibResNet
-
-        return DlibResNet()
-    raise ValueError(f"unknown architecture {arch!r} in manifest")
-
-
-def weights_hash(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _slug(name: str) -> str:
@@ -138,11 +103,7 @@ def export_checkpoint(
         },
     }
     out_path = Path(out) if out else ckpt_path.parent / f"{version}.safetensors"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest, indent=2, default=str)
-    save_file(tensors, str(out_path), metadata={MANIFEST_KEY: text})
-    out_path.with_name(out_path.name + ".json").write_text(text + "\n")
-    return out_path, manifest
+    return write_model_file(tensors, manifest, out_path), manifest
 
 
 def _figures(row: dict[str, Any]) -> dict[str, Any]:
@@ -151,42 +112,3 @@ def _figures(row: dict[str, Any]) -> dict[str, Any]:
         "tar": row.get("val_tar"),
         "far": row.get("val_far"),
     }
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if MANIFEST_KEY not in meta:
-        raise ValueError(f"{path} has no faceserve manifest; was it written by faceserve export?")
-    manifest = json.loads(meta[MANIFEST_KEY])
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: unsupported export format {manifest.get('format')!r}")
-    return manifest
-
-
-def load_exported(
-    path: str | Path, device: str | torch.device | None = None
-) -> tuple[nn.Module, str]:
-    """``(model in eval mode on device, version string)`` from an exported ``.safetensors``.
-
-    The weights are checked against the manifest's hash, so a file edited after export (or a
-    manifest pasted onto other weights) is refused rather than served under a wrong version.
-    """
-    from models.device import resolve_device
-
-    path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix("")
-    manifest = read_manifest(path)
-    tensors = load_file(str(path))
-    if weights_hash(tensors) != manifest["weights_sha256"]:
-        raise ValueError(f"{path}: weights do not match the manifest's hash")
-    model = build_architecture(manifest["architecture"])
-    model.load_state_dict(tensors, strict=True)
-    fold = getattr(model, "fold_affine", None)
-    if callable(fold):  # DlibResNet: drop the (exported as identity) affine ops
-        fold()
-    model = model.to(resolve_device(device)).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model, manifest["version"]

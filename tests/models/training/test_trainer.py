@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.model_file import load_exported, read_manifest
 from models.training.checkpoint import load_checkpoint
-from models.training.export import export_checkpoint, load_exported, read_manifest
+from models.training.export import export_checkpoint
 from models.training.small_net import SmallFaceNet
 from models.training.trainer import (
     TrainConfig,
@@ -225,8 +226,8 @@ def test_export_round_trip(synthetic_chips: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "model.safetensors.json").read_text()) == manifest
     assert read_manifest(path) == manifest
 
-    model, version = load_exported(path, "cpu")
-    assert version == manifest["version"] and not model.training
+    model, loaded = load_exported(path, "cpu")
+    assert loaded == manifest and not model.training
     chips = trainer.val_data.chips[:5]
     expected = embed_chips_eval(trainer.model, chips, torch.device("cpu"))
     got = embed_chips_eval(model, chips, torch.device("cpu"))
@@ -269,7 +270,7 @@ def test_cli_train_then_export(synthetic_chips: Path, tmp_path: Path, capsys) ->
     assert cli_main(["export", str(out), "--out", str(tmp_path / "m.safetensors")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["version"].startswith("ft-cli-run-")
-    assert load_exported(tmp_path / "m.safetensors")[1] == printed["version"]
+    assert load_exported(tmp_path / "m.safetensors")[1]["version"] == printed["version"]
     # Resuming a finished run without --epochs keeps its length (does not run to 10 epochs).
     assert cli_main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["global_step"] == 2
