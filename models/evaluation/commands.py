@@ -50,6 +50,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--cache", type=Path, metavar="FILE",
                    help="embedding cache (default: OUT/embeddings-<model>.npz); point runs "
                         "with and without --flip at one file to detect each image only once")
+    q.add_argument("--model", default="dlib",
+                   help="`dlib` (default), or a .safetensors file from `faceserve export`; the "
+                        "profile is then for that model's version. Leave out the people it "
+                        "was trained on: see `faceserve heldout-pairs`")
+    q.add_argument("--detections-from", type=Path, action="append", default=[],
+                   metavar="FILE",
+                   help="another model's embedding cache to take detections from (repeatable; "
+                        "the other caches in OUT are used anyway): detection does not depend "
+                        "on the embedding model and is most of the time")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     q.add_argument("--batch-size", type=int, default=64, help="chips per embedding batch")
     q.add_argument("--threads", type=int,
@@ -64,10 +73,15 @@ def _eval_lfw(args: argparse.Namespace) -> int:
     import torch
 
     from models.evaluation.lfw import evaluate_lfw
+    from models.model_file import ModelFileError, read_manifest
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-
+    if args.model != "dlib":
+        try:
+            read_manifest(args.model)
+        except (ModelFileError, FileNotFoundError) as exc:
+            raise SystemExit(f"faceserve eval lfw: --model: {exc}") from None
     report = evaluate_lfw(
         args.root,
         args.out,
@@ -81,6 +95,8 @@ def _eval_lfw(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         profile_path=args.profile,
         progress=not args.no_progress,
+        model=args.model,
+        detections_from=args.detections_from,
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'report.json'}, {args.out / 'report.md'}, "

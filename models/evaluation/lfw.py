@@ -154,28 +154,39 @@ class EmbeddingCache:
     def load(self) -> EmbeddingCache:
         if self.path is None or not self.path.is_file():
             return self
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                if str(data["model"]) != self.model:
-                    log.warning("ignoring %s: made for model %s", self.path, data["model"])
-                    return self
-                # Read each array once: ``data[name]`` decompresses the whole array on every
-                # access, and a row of it would keep that whole copy alive.
-                arrays = {name: data[name] for name in (
-                    "keys", "landmarks", "fallback", "faces_found", "plain", "mirror",
-                    "has_plain", "has_mirror")}
-            for i, key in enumerate(arrays["keys"].tolist()):
+        arrays = _read_cache(self.path)
+        if arrays is None:
+            return self
+        if str(arrays["model"]) != self.model:
+            log.warning("ignoring %s: made for model %s", self.path, arrays["model"])
+            return self
+        for i, key in enumerate(arrays["keys"].tolist()):
+            self.entries[key] = _Entry(
+                landmarks=arrays["landmarks"][i].copy(),
+                fallback=bool(arrays["fallback"][i]),
+                faces_found=int(arrays["faces_found"][i]),
+                plain=arrays["plain"][i].copy() if arrays["has_plain"][i] else None,
+                mirror=arrays["mirror"][i].copy() if arrays["has_mirror"][i] else None,
+            )
+        return self
+
+    def seed_detections(self, other: Path) -> int:
+        """Take the detections (landmarks, fallback, face count) of images this cache lacks
+        from another model's cache: detection and alignment do not depend on the embedding
+        model, and they are most of the cost. Returns how many images were taken."""
+        arrays = _read_cache(other)
+        if arrays is None:
+            return 0
+        taken = 0
+        for i, key in enumerate(arrays["keys"].tolist()):
+            if key not in self.entries:
                 self.entries[key] = _Entry(
                     landmarks=arrays["landmarks"][i].copy(),
                     fallback=bool(arrays["fallback"][i]),
                     faces_found=int(arrays["faces_found"][i]),
-                    plain=arrays["plain"][i].copy() if arrays["has_plain"][i] else None,
-                    mirror=arrays["mirror"][i].copy() if arrays["has_mirror"][i] else None,
                 )
-        except (OSError, KeyError, ValueError) as exc:
-            log.warning("ignoring unreadable embedding cache %s: %s", self.path, exc)
-            self.entries.clear()
-        return self
+                taken += 1
+        return taken
 
     def save(self) -> None:
         """Write atomically (an interrupted run keeps the previous checkpoint)."""
@@ -200,6 +211,22 @@ class EmbeddingCache:
         )
         tmp.replace(self.path)
 
+
+
+_CACHE_ARRAYS = ("keys", "landmarks", "fallback", "faces_found", "plain", "mirror",
+                 "has_plain", "has_mirror", "model")
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """Every array of a cache file, or None (logged) when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            # Read each array once: ``data[name]`` decompresses the whole array on every
+            # access, and a row of it would keep that whole copy alive.
+            return {name: data[name] for name in _CACHE_ARRAYS}
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
+        return None
 
 
 def flip_average(plain: np.ndarray, mirror: np.ndarray) -> np.ndarray:
@@ -341,12 +368,16 @@ def evaluate_lfw(
     cache_path: Path | None = None,
     pipeline: FacePipeline | None = None,
     progress: bool = True,
+    model: str | Path | None = None,
+    detections_from: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Run the protocol, write report.json / report.md / roc.png / the profile; return the report.
 
     ``limit_folds`` keeps the first N folds, ``per_fold`` the first N same-person and N
     different-person pairs of each fold: quicker runs of the same protocol (the report's
-    ``dataset`` names the subset, and so does the profile).
+    ``dataset`` names the subset, and so does the profile). ``model``: an exported model
+    instead of dlib's (``FacePipeline(model=...)``). Detections missing from this model's cache
+    are taken from ``detections_from`` and from the other models' caches in ``out_dir``.
     """
     start = time.perf_counter()
     image_dir, pairs_file = resolve_layout(root, pairs_file)
@@ -362,7 +393,7 @@ def evaluate_lfw(
     if pipeline is None:
         from models.pipeline import FacePipeline
 
-        pipeline = FacePipeline(device=device, cache_dir=weights_cache, flip=False)
+        pipeline = FacePipeline(device=device, cache_dir=weights_cache, flip=False, model=model)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rel = pairs.images()
@@ -371,6 +402,13 @@ def evaluate_lfw(
     else:
         cache = EmbeddingCache(cache_path, pipeline.model_version)
     cache.load()
+    siblings = sorted(out_dir.glob("embeddings-*.npz"))
+    seeded = 0
+    for other in [*detections_from, *siblings]:
+        if cache.path is None or Path(other).resolve() != cache.path.resolve():
+            seeded += cache.seed_detections(Path(other))
+    if seeded:
+        log.info("took the detections of %d images from other models' caches", seeded)
     t_embed = time.perf_counter()
     emb = embed_images(pipeline, [image_dir / p for p in rel], cache, flip=flip,
                        batch_size=batch_size, progress=progress)
@@ -422,6 +460,7 @@ def evaluate_lfw(
             "detected": emb.detected,
             "embedded": emb.embedded,
             "cached": len(rel) - emb.embedded,
+            "detections_reused": seeded,
             "per_image_ms": round(1000 * embed_s / emb.embedded, 1) if emb.embedded else None,
             **emb.timing,
         },

@@ -103,6 +103,30 @@ def test_eval_lfw_subset_end_to_end(shared_data: Path, tmp_path: Path, one_threa
     assert flipped["scores"]["genuine"]["mean"] != report["scores"]["genuine"]["mean"]
     assert load_profile(flip_out / "operating_points.json").flip is True
 
+    # --model: an exported model (dlib's weights under another version) in the same output
+    # directory takes every detection from the dlib cache beside it and embeds every image;
+    # its figures are dlib's, its profile is for its own version only.
+    from tests.model_files import dlib_copy
+
+    model = dlib_copy(tmp_path / "copy.safetensors")
+    assert main([*argv, "--model", str(model)]) == 0
+    other = json.loads((out / "report.json").read_text())
+    assert other["model"] == "test-dlib-copy-v1"
+    assert (other["timing"]["detected"], other["timing"]["embedded"]) == (0, IMAGES)
+    assert other["timing"]["detections_reused"] == IMAGES
+    assert other["accuracy"]["mean"] == pytest.approx(report["accuracy"]["mean"], abs=0.004)
+    assert (out / "embeddings-test-dlib-copy-v1.npz").is_file()
+    copy_profile = out / "operating_points.json"
+    assert load_profile(copy_profile).model == "test-dlib-copy-v1"
+    point = resolve_operating_point(
+        Settings(threshold="far=1e-2", profile=copy_profile), "test-dlib-copy-v1")
+    assert point.threshold == pytest.approx(profile.threshold_for(0.01), abs=1e-3)
+    with pytest.raises(ProfileError, match="calibrated for model 'test-dlib-copy-v1'"):
+        resolve_operating_point(Settings(threshold="far=1e-2", profile=copy_profile),
+                                "dlib-resnet-v1")
+    with pytest.raises(SystemExit, match="--model: no model file"):
+        main([*argv, "--model", str(tmp_path / "nope.safetensors")])
+
 
 @pytest.fixture(scope="module")
 def pipeline():  # type: ignore[no-untyped-def]
