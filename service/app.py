@@ -83,6 +83,7 @@ def default_pipeline(settings: Settings) -> Pipeline:
         flip=settings.flip,
         upsample=settings.upsample,
         max_side=settings.max_side,
+        model=settings.model,
     )
 
 
@@ -91,7 +92,9 @@ def _build_services(
 ) -> Services:
     start = time.perf_counter()
     pipeline = make_pipeline(settings)
-    point = resolve_operating_point(settings, pipeline.model_version)
+    # An exported model carries its manifest (validation figures); dlib's and fakes do not.
+    manifest = getattr(pipeline, "model_manifest", None) or None
+    point = resolve_operating_point(settings, pipeline.model_version, manifest)
     gallery = Gallery.open(
         settings.data_dir,
         model_version=pipeline.model_version,

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         Path("./data"),
         description="Directory holding the gallery (SQLite database, FAISS snapshot, chips).",
     )
+    model: str = Field(
+        "dlib",
+        description="Embedding model: `dlib` (the published dlib ResNet, converted), or the path "
+        "of a `.safetensors` file written by `faceserve export`. Its version string is stored "
+        "with every embedding; a gallery built by another model is refused until `faceserve "
+        "reembed` has re-computed it. An exported model brings its own threshold (see "
+        "`threshold`).",
+    )
     device: str = Field(
         "auto",
         description="Torch device for the models: `auto` (GPU if present), `cpu`, `cuda`, "
@@ -73,7 +81,9 @@ class Settings(BaseSettings):
         DEFAULT_THRESHOLD,
         description="Match threshold: a cosine similarity in [-1, 1] (match when similarity "
         ">= threshold), or `far=1e-3` to use the calibrated operating point for that false "
-        "accept rate from the profile. Responses report which one was used.",
+        "accept rate from the profile. Unset with an exported `model`: the model's own "
+        "operating point (TAR at its validation FAR, measured on identities held out of its "
+        "training). Responses report which one was used.",
     )
     profile: Path | None = Field(
         None,
@@ -214,12 +224,20 @@ class Settings(BaseSettings):
         return self.profile if self.profile is not None else self.data_dir / "operating_points.json"
 
 
-def resolve_operating_point(settings: Settings, model_version: str) -> OperatingPoint:
+def resolve_operating_point(
+    settings: Settings, model_version: str, manifest: dict[str, Any] | None = None
+) -> OperatingPoint:
     """The threshold the service compares similarities with, and where it came from.
 
     ``far=...`` thresholds come from the evaluation profile, which must be for the model that
-    is serving: a threshold calibrated on another model's similarities means nothing.
+    is serving: a threshold calibrated on another model's similarities means nothing. For
+    the same reason the default number (:data:`DEFAULT_THRESHOLD`, measured on dlib's model)
+    is never applied to an exported model (``manifest``): unless ``threshold`` is set, such a
+    model is served at the operating point its export recorded, and refused without one.
     """
+    explicit = "threshold" in settings.model_fields_set
+    if manifest and not explicit:
+        return _manifest_operating_point(manifest, model_version)
     if isinstance(settings.threshold, float):
         return OperatingPoint(threshold=settings.threshold, source="setting")
     far = float(settings.threshold.split("=", 1)[1])
@@ -266,6 +284,30 @@ def resolve_operating_point(settings: Settings, model_version: str) -> Operating
     raise ProfileError(
         f"{path} has no operating point for FAR {far:g} (available: "
         f"{', '.join(f'{a:g}' for a in available) or 'none'}){hint}"
+    )
+
+
+def _manifest_operating_point(manifest: dict[str, Any], model_version: str) -> OperatingPoint:
+    validation = manifest.get("validation") or {}
+    threshold, far = validation.get("tar_threshold"), validation.get("far")
+    if not isinstance(threshold, int | float) or not isinstance(far, int | float) or not (
+        math.isfinite(threshold) and -1.0 <= threshold <= 1.0
+    ):
+        raise ProfileError(
+            f"model {model_version!r} records no validated operating point (exported from a "
+            "checkpoint taken mid-epoch?), and the default threshold belongs to the dlib "
+            "model; set FACESERVE_THRESHOLD to a cosine similarity, or to far=<rate> with a "
+            "profile from `faceserve eval lfw --model ...`"
+        )
+    data = manifest.get("data") or {}
+    held_out = data.get("val_identities")
+    dataset = f"validation: {held_out} identities held out of training" if held_out else None
+    return OperatingPoint(
+        threshold=float(threshold),
+        source="model",
+        far=float(far),
+        tar=validation.get("tar"),
+        dataset=dataset,
     )
 
 

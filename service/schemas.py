@@ -142,13 +142,17 @@ class OperatingPoint(BaseModel):
     """Which threshold decided ``match``, and where it came from."""
 
     threshold: float = Field(description="Cosine similarity at or above which faces match.")
-    source: Literal["setting", "profile", "request"] = Field(
+    source: Literal["setting", "profile", "model", "request"] = Field(
         description="`setting`: the configured number; `profile`: the calibrated operating "
-        "point for `far` from the evaluation profile; `request`: given with this request."
+        "point for `far` from the evaluation profile; `model`: the operating point recorded "
+        "in the exported model's manifest (validation on held-out identities); `request`: "
+        "given with this request."
     )
-    far: float | None = Field(None, description="Target false-accept rate (profile only).")
+    far: float | None = Field(
+        None, description="Target false-accept rate (profile and model only)."
+    )
     tar: float | None = Field(
-        None, description="True-accept rate measured at this point (profile only)."
+        None, description="True-accept rate measured at this point (profile and model only)."
     )
     profile: str | None = Field(None, description="Path of the profile the point came from.")
     dataset: str | None = Field(None, description="Dataset the profile was calibrated on.")

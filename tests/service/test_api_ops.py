@@ -144,6 +144,44 @@ def test_operating_point_resolution(tmp_path: Path) -> None:
         resolve_operating_point(Settings(threshold="far=1e-4", profile=profile), "m")
 
 
+MANIFEST = {
+    "version": "ft-mine-20261203-0123abcd",
+    "data": {"val_identities": 32},
+    "validation": {"far": 1e-3, "tar": 0.894, "tar_threshold": 0.842},
+}
+
+
+def test_an_exported_model_brings_its_own_operating_point(tmp_path: Path) -> None:
+    # Unset threshold: the manifest's validated point, never dlib's default number.
+    point = resolve_operating_point(Settings(), "ft-mine", MANIFEST)
+    assert (point.threshold, point.source, point.far, point.tar) == (0.842, "model", 1e-3, 0.894)
+    assert "32 identities held out" in (point.dataset or "")
+    # A threshold set by the operator wins, whether from the environment or the command line.
+    assert resolve_operating_point(Settings(threshold=0.9), "ft-mine", MANIFEST).source == (
+        "setting")
+    # No validated point (exported mid-epoch): refuse rather than guess.
+    bare = {**MANIFEST, "validation": {"far": 1e-3, "tar_threshold": None}}
+    with pytest.raises(ProfileError, match="no validated operating point"):
+        resolve_operating_point(Settings(), "ft-mine", bare)
+    assert resolve_operating_point(Settings(threshold=0.8), "ft-mine", bare).threshold == 0.8
+    # dlib's model (no manifest) keeps the default number.
+    assert resolve_operating_point(Settings(), "dlib-resnet-v1").threshold == DEFAULT_THRESHOLD
+
+
+def test_the_service_reports_the_models_operating_point(make_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.service.conftest import FakePipeline, fake_photo
+
+    pipeline = FakePipeline()
+    pipeline.model_manifest = MANIFEST  # type: ignore[attr-defined]
+    client = make_client(pipeline)
+    assert client.post("/enroll", files={"image": ("a.png", fake_photo(5), "image/png")},
+                       data={"subject_id": "five"}).status_code == 201
+    body = client.post("/identify", files={"image": ("b.png", fake_photo(5, variant=1),
+                                                     "image/png")}).json()
+    assert body["threshold"] == 0.842 and body["operating_point"]["source"] == "model"
+    assert body["faces"][0]["match"]["subject_id"] == "five"
+
+
 def test_the_readme_settings_table_is_the_generated_one() -> None:
     """The README's table is pasted from ``faceserve serve --settings-table``: keep it so."""
     from service.config import settings_table
