@@ -55,6 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "SQLite gallery (FACESERVE_WORKERS)")
     p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
+    p.add_argument("--model", help="`dlib`, or a .safetensors file from `faceserve export` "
+                   "(FACESERVE_MODEL)")
     p.add_argument("--threshold", help="cosine threshold, or far=1e-3 for a calibrated "
                    "operating point (FACESERVE_THRESHOLD)")
     p.add_argument("--no-batching", action="store_true",
@@ -68,6 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="print every setting as a Markdown table (for the README) and exit")
     p.set_defaults(func=_serve)
     _add_keys_parsers(sub)
+    _add_reembed_parser(sub)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     overrides = {
         name: getattr(args, name)
-        for name in ("host", "port", "workers", "data_dir", "device", "threshold")
+        for name in ("host", "port", "workers", "data_dir", "device", "model", "threshold")
         if getattr(args, name) is not None
     }
     if args.no_batching:
@@ -312,3 +315,107 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     else:
         print(f"revoked {record.key_id} ({record.name}) at {record.revoked_at}")
     return 0
+
+
+# ---------------------------------------------------------------- faceserve reembed
+
+
+def _add_reembed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reembed",
+        help="re-compute a gallery's embeddings with another model, from the stored chips",
+        description=(
+            "Move a gallery to another embedding model without the original photos: every "
+            "enrolled face's stored 150x150 chip is decoded and embedded by --model, and its "
+            "embedding and model label are replaced, in committed batches. Run it with the "
+            "service stopped (it refuses while a server or replica has the gallery open, and "
+            "keeps them out while it runs). Interrupted, it leaves a gallery that the service "
+            "refuses to serve; run it again and it carries on where it stopped. Afterwards "
+            "start the service with FACESERVE_MODEL set to the same model. Settings (data dir, "
+            "database URL, flip, device) are read as `faceserve serve` reads them."
+        ),
+    )
+    p.add_argument("--model", required=True,
+                   help="`dlib`, or the .safetensors file written by `faceserve export`")
+    p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
+    p.add_argument("--database-url", help="PostgreSQL gallery (FACESERVE_DATABASE_URL)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="faces embedded and committed at once (default: %(default)s)")
+    p.add_argument("--delete-faces-without-chips", action="store_true",
+                   help="erase the faces that have no stored chip (enrolled with store_chips "
+                   "off) instead of refusing; re-enroll them from their photos afterwards")
+    p.add_argument("--dry-run", action="store_true", help="say what would be done and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_reembed)
+
+
+def _reembed(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+    from service.gallery import GalleryLocked
+    from service.reembed import ReembedError, exclusive_store, plan_reembed, reembed
+    from service.store.base import StoreError
+
+    overrides = {
+        name: getattr(args, name)
+        for name in ("data_dir", "database_url", "device")
+        if getattr(args, name) is not None
+    }
+    try:
+        settings = Settings(**overrides, model=args.model)
+    except ValidationError as exc:
+        print(f"faceserve reembed: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    from models.embedding_model import load_embedding_model
+    from models.model_file import ModelFileError
+
+    try:
+        model = load_embedding_model(
+            settings.model, None if settings.device == "auto" else settings.device
+        )
+    except (ModelFileError, FileNotFoundError, ValueError) as exc:
+        print(f"faceserve reembed: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
+        return 2
+
+    def embed(chips: Any) -> Any:
+        return model.embed_chips(chips, flip=settings.flip)
+
+    try:
+        with exclusive_store(settings.data_dir, settings.database_url) as store:
+            plan = plan_reembed(store, model.version)
+            models = ", ".join(f"{n} x {m}" for m, n in sorted(plan.models.items())) or "none"
+            print(f"gallery: {plan.faces} faces ({models}); target {model.version} "
+                  f"({model.embedding_size}-d, flip={settings.flip}); to re-embed: "
+                  f"{plan.to_do}, of which {len(plan.without_chip)} without a stored chip",
+                  file=sys.stderr)
+            if args.dry_run:
+                return 0
+            result = reembed(
+                store, embed, model.version, dim=model.embedding_size,
+                batch_size=args.batch_size,
+                delete_without_chip=args.delete_faces_without_chips,
+                snapshot_dir=None if settings.database_url else settings.data_dir,
+                progress=not args.quiet,
+            )
+    except (GalleryLocked, StoreError, ReembedError, ValueError) as exc:
+        print(f"faceserve reembed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({
+        "model": result.target,
+        "reembedded": result.reembedded,
+        "already_on_model": result.already,
+        "deleted_without_chip": result.deleted_without_chip,
+        "seconds": round(result.seconds, 2),
+        "faces_per_s": round(result.faces_per_s, 1),
+        "models_before": result.models_before,
+        "models_after": result.models_after,
+    }, indent=2))
+    if set(result.models_after) - {result.target}:
+        print("faceserve reembed: faces of other models remain; run it again",
+              file=sys.stderr)
+        return 1
+    print(f"done: start the service with FACESERVE_MODEL={settings.model}", file=sys.stderr)
+    return 0
+

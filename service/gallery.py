@@ -56,6 +56,7 @@ from service.store.base import (
 )
 
 __all__ = [
+    "SNAPSHOT_NAME",
     "FaceRecord",
     "Gallery",
     "GalleryClosed",
@@ -64,6 +65,8 @@ __all__ = [
     "Hit",
     "ModelMismatch",
     "SubjectRecord",
+    "lock_data_dir",
+    "unlock_data_dir",
 ]
 
 log = logging.getLogger("faceserve.gallery")
@@ -121,6 +124,16 @@ def _decode_cursor(cursor: str) -> str:
         return data.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError("invalid cursor") from None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold the data directory for this process (``GalleryLocked`` if another holds it); the
+    descriptor to pass to :func:`unlock_data_dir`."""
+    return _lock_dir(Path(data_dir))
+
+
+def unlock_data_dir(fd: int | None) -> None:
+    _unlock_dir(fd)
 
 
 def _lock_dir(data_dir: Path) -> int:
@@ -182,12 +195,15 @@ class Gallery:
         others = {m: n for m, n in state.model_counts.items() if m != model_version}
         if others:
             held = ", ".join(f"{n} faces of model {m!r}" for m, n in sorted(others.items()))
+            mixed = len(state.model_counts) > 1
             raise ModelMismatch(
                 f"{location} holds {held}, but this service computes {model_version!r} "
                 "embeddings, which cannot be compared with them, so it refuses to start. "
-                "Re-embedding a gallery with a new model will be `faceserve reembed` (planned "
-                "in a later release, not available yet); until then serve this gallery with the "
-                "model that built it, or use another data directory."
+                + ("The gallery holds several models' embeddings: a `faceserve reembed` was "
+                   "interrupted; run it again to finish. " if mixed else "")
+                + "With the service stopped, `faceserve reembed --model <this model>` "
+                "re-computes every embedding from the stored face chips; or serve this "
+                "gallery with the model that built it, or use another data directory."
             )
         kind = choose_index_kind(state.face_count) if index_kind == "auto" else index_kind
         self._subjects = state.subject_count

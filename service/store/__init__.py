@@ -53,15 +53,22 @@ __all__ = [
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(data_dir: Path, database_url: str | None = None) -> GalleryStore:
+def open_store(
+    data_dir: Path, database_url: str | None = None, *, exclusive: bool = False
+) -> GalleryStore:
     """The gallery store: ``<data_dir>/gallery.sqlite3``, or the PostgreSQL database at
-    ``database_url`` (migrated to the current schema version on open)."""
+    ``database_url`` (migrated to the current schema version on open).
+
+    ``exclusive`` (PostgreSQL): refuse unless no other process has the gallery open, and keep
+    every other process out until closed. The SQLite gallery is kept to one process by the
+    data directory's lock instead (``service.gallery.lock_data_dir``).
+    """
     if not database_url:
         return SqliteStore.open(data_dir)
     if database_url.startswith(POSTGRES_SCHEMES):
         from service.store.postgres import PostgresStore  # psycopg only when asked for
 
-        return PostgresStore.open(database_url)
+        return PostgresStore.open(database_url, exclusive=exclusive)
     scheme = database_url.split("://", 1)[0] if "://" in database_url else database_url[:20]
     raise StoreError(
         f"unsupported database URL scheme {scheme!r}: use postgresql://user:password@host/db, "

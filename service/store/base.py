@@ -10,7 +10,7 @@ process keeps its own index and applies the log's adds and deletes in change-id 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,7 +129,8 @@ class Change:
     op: str  # "add" or "delete"
     row_id: int  # the FAISS id
     # Adds only, and only while the face still exists: a face deleted since has a later
-    # "delete" entry, so there is nothing to add. Rows are never updated after insertion.
+    # "delete" entry, so there is nothing to add. Rows are never updated after insertion,
+    # except by `faceserve reembed`, which runs while no process follows the log.
     face_id: str | None = None
     subject_id: str | None = None
     model: str | None = None
@@ -203,6 +204,18 @@ class GalleryStore(Protocol):
         ...
 
     def log_position(self, after: int) -> LogPosition: ...
+
+    def faces_to_reembed(
+        self, model: str, after: int, limit: int
+    ) -> list[tuple[int, str, bytes | None]]:
+        """``(row id, face id, chip JPEG or None)`` of up to ``limit`` faces whose model is not
+        ``model``, with row ids above ``after``, in row-id order."""
+        ...
+
+    def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
+        """Replace these rows' embeddings and model label in one transaction (re-embedding
+        only, with the gallery held exclusively); the number of rows changed."""
+        ...
 
     def close(self) -> None: ...
 

@@ -19,6 +19,13 @@ deleted row is gone from every query at commit, but PostgreSQL leaves the dead t
 file until (auto)vacuum reclaims it, and WAL segments keep it until they are recycled; unlike the
 SQLite store's ``secure_delete``, nothing here overwrites it at once.
 
+Exclusive use. Every store holds a session-level advisory lock on its writer connection, in
+shared mode, for as long as it is open (``faceserve.gallery.<schema>``). ``faceserve reembed``
+opens the store with ``exclusive=True``, which takes that lock in exclusive mode: it is refused
+while any replica (or other faceserve command) has the gallery open, and while it runs every
+other open is refused, so no replica can serve or write embeddings of the old model meanwhile.
+A writer connection that is replaced (server restart) takes the lock again.
+
 Threads: one writer connection behind a lock, and a bounded pool of reader connections
 (autocommit; multi-statement reads run in REPEATABLE READ READ ONLY transactions, so they see one
 state). A connection found broken (server restart) is dropped and replaced on next use.
@@ -126,8 +133,17 @@ class PostgresStore(SqlReads):
 
     shared = True
 
-    def __init__(self, conninfo: str, *, pool_size: int = 8, pool_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        pool_size: int = 8,
+        pool_timeout_s: float = 30.0,
+        exclusive: bool = False,
+    ) -> None:
         self._conninfo = _with_defaults(conninfo, _DEFAULTS)
+        self._exclusive = exclusive
+        self._presence_key: int | None = None  # known once the schema is
         self.location = describe(conninfo)
         self._write_lock = threading.Lock()
         self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
@@ -143,14 +159,20 @@ class PostgresStore(SqlReads):
             ).fetchone()
             assert key is not None
             self._write_key = int(key[0])
+            key = writer.execute(
+                "SELECT hashtext('faceserve.gallery.' || %s)", (self.schema,)
+            ).fetchone()
+            assert key is not None
+            self._presence_key = int(key[0])
+            self._take_presence(writer)
         except BaseException:
             writer.close()
             raise
 
     @classmethod
-    def open(cls, database_url: str) -> PostgresStore:
+    def open(cls, database_url: str, *, exclusive: bool = False) -> PostgresStore:
         try:
-            return cls(database_url)
+            return cls(database_url, exclusive=exclusive)
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot connect to {describe(database_url)}: {exc}") from None
 
@@ -171,7 +193,26 @@ class PostgresStore(SqlReads):
             if self._writer is not None:
                 self._writer.close()
             self._writer = self._connect(reader=False)
+            if self._presence_key is not None:  # a replacement: the old session's lock is gone
+                self._take_presence(self._writer)
         return self._writer
+
+    def _take_presence(self, conn: psycopg.Connection) -> None:
+        """The session lock that ``exclusive`` stores and ordinary ones exclude each other by."""
+        fn = "pg_try_advisory_lock" if self._exclusive else "pg_try_advisory_lock_shared"
+        row = conn.execute(f"SELECT {fn}(%s)", (self._presence_key,)).fetchone()
+        if row and row[0]:
+            return
+        conn.close()
+        if self._exclusive:
+            raise StoreError(
+                f"{self.location}, schema {self.schema!r}, is open in another faceserve "
+                "process: stop every replica (and other faceserve commands on it) first"
+            )
+        raise StoreError(
+            f"{self.location}, schema {self.schema!r}, is being re-embedded by `faceserve "
+            "reembed`; start faceserve again when it has finished"
+        )
 
     @contextmanager
     def _reader(self) -> Iterator[psycopg.Connection]:

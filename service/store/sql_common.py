@@ -1,13 +1,16 @@
-"""What the SQLite and PostgreSQL stores share: row codecs and the read queries.
+"""What the SQLite and PostgreSQL stores share: row codecs, the read queries, re-embedding.
 
 Both stores hold the same schema. They differ in parameter style (``?`` or ``%s``), in how
 JSON columns come back (text from SQLite, already decoded by psycopg), and in connections,
 transactions and locking, which each store keeps to itself. The reads are written once here
-against those two hooks, so a fix to a query reaches both backends.
+against those two hooks, so a fix to a query reaches both backends. The two statements of
+``faceserve reembed`` (read faces of other models, write new embeddings) are the same on both
+as well; the write runs in the store's own ``_write_transaction``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -15,7 +18,18 @@ import numpy as np
 
 from service.store.base import FaceRecord, KeyRecord, StoreState, SubjectRecord
 
-__all__ = ["FACE_COLUMNS", "KEY_COLUMNS", "SqlReads", "from_blob", "key_record", "to_blob"]
+__all__ = [
+    "FACE_COLUMNS",
+    "KEY_COLUMNS",
+    "ReembedRow",
+    "SqlReads",
+    "from_blob",
+    "key_record",
+    "to_blob",
+]
+
+# (row id, face id, stored chip JPEG or None)
+ReembedRow = tuple[int, str, bytes | None]
 
 FACE_COLUMNS = (
     "id, face_id, subject_id, bbox, landmarks, detection_confidence, model, image_sha256, "
@@ -44,8 +58,8 @@ class SqlReads:
     """Read queries over the gallery schema, shared by the SQL stores.
 
     A store supplies ``_P`` (its parameter placeholder), ``_json`` (how a JSON column value
-    becomes Python), ``_reader()`` and ``_read_transaction()`` (connection context managers)
-    and ``_last_change(conn)``.
+    becomes Python), ``_reader()``, ``_read_transaction()`` and ``_write_transaction()``
+    (connection context managers) and ``_last_change(conn)``.
     """
 
     _P: str
@@ -58,6 +72,9 @@ class SqlReads:
         raise NotImplementedError
 
     def _read_transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write_transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
     @staticmethod
@@ -139,3 +156,34 @@ class SqlReads:
             ).fetchall()
         return [SubjectRecord(r[0], self._json(r[1]), r[2], int(r[3])) for r in rows]
 
+    # ------------------------------------------------------------ re-embedding
+
+    def faces_to_reembed(self, model: str, after: int, limit: int) -> list[ReembedRow]:
+        """Up to ``limit`` faces not (yet) embedded by ``model`` with row ids above ``after``,
+        in row-id order, with their stored chips."""
+        p = self._P
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT id, face_id, chip FROM faces WHERE model <> {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}",
+                (model, int(after), int(limit)),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
+        """Replace the embeddings of these rows and label them ``model``, in one transaction;
+        the number of rows changed (a row deleted meanwhile is skipped).
+
+        Only ``faceserve reembed`` calls this, with the gallery held exclusively: it is the one
+        write that changes a row after insertion, and it writes no change-log entry (no
+        process follows the log while it runs; each rebuilds its index when it starts)."""
+        p = self._P
+        changed = 0
+        with self._write_transaction() as conn:
+            for row_id, embedding in updates:
+                cur = conn.execute(
+                    f"UPDATE faces SET embedding = {p}, model = {p} WHERE id = {p}",
+                    (to_blob(embedding), model, int(row_id)),
+                )
+                changed += max(int(cur.rowcount), 0)
+        return changed
