@@ -199,8 +199,8 @@ class Gallery:
             raise ModelMismatch(
                 f"{location} holds {held}, but this service computes {model_version!r} "
                 "embeddings, which cannot be compared with them, so it refuses to start. "
-                + ("The gallery holds several models' embeddings: a `faceserve reembed` was "
-                   "interrupted; run it again to finish. " if mixed else "")
+                + ("The gallery holds several models' embeddings, as an interrupted "
+                   "`faceserve reembed` leaves it; run it again to finish. " if mixed else "")
                 + "With the service stopped, `faceserve reembed --model <this model>` "
                 "re-computes every embedding from the stored face chips; or serve this "
                 "gallery with the model that built it, or use another data directory."

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from service.gallery import SNAPSHOT_NAME, lock_data_dir, unlock_data_dir
 from service.index import remove_snapshot
 from service.store import GalleryStore, open_store
+from service.store.sqlite import FILENAME as SQLITE_FILENAME
 
 __all__ = [
     "ReembedError",
@@ -94,7 +95,16 @@ def decode_chip(data: bytes, face_id: str = "?") -> np.ndarray:
 
 @contextmanager
 def exclusive_store(data_dir: Path, database_url: str | None) -> Iterator[GalleryStore]:
-    """The gallery's store, with no other faceserve process on it until the block ends."""
+    """The gallery's store, with no other faceserve process on it until the block ends.
+
+    ``ReembedError`` when the data directory holds no SQLite gallery (and no database URL is
+    given): re-embedding must never quietly create an empty gallery somewhere else.
+    """
+    data_dir = Path(data_dir)
+    if not database_url and not (data_dir / SQLITE_FILENAME).is_file():
+        raise ReembedError(f"no gallery in {data_dir.resolve()} (no {SQLITE_FILENAME}); "
+                           "pass --data-dir, or --database-url for a PostgreSQL gallery")
+    data_dir.mkdir(parents=True, exist_ok=True)
     fd = lock_data_dir(data_dir)  # GalleryLocked when a server has this data directory
     try:
         store = open_store(data_dir, database_url, exclusive=True)
@@ -106,17 +116,12 @@ def exclusive_store(data_dir: Path, database_url: str | None) -> Iterator[Galler
         unlock_data_dir(fd)
 
 
-def plan_reembed(store: GalleryStore, target: str, scan: int = 4096) -> ReembedPlan:
+def plan_reembed(store: GalleryStore, target: str) -> ReembedPlan:
     """What a run towards ``target`` would do, read without changing anything."""
     state = store.state()
-    without: list[str] = []
-    to_do = 0
-    after = 0
-    while rows := store.faces_to_reembed(target, after, scan):
-        to_do += len(rows)
-        without += [face_id for _, face_id, chip in rows if chip is None]
-        after = rows[-1][0]
-    return ReembedPlan(target, state.face_count, dict(state.model_counts), to_do, without)
+    to_do = state.face_count - state.model_counts.get(target, 0)
+    return ReembedPlan(target, state.face_count, dict(state.model_counts), to_do,
+                       store.faces_without_chips(target))
 
 
 def _check_vectors(vectors: np.ndarray, n: int, dim: int | None) -> np.ndarray:

@@ -212,6 +212,10 @@ class GalleryStore(Protocol):
         ``model``, with row ids above ``after``, in row-id order."""
         ...
 
+    def faces_without_chips(self, model: str) -> list[str]:
+        """Face ids, in row-id order, of the faces not of ``model`` that have no stored chip."""
+        ...
+
     def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
         """Replace these rows' embeddings and model label in one transaction (re-embedding
         only, with the gallery held exclusively); the number of rows changed."""

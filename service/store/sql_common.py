@@ -170,6 +170,17 @@ class SqlReads:
             ).fetchall()
         return [(int(r[0]), str(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
 
+    def faces_without_chips(self, model: str) -> list[str]:
+        """Ids of the faces not embedded by ``model`` that have no stored chip (cheap: the
+        chips themselves are not read)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT face_id FROM faces WHERE model <> {self._P} AND chip IS NULL "
+                "ORDER BY id",
+                (model,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
         """Replace the embeddings of these rows and label them ``model``, in one transaction;
         the number of rows changed (a row deleted meanwhile is skipped).

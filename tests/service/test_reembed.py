@@ -160,7 +160,7 @@ def test_an_interrupted_run_is_refused_by_the_service_and_resumed(place: Place) 
         # One committed batch, nothing of the next one.
         assert store.state().model_counts == {NEW: 2, OLD: 4}
     for model, dim in ((NEW, NEW_DIM), (OLD, 128)):
-        with pytest.raises(ModelMismatch, match="interrupted; run it again"):
+        with pytest.raises(ModelMismatch, match=r"interrupted `faceserve reembed`.*run it again"):
             place.gallery(model, dim)
 
     with place.exclusive() as store:
@@ -237,6 +237,12 @@ def test_the_gallery_is_held_exclusively(place: Place) -> None:
     else:
         with place.exclusive(), pytest.raises(GalleryLocked):
             place.gallery(OLD)
+
+
+def test_a_missing_gallery_is_not_created(tmp_path: Path) -> None:
+    with pytest.raises(ReembedError, match="no gallery in"), exclusive_store(tmp_path / "x", None):
+        pass
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_old_index_snapshot_is_removed(tmp_path: Path) -> None:
