@@ -18,7 +18,7 @@ from torch import nn
 
 from models.model_file import EXPORT_FORMAT, weights_hash, write_model_file
 
-__all__ = ["dlib_copy", "small_random", "write_test_model"]
+__all__ = ["dlib_copy", "small_random", "tamper", "write_test_model"]
 
 # The dlib model's LFW FAR=1e-3 threshold (service.config.DEFAULT_THRESHOLD) as "validated".
 DLIB_VALIDATION = {"far": 1e-3, "tar": 0.973, "tar_threshold": 0.915, "accuracy": 0.989}
@@ -61,3 +61,15 @@ def small_random(out: Path, embedding_size: int = 64, seed: int = 0, **kwargs: A
     kwargs.setdefault("validation", {"far": 1e-3, "tar": 0.1, "tar_threshold": 0.5})
     return write_test_model(net, "small", out, f"test-small-{embedding_size}d-s{seed}",
                             embedding_size, **kwargs)
+
+
+def tamper(path: Path) -> None:
+    """Change one weight of a model file and keep its manifest (and so its stated hash)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    tensors["fc.bias"] = tensors["fc.bias"] + 1
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(path), metadata=meta)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from models.model_file import load_exported, read_manifest
 from models.training.checkpoint import load_checkpoint
@@ -24,6 +23,7 @@ from models.training.trainer import (
     freeze_all_but_last,
     lr_factor,
 )
+from tests.model_files import tamper
 from tests.models.training.cli_helper import cli_main
 
 
@@ -246,13 +246,7 @@ def test_export_refuses_tampered_weights(synthetic_chips: Path, tmp_path: Path) 
     out = tmp_path / "run"
     Trainer(small_config(synthetic_chips, out, epochs=1)).run()
     path, _ = export_checkpoint(out, tmp_path / "m.safetensors")
-    tensors = load_file(str(path))
-    tensors["fc.bias"] = tensors["fc.bias"] + 1
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    save_file(tensors, str(path), metadata=meta)
+    tamper(path)  # other weights under the same manifest
     with pytest.raises(ValueError, match="do not match"):
         load_exported(path)
 
