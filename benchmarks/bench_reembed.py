@@ -18,7 +18,6 @@ Prints two tables and writes JSON to benchmarks/results/bench_reembed.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import sys
@@ -28,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,19 +34,11 @@ sys.path.insert(0, str(REPO))
 
 from models.imageio import decode_image  # noqa: E402
 from models.pipeline import FacePipeline  # noqa: E402
+from service.inference import encode_jpeg  # noqa: E402
+from service.reembed import decode_chip  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 QUALITIES = (75, 85, 92, 95, 98)
-
-
-def _jpeg(chip: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(chip).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _unjpeg(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _lfw_chips(pipeline: FacePipeline, n: int) -> np.ndarray:
@@ -78,8 +68,8 @@ def fidelity(pipeline: FacePipeline, chips: np.ndarray) -> list[dict]:
     plain = pipeline.embed_chips(chips)
     rows = []
     for q in QUALITIES:
-        blobs = [_jpeg(c, q) for c in chips]
-        back = np.stack([_unjpeg(b) for b in blobs])
+        blobs = [encode_jpeg(c, q) for c in chips]
+        back = np.stack([decode_chip(b) for b in blobs])
         cos = np.einsum("ij,ij->i", plain, pipeline.embed_chips(back))
         rows.append({
             "quality": q,
@@ -105,7 +95,6 @@ def _dlib_copy(out: Path) -> Path:
 
 def speed(pipeline: FacePipeline, chips: np.ndarray, batch_size: int) -> dict:
     from service.gallery import Gallery
-    from service.inference import encode_jpeg
     from service.reembed import exclusive_store, reembed
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,6 +73,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_reembed_parser(sub)
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The settings these flags override: those given on the command line (not None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -81,11 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.settings_table:
         print(settings_table())
         return 0
-    overrides = {
-        name: getattr(args, name)
-        for name in ("host", "port", "workers", "data_dir", "device", "model", "threshold")
-        if getattr(args, name) is not None
-    }
+    overrides = _given(args, "host", "port", "workers", "data_dir", "device", "model", "threshold")
     if args.no_batching:
         overrides["batching"] = False
     try:
@@ -358,11 +359,7 @@ def _reembed(args: argparse.Namespace) -> int:
     from service.reembed import ReembedError, exclusive_store, plan_reembed, reembed
     from service.store.base import StoreError
 
-    overrides = {
-        name: getattr(args, name)
-        for name in ("data_dir", "database_url", "device")
-        if getattr(args, name) is not None
-    }
+    overrides = _given(args, "data_dir", "database_url", "device")
     try:
         settings = Settings(**overrides, model=args.model)
     except ValidationError as exc:

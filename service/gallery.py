@@ -129,15 +129,7 @@ def _decode_cursor(cursor: str) -> str:
 def lock_data_dir(data_dir: Path) -> int:
     """Hold the data directory for this process (``GalleryLocked`` if another holds it); the
     descriptor to pass to :func:`unlock_data_dir`."""
-    return _lock_dir(Path(data_dir))
-
-
-def unlock_data_dir(fd: int | None) -> None:
-    _unlock_dir(fd)
-
-
-def _lock_dir(data_dir: Path) -> int:
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -149,7 +141,7 @@ def _lock_dir(data_dir: Path) -> int:
     return fd
 
 
-def _unlock_dir(fd: int | None) -> None:
+def unlock_data_dir(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
 
@@ -230,11 +222,11 @@ class Gallery:
         changes)."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock_dir(data_dir)
+        lock_fd = lock_data_dir(data_dir)
         try:
             store = open_store(data_dir, database_url)
         except BaseException:
-            _unlock_dir(lock_fd)
+            unlock_data_dir(lock_fd)
             raise
         try:
             gallery = cls(
@@ -249,7 +241,7 @@ class Gallery:
             )
         except BaseException:
             store.close()
-            _unlock_dir(lock_fd)
+            unlock_data_dir(lock_fd)
             raise
         gallery._lock_fd = lock_fd
         if store.shared and follow:
@@ -639,5 +631,5 @@ class Gallery:
                 try:
                     self._store.close()
                 finally:
-                    _unlock_dir(self._lock_fd)
+                    unlock_data_dir(self._lock_fd)
                     self._lock_fd = None
