@@ -161,13 +161,7 @@ class EmbeddingCache:
             log.warning("ignoring %s: made for model %s", self.path, arrays["model"])
             return self
         for i, key in enumerate(arrays["keys"].tolist()):
-            self.entries[key] = _Entry(
-                landmarks=arrays["landmarks"][i].copy(),
-                fallback=bool(arrays["fallback"][i]),
-                faces_found=int(arrays["faces_found"][i]),
-                plain=arrays["plain"][i].copy() if arrays["has_plain"][i] else None,
-                mirror=arrays["mirror"][i].copy() if arrays["has_mirror"][i] else None,
-            )
+            self.entries[key] = _entry(arrays, i, embeddings=True)
         return self
 
     def seed_detections(self, other: Path) -> int:
@@ -180,11 +174,7 @@ class EmbeddingCache:
         taken = 0
         for i, key in enumerate(arrays["keys"].tolist()):
             if key not in self.entries:
-                self.entries[key] = _Entry(
-                    landmarks=arrays["landmarks"][i].copy(),
-                    fallback=bool(arrays["fallback"][i]),
-                    faces_found=int(arrays["faces_found"][i]),
-                )
+                self.entries[key] = _entry(arrays, i, embeddings=False)
                 taken += 1
         return taken
 
@@ -227,6 +217,20 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     except (OSError, KeyError, ValueError) as exc:
         log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
         return None
+
+
+def _entry(arrays: dict[str, np.ndarray], i: int, *, embeddings: bool) -> _Entry:
+    """Row ``i`` of a cache file: its detection, and its embeddings when ``embeddings``
+    (another model's embeddings are no use; its detection is)."""
+    entry = _Entry(
+        landmarks=arrays["landmarks"][i].copy(),
+        fallback=bool(arrays["fallback"][i]),
+        faces_found=int(arrays["faces_found"][i]),
+    )
+    if embeddings:
+        entry.plain = arrays["plain"][i].copy() if arrays["has_plain"][i] else None
+        entry.mirror = arrays["mirror"][i].copy() if arrays["has_mirror"][i] else None
+    return entry
 
 
 def flip_average(plain: np.ndarray, mirror: np.ndarray) -> np.ndarray:
