@@ -131,6 +131,20 @@ class _Entry:
     faces_found: int
     plain: np.ndarray | None = None  # (128,) embedding of the chip
     mirror: np.ndarray | None = None  # (128,) embedding of the mirrored chip
+    # Every detection of the image (boxes (M, 4) left/top/right/bottom, confidences (M,),
+    # landmarks (M, 5, 2)) and the image's (height, width): face-selection rules, crops and
+    # quality measures are recomputed from these without detecting again. None in caches
+    # written before they were kept.
+    detections: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    image_size: tuple[int, int] | None = None
+
+    def faces(self) -> list[Face]:
+        """The image's detections as faces (empty for old cache rows or no detection)."""
+        if self.detections is None:
+            return []
+        boxes, conf, marks = self.detections
+        return [Face(box=Box(*(int(v) for v in b)), confidence=float(c), landmarks=m)
+                for b, c, m in zip(boxes, conf, marks, strict=True)]
 
 
 class EmbeddingCache:
@@ -198,13 +212,36 @@ class EmbeddingCache:
             has_plain=np.array([e.plain is not None for e in entries], dtype=bool),
             has_mirror=np.array([e.mirror is not None for e in entries], dtype=bool),
             model=np.array(self.model),
+            **_pack_detections(entries),
         )
         tmp.replace(self.path)
+
+
+def _pack_detections(entries: Sequence[_Entry]) -> dict[str, np.ndarray]:
+    """Every image's detections as flat arrays; ``det_image`` names each row's image."""
+    boxes, conf, marks, owner = [], [], [], []
+    for i, e in enumerate(entries):
+        if e.detections is not None:
+            b, c, m = e.detections
+            boxes.append(np.asarray(b, np.int32).reshape(-1, 4))
+            conf.append(np.asarray(c, np.float32).reshape(-1))
+            marks.append(np.asarray(m, np.float32).reshape(-1, 5, 2))
+            owner.append(np.full(len(c), i, np.int32))
+    return {
+        "det_boxes": np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int32),
+        "det_confidence": np.concatenate(conf) if conf else np.zeros(0, np.float32),
+        "det_landmarks": np.concatenate(marks) if marks else np.zeros((0, 5, 2), np.float32),
+        "det_image": np.concatenate(owner) if owner else np.zeros(0, np.int32),
+        "has_detections": np.array([e.detections is not None for e in entries], dtype=bool),
+        "image_size": np.array([e.image_size or (0, 0) for e in entries], dtype=np.int32),
+    }
 
 
 
 _CACHE_ARRAYS = ("keys", "landmarks", "fallback", "faces_found", "plain", "mirror",
                  "has_plain", "has_mirror", "model")
+_DETECTION_ARRAYS = ("det_boxes", "det_confidence", "det_landmarks", "det_image",
+                     "has_detections", "image_size")
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
@@ -213,7 +250,14 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as data:
             # Read each array once: ``data[name]`` decompresses the whole array on every
             # access, and a row of it would keep that whole copy alive.
-            return {name: data[name] for name in _CACHE_ARRAYS}
+            arrays = {name: data[name] for name in _CACHE_ARRAYS}
+            if all(name in data for name in _DETECTION_ARRAYS):
+                arrays.update({name: data[name] for name in _DETECTION_ARRAYS})
+                # Rows of det_* per image, found once (det_image is sorted by image).
+                owner = arrays["det_image"]
+                starts = np.searchsorted(owner, np.arange(len(arrays["keys"]) + 1))
+                arrays["det_starts"] = starts
+            return arrays
     except (OSError, KeyError, ValueError) as exc:
         log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
         return None
@@ -230,7 +274,23 @@ def _entry(arrays: dict[str, np.ndarray], i: int, *, embeddings: bool) -> _Entry
     if embeddings:
         entry.plain = arrays["plain"][i].copy() if arrays["has_plain"][i] else None
         entry.mirror = arrays["mirror"][i].copy() if arrays["has_mirror"][i] else None
+    if "det_starts" in arrays and arrays["has_detections"][i]:
+        a, b = arrays["det_starts"][i], arrays["det_starts"][i + 1]
+        entry.detections = (arrays["det_boxes"][a:b].copy(),
+                            arrays["det_confidence"][a:b].copy(),
+                            arrays["det_landmarks"][a:b].copy())
+        h, w = (int(v) for v in arrays["image_size"][i])
+        entry.image_size = (h, w)
     return entry
+
+
+def _detections_of(faces: Sequence[Face]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.array([f.box.as_tuple() for f in faces], np.int32).reshape(-1, 4),
+        np.array([f.confidence for f in faces], np.float32),
+        np.array([np.asarray(f.landmarks, np.float32) for f in faces],
+                 np.float32).reshape(-1, 5, 2),
+    )
 
 
 def flip_average(plain: np.ndarray, mirror: np.ndarray) -> np.ndarray:
@@ -309,7 +369,8 @@ def embed_images(
                 faces = pipeline.detect(image)
                 h, w = image.shape[:2]
                 face = _central_face(faces, h, w) if faces else fallback_face(h, w)
-                entry = _Entry(np.asarray(face.landmarks, np.float32), not faces, len(faces))
+                entry = _Entry(np.asarray(face.landmarks, np.float32), not faces, len(faces),
+                               detections=_detections_of(faces), image_size=(h, w))
                 cache.entries[key] = entry
                 detected += 1
                 t2 = time.perf_counter()

@@ -43,6 +43,7 @@ __all__ = [
     "decode_base64_image",
     "decode_embedding",
     "encode_embedding",
+    "identify_point",
     "image_bytes",
     "image_request_body",
     "landmarks_list",
@@ -245,6 +246,18 @@ def operating_point_for(default: OperatingPoint, override: float | None) -> Oper
     if override is None:
         return default
     return OperatingPoint(threshold=override, source="request")
+
+
+def identify_point(
+    services: Services, threshold: float | None = None, fpir: float | None = None
+) -> OperatingPoint:
+    """The operating point of a 1:n decision (identify, and enrollment's duplicate check).
+
+    An explicit ``threshold`` wins; otherwise the threshold that holds the target false
+    positive identification rate ``fpir`` (default: the setting) for the gallery as it is now.
+    """
+    del fpir  # the gallery-aware rule replaces this (issue 18)
+    return operating_point_for(services.operating_point, threshold)
 
 
 def candidates_for(
