@@ -24,12 +24,12 @@ from pydantic.json_schema import models_json_schema
 
 from service.audit import AuditLog
 from service.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
-from service.config import Settings, resolve_operating_point
+from service.config import Settings, resolve_fpir_rule, resolve_operating_point
 from service.deps import Services
 from service.errors import install_error_handlers
 from service.gallery import Gallery
 from service.inference import Inference, Pipeline
-from service.keys import KeyRing, open_security_store
+from service.keys import KeyRing, namespace_of, open_security_store
 from service.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
@@ -95,6 +95,7 @@ def _build_services(
     # An exported model carries its manifest (validation figures); dlib's and fakes do not.
     manifest = getattr(pipeline, "model_manifest", None) or None
     point = resolve_operating_point(settings, pipeline.model_version, manifest)
+    fpir_rule = resolve_fpir_rule(settings, pipeline.model_version)
     gallery = Gallery.open(
         settings.data_dir,
         model_version=pipeline.model_version,
@@ -102,6 +103,7 @@ def _build_services(
         index_kind=settings.index_kind,
         store_chips=settings.store_chips,
         database_url=settings.database_url,
+        partition=namespace_of,
     )
     try:
         # One pass now, so lazy initialisation (kernels, allocator) is not paid by a client.
@@ -139,7 +141,8 @@ def _build_services(
         gallery.index_kind, point.threshold, point.source,
     )
     return Services(pipeline, gallery, embedder, inference, point, executor,
-                    keys=KeyRing(security), audit=AuditLog(security))
+                    keys=KeyRing(security), audit=AuditLog(security), fpir_rule=fpir_rule,
+                    identify_fpir=settings.identify_fpir)
 
 
 def _close_services(services: Services) -> None:

@@ -17,12 +17,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.fpir import CohortStats, FpirRule, ImpostorTail, load_reference
 from service.schemas import OperatingPoint
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "ProfileError",
     "Settings",
+    "resolve_fpir_rule",
     "resolve_operating_point",
     "settings_table",
 ]
@@ -84,6 +86,22 @@ class Settings(BaseSettings):
         "accept rate from the profile. Unset with an exported `model`: the model's own "
         "operating point (TAR at its validation FAR, measured on identities held out of its "
         "training). Responses report which one was used.",
+    )
+    identify_fpir: float | None = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="Identification (1:n) decisions hold this false positive identification "
+        "rate: the threshold is computed for the searched gallery as it is now (its size and "
+        "how alike its subjects are) so that about this share of strangers is matched to "
+        "anyone, whether 10 or 100,000 faces are enrolled. `off`: identify uses `threshold` "
+        "like verify. A request's own `threshold` or `identify_fpir` wins.",
+    )
+    impostor_reference: Path | None = Field(
+        None,
+        description="Impostor reference JSON (`faceserve calibrate` writes one from photos of "
+        "your own cameras); default `<data_dir>/impostor_reference.json` when present, else "
+        "the one shipped for the model (dlib: LFW).",
     )
     profile: Path | None = Field(
         None,
@@ -212,12 +230,26 @@ class Settings(BaseSettings):
             raise ValueError(f"cosine threshold must be in [-1, 1], got {number}")
         return number
 
+    @field_validator("identify_fpir", mode="before")
+    @classmethod
+    def _parse_fpir(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+            return None
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @property
+    def impostor_reference_path(self) -> Path | None:
+        if self.impostor_reference is not None:
+            return self.impostor_reference
+        local = self.data_dir / "impostor_reference.json"
+        return local if local.is_file() else None
 
     @property
     def profile_path(self) -> Path:
@@ -333,3 +365,24 @@ def settings_table() -> str:
             else f"| `FACESERVE_{name.upper()}` | | {field.description or ''} |"
         )
     return "\n".join(rows)
+
+
+def resolve_fpir_rule(settings: Settings, model_version: str) -> FpirRule:
+    """The impostor reference identification thresholds build on (``models.fpir``).
+
+    A user's calibration (``impostor_reference``) first, then the one shipped for the model;
+    a model with neither gets a reference with no prior: its thresholds then come from the
+    gallery alone (Gaussian tail), and from the model's per-comparison threshold while the
+    gallery has fewer than two subjects.
+    """
+    path = settings.impostor_reference_path
+    try:
+        rule = load_reference(model_version, path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProfileError(f"impostor reference {path}: {exc}") from None
+    if rule is None:
+        if path is not None:
+            raise ProfileError(f"impostor reference {path} does not exist")
+        rule = FpirRule(model_version, CohortStats(0, 0.0, 0.0), ImpostorTail.gaussian(),
+                        prior_subjects=0)
+    return rule

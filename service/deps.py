@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from models.fpir import FpirRule
 from service.audit import AuditLog
 from service.batcher import Embedder
 from service.config import Settings
@@ -49,6 +50,10 @@ class Services:
     executor: Executor
     keys: KeyRing | None = None  # None: no key checks at all (tests of the bare service)
     audit: AuditLog | None = None
+    # Identification thresholds (models.fpir): the model's impostor reference, and the
+    # default target FPIR (None: identify uses ``operating_point`` like verify).
+    fpir_rule: FpirRule | None = None
+    identify_fpir: float | None = None
 
 
 def get_settings(request: Request) -> Settings:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from service.impostors import GalleryImpostors, GalleryView
 from service.index import FaceIndex, SnapshotInvalid, remove_snapshot
 from service.rwlock import RWLock
 from service.search_policy import choose_index_kind
@@ -160,8 +161,11 @@ class Gallery:
         snapshot_path: Path | None = None,
         snapshot_every: int | None = None,
         location: str | None = None,
+        partition: Callable[[str], str] | None = None,
     ) -> None:
-        """Wrap an open ``store`` (this object closes it). Prefer ``Gallery.open``."""
+        """Wrap an open ``store`` (this object closes it). Prefer ``Gallery.open``.
+
+        ``partition`` maps a stored subject id to its tenant (see ``view``)."""
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {INDEX_KINDS}, not {index_kind!r}")
         if snapshot_every is not None and snapshot_every < 1:
@@ -201,7 +205,9 @@ class Gallery:
         self._subjects = state.subject_count
         self._last_change_id = state.last_change_id
         self._faces: dict[int, tuple[str, str]] = {}
+        self._impostors = GalleryImpostors(dim, partition)
         self._index, self.index_source = self._load_index(state, kind)
+        self._sample_impostors()
 
     @classmethod
     def open(
@@ -215,6 +221,7 @@ class Gallery:
         snapshot_every: int | None = None,
         database_url: str | None = None,
         follow: bool = True,
+        partition: Callable[[str], str] | None = None,
     ) -> Gallery:
         """The gallery in ``data_dir`` (created if new): SQLite store plus index snapshot; or,
         with ``database_url``, the shared PostgreSQL store, followed by a background
@@ -238,6 +245,7 @@ class Gallery:
                 snapshot_path=None if store.shared else data_dir / SNAPSHOT_NAME,
                 snapshot_every=snapshot_every,
                 location=store.location,
+                partition=partition,
             )
         except BaseException:
             store.close()
@@ -273,6 +281,7 @@ class Gallery:
             except SnapshotInvalid as exc:
                 log.info("index snapshot not used (%s); rebuilding from the store", exc)
                 self._faces.clear()
+                self._impostors.clear()
         index = FaceIndex(self.dim, kind)
         for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=True):
             vectors = chunk.embeddings
@@ -281,6 +290,10 @@ class Gallery:
                 raise GalleryError(f"stored embeddings have {got} dimensions, not {self.dim}")
             index.add(chunk.row_ids, vectors)
             self._remember(chunk.row_ids, chunk.face_ids, chunk.subject_ids)
+            if self._impostors.wants_vectors():
+                for row, vector, subject in zip(chunk.row_ids.tolist(), vectors,
+                                                chunk.subject_ids, strict=True):
+                    self._impostors.sample(row, vector, subject)
         log.info("index rebuilt from the store: %d faces, %s", index.ntotal, kind)
         if self._snapshot_path is not None and index.ntotal:
             # A rebuild can take minutes (HNSW); do not pay it again after a crash.
@@ -295,8 +308,33 @@ class Gallery:
 
     def _remember(self, row_ids: np.ndarray, face_ids: list[str], subject_ids: list[str]) -> None:
         subjects = [sys.intern(s) for s in subject_ids]  # many faces share a subject
-        self._faces.update(zip(row_ids.tolist(), zip(face_ids, subjects, strict=True),
-                               strict=True))
+        rows = row_ids.tolist()
+        self._faces.update(zip(rows, zip(face_ids, subjects, strict=True), strict=True))
+        for row, subject in zip(rows, subjects, strict=True):
+            self._impostors.count(row, subject)
+
+    def _sample_impostors(self) -> None:
+        """Fill each tenant's impostor sample from the store's first faces (in row order, so
+        replicas agree); stops reading as soon as every sample is full."""
+        if not self._impostors.wants_vectors():
+            return
+        for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=True):
+            if chunk.embeddings is None:
+                return
+            for row, vector, subject in zip(chunk.row_ids.tolist(), chunk.embeddings,
+                                            chunk.subject_ids, strict=True):
+                self._impostors.sample(row, vector, subject)
+            if not self._impostors.wants_vectors():
+                return
+
+    def view(self, partition: str = "") -> GalleryView:
+        """How many faces the tenant ``partition`` has and how alike its different subjects
+        are: what an identify threshold that holds a false positive rate is computed from."""
+        with self._rw.read():
+            return self._impostors.view(partition)
+
+    def partition_of(self, subject_id: str) -> str:
+        return self._impostors.partition_of(subject_id)
 
     # ------------------------------------------------------------ properties
 
@@ -413,6 +451,7 @@ class Gallery:
                 def add() -> None:
                     self._index.add(np.array([result.row_id], dtype=np.int64), vector)
                     self._faces[result.row_id] = entry
+                    self._impostors.add(result.row_id, vector[0], entry[1])
 
                 self._mutate_index(add, result.change_id, 1)
             return result.record, result.created
@@ -425,6 +464,7 @@ class Gallery:
             self._index.remove(row_ids)
             for row_id in row_ids:
                 self._faces.pop(row_id, None)
+                self._impostors.remove(row_id)
 
         self._mutate_index(remove, change_id, len(row_ids))
         self._maybe_compact()
@@ -515,10 +555,13 @@ class Gallery:
                 self._index.remove(deleted)
                 for row_id in deleted:
                     self._faces.pop(row_id, None)
+                    self._impostors.remove(row_id)
             if vectors is not None:
                 self._index.add(ids, vectors)
-                for c in added:
-                    self._faces[c.row_id] = (str(c.face_id), sys.intern(str(c.subject_id)))
+                for c, vector in zip(added, vectors, strict=True):
+                    subject = sys.intern(str(c.subject_id))
+                    self._faces[c.row_id] = (str(c.face_id), subject)
+                    self._impostors.add(c.row_id, vector, subject)
 
         self._mutate_index(apply, batch.changes[-1].change_id, len(batch.changes))
         self._subjects = batch.subject_count

@@ -91,6 +91,16 @@ def validate_gallery(gallery: str | None) -> str:
     return gallery
 
 
+def namespace_of(internal_id: str) -> str:
+    """The ``Namespace.prefix`` of a stored subject id ("" for the default gallery): the
+    gallery partitions its counts and impostor samples by it."""
+    if internal_id.startswith(SEP):
+        end = internal_id.find(SEP, 1)
+        if end > 0:
+            return internal_id[: end + 1]
+    return ""
+
+
 @dataclass(frozen=True)
 class Namespace:
     """Maps a gallery's client-visible subject ids to stored ids and back."""

@@ -76,6 +76,16 @@ Threshold = Annotated[
 K = Annotated[
     int, Field(ge=1, le=MAX_K, description="Number of candidate subjects to return (1-100).")
 ]
+IdentifyFpir = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        lt=1.0,
+        description="Target false positive identification rate for this request: the share "
+        "of strangers that may be matched to someone (default: the server's `identify_fpir`, "
+        "0.01). Ignored when `threshold` is given.",
+    ),
+]
 OnMultiple = Annotated[
     Literal["largest", "reject"],
     Field(
@@ -142,14 +152,33 @@ class OperatingPoint(BaseModel):
     """Which threshold decided ``match``, and where it came from."""
 
     threshold: float = Field(description="Cosine similarity at or above which faces match.")
-    source: Literal["setting", "profile", "model", "request"] = Field(
+    source: Literal["setting", "profile", "model", "request", "fpir"] = Field(
         description="`setting`: the configured number; `profile`: the calibrated operating "
         "point for `far` from the evaluation profile; `model`: the operating point recorded "
         "in the exported model's manifest (validation on held-out identities); `request`: "
-        "given with this request."
+        "given with this request; `fpir` (identification): computed for this gallery as it "
+        "is now so that at most about `fpir` of strangers are matched to anyone."
     )
     far: float | None = Field(
-        None, description="Target false-accept rate (profile and model only)."
+        None,
+        description="Target false-accept rate per comparison (profile and model); with "
+        "`fpir`, the rate each of the gallery's comparisons may have.",
+    )
+    fpir: float | None = Field(
+        None,
+        description="Target false positive identification rate: the share of strangers "
+        "(never enrolled) that a 1:n search may match to someone. Identification only.",
+    )
+    gallery_faces: int | None = Field(
+        None, description="Faces in the searched gallery the `fpir` threshold was computed for."
+    )
+    impostor_subjects: int | None = Field(
+        None,
+        description="Subjects of this gallery whose similarity to each other located the "
+        "impostor distribution (the rest comes from the model's reference).",
+    )
+    reference: str | None = Field(
+        None, description="The model's impostor reference the `fpir` threshold builds on."
     )
     tar: float | None = Field(
         None, description="True-accept rate measured at this point (profile and model only)."
@@ -281,6 +310,7 @@ class IdentifyForm(_Strict):
     image: ImageFile
     k: K = 5
     threshold: Threshold | None = None
+    identify_fpir: IdentifyFpir | None = None
     max_faces: int | None = Field(
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )
@@ -292,6 +322,7 @@ class IdentifyJSON(_Strict):
     image: Base64Image
     k: K = 5
     threshold: Threshold | None = None
+    identify_fpir: IdentifyFpir | None = None
     max_faces: int | None = Field(
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )

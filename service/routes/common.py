@@ -29,6 +29,7 @@ from service.auth import Principal
 from service.deps import Services
 from service.errors import BadRequest, InvalidBase64, InvalidField, UnsupportedMediaType
 from service.gallery import Gallery
+from service.keys import Namespace
 from service.schemas import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -249,15 +250,38 @@ def operating_point_for(default: OperatingPoint, override: float | None) -> Oper
 
 
 def identify_point(
-    services: Services, threshold: float | None = None, fpir: float | None = None
+    services: Services,
+    threshold: float | None = None,
+    fpir: float | None = None,
+    namespace: Namespace | None = None,
 ) -> OperatingPoint:
     """The operating point of a 1:n decision (identify, and enrollment's duplicate check).
 
-    An explicit ``threshold`` wins; otherwise the threshold that holds the target false
-    positive identification rate ``fpir`` (default: the setting) for the gallery as it is now.
+    An explicit ``threshold`` wins. Otherwise the threshold that holds the target false
+    positive identification rate (``fpir``, default the ``identify_fpir`` setting) for the
+    caller's gallery as it is now: its face count and how alike its subjects are
+    (``models.fpir``). With ``identify_fpir`` off and no ``fpir`` asked for, the configured
+    per-comparison threshold, as for verify.
     """
-    del fpir  # the gallery-aware rule replaces this (issue 18)
-    return operating_point_for(services.operating_point, threshold)
+    if threshold is not None:
+        return operating_point_for(services.operating_point, threshold)
+    target = fpir if fpir is not None else services.identify_fpir
+    rule = services.fpir_rule
+    if target is None or rule is None:
+        return services.operating_point
+    view = services.gallery.view(namespace.prefix if namespace is not None else "")
+    if rule.reference.pairs == 0 and view.impostors.subjects < 2:
+        return services.operating_point  # no reference and nothing to learn from yet
+    point = rule.threshold(target, max(view.faces, 1), view.impostors)
+    return OperatingPoint(
+        threshold=round(point.threshold, 6),
+        source="fpir",
+        far=point.per_comparison_far,
+        fpir=target,
+        gallery_faces=view.faces,
+        impostor_subjects=view.impostors.subjects,
+        reference=rule.tail.source,
+    )
 
 
 def candidates_for(

@@ -15,11 +15,11 @@ from service.inference import most_confident
 from service.routes.common import (
     candidates_for,
     decode_embedding,
+    identify_point,
     image_bytes,
     image_request_body,
     landmarks_list,
     match_of,
-    operating_point_for,
     parse_body,
     run_in_threadpool,
     to_bbox,
@@ -72,10 +72,15 @@ async def identify_stored(
         float | None,
         Query(ge=-1.0, le=1.0, description="Cosine threshold for this request only."),
     ] = None,
+    identify_fpir: Annotated[
+        float | None,
+        Query(gt=0.0, lt=1.0, description="Target false positive identification rate for "
+              "this request (default: the server's `identify_fpir`); ignored with `threshold`."),
+    ] = None,
 ) -> IdentifyResponse:
     if (face_id is None) == (embedding is None):
         raise InvalidField("give exactly one of face_id or embedding")
-    point = operating_point_for(services.operating_point, threshold)
+    point = identify_point(services, threshold, identify_fpir, principal.namespace)
     exclude: tuple[str, ...] = ()
     if face_id is not None:
         query = await run_in_threadpool(_stored_embedding, gallery, face_id, principal)
@@ -130,7 +135,7 @@ async def identify_image(
 ) -> IdentifyImageResponse:
     body = await parse_body(request, IdentifyForm, IdentifyJSON)
     data = await image_bytes(body.image, "image")
-    point = operating_point_for(services.operating_point, body.threshold)
+    point = identify_point(services, body.threshold, body.identify_fpir, principal.namespace)
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
     found = await inference.faces(data, most_confident(limit))
     per_face = await run_in_threadpool(

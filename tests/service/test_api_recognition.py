@@ -224,6 +224,7 @@ def test_a_far_operating_point_comes_from_the_profile(make_client: AppFactory,
     assert body["operating_point"] == {
         "threshold": 0.3, "source": "profile", "far": 0.001, "tar": 0.97,
         "profile": str(data_dir / "operating_points.json"), "dataset": "lfw-view2",
+        "fpir": None, "gallery_faces": None, "impostor_subjects": None, "reference": None,
     }
     enroll(client, "x", fake_photo(1))
     body = client.get("/identify", params={"embedding": encode_embedding(fake_embedding(1))}).json()

@@ -1,0 +1,288 @@
+"""Thresholds for 1:N identification that hold a false positive identification rate (FPIR).
+
+Why not one threshold. A stranger searched against a gallery is compared with every enrolled
+face; it is falsely matched when the *best* of those similarities reaches the threshold. With
+a per-comparison false-match rate ``p(t)`` and ``N`` faces, that happens with probability about
+``1 - (1 - p(t))^N``: a threshold that lets 1 stranger in 1,000 through against one face lets
+~10% through against 100 faces. And ``p(t)`` itself depends on the people and the cameras:
+the same model's impostor similarities sit higher on greyscale portraits or one-camera
+galleries than on LFW's press photos.
+
+The rule, in three parts:
+
+1. **Gallery size.** For a target FPIR ``a`` and ``N`` enrolled faces, each comparison may
+   falsely match with probability ``p = 1 - (1 - a)^(1/N)`` (about ``a / N``).
+2. **The gallery's own impostor distribution.** The enrolled subjects are different people
+   from each other, so the similarities *between* subjects are impostor scores of exactly
+   this population and these cameras. Their mean and standard deviation locate and scale the
+   distribution; a small gallery's estimate is shrunk towards the model's reference values
+   (a prior worth ``prior_subjects`` subjects).
+3. **The shape of the tail** comes from the model's reference: the standardised impostor
+   quantile ``z(p)`` measured on a large cohort (LFW for dlib's model: 87 million impostor
+   pairs). Standardised, the tail barely moves between populations (greyscale LFW: ``z`` within
+   0.05 of colour down to ``p = 1e-4``) while the location does. A model without a measured
+   tail falls back to the Gaussian tail, which is heavier than real face-similarity tails,
+   so it errs towards fewer false matches.
+
+The threshold is ``mean + std * z(p)``. ``service`` recomputes the gallery statistics as the
+gallery changes and reports the threshold, the gallery size and the target with every
+decision. ``faceserve eval openset`` measures how well this holds (README: "Open-set
+identification").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CohortStats",
+    "FpirRule",
+    "FpirThreshold",
+    "ImpostorSample",
+    "ImpostorTail",
+    "cohort_stats",
+    "load_reference",
+    "per_comparison_rate",
+]
+
+_CALIBRATION_DIR = Path(__file__).with_name("calibration")
+
+
+def per_comparison_rate(fpir: float, comparisons: int) -> float:
+    """``p`` with ``1 - (1 - p)^N = fpir``: the false-match rate each comparison may have."""
+    if not 0.0 < fpir < 1.0:
+        raise ValueError(f"fpir must be in (0, 1), not {fpir}")
+    n = max(int(comparisons), 1)
+    return -math.expm1(math.log1p(-fpir) / n)
+
+
+@dataclass(frozen=True)
+class ImpostorTail:
+    """The standardised upper tail of impostor similarities: ``z`` at false-match rate ``p``.
+
+    ``log10_p`` ascending-in-rarity grid (e.g. -1 ... -7) with the ``z`` measured there; between
+    points ``z`` is interpolated linearly in ``log10 p``, beyond the last point extrapolated
+    with the last segment's slope (an exponential tail, which fits the measured one).
+    """
+
+    log10_p: tuple[float, ...]
+    z: tuple[float, ...]
+    source: str
+
+    def z_at(self, p: float) -> float:
+        if not self.log10_p:
+            return NormalDist().inv_cdf(1.0 - p)
+        x = math.log10(max(p, 1e-300))
+        xs, zs = self.log10_p, self.z
+        if x >= xs[0]:  # a common event: the Gaussian is fine in the bulk
+            return min(zs[0], NormalDist().inv_cdf(min(max(1.0 - p, 1e-12), 1 - 1e-12)))
+        for i in range(1, len(xs)):
+            if x >= xs[i]:
+                f = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+                return zs[i - 1] + f * (zs[i] - zs[i - 1])
+        slope = (zs[-1] - zs[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else -0.5
+        return zs[-1] + (x - xs[-1]) * slope
+
+    @classmethod
+    def gaussian(cls) -> ImpostorTail:
+        return cls((), (), "gaussian")
+
+
+@dataclass(frozen=True)
+class CohortStats:
+    """Impostor similarities summarised: how many pairs among how many subjects, their mean
+    and standard deviation. Pairs among ``k`` faces are far from independent (``k`` faces give
+    ``k^2/2`` pairs but carry about ``k`` faces' worth of information), so an estimate is
+    weighed by its subjects, not its pairs."""
+
+    pairs: int
+    mean: float
+    std: float
+    subjects: int = 0
+
+
+def cohort_stats(vectors: np.ndarray, subjects: np.ndarray, max_faces: int = 2000) -> CohortStats:
+    """Mean and std of the similarities between faces of *different* subjects.
+
+    At most ``max_faces`` faces are used (the first ones: pass them in a stable order so that
+    replicas agree), which bounds the cost at ~2 million pairs while leaving the estimate's
+    error far below the spread between populations.
+    """
+    v = np.asarray(vectors, np.float32)[:max_faces].astype(np.float64)
+    s = np.asarray(subjects)[:max_faces]
+    if len(v) < 2:
+        return CohortStats(0, 0.0, 0.0)
+    sims = v @ v.T
+    different = s[:, None] != s[None, :]
+    iu = np.triu_indices(len(v), 1)
+    mask = different[iu]
+    values = sims[iu][mask]
+    if len(values) == 0:
+        return CohortStats(0, 0.0, 0.0)
+    return CohortStats(len(values), float(values.mean()), float(values.std()),
+                       len(np.unique(s)))
+
+
+class ImpostorSample:
+    """Up to ``capacity`` enrolled faces, and running sums of the similarities between the
+    faces of *different* subjects among them: the gallery's impostor distribution, kept up to
+    date at O(capacity) per enrolled or erased face instead of O(capacity^2) per query.
+
+    Faces join while there is room (in the order they are added, so processes that apply the
+    same changes in the same order hold the same sample) and leave when erased. Not
+    thread-safe: the owner serialises changes.
+    """
+
+    def __init__(self, dim: int, capacity: int = 2000) -> None:
+        self.capacity = capacity
+        self._vectors = np.zeros((capacity, dim), np.float64)
+        self._subjects: list[str] = []
+        self._rows: list[int] = []
+        self._slot: dict[int, int] = {}
+        self._per_subject: dict[str, int] = {}
+        self._n = 0
+        self._sum = 0.0
+        self._sumsq = 0.0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _others(self, slot: int, subject: str) -> np.ndarray:
+        """Similarities of the face in ``slot`` with the other subjects' faces present."""
+        n = len(self._rows)
+        sims = self._vectors[:n] @ self._vectors[slot]
+        keep = np.array([s != subject for s in self._subjects], dtype=bool)
+        keep[slot] = False
+        return sims[keep]
+
+    def add(self, row_id: int, vector: np.ndarray, subject: str) -> None:
+        if row_id in self._slot or len(self._rows) >= self.capacity:
+            return
+        slot = len(self._rows)
+        self._vectors[slot] = np.asarray(vector, np.float64)
+        self._rows.append(row_id)
+        self._subjects.append(subject)
+        self._slot[row_id] = slot
+        self._per_subject[subject] = self._per_subject.get(subject, 0) + 1
+        sims = self._others(slot, subject)
+        self._n += len(sims)
+        self._sum += float(sims.sum())
+        self._sumsq += float(np.dot(sims, sims))
+
+    def remove(self, row_id: int) -> None:
+        slot = self._slot.pop(row_id, None)
+        if slot is None:
+            return
+        subject = self._subjects[slot]
+        sims = self._others(slot, subject)
+        left = self._per_subject.pop(subject) - 1
+        if left:
+            self._per_subject[subject] = left
+        self._n -= len(sims)
+        self._sum -= float(sims.sum())
+        self._sumsq -= float(np.dot(sims, sims))
+        last = len(self._rows) - 1
+        if slot != last:  # move the last face into the hole
+            self._vectors[slot] = self._vectors[last]
+            self._rows[slot] = self._rows[last]
+            self._subjects[slot] = self._subjects[last]
+            self._slot[self._rows[slot]] = slot
+        self._rows.pop()
+        self._subjects.pop()
+        if self._n == 0:  # no pairs left: clear rounding residue
+            self._sum = self._sumsq = 0.0
+
+    def stats(self) -> CohortStats:
+        if self._n <= 0:
+            return CohortStats(0, 0.0, 0.0)
+        mean = self._sum / self._n
+        std = math.sqrt(max(self._sumsq / self._n - mean * mean, 0.0))
+        return CohortStats(self._n, mean, std, len(self._per_subject))
+
+
+@dataclass(frozen=True)
+class FpirThreshold:
+    """One threshold and everything it was computed from (reported with each decision)."""
+
+    threshold: float
+    fpir: float  # the target
+    comparisons: int  # faces in the gallery it was computed for
+    per_comparison_far: float
+    z: float
+    mean: float  # impostor mean used (gallery and reference blended)
+    std: float
+    gallery_pairs: int  # cross-subject pairs the gallery contributed
+
+
+@dataclass(frozen=True)
+class FpirRule:
+    """The model's reference impostor distribution and how strongly a gallery may move it."""
+
+    model: str
+    reference: CohortStats
+    tail: ImpostorTail
+    prior_subjects: int = 100
+    # Thresholds are never lower than this: a gallery of one face has no impostor pairs and
+    # a tiny target at N = 1 is a per-comparison operating point, which the reference covers.
+    floor: float = -1.0
+
+    def threshold(
+        self, fpir: float, comparisons: int, gallery: CohortStats | None = None
+    ) -> FpirThreshold:
+        p = per_comparison_rate(fpir, comparisons)
+        z = self.tail.z_at(p)
+        mean, std, n = self.reference.mean, self.reference.std, 0
+        if gallery is not None and gallery.pairs > 0 and gallery.subjects > 1:
+            n = gallery.pairs
+            w = gallery.subjects / (gallery.subjects + self.prior_subjects)
+            mean = (1 - w) * self.reference.mean + w * gallery.mean
+            # pooled second moment about the blended mean
+            var = (1 - w) * (self.reference.std**2 + (self.reference.mean - mean) ** 2) + w * (
+                gallery.std**2 + (gallery.mean - mean) ** 2
+            )
+            std = math.sqrt(max(var, 0.0))
+        t = min(max(mean + std * z, self.floor), 1.0)
+        return FpirThreshold(
+            threshold=float(t), fpir=fpir, comparisons=max(int(comparisons), 1),
+            per_comparison_far=p, z=z, mean=mean, std=std, gallery_pairs=n,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "reference": asdict(self.reference),
+            "tail": {"log10_p": list(self.tail.log10_p), "z": list(self.tail.z),
+                     "source": self.tail.source},
+            "prior_subjects": self.prior_subjects,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FpirRule:
+        tail = raw.get("tail") or {}
+        return cls(
+            model=str(raw["model"]),
+            reference=CohortStats(**{k: raw["reference"][k] for k in ("pairs", "mean", "std")
+                                     if k in raw["reference"]}),
+            tail=ImpostorTail(tuple(float(x) for x in tail.get("log10_p", ())),
+                              tuple(float(x) for x in tail.get("z", ())),
+                              str(tail.get("source", "gaussian"))),
+            prior_subjects=int(raw.get("prior_subjects", 100)),
+        )
+
+
+def load_reference(model: str, path: str | Path | None = None) -> FpirRule | None:
+    """The shipped (or given) reference of ``model``; None when there is none for it."""
+    file = Path(path) if path is not None else _CALIBRATION_DIR / f"{model}.json"
+    if not file.is_file():
+        return None
+    rule = FpirRule.from_dict(json.loads(file.read_text(encoding="utf-8")))
+    if rule.model != model:
+        raise ValueError(f"{file} is the impostor reference of {rule.model!r}, not {model!r}")
+    return rule
