@@ -239,9 +239,9 @@ _DESCRIPTIONS: dict[int, str] = {
     "(`revoked_api_key`). Send `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
     403: "The key lacks the scope this operation needs (`insufficient_scope`).",
     404: "Unknown subject or face (or one of another gallery).",
+    408: "The request body did not arrive within the request timeout (`request_timeout`).",
     409: "The face already matches another subject at the identify decision and "
     "`on_duplicate=reject` (`duplicate_face`); `details` has each image's outcome.",
-    408: "The request body did not arrive within the request timeout (`request_timeout`).",
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
     422: "Invalid field (`invalid_field`, `too_many_images`), or no usable face (`no_face`, "

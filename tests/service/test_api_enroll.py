@@ -295,7 +295,7 @@ def test_on_duplicate_reject_refuses_the_photo(client: TestClient) -> None:
 def test_too_many_photos_is_a_clear_422(make_client) -> None:
     client = make_client(max_enroll_images=3)
     photos = [fake_photo(21, variant=v) for v in range(6)]
-    for n in (4, 6):  # just over the limit, and far over it (the form parser stops early)
+    for n in (4, 6):  # multipart: the form parser stops at the 4th part; JSON: the route
         r = enroll_many(client, "ola", photos[:n])
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "too_many_images"
