@@ -57,7 +57,8 @@ as `multipart/form-data` (images as file parts, `metadata` as a JSON string) or 
 every response says which operating point supplied the threshold.
 
 **Errors.** Always `{"error": {"code": "...", "message": "..."}}`: 400 malformed input,
-404 unknown id, 413 too large, 415 not an image, 422 invalid field or no face, 503 not ready.
+404 unknown id, 409 duplicate face (enroll, `on_duplicate=reject`), 413 too large, 415 not an
+image, 422 invalid field or no face, 503 not ready.
 
 **Authentication.** Once the gallery has API keys (`faceserve keys create`), every endpoint but
 `/healthz`, `/readyz` and the docs needs one, as `Authorization: Bearer <key>` or

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     max_faces: int = Field(
         10, ge=1, description="Most faces identified or embedded per image (most confident first)."
     )
+    max_enroll_images: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Most photos in one POST /enroll (`images`); more get 422 "
+        "`too_many_images`. Their bytes together stay under `max_upload_bytes`.",
+    )
     index_kind: Literal["flat", "hnsw", "auto"] = Field(
         "flat",
         description="FAISS index: `flat` (exact inner product), `hnsw` (approximate, for large "

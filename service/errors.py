@@ -24,6 +24,7 @@ from service.schemas import ErrorResponse
 
 __all__ = [
     "BadRequest",
+    "DuplicateFace",
     "FaceNotFound",
     "Forbidden",
     "InvalidBase64",
@@ -52,13 +53,19 @@ class ServiceError(Exception):
     code: str = "internal_error"
 
     def __init__(
-        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.headers = headers
+        self.details = details
 
 
 class BadRequest(ServiceError):
@@ -95,6 +102,12 @@ class NoFace(ServiceError):
 
 class MultipleFaces(ServiceError):
     status, code = 422, "multiple_faces"
+
+
+class DuplicateFace(ServiceError):
+    """The face already matches another subject of the gallery (``on_duplicate=reject``)."""
+
+    status, code = 409, "duplicate_face"
 
 
 class NotReady(ServiceError):
@@ -170,7 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = exc.headers or ({"Retry-After": "1"} if exc.status == 503 else None)
-        return _response(exc.status, exc.code, exc.message, headers=headers)
+        return _response(exc.status, exc.code, exc.message, exc.details, headers=headers)
 
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -227,9 +240,12 @@ _DESCRIPTIONS: dict[int, str] = {
     403: "The key lacks the scope this operation needs (`insufficient_scope`).",
     404: "Unknown subject or face (or one of another gallery).",
     408: "The request body did not arrive within the request timeout (`request_timeout`).",
+    409: "The face already matches another subject at the identify decision and "
+    "`on_duplicate=reject` (`duplicate_face`); `details` has each image's outcome.",
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
-    422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`).",
+    422: "Invalid field (`invalid_field`, `too_many_images`), or no usable face (`no_face`, "
+    "`multiple_faces`; `nothing_enrolled` when several images failed for different reasons).",
     429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
     "(`overloaded`); retry after `Retry-After` seconds.",
     503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "

@@ -27,7 +27,9 @@ __all__ = [
     "EmbedJSON",
     "EmbedResponse",
     "EmbeddedFace",
+    "EnrollBatchResponse",
     "EnrollForm",
+    "EnrollImageOutcome",
     "EnrollJSON",
     "EnrollResponse",
     "ErrorBody",
@@ -93,6 +95,15 @@ OnMultiple = Annotated[
         "(by box area), or `reject` the photo with 422 `multiple_faces`."
     ),
 ]
+OnDuplicate = Annotated[
+    Literal["warn", "reject"],
+    Field(
+        description="What to do with a face that already matches *another* subject of the "
+        "gallery at the identify decision (a possible duplicate or mislabel): `warn` enrolls "
+        "it and names that subject in `possible_duplicate`; `reject` refuses that image "
+        "(`duplicate_face`; 409 when no image of the request is enrolled)."
+    ),
+]
 Base64Image = Annotated[
     str,
     Field(
@@ -117,7 +128,9 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable error code.", examples=["no_face"])
     message: str = Field(description="Human-readable explanation.")
     details: list[dict[str, Any]] | None = Field(
-        None, description="Per-field problems, for validation errors."
+        None,
+        description="Per-field problems, for validation errors; each image's outcome "
+        "(`EnrollImageOutcome`), when POST /enroll enrolled none of its images.",
     )
 
 
@@ -197,9 +210,18 @@ class Candidate(BaseModel):
 
 
 class EnrollForm(_Strict):
-    """``multipart/form-data`` fields of POST /enroll."""
+    """``multipart/form-data`` fields of POST /enroll: ``image`` (one photo) or ``images``
+    (one part per photo, the field repeated)."""
 
-    image: ImageFile
+    image: ImageFile | None = Field(
+        None, description="One photo; the response is an `EnrollResponse`."
+    )
+    images: list[ImageFile] | None = Field(
+        None,
+        min_length=1,
+        description="Several photos of the subject (repeat the part); the response is an "
+        "`EnrollBatchResponse` with each photo's outcome.",
+    )
     subject_id: SubjectId
     metadata: str | None = Field(
         None,
@@ -207,12 +229,21 @@ class EnrollForm(_Strict):
         "subject; replaces the subject's metadata when given.",
     )
     on_multiple: OnMultiple = "largest"
+    on_duplicate: OnDuplicate = "warn"
 
 
 class EnrollJSON(_Strict):
-    """``application/json`` body of POST /enroll."""
+    """``application/json`` body of POST /enroll: ``image`` (one photo) or ``images``."""
 
-    image: Base64Image
+    image: Base64Image | None = Field(
+        None, description="One photo; the response is an `EnrollResponse`."
+    )
+    images: list[Base64Image] | None = Field(
+        None,
+        min_length=1,
+        description="Several photos of the subject; the response is an `EnrollBatchResponse` "
+        "with each photo's outcome.",
+    )
     subject_id: SubjectId
     metadata: dict[str, Any] | None = Field(
         None,
@@ -220,6 +251,7 @@ class EnrollJSON(_Strict):
         "subject; replaces the subject's metadata when given.",
     )
     on_multiple: OnMultiple = "largest"
+    on_duplicate: OnDuplicate = "warn"
 
 
 class EnrollResponse(BaseModel):
@@ -233,6 +265,56 @@ class EnrollResponse(BaseModel):
     landmarks: Landmarks
     detection_confidence: float
     faces_detected: int = Field(description="Faces found in the photo (the largest was used).")
+    model: str = Field(description="Embedding model version.")
+    possible_duplicate: Candidate | None = Field(
+        None,
+        description="Another subject this face already matches at the identify decision (its "
+        "best face and similarity): the same person enrolled twice, or a mislabelled photo.",
+    )
+
+
+class EnrollImageOutcome(BaseModel):
+    """What became of one photo of a POST /enroll with ``images``."""
+
+    index: int = Field(description="Position of the photo in `images` (0-based).")
+    status: Literal["enrolled", "already_enrolled", "rejected"] = Field(
+        description="`enrolled`: stored now; `already_enrolled`: these exact bytes were "
+        "enrolled for the subject before (the existing face); `rejected`: not stored, "
+        "`error` says why."
+    )
+    face_id: str | None = Field(None, description="The stored face (not when rejected).")
+    bbox: BBox | None = None
+    landmarks: Landmarks | None = None
+    detection_confidence: float | None = None
+    faces_detected: int | None = Field(
+        None, description="Faces found in the photo (absent when it could not be decoded)."
+    )
+    possible_duplicate: Candidate | None = Field(
+        None,
+        description="Another subject this face already matches at the identify decision: "
+        "reported with `on_duplicate=warn` (the face is enrolled), the reason for the "
+        "rejection with `reject`. Photos of one request never flag each other.",
+    )
+    error: ErrorBody | None = Field(
+        None,
+        description="Why the photo was rejected: the code and message the same photo alone "
+        "would get (`no_face`, `multiple_faces`, `duplicate_face`, `not_an_image`, "
+        "`truncated_image`, `image_too_large`, `invalid_base64`, ...).",
+    )
+
+
+class EnrollBatchResponse(BaseModel):
+    """POST /enroll with ``images``: one outcome per photo, in request order."""
+
+    subject_id: str
+    images: list[EnrollImageOutcome]
+    enrolled: int = Field(description="Photos stored now or before (`enrolled` and "
+                          "`already_enrolled`).")
+    created: int = Field(description="Faces stored by this request.")
+    rejected: int
+    threshold: float = Field(description="The similarity at which a face of another subject "
+                             "counts as a possible duplicate (the identify decision).")
+    operating_point: OperatingPoint
     model: str = Field(description="Embedding model version.")
 
 

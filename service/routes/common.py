@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.faces import Box
 from models.imageio import InvalidBase64 as InvalidImageBase64
@@ -54,6 +55,7 @@ __all__ = [
     "parse_metadata",
     "run_in_threadpool",
     "to_bbox",
+    "too_many_images",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -95,19 +97,40 @@ def _validate(model: type[M], data: dict[str, Any]) -> M:
 
 
 async def parse_body(
-    request: Request, form_model: type[F], json_model: type[J]
+    request: Request,
+    form_model: type[F],
+    json_model: type[J],
+    *,
+    lists: Collection[str] = (),
+    max_files: int = _MAX_FORM_FILES,
 ) -> F | J:
-    """The validated body: ``form_model`` for multipart, ``json_model`` for JSON."""
+    """The validated body: ``form_model`` for multipart, ``json_model`` for JSON.
+
+    Multipart fields named in ``lists`` may repeat (one part per item) and arrive as a list;
+    any other field given twice is refused. At most ``max_files`` file parts are read: more
+    is 422 ``too_many_images`` (every image part is a temporary file while the form is open).
+    """
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=_MAX_FORM_FILES, max_fields=_MAX_FORM_FIELDS)
+        # Image parts sent without a filename count as fields: room for them beside the rest.
+        max_fields = _MAX_FORM_FIELDS + max(0, max_files - _MAX_FORM_FILES)
+        try:
+            form = await request.form(max_files=max_files, max_fields=max_fields)
+        except StarletteHTTPException as exc:
+            if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
+                raise too_many_images(max_files) from None
+            raise
         data: dict[str, Any] = {}
         try:
             for key, value in form.multi_items():
-                if key in data:
+                item = await value.read() if isinstance(value, UploadFile) else value
+                if key in lists:
+                    data.setdefault(key, []).append(item)
+                elif key in data:
                     raise InvalidField(f"field {key!r} is given more than once")
-                data[key] = await value.read() if isinstance(value, UploadFile) else value
+                else:
+                    data[key] = item
         finally:
             await form.close()
         return _validate(form_model, data)
@@ -125,6 +148,13 @@ async def parse_body(
         return _validate(json_model, obj)
     raise UnsupportedMediaType(
         f"send multipart/form-data or application/json, not {media or 'no content type'!r}"
+    )
+
+
+def too_many_images(limit: int) -> InvalidField:
+    return InvalidField(
+        f"at most {limit} images in one request; send the others in another request",
+        code="too_many_images",
     )
 
 

@@ -1,16 +1,40 @@
-"""POST /enroll: one photo is enough to enroll a subject; more calls add templates."""
+"""POST /enroll: one photo is enough to enroll a subject; more calls (or ``images``) add templates.
+
+Each face is searched for in the gallery before it is stored: one that already matches
+*another* subject at the identify decision is the same person enrolled under two ids, or a
+mislabelled photo. ``on_duplicate`` says whether that is reported (``warn``) or refused
+(``reject``). The check is advisory: two concurrent enrollments of one face under two ids can
+both pass it (it is not a uniqueness constraint of the store).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from models.faces import Face
-from service.auth import EnrollKey
-from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
-from service.errors import MultipleFaces, NoFace, error_responses
-from service.inference import largest_face
+from models.imageio import ImageError
+from service.auth import EnrollKey, Principal
+from service.deps import GalleryDep, InferenceDep, Services, ServicesDep, SettingsDep
+from service.errors import (
+    IMAGE_ERROR_STATUS,
+    DuplicateFace,
+    InvalidBase64,
+    InvalidField,
+    MultipleFaces,
+    NoFace,
+    ServiceError,
+    error_responses,
+)
+from service.gallery import Gallery
+from service.inference import EmbeddedFaces, Inference, largest_face
 from service.routes.common import (
     audit_event,
+    candidates_for,
+    identify_point,
     image_bytes,
     image_request_body,
     landmarks_list,
@@ -18,10 +42,25 @@ from service.routes.common import (
     parse_metadata,
     run_in_threadpool,
     to_bbox,
+    too_many_images,
 )
-from service.schemas import EnrollForm, EnrollJSON, EnrollResponse
+from service.schemas import (
+    Candidate,
+    EnrollBatchResponse,
+    EnrollForm,
+    EnrollImageOutcome,
+    EnrollJSON,
+    EnrollResponse,
+    ErrorBody,
+)
+from service.store.base import FaceRecord
 
 router = APIRouter(tags=["enrollment"])
+
+# What one bad photo can be refused for before detection is done (no face and a rejected
+# duplicate are found after it); anything else (overload, not ready, a store failure) fails
+# the whole request, so a retry (idempotent per photo) finishes the job.
+_PHOTO_ERRORS = (ImageError, InvalidBase64, MultipleFaces)
 
 
 def _reject_several(faces: list[Face]) -> list[Face]:
@@ -32,22 +71,196 @@ def _reject_several(faces: list[Face]) -> list[Face]:
     return faces
 
 
+class NothingEnrolled(ServiceError):
+    """No photo of the request was enrolled; ``details`` has each one's outcome. Takes the
+    photos' own status and code when they all failed alike (see ``_nothing_enrolled``)."""
+
+    status, code = 422, "nothing_enrolled"
+
+
+@dataclass
+class _Photo:
+    """What became of one photo: stored (``record``) or refused (``error``)."""
+
+    index: int
+    found: EmbeddedFaces | None = None
+    record: FaceRecord | None = None
+    created: bool = False
+    duplicate: Candidate | None = None
+    error: ServiceError | ImageError | None = None
+
+    def error_status(self) -> tuple[int, str, str]:
+        """(HTTP status, code, message) the photo alone would be refused with."""
+        error = self.error
+        if isinstance(error, ServiceError):
+            return error.status, error.code, error.message
+        assert error is not None
+        code = getattr(error, "code", "not_an_image")
+        return IMAGE_ERROR_STATUS.get(code, 415), code, str(error) or code
+
+    def outcome(self) -> EnrollImageOutcome:
+        fields: dict[str, Any] = {}
+        if self.found is not None:
+            fields["faces_detected"] = self.found.faces_detected
+        if self.record is not None:
+            fields.update(
+                face_id=self.record.face_id,
+                bbox=to_bbox(self.record.bbox),
+                landmarks=landmarks_list(self.record.landmarks),
+                detection_confidence=float(self.record.detection_confidence),
+            )
+        elif self.found is not None and self.found.faces:
+            face = self.found.faces[0]  # refused as a duplicate: the face that matched
+            fields.update(
+                bbox=to_bbox(face.box),
+                landmarks=landmarks_list(face.landmarks),
+                detection_confidence=float(face.confidence),
+            )
+        if self.error is not None:
+            _, code, message = self.error_status()
+            fields["error"] = ErrorBody(code=code, message=message)
+        if self.record is None:
+            status = "rejected"
+        else:
+            status = "enrolled" if self.created else "already_enrolled"
+        return EnrollImageOutcome(
+            index=self.index, status=status, possible_duplicate=self.duplicate, **fields
+        )
+
+
+@dataclass
+class _Enrollment:
+    """The parts of one request that every photo of it shares."""
+
+    principal: Principal
+    subject_id: str
+    metadata: dict[str, Any] | None
+    on_multiple: str
+    on_duplicate: str
+    threshold: float
+    store_chips: bool
+    services: Services
+    gallery: Gallery
+    inference: Inference
+
+    async def possible_duplicate(self, embedding: np.ndarray) -> Candidate | None:
+        """The best *other* subject of the caller's gallery at or above the threshold.
+
+        Two subjects suffice: at most one of them is the subject being enrolled (its own
+        faces, including earlier photos of this very request, are never duplicates)."""
+        [candidates] = await run_in_threadpool(
+            candidates_for, self.gallery, embedding[None, :], 2, (),
+            self.principal.namespace.external,
+        )
+        for candidate in candidates:
+            if candidate.subject_id != self.subject_id:
+                return candidate if candidate.similarity >= self.threshold else None
+        return None
+
+    async def photo(self, index: int, value: str | bytes, field: str) -> _Photo:
+        """Enroll one photo. A photo refused before detection raises (one of
+        ``_PHOTO_ERRORS``); after it (no face, a rejected duplicate) it is returned with its
+        ``error``, so that its outcome can still say what was found."""
+        data = await image_bytes(value, field)
+        select = _reject_several if self.on_multiple == "reject" else largest_face
+        found = await self.inference.faces(data, lambda faces: largest_face(select(faces)))
+        result = _Photo(index, found=found)
+        if not found.faces:
+            result.error = NoFace("no face found in the image")
+            return result
+        result.duplicate = await self.possible_duplicate(found.embeddings[0])
+        if result.duplicate is not None and self.on_duplicate == "reject":
+            dup = result.duplicate
+            result.error = DuplicateFace(
+                f"the face already matches subject {dup.subject_id!r} (similarity "
+                f"{dup.similarity:.3f}, threshold {self.threshold:.3f}) and "
+                "on_duplicate=reject: the same person under another id, or a mislabelled photo"
+            )
+            return result
+        face = found.faces[0]
+        chip_jpeg = await self.inference.encode_chip(found.chips[0]) if self.store_chips else None
+        record, created = await run_in_threadpool(
+            lambda: self.gallery.enroll(
+                self.principal.namespace.internal(self.subject_id),
+                found.embeddings[0],
+                bbox=face.box.as_tuple(),
+                landmarks=landmarks_list(face.landmarks),
+                detection_confidence=float(face.confidence),
+                image_sha256=found.image_sha256,
+                chip_jpeg=chip_jpeg,
+                metadata=self.metadata,
+            )
+        )
+        await audit_event(self.services, self.principal, "enroll", subject_id=self.subject_id,
+                          face_id=record.face_id, detail={"created": created})
+        result.record, result.created = record, created
+        return result
+
+    async def each(self, index: int, value: str | bytes) -> _Photo:
+        """``photo``, with a refused photo's error kept in its result instead of raised."""
+        try:
+            return await self.photo(index, value, f"images[{index}]")
+        except _PHOTO_ERRORS as exc:
+            return _Photo(index, error=exc)
+
+
+def _nothing_enrolled(photos: list[_Photo]) -> ServiceError:
+    """The error of an ``images`` request that stored nothing: the photos' own status and
+    code when they all failed alike (one photo: exactly its error), else 422
+    ``nothing_enrolled``; ``details`` has every photo's outcome either way."""
+    statuses = [photo.error_status() for photo in photos]
+    details = [photo.outcome().model_dump(mode="json") for photo in photos]
+    kinds = {(status, code) for status, code, _ in statuses}
+    if len(statuses) == 1:
+        status, code, message = statuses[0]
+    elif len(kinds) == 1:
+        status, code = kinds.pop()
+        message = f"none of the {len(photos)} images was enrolled ({code}); see details"
+    else:
+        status, code = NothingEnrolled.status, NothingEnrolled.code
+        codes = ", ".join(sorted({code for _, code, _ in statuses}))
+        message = f"none of the {len(photos)} images was enrolled ({codes}); see details"
+    error = NothingEnrolled(message, code=code, details=details)
+    error.status = status
+    return error
+
+
 @router.post(
     "/enroll",
     status_code=201,
-    response_model=EnrollResponse,
-    summary="Enroll a face for a subject",
+    response_model=EnrollResponse | EnrollBatchResponse,
+    summary="Enroll one or several photos of a subject",
     description=(
         "Detects the faces of the photo, embeds the largest (by box area) and stores it as a "
         "template of `subject_id` (created if new). `on_multiple=reject` refuses photos "
         "with several faces instead. Re-sending identical image bytes for the same subject "
         "is idempotent: the existing face is returned with `created: false` and status 200. "
-        "The response is sent only after the enrollment is committed. Needs scope `enroll`; "
-        "the subject belongs to the key's gallery."
+        "Before storing, the face is searched for in the gallery: if it already matches "
+        "another subject at the identify decision, that subject and the similarity are "
+        "reported in `possible_duplicate` (`on_duplicate=warn`, the default) or the photo is "
+        "refused with 409 `duplicate_face` (`on_duplicate=reject`).\n\n"
+        "Several photos of one subject: send `images` instead of `image` (at most the "
+        "server's `max_enroll_images`, 10 by default; all within the body limit). Each is "
+        "enrolled on its own and the `EnrollBatchResponse` lists each one's outcome in "
+        "order; a bad photo does not stop the others. Status: 201 when any face was stored, "
+        "200 when every enrolled photo was already enrolled, and when none was enrolled the "
+        "error of the photos (its own status and code if they all failed alike, else 422 "
+        "`nothing_enrolled`) with every outcome in `error.details`. Photos of one request "
+        "are the same person and never flag each other as duplicates.\n\n"
+        "The response is sent only after the enrollments are committed. Needs scope "
+        "`enroll`; the subject belongs to the key's gallery."
     ),
     responses={
-        200: {"model": EnrollResponse, "description": "Already enrolled (same image bytes)."},
-        **error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
+        200: {
+            "model": EnrollResponse | EnrollBatchResponse,
+            "description": "Already enrolled: the same image bytes (`image`), or every "
+            "enrolled photo of `images`.",
+        },
+        201: {
+            "description": "Stored: an `EnrollResponse` for `image`, an `EnrollBatchResponse` "
+            "for `images`."
+        },
+        **error_responses(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
     },
     openapi_extra=image_request_body(EnrollForm, EnrollJSON),
 )
@@ -59,39 +272,64 @@ async def enroll(
     services: ServicesDep,
     gallery: GalleryDep,
     inference: InferenceDep,
-) -> EnrollResponse:
-    body = await parse_body(request, EnrollForm, EnrollJSON)
-    data = await image_bytes(body.image, "image")
-    metadata = parse_metadata(body.metadata)
-    select = _reject_several if body.on_multiple == "reject" else largest_face
-    found = await inference.faces(data, lambda faces: largest_face(select(faces)))
-    if not found.faces:
-        raise NoFace("no face found in the image")
-    face = found.faces[0]
-    chip_jpeg = await inference.encode_chip(found.chips[0]) if settings.store_chips else None
-    record, created = await run_in_threadpool(
-        lambda: gallery.enroll(
-            principal.namespace.internal(body.subject_id),
-            found.embeddings[0],
-            bbox=face.box.as_tuple(),
-            landmarks=landmarks_list(face.landmarks),
-            detection_confidence=float(face.confidence),
-            image_sha256=found.image_sha256,
-            chip_jpeg=chip_jpeg,
-            metadata=metadata,
-        )
+) -> EnrollResponse | EnrollBatchResponse:
+    body = await parse_body(
+        request, EnrollForm, EnrollJSON, lists=("images",), max_files=settings.max_enroll_images
     )
-    await audit_event(services, principal, "enroll", subject_id=body.subject_id,
-                      face_id=record.face_id, detail={"created": created})
-    if not created:
+    if (body.image is None) == (body.images is None):
+        raise InvalidField("give image (one photo) or images (several photos), not both")
+    if body.images is not None and len(body.images) > settings.max_enroll_images:
+        raise too_many_images(settings.max_enroll_images)
+    point = identify_point(services)
+    job = _Enrollment(
+        principal=principal,
+        subject_id=body.subject_id,
+        metadata=parse_metadata(body.metadata),
+        on_multiple=body.on_multiple,
+        on_duplicate=body.on_duplicate,
+        threshold=point.threshold,
+        store_chips=settings.store_chips,
+        services=services,
+        gallery=gallery,
+        inference=inference,
+    )
+    if body.images is not None:
+        # One at a time: a batch holds one decoded photo at once, like a single request.
+        photos = [await job.each(i, value) for i, value in enumerate(body.images)]
+        if all(photo.record is None for photo in photos):
+            raise _nothing_enrolled(photos)
+        created = sum(photo.created for photo in photos)
+        enrolled = sum(photo.record is not None for photo in photos)
+        response.status_code = 201 if created else 200
+        return EnrollBatchResponse(
+            subject_id=body.subject_id,
+            images=[photo.outcome() for photo in photos],
+            enrolled=enrolled,
+            created=created,
+            rejected=len(photos) - enrolled,
+            threshold=point.threshold,
+            operating_point=point,
+            model=services.pipeline.model_version,
+        )
+
+    assert body.image is not None
+    photo = await job.photo(0, body.image, "image")
+    if isinstance(photo.error, DuplicateFace):
+        raise _nothing_enrolled([photo])  # the outcome (who matched) in details
+    if photo.error is not None:
+        raise photo.error
+    record, found = photo.record, photo.found
+    assert record is not None and found is not None
+    if not photo.created:
         response.status_code = 200
     return EnrollResponse(
         face_id=record.face_id,
         subject_id=body.subject_id,
-        created=created,
+        created=photo.created,
         bbox=to_bbox(record.bbox),
         landmarks=landmarks_list(record.landmarks),
         detection_confidence=float(record.detection_confidence),
         faces_detected=found.faces_detected,
         model=record.model,
+        possible_duplicate=photo.duplicate,
     )

@@ -77,8 +77,13 @@ def test_openapi_documents_both_encodings_and_errors(client: TestClient) -> None
     for name in ("EnrollForm", "EnrollJSON", "VerifyJSON", "IdentifyForm", "EmbedJSON",
                  "ErrorResponse", "EnrollResponse"):
         assert name in components
-    assert components["EnrollForm"]["properties"]["image"]["format"] == "binary"
-    assert components["EnrollJSON"]["properties"]["image"]["contentEncoding"] == "base64"
+    # image (one photo) or images (several): each optional, exactly one given.
+    form, body = components["EnrollForm"]["properties"], components["EnrollJSON"]["properties"]
+    assert form["image"]["anyOf"][0]["format"] == "binary"
+    assert form["images"]["anyOf"][0]["items"]["format"] == "binary"
+    assert body["image"]["anyOf"][0]["contentEncoding"] == "base64"
+    assert body["images"]["anyOf"][0]["items"]["contentEncoding"] == "base64"
+    assert "EnrollBatchResponse" in components
     assert paths["/enroll"]["post"]["responses"]["422"]["content"]["application/json"][
         "schema"]["$ref"].endswith("/ErrorResponse")
     # Every $ref resolves.

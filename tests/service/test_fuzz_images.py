@@ -36,6 +36,7 @@ from tests.service.conftest import fake_photo
 
 DECODE_EXAMPLES = 600
 ENROLL_EXAMPLES = 250
+BATCH_EXAMPLES = 60
 REAL_PIPELINE_EXAMPLES = 40
 MAX_PIXELS = 2_000_000
 STATS: Counter[str] = Counter()
@@ -169,6 +170,29 @@ def _check_enroll(client: TestClient, data: bytes, subject: str, tag: str) -> No
 @given(data=any_bytes)
 def test_enroll_never_fails_on_bad_images(enroll_client: TestClient, data: bytes) -> None:
     _check_enroll(enroll_client, data, "fuzzed", "enroll")
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=BATCH_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes)
+def test_a_bad_image_in_a_batch_never_stops_the_good_one(
+    enroll_client: TestClient, data: bytes
+) -> None:
+    """Whatever the fuzzed photo is, the good photo beside it is enrolled and the fuzzed one
+    gets an outcome of its own (stored, or rejected with a code and a message)."""
+    r = enroll_client.post("/enroll", data={"subject_id": "fuzzed-batch"}, files=[
+        ("images", ("upload", data, "application/octet-stream")),
+        ("images", ("p.png", fake_photo(4243), "image/png"))])
+    STATS[f"batch:{r.status_code}"] += 1
+    assert r.status_code in {200, 201}, r.text
+    fuzzed, good = r.json()["images"]
+    assert good["status"] in {"enrolled", "already_enrolled"} and good["face_id"]
+    if fuzzed["status"] == "rejected":
+        STATS[f"batch:{fuzzed['error']['code']}"] += 1
+        assert fuzzed["error"]["code"] and fuzzed["error"]["message"] and not fuzzed["face_id"]
+    else:
+        assert fuzzed["face_id"]
 
 
 def test_the_service_still_works_after_the_fuzzing(enroll_client: TestClient) -> None:
