@@ -280,7 +280,7 @@ async def enroll(
         raise InvalidField("give image (one photo) or images (several photos), not both")
     if body.images is not None and len(body.images) > settings.max_enroll_images:
         raise too_many_images(settings.max_enroll_images)
-    point = identify_point(services)
+    point = identify_point(services, namespace=principal.namespace)
     job = _Enrollment(
         principal=principal,
         subject_id=body.subject_id,
