@@ -44,6 +44,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=_embed)
 
+    p = sub.add_parser(
+        "calibrate",
+        help="measure your cameras' strangers so identify thresholds hold their FPIR",
+        description=(
+            "Embed photos of people who will NOT be enrolled, taken with the deployment's own "
+            "cameras, and write an impostor reference: where strangers' similarities lie in "
+            "your population. `faceserve serve` reads DATA_DIR/impostor_reference.json (or "
+            "FACESERVE_IMPOSTOR_REFERENCE) and computes identify thresholds from it instead of "
+            "from LFW; the gallery's own statistics still adjust it. A sub-folder of DIR is one "
+            "person (several photos each are fine); a file directly in DIR is one person. At "
+            "least 20 people; a few hundred is better. Only statistics are written, no photo "
+            "or embedding. Restart the service to use it."
+        ),
+    )
+    p.add_argument("--strangers", type=Path, required=True, metavar="DIR",
+                   help="folder of photos of people who will not be enrolled")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="write DATA_DIR/impostor_reference.json (default: $FACESERVE_DATA_DIR "
+                        "or ./data)")
+    p.add_argument("--out", type=Path, help="write here instead")
+    p.add_argument("--model", default="dlib", help="`dlib` or an exported .safetensors model")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_calibrate)
+
 
 def _convert(args: argparse.Namespace) -> int:
     from models.detector import convert_dlib as convert_detector
@@ -100,3 +125,34 @@ def _embed(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     sys.stdout.flush()
     return status
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import os
+
+    from models.pipeline import FacePipeline
+    from models.stranger_cohort import cohort_photos, stranger_reference
+
+    if not args.strangers.is_dir():
+        raise SystemExit(f"faceserve calibrate: {args.strangers} is not a directory")
+    photos = cohort_photos(args.strangers)
+    if not photos:
+        raise SystemExit(f"faceserve calibrate: no images under {args.strangers}")
+    data_dir = args.data_dir or Path(os.environ.get("FACESERVE_DATA_DIR", "./data"))
+    out = args.out or data_dir / "impostor_reference.json"
+    pipeline = FacePipeline(device=None if args.device == "auto" else args.device,
+                            model=None if args.model == "dlib" else args.model)
+    try:
+        rule, counts = stranger_reference(
+            pipeline, photos, source=f"strangers:{args.strangers.name}",
+            progress=not args.no_progress)
+    except ValueError as exc:
+        raise SystemExit(f"faceserve calibrate: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rule.to_dict(), indent=2) + "\n", encoding="utf-8")
+    ref = rule.reference
+    print(f"{counts['used']} faces of {ref.subjects} people ({counts['no_face']} photos without "
+          f"a face, {counts['unreadable']} unreadable): impostor similarity mean {ref.mean:.4f}, "
+          f"std {ref.std:.4f} over {ref.pairs} pairs")
+    print(f"written: {out} (restart the service to use it)")
+    return 0

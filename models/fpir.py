@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 _CALIBRATION_DIR = Path(__file__).with_name("calibration")
+_STATS_FIELDS = ("pairs", "mean", "std", "subjects")
 
 
 def per_comparison_rate(fpir: float, comparisons: int) -> float:
@@ -268,7 +269,7 @@ class FpirRule:
         tail = raw.get("tail") or {}
         return cls(
             model=str(raw["model"]),
-            reference=CohortStats(**{k: raw["reference"][k] for k in ("pairs", "mean", "std")
+            reference=CohortStats(**{k: raw["reference"][k] for k in _STATS_FIELDS
                                      if k in raw["reference"]}),
             tail=ImpostorTail(tuple(float(x) for x in tail.get("log10_p", ())),
                               tuple(float(x) for x in tail.get("z", ())),
