@@ -41,6 +41,32 @@ from typing import Any
 
 import numpy as np
 
+# A gallery's quantile is trusted down to the rate at which this many pairs lie above it.
+RESOLVE_PAIRS = 10
+_QUANTILE_GRID = tuple(-0.5 - 0.25 * i for i in range(27))  # log10 p: -0.5 ... -7
+_HIST_LOW, _HIST_BINS = 0.0, 4000  # similarities in [0, 1] in bins of 2.5e-4
+
+
+def _upper_from_histogram(counts: np.ndarray, n: int) -> tuple[tuple[float, float], ...]:
+    """Upper quantiles of ``n`` values binned by ``_hist_bin`` (bin centres)."""
+    if n <= 0:
+        return ()
+    above = np.cumsum(counts[::-1])[::-1]  # values in this bin or higher
+    out = []
+    for x in _QUANTILE_GRID:
+        k = 10.0**x * n
+        if k < RESOLVE_PAIRS:
+            break
+        i = int(np.nonzero(above >= k)[0][-1])  # highest bin with >= k values at or above
+        out.append((x, _HIST_LOW + (i + 0.5) * (1.0 - _HIST_LOW) / _HIST_BINS))
+    return tuple(out)
+
+
+def _hist_bin(sims: np.ndarray) -> np.ndarray:
+    b = np.floor((sims - _HIST_LOW) / (1.0 - _HIST_LOW) * _HIST_BINS).astype(np.int64)
+    return np.clip(b, 0, _HIST_BINS - 1)
+
+
 __all__ = [
     "CohortStats",
     "FpirRule",
@@ -107,6 +133,25 @@ class CohortStats:
     mean: float
     std: float
     subjects: int = 0
+    # Upper quantiles the pairs resolve: (log10 p, similarity exceeded by a share p of
+    # pairs), rarest last, only where at least RESOLVE_PAIRS pairs lie above.
+    upper: tuple[tuple[float, float], ...] = ()
+
+    def quantile(self, p: float) -> float | None:
+        """The similarity a share ``p`` of pairs exceeds, interpolated in log p; None when
+        ``p`` is rarer than the pairs resolve."""
+        if not self.upper:
+            return None
+        x = math.log10(p)
+        xs = [u[0] for u in self.upper]
+        if x < xs[-1] - 1e-9:
+            return None
+        if x >= xs[0]:
+            return self.upper[0][1]
+        for (x0, q0), (x1, q1) in zip(self.upper, self.upper[1:], strict=False):
+            if x1 <= x <= x0:
+                return q0 + (x - x0) / (x1 - x0) * (q1 - q0)
+        return self.upper[-1][1]
 
 
 def cohort_stats(vectors: np.ndarray, subjects: np.ndarray, max_faces: int = 2000) -> CohortStats:
@@ -127,8 +172,9 @@ def cohort_stats(vectors: np.ndarray, subjects: np.ndarray, max_faces: int = 200
     values = sims[iu][mask]
     if len(values) == 0:
         return CohortStats(0, 0.0, 0.0)
+    counts = np.bincount(_hist_bin(values), minlength=_HIST_BINS)
     return CohortStats(len(values), float(values.mean()), float(values.std()),
-                       len(np.unique(s)))
+                       len(np.unique(s)), _upper_from_histogram(counts, len(values)))
 
 
 class ImpostorSample:
@@ -151,6 +197,7 @@ class ImpostorSample:
         self._n = 0
         self._sum = 0.0
         self._sumsq = 0.0
+        self._hist = np.zeros(_HIST_BINS, np.int64)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -176,6 +223,7 @@ class ImpostorSample:
         self._n += len(sims)
         self._sum += float(sims.sum())
         self._sumsq += float(np.dot(sims, sims))
+        np.add.at(self._hist, _hist_bin(sims), 1)
 
     def remove(self, row_id: int) -> None:
         slot = self._slot.pop(row_id, None)
@@ -189,6 +237,7 @@ class ImpostorSample:
         self._n -= len(sims)
         self._sum -= float(sims.sum())
         self._sumsq -= float(np.dot(sims, sims))
+        np.add.at(self._hist, _hist_bin(sims), -1)
         last = len(self._rows) - 1
         if slot != last:  # move the last face into the hole
             self._vectors[slot] = self._vectors[last]
@@ -205,7 +254,8 @@ class ImpostorSample:
             return CohortStats(0, 0.0, 0.0)
         mean = self._sum / self._n
         std = math.sqrt(max(self._sumsq / self._n - mean * mean, 0.0))
-        return CohortStats(self._n, mean, std, len(self._per_subject))
+        return CohortStats(self._n, mean, std, len(self._per_subject),
+                           _upper_from_histogram(self._hist, self._n))
 
 
 @dataclass(frozen=True)
@@ -217,9 +267,11 @@ class FpirThreshold:
     comparisons: int  # faces in the gallery it was computed for
     per_comparison_far: float
     z: float
-    mean: float  # impostor mean used (gallery and reference blended)
+    mean: float  # the base curve's impostor mean and std (reference, or gallery without one)
     std: float
     gallery_pairs: int  # cross-subject pairs the gallery contributed
+    shift: float = 0.0  # how far the gallery moved the base curve's threshold
+    matched_at: float | None = None  # the rate at which gallery and base curve were compared
 
 
 @dataclass(frozen=True)
@@ -229,7 +281,7 @@ class FpirRule:
     model: str
     reference: CohortStats
     tail: ImpostorTail
-    prior_subjects: int = 100
+    prior_subjects: int = 30
     # Thresholds are never lower than this: a gallery of one face has no impostor pairs and
     # a tiny target at N = 1 is a per-comparison operating point, which the reference covers.
     floor: float = -1.0
@@ -239,20 +291,33 @@ class FpirRule:
     ) -> FpirThreshold:
         p = per_comparison_rate(fpir, comparisons)
         z = self.tail.z_at(p)
-        mean, std, n = self.reference.mean, self.reference.std, 0
-        if gallery is not None and gallery.pairs > 0 and gallery.subjects > 1:
+        usable = gallery is not None and gallery.pairs > 0 and gallery.subjects > 1
+        # The base curve: the reference's, or (a model without one) the gallery's own.
+        if self.reference.pairs > 0 or not usable:
+            mean, std = self.reference.mean, self.reference.std
+        else:
+            assert gallery is not None
+            mean, std = gallery.mean, gallery.std
+        t = mean + std * z
+        shift, at, n = 0.0, None, 0
+        if usable:
+            assert gallery is not None
             n = gallery.pairs
             w = gallery.subjects / (gallery.subjects + self.prior_subjects)
-            mean = (1 - w) * self.reference.mean + w * gallery.mean
-            # pooled second moment about the blended mean
-            var = (1 - w) * (self.reference.std**2 + (self.reference.mean - mean) ** 2) + w * (
-                gallery.std**2 + (gallery.mean - mean) ** 2
-            )
-            std = math.sqrt(max(var, 0.0))
-        t = min(max(mean + std * z, self.floor), 1.0)
+            # Compare the gallery with the base curve as deep in the tail as the gallery's
+            # pairs resolve, but no deeper than the rate needed.
+            if gallery.upper:
+                at = max(p, 10.0 ** gallery.upper[-1][0])
+                q = gallery.quantile(at)
+                assert q is not None
+                shift = w * (q - (mean + std * self.tail.z_at(at)))
+            else:  # too few pairs for any quantile: the mean is all there is
+                shift = w * (gallery.mean - mean)
+        t = min(max(t + shift, self.floor), 1.0)
         return FpirThreshold(
             threshold=float(t), fpir=fpir, comparisons=max(int(comparisons), 1),
-            per_comparison_far=p, z=z, mean=mean, std=std, gallery_pairs=n,
+            per_comparison_far=p, z=z, mean=mean, std=std, gallery_pairs=n, shift=shift,
+            matched_at=at,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -274,7 +339,7 @@ class FpirRule:
             tail=ImpostorTail(tuple(float(x) for x in tail.get("log10_p", ())),
                               tuple(float(x) for x in tail.get("z", ())),
                               str(tail.get("source", "gaussian"))),
-            prior_subjects=int(raw.get("prior_subjects", 100)),
+            prior_subjects=int(raw.get("prior_subjects", 30)),
         )
 
 
