@@ -2,7 +2,8 @@
 
 Each app owns its ``CollectorRegistry`` (no process-global state), so tests can build many
 apps. Requests are labelled by route *template* (``/subjects/{subject_id}``), never by the raw
-path, so the label set stays bounded whatever clients send.
+path, and by method only for the standard methods ("other" for the rest), so the label set
+stays bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "<unmatched>"
+# Methods counted under their own name; any other (a client may send "MXYZ") is "other", so
+# clients cannot make new series: each label value here comes from a fixed set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 class Metrics:
@@ -121,7 +130,7 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = self._template(scope)
-            method = scope.get("method", "")
+            method = method_label(scope.get("method", ""))
             self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.latency.labels(method=method, route=route).observe(
                 time.perf_counter() - start

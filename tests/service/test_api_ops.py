@@ -193,3 +193,21 @@ def test_the_readme_settings_table_is_the_generated_one() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert settings_table() in readme, "regenerate: faceserve serve --settings-table"
+
+
+def test_client_chosen_methods_share_one_label(client: TestClient) -> None:
+    """Issue 19: random methods (`MXYZ /healthz`) each made new series; /metrics grew without
+    bound. Unknown methods now count under one label."""
+    for i in range(40):
+        client.request(f"M{i:03d}X", "/healthz")
+        client.request(f"M{i:03d}X", "/subjects/x")
+    text = client.get("/metrics").text
+    assert "M001X" not in text
+    assert metric(text, "faceserve_http_requests_total", method="other", route="/healthz") == 40
+    methods = {line.split('method="', 1)[1].split('"', 1)[0]
+               for line in text.splitlines() if 'method="' in line}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    size = len(client.get("/metrics").text)  # with the series of GET /metrics itself
+    for i in range(40, 200):
+        client.request(f"Q{i:04d}", "/healthz")
+    assert len(client.get("/metrics").text) < size + 200  # flat, not 160 more series
