@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from service.accesslog import AccessLogMiddleware
 from service.audit import AuditLog
 from service.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.config import Settings, resolve_fpir_rule, resolve_operating_point
@@ -208,6 +209,8 @@ def create_app(
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    # Outermost: one log line for every request, with a request id but no path ids or queries.
+    app.add_middleware(AccessLogMiddleware, routes=lambda: app.router.routes)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -142,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:
-    """How ``faceserve serve`` runs ``app`` under uvicorn (tests run the same)."""
+    """How ``faceserve serve`` runs ``app`` under uvicorn (tests run the same): without
+    uvicorn's access log (see ``service.accesslog``)."""
     import uvicorn
 
     return uvicorn.Config(
@@ -152,6 +153,9 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Conf
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=30,
+        # Its access log writes raw paths and query strings (embeddings, erased subject ids):
+        # the app logs each request itself, redacted (service.accesslog).
+        access_log=False,
     )
 
 

@@ -22,7 +22,7 @@ from prometheus_client import (
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "method_label", "route_template"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "<unmatched>"
@@ -34,6 +34,16 @@ OTHER_METHOD = "other"
 
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def route_template(scope: Scope, routes: list) -> str:
+    """The template of the route serving ``scope`` (matched here when routing never ran, as
+    for a 413 from the body-size limit), or ``UNMATCHED``: never the raw path."""
+    route = scope.get("route")
+    if route is None:
+        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+    # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
+    return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
 
 
 class Metrics:
@@ -103,13 +113,7 @@ class MetricsMiddleware:
         self._routes = routes
 
     def _template(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is None:
-            route = next(
-                (r for r in self._routes() if r.matches(scope)[0] == Match.FULL), None
-            )
-        # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
-        return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
+        return route_template(scope, self._routes())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
