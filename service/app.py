@@ -32,6 +32,7 @@ from service.gallery import Gallery
 from service.inference import Inference, Pipeline
 from service.keys import KeyRing, namespace_of, open_security_store
 from service.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from service.localguard import LoopbackGuardMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
 from service.routes import ROUTERS
@@ -155,6 +156,12 @@ def _close_services(services: Services) -> None:
         services.keys.store.close()  # type: ignore[attr-defined]
 
 
+def _keyless(app: FastAPI) -> bool:
+    """Whether requests need no key now; True until the key store is loaded."""
+    services: Services | None = app.state.services
+    return services is None or services.keys is None or not services.keys.enforced()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -208,6 +215,7 @@ def create_app(
     # Added last = outermost: metrics see every request, including 413s from the limit.
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(LoopbackGuardMiddleware, keyless=lambda: _keyless(app))
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     # Outermost: one log line for every request, with a request id but no path ids or queries.
     app.add_middleware(AccessLogMiddleware, routes=lambda: app.router.routes)

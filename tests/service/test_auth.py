@@ -440,3 +440,60 @@ def test_readyz_shows_totals_only_to_the_servers_admin(world: World) -> None:
         assert "gallery_faces" not in r.json() and "gallery_subjects" not in r.json(), headers
     body = c.get("/readyz", headers=bearer(world.tokens["admin"])).json()
     assert body["gallery_faces"] == 2 and body["gallery_subjects"] == 2
+
+
+# ---------------------------------------------------------------- keyless mode on loopback
+
+
+def loopback_client(client: TestClient) -> TestClient:
+    """The same running app, reached as a browser on this machine would: the server's local
+    address is 127.0.0.1 (scope["server"]), as under uvicorn bound to the loopback."""
+    return TestClient(client.app, base_url="http://127.0.0.1:8000")
+
+
+def test_keyless_loopback_refuses_other_host_names(client: TestClient) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example:8000`. Without keys, only loopback names are served."""
+    local = loopback_client(client)
+    assert local.get("/subjects").status_code == 200
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST:8000", "127.0.0.2"):
+        r = local.get("/subjects", headers={"Host": host})
+        assert r.status_code == 200, (host, r.text)
+    for host in ("evil.example:8000", "127.0.0.1.evil.example", "localhost.evil.example",
+                 "", "evil.example"):
+        r = local.get("/subjects", headers={"Host": host})
+        assert_error(r, 403, "host_not_allowed")
+        assert local.get("/healthz", headers={"Host": host}).status_code == 403
+
+
+def test_keyless_loopback_refuses_cross_site_requests(client: TestClient) -> None:
+    """A web page open on this machine can POST a multipart form to localhost without any
+    preflight; its Origin names its own site, and that is refused without keys."""
+    local = loopback_client(client)
+    for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example:8000"):
+        r = local.post("/enroll", data={"subject_id": "planted"}, files=files(fake_photo(40)),
+                       headers={"Origin": origin})
+        assert_error(r, 403, "cross_origin")
+        assert_error(local.get("/subjects", headers={"Origin": origin}), 403, "cross_origin")
+    assert local.get("/subjects/planted").status_code == 404
+    for n, origin in enumerate(("http://127.0.0.1:8000", "http://localhost:3000")):
+        r = local.post("/enroll", data={"subject_id": f"own-{n}"}, files=files(fake_photo(41)),
+                       headers={"Origin": origin})
+        assert r.status_code == 201, r.text
+
+
+def test_with_keys_the_host_and_origin_are_not_checked(world: World) -> None:
+    """Keys are what protects a server that has them (a browser cannot attach one to a
+    cross-site request without a CORS preflight); a proxy may use any host name."""
+    local = loopback_client(world.client)
+    headers = {"Host": "faces.example.org", "Origin": "https://console.example.org",
+               **bearer(world.tokens["admin"])}
+    assert local.get("/subjects", headers=headers).status_code == 200
+    assert_error(local.get("/subjects", headers={"Host": "faces.example.org"}), 401,
+                 "missing_api_key")
+
+
+def test_keyless_on_another_address_is_not_host_checked(client: TestClient) -> None:
+    """`--insecure` on a network address: clients use whatever name reaches the server."""
+    lan = TestClient(client.app, base_url="http://192.168.1.5:8000")
+    assert lan.get("/subjects", headers={"Host": "faces.lan:8000"}).status_code == 200
