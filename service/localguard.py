@@ -78,7 +78,7 @@ class LoopbackGuardMiddleware:
 
     def _refuse(self, scope: Scope) -> tuple[str, str] | None:
         server = scope.get("server")
-        if not server or not is_loopback_name(str(server[0])) or not self._keyless():
+        if not server or not is_loopback_name(str(server[0])):
             return None
         host = origin = None
         for name, value in scope.get("headers", ()):
@@ -86,12 +86,14 @@ class LoopbackGuardMiddleware:
                 host = value.decode("latin-1")
             elif name == b"origin":
                 origin = value.decode("latin-1")
+        refusal = None
         if host is not None and not is_loopback_name(_host_name(host)):
-            return ("host_not_allowed",
-                    "this server has no API keys and answers only to localhost, 127.0.0.1 or "
-                    "[::1] in the Host header; create a key to serve other names")
-        if origin is not None and not _origin_is_local(origin):
-            return ("cross_origin",
-                    "this server has no API keys and refuses requests from web pages of "
-                    "other sites (Origin header); create a key to serve them")
-        return None
+            refusal = ("host_not_allowed",
+                       "this server has no API keys and answers only to localhost, 127.0.0.1 "
+                       "or [::1] in the Host header; create a key to serve other names")
+        elif origin is not None and not _origin_is_local(origin):
+            refusal = ("cross_origin",
+                       "this server has no API keys and refuses requests from web pages of "
+                       "other sites (Origin header); create a key to serve them")
+        # Asked last: until keys exist, whether they do is a (small) database read.
+        return refusal if refusal is not None and self._keyless() else None
