@@ -4,8 +4,7 @@ Each protected route declares what it needs (``EnrollKey``, ``RecognizeImageKey`
 ``RecognizeKey``, ``AdminKey``) and receives the ``Principal`` it acts as. Checks run before the
 route reads its body, in this order: key present (401 ``missing_api_key``), known (401
 ``invalid_api_key``; also for a malformed ``Authorization`` header, two different keys, or a
-header sent twice), not
-revoked (401 ``revoked_api_key``), within its rate (429
+header sent twice), not revoked (401 ``revoked_api_key``), within its rate (429
 ``rate_limited``), holding the scope (403 ``insufficient_scope``); then image routes take a
 slot of the inference stage (429 ``overloaded`` when full).
 
