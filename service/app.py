@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from service.accesslog import AccessLogMiddleware
 from service.audit import AuditLog
 from service.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.config import Settings, resolve_fpir_rule, resolve_operating_point
@@ -31,6 +32,7 @@ from service.gallery import Gallery
 from service.inference import Inference, Pipeline
 from service.keys import KeyRing, namespace_of, open_security_store
 from service.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from service.localguard import LoopbackGuardMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.ratelimit import RateLimiter
 from service.routes import ROUTERS
@@ -154,6 +156,12 @@ def _close_services(services: Services) -> None:
         services.keys.store.close()  # type: ignore[attr-defined]
 
 
+def _keyless(app: FastAPI) -> bool:
+    """Whether requests need no key now; True until the key store is loaded."""
+    services: Services | None = app.state.services
+    return services is None or services.keys is None or not services.keys.enforced()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -207,7 +215,10 @@ def create_app(
     # Added last = outermost: metrics see every request, including 413s from the limit.
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(LoopbackGuardMiddleware, keyless=lambda: _keyless(app))
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    # Outermost: one log line for every request, with a request id but no path ids or queries.
+    app.add_middleware(AccessLogMiddleware, routes=lambda: app.router.routes)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -3,8 +3,8 @@
 Each protected route declares what it needs (``EnrollKey``, ``RecognizeImageKey``,
 ``RecognizeKey``, ``AdminKey``) and receives the ``Principal`` it acts as. Checks run before the
 route reads its body, in this order: key present (401 ``missing_api_key``), known (401
-``invalid_api_key``; also for a malformed ``Authorization`` header or two different keys), not
-revoked (401 ``revoked_api_key``), within its rate (429
+``invalid_api_key``; also for a malformed ``Authorization`` header, two different keys, or a
+header sent twice), not revoked (401 ``revoked_api_key``), within its rate (429
 ``rate_limited``), holding the scope (403 ``insufficient_scope``); then image routes take a
 slot of the inference stage (429 ``overloaded`` when full).
 
@@ -35,6 +35,7 @@ __all__ = [
     "Principal",
     "RecognizeImageKey",
     "RecognizeKey",
+    "identify_caller",
     "require",
 ]
 
@@ -68,6 +69,9 @@ _header = APIKeyHeader(
 )
 
 
+_HEADER_NAMES = {"authorization": "Authorization", "x-api-key": "X-API-Key"}
+
+
 def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency admitting keys that hold ``scope``."""
     if scope not in SCOPES:
@@ -84,6 +88,12 @@ def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
             return OPERATOR
         # Every credential sent must be valid: a malformed Authorization header, or two
         # different keys, is refused rather than quietly ignored in favour of the other one.
+        # FastAPI reads only the first of repeated headers, so a second value of either
+        # header (even the same key again) is refused before anything else is looked at.
+        for name in ("authorization", "x-api-key"):
+            if len(request.headers.getlist(name)) > 1:
+                raise Unauthorized(f"send one {_HEADER_NAMES[name]} header, not several",
+                                   code="invalid_api_key")
         if bearer is None and request.headers.get("authorization") is not None:
             raise Unauthorized("the Authorization header must be `Bearer <key>`",
                                code="invalid_api_key")
@@ -119,6 +129,30 @@ def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
     authenticate.__name__ = f"require_{scope}"
     return authenticate
+
+
+def identify_caller(request: Request, services: ServicesDep) -> Principal | None:
+    """Who an open endpoint's caller is, without refusing anyone: the operator when the server
+    has no keys; the key's principal for one valid, unrevoked key; otherwise None.
+
+    For endpoints anyone may call (``/readyz``) but whose details only some callers may see.
+    No rate limit is taken: probes call these often."""
+    ring = services.keys
+    if ring is None or not ring.enforced():
+        return OPERATOR
+    headers = request.headers
+    values = headers.getlist("authorization") + headers.getlist("x-api-key")
+    if len(values) != 1:
+        return None
+    token = values[0]
+    if headers.get("authorization") is not None:
+        scheme, _, token = token.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+    record = ring.lookup(token.strip())
+    if record is None or record.revoked_at is not None:
+        return None
+    return Principal(record.key_id, record.name, record.scopes, Namespace(record.gallery))
 
 
 def _admit(

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from models.imageio import ImageError
+from service.metrics import method_label, route_template
 from service.schemas import ErrorResponse
 
 __all__ = [
@@ -210,7 +211,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # The route template, not the path: paths hold subject ids (personal data).
+        log.exception("unhandled error on %s %s", method_label(request.method),
+                      route_template(request.scope, request.app.router.routes))
         return _response(500, "internal_error", "internal server error")
 
 

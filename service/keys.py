@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from service.identifiers import check_key_name
 from service.store.base import KeyRecord, SecurityStore
 
 if TYPE_CHECKING:
@@ -151,9 +152,7 @@ class KeyRing:
         self, name: str, scopes: list[str] | tuple[str, ...], gallery: str | None = None
     ) -> tuple[KeyRecord, str]:
         """A new key and its token (the only time the token exists outside the client)."""
-        name = name.strip()
-        if not name or len(name) > 128 or any(ord(c) < 32 for c in name):
-            raise ValueError("a key name is 1-128 printable characters")
+        name = check_key_name(name).strip()
         token = new_token()
         record = KeyRecord(
             key_id="k_" + secrets.token_hex(6),

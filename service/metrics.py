@@ -2,7 +2,8 @@
 
 Each app owns its ``CollectorRegistry`` (no process-global state), so tests can build many
 apps. Requests are labelled by route *template* (``/subjects/{subject_id}``), never by the raw
-path, so the label set stays bounded whatever clients send.
+path, and by method only for the standard methods ("other" for the rest), so the label set
+stays bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -21,10 +22,28 @@ from prometheus_client import (
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "method_label", "route_template"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "<unmatched>"
+# Methods counted under their own name; any other (a client may send "MXYZ") is "other", so
+# clients cannot make new series: each label value here comes from a fixed set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def route_template(scope: Scope, routes: list) -> str:
+    """The template of the route serving ``scope`` (matched here when routing never ran, as
+    for a 413 from the body-size limit), or ``UNMATCHED``: never the raw path."""
+    route = scope.get("route")
+    if route is None:
+        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+    # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
+    return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
 
 
 class Metrics:
@@ -94,13 +113,7 @@ class MetricsMiddleware:
         self._routes = routes
 
     def _template(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is None:
-            route = next(
-                (r for r in self._routes() if r.matches(scope)[0] == Match.FULL), None
-            )
-        # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
-        return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
+        return route_template(scope, self._routes())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +134,7 @@ class MetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = self._template(scope)
-            method = scope.get("method", "")
+            method = method_label(scope.get("method", ""))
             self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.latency.labels(method=method, route=route).observe(
                 time.perf_counter() - start

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.identifiers import check_key_name, check_subject_id
 
 __all__ = [
     "REQUEST_MODELS",
@@ -67,9 +69,10 @@ SubjectId = Annotated[
         max_length=128,
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="The client's identifier of the person (1-128 characters, no control "
-        "characters).",
+        "characters, line separators, bidi overrides or zero-width characters).",
         examples=["person-0042"],
     ),
+    AfterValidator(check_subject_id),
 ]
 Threshold = Annotated[
     float,
@@ -535,8 +538,11 @@ class ReadyResponse(BaseModel):
         description="Where the index came from at start-up: the validated snapshot, or a "
         "rebuild from the database (no snapshot, or a stale or damaged one)."
     )
-    gallery_faces: int
-    gallery_subjects: int
+    gallery_faces: int | None = Field(
+        None, description="Faces of the whole server: only for an admin key of the default "
+        "gallery (or without keys); anyone else learns readiness only."
+    )
+    gallery_subjects: int | None = Field(None, description="Subjects, as `gallery_faces`.")
     batching: bool
     replication: ReplicationLag | None = Field(
         None,
@@ -568,7 +574,13 @@ class KeyList(BaseModel):
 class CreateKeyRequest(_Strict):
     """POST /keys: a new key in the calling admin key's gallery."""
 
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
+              description="Not blank, no invisible or reordering characters, and not "
+              "`(command line)` (the audit log's label for the command line)."),
+        AfterValidator(check_key_name),
+    ]
     scopes: list[Scope] = Field(min_length=1, max_length=3)
 
 

@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 from collections.abc import Callable, Collection, Iterable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,8 +21,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from models.faces import Box
 from models.imageio import InvalidBase64 as InvalidImageBase64
@@ -115,14 +117,23 @@ async def parse_body(
     if media in ("multipart/form-data", "application/x-www-form-urlencoded"):
         # Image parts sent without a filename count as fields: room for them beside the rest.
         max_fields = _MAX_FORM_FIELDS + max(0, max_files - _MAX_FORM_FILES)
+        undecodable: list[str] = []
         try:
-            form = await request.form(max_files=max_files, max_fields=max_fields)
+            if media == "multipart/form-data":
+                form, undecodable = await _read_multipart(request, max_files, max_fields)
+            else:
+                form = await request.form(max_files=max_files, max_fields=max_fields)
         except StarletteHTTPException as exc:
             if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
                 raise too_many_images(max_files) from None
             raise
         data: dict[str, Any] = {}
         try:
+            if undecodable:
+                raise InvalidField(
+                    f"field {undecodable[0]!r} is not valid UTF-8 text (or the charset the "
+                    "request declares)"
+                )
             for key, value in form.multi_items():
                 item = await value.read() if isinstance(value, UploadFile) else value
                 if key in lists:
@@ -149,6 +160,42 @@ async def parse_body(
     raise UnsupportedMediaType(
         f"send multipart/form-data or application/json, not {media or 'no content type'!r}"
     )
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, noting the text fields that are not valid in the body's charset.
+
+    Starlette decodes such a field as Latin-1 instead, so a subject id sent in another
+    encoding would be stored as a different id than the client meant (and Latin-1 turns any
+    byte into some character, C1 controls included)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.undecodable: list[str] = []
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset or "utf-8")
+            except (UnicodeDecodeError, LookupError):
+                self.undecodable.append(part.field_name)
+        super().on_part_end()
+
+
+async def _read_multipart(
+    request: Request, max_files: int, max_fields: int
+) -> tuple[FormData, list[str]]:
+    """``request.form()`` for multipart bodies, and the names of fields that did not decode."""
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = _StrictMultiPartParser(
+                request.headers, stream, max_files=max_files, max_fields=max_fields
+            )
+            form = await parser.parse()
+    except MultiPartException as exc:
+        raise StarletteHTTPException(status_code=400, detail=exc.message) from None
+    return form, parser.undecodable
 
 
 def too_many_images(limit: int) -> InvalidField:

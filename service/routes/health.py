@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.auth import AdminKey
+from service.auth import AdminKey, identify_caller
 from service.deps import MetricsDep, ServicesDep, SettingsDep
 from service.errors import error_responses
 from service.metrics import CONTENT_TYPE_LATEST
@@ -27,12 +27,20 @@ async def healthz() -> HealthResponse:
     response_model=ReadyResponse,
     summary="Readiness: models and gallery loaded",
     description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
-    "Replicas of a shared PostgreSQL gallery also report their lag (`replication`).",
+    "Needs no key; the gallery's totals are shown only to an admin key of the default gallery "
+    "(or to anyone on a server without keys). Replicas of a shared PostgreSQL gallery also "
+    "report their lag (`replication`).",
     responses=error_responses(503),
     response_model_exclude_none=True,
 )
-async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
+async def readyz(
+    request: Request, services: ServicesDep, settings: SettingsDep
+) -> ReadyResponse:
     gallery = services.gallery
+    # Server-wide totals are the operator's business: an admin of the default gallery (or
+    # anyone, without keys). Probes and other galleries' keys learn readiness only.
+    caller = await run_in_threadpool(identify_caller, request, services)
+    totals = caller is not None and "admin" in caller.scopes and not caller.gallery
 
     def counts() -> tuple[int, int, Any]:
         return gallery.size, gallery.subject_count, gallery.replication_status()
@@ -44,8 +52,8 @@ async def readyz(services: ServicesDep, settings: SettingsDep) -> ReadyResponse:
         device=str(getattr(services.pipeline, "device", "unknown")),
         index_kind=gallery.index_kind,
         index_source=gallery.index_source,  # type: ignore[arg-type]
-        gallery_faces=faces,
-        gallery_subjects=subjects,
+        gallery_faces=faces if totals else None,
+        gallery_subjects=subjects if totals else None,
         batching=settings.batching,
         replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
     )

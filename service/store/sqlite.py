@@ -2,9 +2,10 @@
 
 Durability: WAL with ``synchronous=FULL`` makes every commit reach the disk before it returns,
 so an enrollment acknowledged to a client survives a power cut. Erasure: ``secure_delete``
-overwrites deleted rows and freed pages with zeros, and after each deletion the WAL (which still
-holds the old page images) is checkpointed and truncated, so a deleted face's embedding, chip and
-image hash are gone from the files when the delete returns.
+overwrites deleted rows and freed pages with zeros, and after each deletion (and each replacement
+of a subject's metadata) the WAL, which still holds the old page images, is checkpointed and
+truncated, so a deleted face's embedding, chip and image hash, or replaced metadata, are gone
+from the files when the call returns.
 
 Threads: one writer connection behind a lock, and a pool of reader connections (WAL readers never
 block the writer nor each other). Each connection is used by one thread at a time.
@@ -278,12 +279,22 @@ class SqliteStore(SqlReads):
         """Move the WAL into the database and empty it: it still holds the deleted rows' pages."""
         busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
-            log.warning("WAL checkpoint after a deletion was blocked by a reader; deleted data "
-                        "stays in %s-wal until the next checkpoint", self.path)
+            log.warning("WAL checkpoint after a deletion or a metadata replacement was blocked "
+                        "by a reader; the old data stays in %s-wal until the next checkpoint",
+                        self.path)
 
     # ------------------------------------------------------------ writes
 
     def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
+        result = self._add_face(face, metadata)
+        if metadata is not None and not result.subject_created:
+            # The subject's metadata was replaced: its old value (personal data) is still in
+            # the WAL or, until the next checkpoint, in the main file. Erase it as a deletion.
+            with self._write_lock:
+                self._erase_wal()
+        return result
+
+    def _add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
         meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
         with self._write_transaction() as conn:
             subject_created = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,82 @@ def test_the_readme_settings_table_is_the_generated_one() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert settings_table() in readme, "regenerate: faceserve serve --settings-table"
+
+
+def test_client_chosen_methods_share_one_label(client: TestClient) -> None:
+    """Issue 19: random methods (`MXYZ /healthz`) each made new series; /metrics grew without
+    bound. Unknown methods now count under one label."""
+    for i in range(40):
+        client.request(f"M{i:03d}X", "/healthz")
+        client.request(f"M{i:03d}X", "/subjects/x")
+    text = client.get("/metrics").text
+    assert "M001X" not in text
+    assert metric(text, "faceserve_http_requests_total", method="other", route="/healthz") == 40
+    methods = {line.split('method="', 1)[1].split('"', 1)[0]
+               for line in text.splitlines() if 'method="' in line}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    size = len(client.get("/metrics").text)  # with the series of GET /metrics itself
+    for i in range(40, 200):
+        client.request(f"Q{i:04d}", "/healthz")
+    assert len(client.get("/metrics").text) < size + 200  # flat, not 160 more series
+
+
+def test_the_served_access_log_names_routes_not_ids_or_queries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: uvicorn's access log wrote `GET /identify?embedding=<a face template>` and
+    `DELETE /subjects/<id>` after the erasure. The app under uvicorn exactly as `faceserve serve`
+    configures it: its log holds method, route template, status and a request id, no more."""
+    import base64
+    import logging
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from service.app import create_app
+    from service.commands import uvicorn_config
+    from tests.service.conftest import FakePipeline, fake_embedding
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(data_dir=tmp_path / "g", host="127.0.0.1", port=port)
+    app = create_app(settings, pipeline_factory=lambda _: FakePipeline())
+    caplog.set_level(logging.INFO)
+    server = uvicorn.Server(uvicorn_config(app, settings, "info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    subject = "erased-person-5150"
+    probe = base64.urlsafe_b64encode(fake_embedding(3).astype("<f4").tobytes()).decode()
+    probe = probe.rstrip("=")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10) as c:
+            for _ in range(200):
+                try:
+                    if c.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            r = c.post("/enroll", data={"subject_id": subject},
+                       files={"image": ("p.png", fake_photo(3), "image/png")})
+            assert r.status_code == 201, r.text
+            r = c.get("/identify", params={"embedding": probe})
+            assert r.status_code == 200, r.text
+            deleted = c.delete(f"/subjects/{subject}")
+            assert deleted.status_code == 200, deleted.text
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    out = capfd.readouterr()
+    records = [r for r in caplog.records if not r.name.startswith("httpx")]  # the test's own
+    logged = "\n".join([out.out, out.err, *(r.getMessage() for r in records)])
+    assert subject not in logged and probe[:24] not in logged
+    assert "embedding=" not in logged
+    request_id = deleted.headers["x-request-id"]
+    lines = [line for line in logged.splitlines() if request_id in line]
+    assert len(lines) == 1 and "DELETE /subjects/{subject_id} 200" in lines[0], logged
+    assert "GET /identify 200" in logged

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,3 +334,166 @@ def test_every_credential_sent_must_be_valid(world: World) -> None:
     both = {"Authorization": f"Bearer {good}", "X-API-Key": good}
     assert c.get("/subjects", headers=both).status_code == 200
     assert c.get("/subjects", headers={"authorization": f"bearer {good}"}).status_code == 200
+
+
+# ---------------------------------------------------------------- hardening (issue 19)
+
+
+def test_a_second_value_of_a_credential_header_is_refused(world: World) -> None:
+    """Only the first of two X-API-Key (or Authorization) headers used to be checked: a valid
+    key followed by a bogus one, or by another gallery's key, got in."""
+    c, good = world.client, world.tokens["admin"]
+    for second in ("bogus", world.tokens["other"], good):
+        for name, value in (("X-API-Key", good), ("Authorization", f"Bearer {good}")):
+            other = second if name == "X-API-Key" else f"Bearer {second}"
+            r = c.get("/subjects", headers=[(name, value), (name, other)])
+            assert_error(r, 401, "invalid_api_key")
+    assert c.get("/subjects", headers=[("X-API-Key", good)]).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["   ", "\u00a0", "\u3000", "\u2028", " \t "])
+def test_a_blank_key_name_is_422_not_500(world: World, name: str) -> None:
+    r = world.client.post("/keys", json={"name": name, "scopes": ["enroll"]},
+                          headers=bearer(world.tokens["admin"]))
+    assert_error(r, 422, "invalid_field")
+    assert "name" in r.json()["error"]["message"]
+    # The connection is still good for the next request.
+    assert world.client.get("/keys", headers=bearer(world.tokens["admin"])).status_code == 200
+
+
+# Characters that spoof logs and the audit view: C1 controls, line/paragraph separators,
+# bidi overrides and isolates, zero-width characters.
+SPOOFING = ["\x85", "\x9b", "\u2028", "\u2029", "\u202e", "\u202a", "\u2066", "\u2069",
+            "\u200b", "\u200d", "\u2060", "\ufeff"]
+
+
+@pytest.mark.parametrize("char", SPOOFING, ids=[f"U+{ord(c):04X}" for c in SPOOFING])
+def test_identifiers_refuse_invisible_and_reordering_characters(world: World, char: str) -> None:
+    c, mine = world.client, bearer(world.tokens["all"])
+    code = f"U+{ord(char):04X}"
+    r = c.post("/enroll", data={"subject_id": f"ali{char}ce"}, files=files(fake_photo(5)),
+               headers=mine)
+    assert_error(r, 422, "invalid_field")
+    assert code in r.json()["error"]["message"], r.text
+    r = c.post("/enroll", json={"subject_id": f"{char}x",
+                                "image": base64.b64encode(fake_photo(5)).decode()},
+               headers=mine)
+    assert_error(r, 422, "invalid_field")
+    r = c.post("/keys", json={"name": f"kiosk{char}", "scopes": ["enroll"]}, headers=mine)
+    assert_error(r, 422, "invalid_field")
+    assert code in r.json()["error"]["message"], r.text
+    with pytest.raises(ValueError, match=re.escape(code)):  # as `faceserve keys create`
+        world.ring.create(f"kiosk{char}", ["enroll"])
+    assert {s["subject_id"] for s in c.get("/subjects", headers=mine).json()["subjects"]} == {
+        "alice"}
+
+
+def test_ordinary_unicode_identifiers_are_still_accepted(world: World) -> None:
+    c, mine = world.client, bearer(world.tokens["all"])
+    for n, subject in enumerate(["José Ñúñez", "李小龙", "עברית", "a b", "ü-42"]):
+        r = c.post("/enroll", data={"subject_id": subject}, files=files(fake_photo(30 + n)),
+                   headers=mine)
+        assert r.status_code == 201 and r.json()["subject_id"] == subject, r.text
+    r = c.post("/keys", json={"name": "Büro (Empfang)", "scopes": ["enroll"]}, headers=mine)
+    assert r.status_code == 201, r.text
+
+
+def test_the_command_lines_audit_label_is_not_a_key_name(world: World) -> None:
+    r = world.client.post("/keys", json={"name": "(command line)", "scopes": ["admin"]},
+                          headers=bearer(world.tokens["admin"]))
+    assert_error(r, 422, "invalid_field")
+    assert "(command line)" in r.json()["error"]["message"]
+    with pytest.raises(ValueError, match="command line"):
+        world.ring.create(" (command line) ", ["admin"])
+
+
+def test_invalid_utf8_in_a_multipart_subject_id_is_422(world: World) -> None:
+    """It used to be decoded as Latin-1 and stored under another id than the client meant."""
+    boundary = "xXbOuNdArYXx"
+    photo = fake_photo(6)
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"subject_id\"\r\n\r\n".encode()
+        + b"caf\xe9\r\n"
+        + f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+        f"filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n".encode()
+        + photo + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
+               **bearer(world.tokens["all"])}
+    r = world.client.post("/enroll", content=body, headers=headers)
+    assert_error(r, 422, "invalid_field")
+    assert "UTF-8" in r.json()["error"]["message"] and "subject_id" in r.json()["error"]["message"]
+    # The same id correctly encoded is fine.
+    good = body.replace(b"caf\xe9\r\n", "café\r\n".encode())
+    r = world.client.post("/enroll", content=good, headers=headers)
+    assert r.status_code == 201 and r.json()["subject_id"] == "café", r.text
+
+
+def test_readyz_shows_totals_only_to_the_servers_admin(world: World) -> None:
+    """Anyone may ask whether the server is ready; only an admin of the default gallery (the
+    operator's) sees how many faces and subjects the whole server holds."""
+    c = world.client
+    for headers in ({}, bearer("fsk_not-a-key"), bearer(world.tokens["recognize"]),
+                    bearer(world.tokens["other"]), bearer(world.tokens["revoked"])):
+        r = c.get("/readyz", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "ready", r.text
+        assert "gallery_faces" not in r.json() and "gallery_subjects" not in r.json(), headers
+    body = c.get("/readyz", headers=bearer(world.tokens["admin"])).json()
+    assert body["gallery_faces"] == 2 and body["gallery_subjects"] == 2
+
+
+# ---------------------------------------------------------------- keyless mode on loopback
+
+
+def loopback_client(client: TestClient) -> TestClient:
+    """The same running app, reached as a browser on this machine would: the server's local
+    address is 127.0.0.1 (scope["server"]), as under uvicorn bound to the loopback."""
+    return TestClient(client.app, base_url="http://127.0.0.1:8000")
+
+
+def test_keyless_loopback_refuses_other_host_names(client: TestClient) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example:8000`. Without keys, only loopback names are served."""
+    local = loopback_client(client)
+    assert local.get("/subjects").status_code == 200
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST:8000", "127.0.0.2"):
+        r = local.get("/subjects", headers={"Host": host})
+        assert r.status_code == 200, (host, r.text)
+    for host in ("evil.example:8000", "127.0.0.1.evil.example", "localhost.evil.example",
+                 "", "evil.example"):
+        r = local.get("/subjects", headers={"Host": host})
+        assert_error(r, 403, "host_not_allowed")
+        assert local.get("/healthz", headers={"Host": host}).status_code == 403
+
+
+def test_keyless_loopback_refuses_cross_site_requests(client: TestClient) -> None:
+    """A web page open on this machine can POST a multipart form to localhost without any
+    preflight; its Origin names its own site, and that is refused without keys."""
+    local = loopback_client(client)
+    for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example:8000"):
+        r = local.post("/enroll", data={"subject_id": "planted"}, files=files(fake_photo(40)),
+                       headers={"Origin": origin})
+        assert_error(r, 403, "cross_origin")
+        assert_error(local.get("/subjects", headers={"Origin": origin}), 403, "cross_origin")
+    assert local.get("/subjects/planted").status_code == 404
+    for n, origin in enumerate(("http://127.0.0.1:8000", "http://localhost:3000")):
+        r = local.post("/enroll", data={"subject_id": f"own-{n}"}, files=files(fake_photo(41)),
+                       headers={"Origin": origin})
+        assert r.status_code == 201, r.text
+
+
+def test_with_keys_the_host_and_origin_are_not_checked(world: World) -> None:
+    """Keys are what protects a server that has them (a browser cannot attach one to a
+    cross-site request without a CORS preflight); a proxy may use any host name."""
+    local = loopback_client(world.client)
+    headers = {"Host": "faces.example.org", "Origin": "https://console.example.org",
+               **bearer(world.tokens["admin"])}
+    assert local.get("/subjects", headers=headers).status_code == 200
+    assert_error(local.get("/subjects", headers={"Host": "faces.example.org"}), 401,
+                 "missing_api_key")
+
+
+def test_keyless_on_another_address_is_not_host_checked(client: TestClient) -> None:
+    """`--insecure` on a network address: clients use whatever name reaches the server."""
+    lan = TestClient(client.app, base_url="http://192.168.1.5:8000")
+    assert lan.get("/subjects", headers={"Host": "faces.lan:8000"}).status_code == 200

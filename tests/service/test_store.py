@@ -238,6 +238,25 @@ def test_metadata_is_replaced_only_when_given(store: GalleryStore) -> None:
     assert store.get_subject("alice").metadata == {"v": 2}  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("replay", [False, True], ids=["new face", "idempotent replay"])
+def test_replaced_metadata_leaves_no_copy_in_the_sqlite_files(
+    tmp_path: Path, replay: bool
+) -> None:
+    """Issue 19: the old metadata stayed in the WAL (or the main file, until the next
+    checkpoint) after it was replaced; replacing personal data now checkpoints, as deletion."""
+    store = open_store(tmp_path)
+    try:
+        store.add_face(face("alice", 0), {"home": "old-address-4711"})
+        store.add_face(face("bob", 0), {"home": "kept-address-0815"})
+        store.add_face(face("alice", 0 if replay else 1), {"home": "new-address"})
+        assert store.get_subject("alice").metadata == {"home": "new-address"}  # type: ignore[union-attr]
+        disk = b"".join(p.read_bytes() for p in tmp_path.glob(FILENAME + "*"))
+        assert b"old-address-4711" not in disk
+        assert b"new-address" in disk and b"kept-address-0815" in disk
+    finally:
+        store.close()
+
+
 def test_chips_may_be_absent(store: GalleryStore) -> None:
     store.add_face(face("alice", 0, chip=None), None)
     assert store.get_chip("face-alice-0") is None
