@@ -323,7 +323,8 @@ class FpirRule:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "reference": asdict(self.reference),
+            # the reference's own quantiles are its tail; only a gallery needs ``upper``
+            "reference": {k: v for k, v in asdict(self.reference).items() if k != "upper"},
             "tail": {"log10_p": list(self.tail.log10_p), "z": list(self.tail.z),
                      "source": self.tail.source},
             "prior_subjects": self.prior_subjects,

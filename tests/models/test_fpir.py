@@ -53,19 +53,41 @@ def test_threshold_rises_with_gallery_size_and_with_stricter_targets() -> None:
     assert point.threshold == pytest.approx(0.83 + 0.035 * z, abs=1e-6)
 
 
-def test_a_gallery_moves_the_threshold_by_its_weight_in_subjects() -> None:
+def test_a_gallery_shifts_the_reference_where_its_pairs_resolve_the_tail() -> None:
     rule = FpirRule("m", CohortStats(10**6, 0.80, 0.03, 4000), ImpostorTail.gaussian(),
-                    prior_subjects=100)
-    higher = CohortStats(45, 0.86, 0.03, 10)  # a population whose strangers look more alike
+                    prior_subjects=30)
     alone = rule.threshold(0.01, 10)
-    small = rule.threshold(0.01, 10, higher)
-    big = rule.threshold(0.01, 10, CohortStats(10**5, 0.86, 0.03, 900))
-    assert alone.threshold < small.threshold < big.threshold
-    assert small.mean == pytest.approx(0.80 + 0.06 * 10 / 110)
-    assert big.mean == pytest.approx(0.80 + 0.06 * 900 / 1000)
-    # no reference at all: the gallery alone decides
+    # ten subjects, too few pairs for a quantile: the mean moves it, by 10 / (10 + 30)
+    few = rule.threshold(0.01, 10, CohortStats(45, 0.86, 0.03, 10))
+    assert few.shift == pytest.approx(0.06 * 10 / 40)
+    assert few.threshold == pytest.approx(alone.threshold + few.shift)
+    # a bigger gallery whose tail sits 0.01 above the reference's down to p = 1e-2:
+    # the shift is measured there (not at the mean, which sits 0.06 higher)
+    z = NormalDist().inv_cdf
+    upper = tuple((x, 0.80 + 0.03 * z(1 - 10**x) + 0.01) for x in (-0.5, -1.0, -1.5, -2.0))
+    big = CohortStats(10**5, 0.86, 0.03, 270, upper)
+    point = rule.threshold(0.01, 10, big)
+    assert point.matched_at == pytest.approx(1e-2)
+    assert point.shift == pytest.approx(0.01 * 270 / 300, abs=1e-9)
+    # a rarer target than the gallery resolves: still compared at the deepest point
+    deep = rule.threshold(0.001, 1000, big)
+    assert deep.matched_at == pytest.approx(1e-2) and deep.shift == pytest.approx(point.shift)
+    # no reference at all: the gallery alone is the base curve
     bare = FpirRule("m", CohortStats(0, 0.0, 0.0), ImpostorTail.gaussian(), prior_subjects=0)
-    assert bare.threshold(0.01, 10, higher).mean == pytest.approx(0.86)
+    only = bare.threshold(0.01, 10, CohortStats(45, 0.86, 0.03, 10))
+    assert only.mean == 0.86 and only.shift == 0.0
+
+
+def test_quantiles_of_a_sample_match_the_exact_ones() -> None:
+    rng = np.random.default_rng(2)
+    v = unit(rng, 300, dim=32)
+    stats = cohort_stats(v, np.arange(300))
+    sims = (v @ v.T)[np.triu_indices(300, 1)]
+    ordered = np.sort(sims)[::-1]
+    for x, q in stats.upper:
+        kth = ordered[int(np.ceil(10**x * len(sims))) - 1]  # a share p of pairs at or above
+        assert q == pytest.approx(kth, abs=2.5e-4)  # within the histogram's bin width
+    assert 10 ** stats.upper[-1][0] * len(sims) >= 10  # never deeper than 10 pairs resolve
 
 
 def test_impostor_sample_equals_a_full_recount_through_adds_and_removals() -> None:
