@@ -43,6 +43,7 @@ import numpy as np
 
 from service.impostors import GalleryImpostors, GalleryView
 from service.index import FaceIndex, SnapshotInvalid, remove_snapshot
+from service.replication import CATCH_UP_BATCH, Replicator
 from service.rwlock import RWLock
 from service.search_policy import choose_index_kind
 from service.store import open_store
@@ -75,7 +76,6 @@ log = logging.getLogger("faceserve.gallery")
 SNAPSHOT_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
 SCAN_CHUNK = 8192
-CATCH_UP_BATCH = 2000  # change-log entries applied at once (one exclusive section for searches)
 INDEX_KINDS = ("flat", "hnsw", "auto")
 _CURSOR_PREFIX = "s1."
 _NORM_TOLERANCE = 1e-3
@@ -253,8 +253,6 @@ class Gallery:
             raise
         gallery._lock_fd = lock_fd
         if store.shared and follow:
-            from service.replication import Replicator
-
             gallery._replicator = Replicator(gallery, store.open_listener)  # type: ignore[attr-defined]
             gallery._replicator.start()
         return gallery

@@ -30,15 +30,29 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from service.gallery import CATCH_UP_BATCH
-from service.store.base import ChangeListener
+from service.store.base import ChangeListener, LogPosition
 
-if TYPE_CHECKING:
-    from service.gallery import Gallery
+CATCH_UP_BATCH = 2000  # change-log entries applied at once (one exclusive section for searches)
 
-__all__ = ["CATCH_UP_BATCH", "POLL_S", "ReplicationStatus", "Replicator"]
+
+class FollowedGallery(Protocol):
+    """What the replicator needs of ``service.gallery.Gallery`` (which depends on this module,
+    not the reverse)."""
+
+    @property
+    def last_change_id(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def log_position(self, after: int | None = None) -> LogPosition: ...
+
+    def catch_up(self, limit: int = CATCH_UP_BATCH) -> int: ...
+
+
+__all__ = ["CATCH_UP_BATCH", "POLL_S", "FollowedGallery", "ReplicationStatus", "Replicator"]
 
 log = logging.getLogger("faceserve.replication")
 
@@ -64,7 +78,7 @@ class Replicator:
 
     def __init__(
         self,
-        gallery: Gallery,
+        gallery: FollowedGallery,
         open_listener: Callable[[], ChangeListener],
         *,
         poll_s: float = POLL_S,
@@ -141,7 +155,7 @@ class Replicator:
             self._close_listener()
 
 
-def wait_caught_up(gallery: Gallery, timeout: float, poll_s: float = 0.01) -> bool:
+def wait_caught_up(gallery: FollowedGallery, timeout: float, poll_s: float = 0.01) -> bool:
     """Until ``gallery`` has applied every change committed when called (tests, benchmarks)."""
     head = gallery.log_position(gallery.last_change_id).head
     deadline = time.monotonic() + timeout
