@@ -191,6 +191,9 @@ class ImpostorSample:
         self.capacity = capacity
         self._vectors = np.zeros((capacity, dim), np.float64)
         self._subjects: list[str] = []
+        self._codes = np.zeros(capacity, np.int64)  # subject of each slot, as a number
+        self._code_of: dict[str, int] = {}
+        self._next_code = 0  # never reused: a freed code could collide with a live one
         self._rows: list[int] = []
         self._slot: dict[int, int] = {}
         self._per_subject: dict[str, int] = {}
@@ -206,7 +209,7 @@ class ImpostorSample:
         """Similarities of the face in ``slot`` with the other subjects' faces present."""
         n = len(self._rows)
         sims = self._vectors[:n] @ self._vectors[slot]
-        keep = np.array([s != subject for s in self._subjects], dtype=bool)
+        keep = self._codes[:n] != self._code_of[subject]
         keep[slot] = False
         return sims[keep]
 
@@ -215,6 +218,10 @@ class ImpostorSample:
             return
         slot = len(self._rows)
         self._vectors[slot] = np.asarray(vector, np.float64)
+        if subject not in self._code_of:
+            self._code_of[subject] = self._next_code
+            self._next_code += 1
+        self._codes[slot] = self._code_of[subject]
         self._rows.append(row_id)
         self._subjects.append(subject)
         self._slot[row_id] = slot
@@ -234,6 +241,8 @@ class ImpostorSample:
         left = self._per_subject.pop(subject) - 1
         if left:
             self._per_subject[subject] = left
+        else:
+            del self._code_of[subject]
         self._n -= len(sims)
         self._sum -= float(sims.sum())
         self._sumsq -= float(np.dot(sims, sims))
@@ -241,6 +250,7 @@ class ImpostorSample:
         last = len(self._rows) - 1
         if slot != last:  # move the last face into the hole
             self._vectors[slot] = self._vectors[last]
+            self._codes[slot] = self._codes[last]
             self._rows[slot] = self._rows[last]
             self._subjects[slot] = self._subjects[last]
             self._slot[self._rows[slot]] = slot

@@ -312,11 +312,15 @@ def service_rule(rule: FpirRule, capacity: int = 2000) -> ThresholdRule:
     """Exactly what the service computes: gallery size plus the gallery's own impostor
     statistics from an ``ImpostorSample`` filled in enrollment order."""
 
+    last: list[Any] = [None, None]  # (gallery array, its stats): one sample per draw
+
     def threshold(v: np.ndarray, subjects: np.ndarray, _n: int, target: float) -> float:
-        sample = ImpostorSample(v.shape[1], capacity)
-        for row, (vector, subject) in enumerate(zip(v, subjects, strict=True)):
-            sample.add(row, vector, str(subject))
-        return rule.threshold(target, len(v), sample.stats()).threshold
+        if last[0] is not v:
+            sample = ImpostorSample(v.shape[1], capacity)
+            for row, (vector, subject) in enumerate(zip(v, subjects, strict=True)):
+                sample.add(row, vector, str(subject))
+            last[:] = [v, sample.stats()]
+        return rule.threshold(target, len(v), last[1]).threshold
 
     return threshold
 

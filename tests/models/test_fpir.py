@@ -108,6 +108,17 @@ def test_impostor_sample_equals_a_full_recount_through_adds_and_removals() -> No
     assert got.std == pytest.approx(expect.std, abs=1e-7)
     sample.add(35, v[35], subjects[35])  # room again
     assert len(sample) == 28
+    # a subject that left entirely and new ones that arrive keep their pairs apart
+    for row in [r for r in kept if subjects[r] == "s0"]:
+        sample.remove(row)
+    sample.add(50, v[36], "new")
+    sample.add(51, v[37], "s0")
+    members = [r for r in kept if subjects[r] != "s0"] + [35]
+    vecs = np.concatenate([v[members], v[36:38]])
+    labels = np.array([subjects[r] for r in members] + ["new", "s0"])
+    expect = cohort_stats(vecs, labels)
+    assert sample.stats().pairs == expect.pairs
+    assert sample.stats().mean == pytest.approx(expect.mean, abs=1e-9)
 
 
 def test_a_sample_of_one_subject_has_no_impostor_pairs() -> None:
