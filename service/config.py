@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.quality import DEFAULT_LIMITS
 from service.schemas import OperatingPoint
 
 __all__ = [
@@ -185,6 +186,80 @@ class Settings(BaseSettings):
         "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
     )
 
+    # Enrollment quality limits (service/quality.py): a face breaking one is refused with 422
+    # `poor_quality` unless the request says force=true. Defaults: models.quality.DEFAULT_LIMITS,
+    # where the evidence for each is written down.
+    enroll_min_eye_distance: float | None = Field(
+        DEFAULT_LIMITS.min_eye_distance,
+        ge=0,
+        description="Refuse to enroll faces with fewer pixels between the eye centres. The "
+        "default is half the 52.5 px of the aligned chip: below it the chip is upsampled "
+        "more than the embedder's stride-2 first layer absorbs. `none` turns it off.",
+    )
+    enroll_min_sharpness: float | None = Field(
+        DEFAULT_LIMITS.min_sharpness,
+        ge=0,
+        le=1,
+        description="Refuse faces whose chip sharpness (1 - re-blur measure, contrast "
+        "independent) is lower; the default is what a 2 px Gaussian blur leaves of a typical "
+        "LFW face, where the FAR 1e-3 TAR has clearly dropped. `none` turns it off.",
+    )
+    enroll_max_abs_yaw: float | None = Field(
+        DEFAULT_LIMITS.max_abs_yaw,
+        ge=0,
+        description="Refuse faces turned further than this (degrees, from the landmarks): the "
+        "default is where the nose base lies under an eye centre, the far eye's inner corner "
+        "is behind the nose and a frontal 5-point alignment no longer fits. `none` turns it "
+        "off.",
+    )
+    enroll_max_abs_roll: float | None = Field(
+        DEFAULT_LIMITS.max_abs_roll,
+        ge=0,
+        description="Refuse faces tilted in-plane more than this (degrees). Off by default: "
+        "alignment rotates roll away.",
+    )
+    enroll_min_detection_confidence: float | None = Field(
+        DEFAULT_LIMITS.min_detection_confidence,
+        description="Refuse faces the detector scored lower. Off by default.",
+    )
+    enroll_min_brightness: float | None = Field(
+        DEFAULT_LIMITS.min_brightness,
+        ge=0,
+        le=1,
+        description="Refuse faces whose mean grey level (0-1) is lower. Off by default: dark "
+        "skin in dim light is dark without being unusable; `enroll_min_contrast` and "
+        "`enroll_max_dark_share` catch faces whose detail is gone.",
+    )
+    enroll_max_brightness: float | None = Field(
+        DEFAULT_LIMITS.max_brightness,
+        ge=0,
+        le=1,
+        description="Refuse faces whose mean grey level (0-1) is higher. Off by default "
+        "(`enroll_max_bright_share` catches blown-out faces).",
+    )
+    enroll_min_contrast: float | None = Field(
+        DEFAULT_LIMITS.min_contrast,
+        ge=0,
+        le=1,
+        description="Refuse faces whose grey-level standard deviation (0-1) is lower: the "
+        "face is drawn with a handful of grey levels (badly underexposed or washed out). "
+        "`none` turns it off.",
+    )
+    enroll_max_dark_share: float | None = Field(
+        DEFAULT_LIMITS.max_dark_share,
+        ge=0,
+        le=1,
+        description="Refuse faces with a larger share of the face region crushed to black "
+        "(grey <= 10/255). `none` turns it off.",
+    )
+    enroll_max_bright_share: float | None = Field(
+        DEFAULT_LIMITS.max_bright_share,
+        ge=0,
+        le=1,
+        description="Refuse faces with a larger share of the face region blown to white "
+        "(grey >= 245/255). `none` turns it off.",
+    )
+
     @field_validator("threshold", mode="before")
     @classmethod
     def _parse_threshold(cls, value: Any) -> float | str:
@@ -211,6 +286,19 @@ class Settings(BaseSettings):
         if not math.isfinite(number) or not -1.0 <= number <= 1.0:
             raise ValueError(f"cosine threshold must be in [-1, 1], got {number}")
         return number
+
+    @field_validator(
+        "enroll_min_eye_distance", "enroll_min_sharpness", "enroll_max_abs_yaw",
+        "enroll_max_abs_roll", "enroll_min_detection_confidence", "enroll_min_brightness",
+        "enroll_max_brightness", "enroll_min_contrast", "enroll_max_dark_share",
+        "enroll_max_bright_share", mode="before",
+    )
+    @classmethod
+    def _limit_off(cls, value: Any) -> Any:
+        """``none``, ``off`` or an empty value switch a quality limit off."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

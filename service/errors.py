@@ -32,6 +32,7 @@ __all__ = [
     "NoFace",
     "NotReady",
     "PayloadTooLarge",
+    "PoorQuality",
     "ServiceError",
     "SubjectNotFound",
     "TooManyRequests",
@@ -95,6 +96,18 @@ class NoFace(ServiceError):
 
 class MultipleFaces(ServiceError):
     status, code = 422, "multiple_faces"
+
+
+class PoorQuality(ServiceError):
+    """Enrollment refused: the face breaks a quality limit. ``details`` name each broken
+    limit (``measure``, ``value``, ``limit``, ``bound``) so a client can tell the user what to
+    fix; ``force=true`` enrolls anyway."""
+
+    status, code = 422, "poor_quality"
+
+    def __init__(self, message: str, details: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class NotReady(ServiceError):
@@ -170,7 +183,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = exc.headers or ({"Retry-After": "1"} if exc.status == 503 else None)
-        return _response(exc.status, exc.code, exc.message, headers=headers)
+        details = getattr(exc, "details", None)
+        return _response(exc.status, exc.code, exc.message, details, headers=headers)
 
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -229,7 +243,8 @@ _DESCRIPTIONS: dict[int, str] = {
     408: "The request body did not arrive within the request timeout (`request_timeout`).",
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
-    422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`).",
+    422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`; "
+    "`poor_quality` on enrollment, with the measure, value and limit in `details`).",
     429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
     "(`overloaded`); retry after `Retry-After` seconds.",
     503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "

@@ -9,6 +9,7 @@ from service.auth import EnrollKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.errors import MultipleFaces, NoFace, error_responses
 from service.inference import largest_face
+from service.quality import check_enroll_quality, quality_model
 from service.routes.common import (
     audit_event,
     image_bytes,
@@ -44,6 +45,9 @@ def _reject_several(faces: list[Face]) -> list[Face]:
         "is idempotent: the existing face is returned with `created: false` and status 200. "
         "The response is sent only after the enrollment is committed. Needs scope `enroll`; "
         "the subject belongs to the key's gallery."
+        " A face that breaks the server's quality limits (`FACESERVE_ENROLL_*` settings) is "
+        "refused with 422 `poor_quality` naming the measure, its value and the limit, unless "
+        "`force=true`; every response reports the face's `quality`."
     ),
     responses={
         200: {"model": EnrollResponse, "description": "Already enrolled (same image bytes)."},
@@ -68,6 +72,7 @@ async def enroll(
     if not found.faces:
         raise NoFace("no face found in the image")
     face = found.faces[0]
+    check_enroll_quality(found.quality[0], settings, force=body.force)
     chip_jpeg = await inference.encode_chip(found.chips[0]) if settings.store_chips else None
     record, created = await run_in_threadpool(
         lambda: gallery.enroll(
@@ -94,4 +99,5 @@ async def enroll(
         detection_confidence=float(record.detection_confidence),
         faces_detected=found.faces_detected,
         model=record.model,
+        quality=quality_model(found.quality[0]),
     )
