@@ -95,9 +95,9 @@ def _jpeg(q: int) -> Degradation:
 DEGRADATIONS: tuple[Degradation, ...] = (
     Degradation("clean", lambda a: a),
     *(_blur(s) for s in (1, 1.5, 2, 3, 4)),
-    *(_downscale(f) for f in (0.75, 0.5, 0.35, 0.25, 0.18)),
-    *(_gain(k) for k in (0.5, 0.25, 0.12, 0.06)),
-    *(_gain(k) for k in (1.5, 2.0, 3.0)),
+    *(_downscale(f) for f in (0.75, 0.6, 0.5, 0.42, 0.35, 0.25, 0.18)),
+    *(_gain(k) for k in (0.5, 0.25, 0.18, 0.12, 0.06)),
+    *(_gain(k) for k in (1.5, 1.75, 2.0, 3.0)),
     Degradation("greyscale", _grey),
     *(_jpeg(q) for q in (10, 5)),
 )
