@@ -293,23 +293,49 @@ def failed_limits(q: FaceQuality, limits: QualityLimits) -> list[LimitFailure]:
     ]
 
 
-# Enrollment limits: a face breaking one of these is measurably worse for recognition (the
-# evidence is in the README section "Face quality", from `faceserve eval quality`).
+# Enrollment limits: a face breaking one is measurably worse for recognition. Evidence from
+# `faceserve eval quality` (LFW View-2 and a synthetic degradation sweep of 200 genuine + 200
+# impostor View-2 pairs, TAR at the FAR 1e-3 threshold; README "Face quality"):
+# * eye distance: half the chip's 52.5 px, i.e. the chip is upsampled more than 2x, more
+#   than the embedder's stride-2 first layer absorbs. Downscaled LFW faces lost at most 1.5
+#   points of TAR down to 17 px and 4-9.5 points at 14-10 px: the limit leaves a 1.5x margin
+#   for the landmark and compression error that real small faces add to synthetic ones.
+# * sharpness: what a 2 px Gaussian blur leaves of a typical LFW face (median 0.199), where
+#   TAR fell 4.5 points (1.5 px: median 0.25, -1 point; 3 px: 0.145, -20 points).
+# * yaw: the nose base under an eye centre (YAW_NOSE_UNDER_EYE): the far eye's inner corner
+#   is hidden and the 5-point alignment no longer fits (LFW: 11 faces, 1 error in 15 pairs).
+# * detection confidence: half dlib's MMOD training margin (true faces are trained to score
+#   >= 1; LFW median 1.06, 99.5% >= 1.0): below 0.5 the detector is barely sure there is a
+#   face (LFW: 3 faces, errors in 3 of their 6 pairs). Strong darkening also lowers it.
+# * contrast: 3 grey levels of standard deviation: the face is drawn with a few levels (LFW
+#   darkened to 6% of its light: median 2 levels, TAR -26 points; to 12%: 4 levels, -1).
+# * dark share: half the face region at grey <= 10 (darkened to 6%: 0.89, -26 points; 12%:
+#   0.14, -1 point). Near-black pixels still hold some detail, blown-out ones none, so:
+# * bright share: a quarter of the face region at grey >= 245 (overexposed x1.75: median
+#   0.26, TAR -5 points; x1.5: 0.08, -1; x2: 0.43, -12).
+# Roll is not limited (alignment rotates it away); brightness itself is not either (dark
+# skin in dim light is dark without being unusable: contrast and the shares catch lost detail).
 DEFAULT_LIMITS = QualityLimits(
     min_eye_distance=round(CHIP_EYE_DISTANCE / 2, 1),
     min_sharpness=0.2,
     max_abs_yaw=round(YAW_NOSE_UNDER_EYE),
-    min_contrast=0.02,
+    min_detection_confidence=0.5,
+    min_contrast=round(3 / 255, 4),
     max_dark_share=0.5,
-    max_bright_share=0.3,
+    max_bright_share=0.25,
 )
-# Bounds inside which no effect on recognition was measured: `high` quality.
+# `high` quality: inside bounds where neither LFW nor the sweep showed an effect. LFW pairs
+# with a face beyond one of them erred 1.8x (yaw > 30), 2.8x (eye distance < 30), 2.9x
+# (sharpness < 0.3) and 12x (confidence < 1.0, the MMOD margin) as often as the rest; the
+# exposure bounds are the sweep's last levels without a TAR loss. Roll is left out (LFW's
+# tilted heads also err more, through the pitch and yaw that come with them, not the roll).
 HIGH_LIMITS = QualityLimits(
     min_eye_distance=30.0,
     min_sharpness=0.3,
     max_abs_yaw=30.0,
-    min_contrast=0.05,
-    max_dark_share=0.1,
+    min_detection_confidence=1.0,
+    min_contrast=0.03,
+    max_dark_share=0.25,
     max_bright_share=0.1,
 )
 

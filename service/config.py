@@ -200,9 +200,10 @@ class Settings(BaseSettings):
         DEFAULT_LIMITS.min_sharpness,
         ge=0,
         le=1,
-        description="Refuse faces whose chip sharpness (1 - re-blur measure, contrast "
-        "independent) is lower; the default is what a 2 px Gaussian blur leaves of a typical "
-        "LFW face, where the FAR 1e-3 TAR has clearly dropped. `none` turns it off.",
+        description="Refuse faces whose chip sharpness (1 - re-blur measure, independent of "
+        "brightness, contrast and colour) is lower. The default is what a 2 px Gaussian blur "
+        "leaves of a typical LFW face, where the TAR at FAR 1e-3 fell 4.5 points. `none` turns "
+        "it off.",
     )
     enroll_max_abs_yaw: float | None = Field(
         DEFAULT_LIMITS.max_abs_yaw,
@@ -220,7 +221,9 @@ class Settings(BaseSettings):
     )
     enroll_min_detection_confidence: float | None = Field(
         DEFAULT_LIMITS.min_detection_confidence,
-        description="Refuse faces the detector scored lower. Off by default.",
+        description="Refuse faces the detector scored lower. The default is half the "
+        "margin dlib's detector was trained to give faces (LFW faces score 1.0-1.1): below "
+        "it the detector is barely sure it is a face. `none` turns it off.",
     )
     enroll_min_brightness: float | None = Field(
         DEFAULT_LIMITS.min_brightness,
@@ -241,23 +244,25 @@ class Settings(BaseSettings):
         DEFAULT_LIMITS.min_contrast,
         ge=0,
         le=1,
-        description="Refuse faces whose grey-level standard deviation (0-1) is lower: the "
-        "face is drawn with a handful of grey levels (badly underexposed or washed out). "
-        "`none` turns it off.",
+        description="Refuse faces whose grey-level standard deviation (0-1) is lower. The "
+        "default, 3 of 255 levels, is where a badly underexposed or washed-out face is drawn "
+        "with too few grey levels to recognise. `none` turns it off.",
     )
     enroll_max_dark_share: float | None = Field(
         DEFAULT_LIMITS.max_dark_share,
         ge=0,
         le=1,
         description="Refuse faces with a larger share of the face region crushed to black "
-        "(grey <= 10/255). `none` turns it off.",
+        "(grey <= 10/255; also the black fill of a face cut by the image border). `none` "
+        "turns it off.",
     )
     enroll_max_bright_share: float | None = Field(
         DEFAULT_LIMITS.max_bright_share,
         ge=0,
         le=1,
         description="Refuse faces with a larger share of the face region blown to white "
-        "(grey >= 245/255). `none` turns it off.",
+        "(grey >= 245/255): a quarter of the face without detail already costs TAR. `none` "
+        "turns it off.",
     )
 
     @field_validator("threshold", mode="before")

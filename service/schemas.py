@@ -181,8 +181,8 @@ class Quality(BaseModel):
     )
     sharpness: float = Field(
         description="1 - the re-blur measure of Crete et al. on the grey face region of the "
-        "aligned chip: 0 flat, typical LFW photos 0.32-0.52. Unchanged by brightness, "
-        "contrast or colour; falls with blur and with upsampling of small faces."
+        "aligned chip: 0 flat; LFW photos 0.34-0.53 (5th-95th percentile). Unchanged by "
+        "brightness, contrast or colour; falls with blur and with upsampling of small faces."
     )
     yaw: float = Field(
         description="Head turn in degrees from the 5 landmarks (nose base offset from the eye "
@@ -193,7 +193,9 @@ class Quality(BaseModel):
         description="In-plane tilt in degrees of the line between the eye centres (positive: "
         "the eye on the image's right is lower). Alignment rotates it away."
     )
-    detection_confidence: float = Field(description="The face detector's score (> 0).")
+    detection_confidence: float = Field(
+        description="The face detector's score (> 0; clear faces about 1.0-1.1)."
+    )
     brightness: float = Field(description="Mean grey level of the face region, 0-1.")
     contrast: float = Field(
         description="Standard deviation of the face region's grey levels, 0-1."

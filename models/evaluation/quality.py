@@ -14,7 +14,8 @@ cheap):
    sets, so a few hundred View-2 pairs are re-scored with the first photo degraded
    synthetically (Gaussian blur, downscaling, under- and over-exposure, greyscale, JPEG
    compression): per condition, how each measure moves and what happens to the genuine
-   pairs' TAR and the impostors' FMR at the FAR 1e-3 threshold. Downscaled photos are
+   pairs' TAR and the impostors' FMR at the FAR 1e-3 threshold (the detection confidence
+   is the clean photo's: nothing is detected again). Downscaled photos are
    re-aligned from the scaled landmarks (the detector without upsampling would not find
    faces that small), so the sweep isolates what the chip resolution costs.
 """
@@ -298,7 +299,8 @@ def evaluate_quality(
     root: Path, cache_path: Path, out_dir: Path, *, pairs_file: Path | None = None,
     model: str = "dlib-resnet-v1", sweep_pairs: int = 200, progress: bool = True,
 ) -> dict[str, Any]:
-    """Run both parts; write ``quality.json`` and ``quality.md`` in ``out_dir``."""
+    """Run both parts; write ``quality.json``, ``quality.md`` and ``quality_values.npz``
+    (every image's measures) in ``out_dir``."""
     from models.pipeline import FacePipeline
 
     start = time.perf_counter()
@@ -332,6 +334,8 @@ def evaluate_quality(
     report["elapsed_s"] = round(time.perf_counter() - start, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    # Every image's measures, for analyses beyond the table (rows follow ``images``).
+    np.savez(out_dir / "quality_values.npz", images=np.array(rel), **values)
     write_markdown(report, out_dir / "quality.md")
     return report
 
