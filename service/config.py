@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.quality import DEFAULT_LIMITS
 from service.schemas import OperatingPoint
 
 __all__ = [
@@ -187,17 +186,18 @@ class Settings(BaseSettings):
     )
 
     # Enrollment quality limits (service/quality.py): a face breaking one is refused with 422
-    # `poor_quality` unless the request says force=true. Defaults: models.quality.DEFAULT_LIMITS,
-    # where the evidence for each is written down.
+    # `poor_quality` unless the request says force=true. The defaults are
+    # models.quality.DEFAULT_LIMITS, where the evidence for each is written down (repeated here
+    # so reading settings does not import torch; a test holds them equal).
     enroll_min_eye_distance: float | None = Field(
-        DEFAULT_LIMITS.min_eye_distance,
+        26.3,
         ge=0,
         description="Refuse to enroll faces with fewer pixels between the eye centres. The "
         "default is half the 52.5 px of the aligned chip: below it the chip is upsampled "
         "more than the embedder's stride-2 first layer absorbs. `none` turns it off.",
     )
     enroll_min_sharpness: float | None = Field(
-        DEFAULT_LIMITS.min_sharpness,
+        0.2,
         ge=0,
         le=1,
         description="Refuse faces whose chip sharpness (1 - re-blur measure, independent of "
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         "it off.",
     )
     enroll_max_abs_yaw: float | None = Field(
-        DEFAULT_LIMITS.max_abs_yaw,
+        51,
         ge=0,
         description="Refuse faces turned further than this (degrees, from the landmarks): the "
         "default is where the nose base lies under an eye centre, the far eye's inner corner "
@@ -214,19 +214,19 @@ class Settings(BaseSettings):
         "off.",
     )
     enroll_max_abs_roll: float | None = Field(
-        DEFAULT_LIMITS.max_abs_roll,
+        None,
         ge=0,
         description="Refuse faces tilted in-plane more than this (degrees). Off by default: "
         "alignment rotates roll away.",
     )
     enroll_min_detection_confidence: float | None = Field(
-        DEFAULT_LIMITS.min_detection_confidence,
+        0.5,
         description="Refuse faces the detector scored lower. The default is half the "
         "margin dlib's detector was trained to give faces (LFW faces score 1.0-1.1): below "
         "it the detector is barely sure it is a face. `none` turns it off.",
     )
     enroll_min_brightness: float | None = Field(
-        DEFAULT_LIMITS.min_brightness,
+        None,
         ge=0,
         le=1,
         description="Refuse faces whose mean grey level (0-1) is lower. Off by default: dark "
@@ -234,14 +234,14 @@ class Settings(BaseSettings):
         "`enroll_max_dark_share` catch faces whose detail is gone.",
     )
     enroll_max_brightness: float | None = Field(
-        DEFAULT_LIMITS.max_brightness,
+        None,
         ge=0,
         le=1,
         description="Refuse faces whose mean grey level (0-1) is higher. Off by default "
         "(`enroll_max_bright_share` catches blown-out faces).",
     )
     enroll_min_contrast: float | None = Field(
-        DEFAULT_LIMITS.min_contrast,
+        0.0118,
         ge=0,
         le=1,
         description="Refuse faces whose grey-level standard deviation (0-1) is lower. The "
@@ -249,7 +249,7 @@ class Settings(BaseSettings):
         "with too few grey levels to recognise. `none` turns it off.",
     )
     enroll_max_dark_share: float | None = Field(
-        DEFAULT_LIMITS.max_dark_share,
+        0.5,
         ge=0,
         le=1,
         description="Refuse faces with a larger share of the face region crushed to black "
@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         "turns it off.",
     )
     enroll_max_bright_share: float | None = Field(
-        DEFAULT_LIMITS.max_bright_share,
+        0.25,
         ge=0,
         le=1,
         description="Refuse faces with a larger share of the face region blown to white "
