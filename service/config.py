@@ -210,6 +210,86 @@ class Settings(BaseSettings):
         "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
     )
 
+    # Enrollment quality limits (service/quality.py): a face breaking one is refused with 422
+    # `poor_quality` unless the request says force=true. The defaults are
+    # models.quality.DEFAULT_LIMITS, where the evidence for each is written down (repeated here
+    # so reading settings does not import torch; a test holds them equal).
+    enroll_min_eye_distance: float | None = Field(
+        26.3,
+        ge=0,
+        description="Refuse to enroll faces with fewer pixels between the eye centres. The "
+        "default is half the 52.5 px of the aligned chip: below it the chip is upsampled "
+        "more than the embedder's stride-2 first layer absorbs. `none` turns it off.",
+    )
+    enroll_min_sharpness: float | None = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Refuse faces whose chip sharpness (1 - re-blur measure, independent of "
+        "brightness, contrast and colour) is lower. The default is what a 2 px Gaussian blur "
+        "leaves of a typical LFW face, where the TAR at FAR 1e-3 fell 4.5 points. `none` turns "
+        "it off.",
+    )
+    enroll_max_abs_yaw: float | None = Field(
+        51,
+        ge=0,
+        description="Refuse faces turned further than this (degrees, from the landmarks): the "
+        "default is where the nose base lies under an eye centre, the far eye's inner corner "
+        "is behind the nose and a frontal 5-point alignment no longer fits. `none` turns it "
+        "off.",
+    )
+    enroll_max_abs_roll: float | None = Field(
+        None,
+        ge=0,
+        description="Refuse faces tilted in-plane more than this (degrees). Off by default: "
+        "alignment rotates roll away.",
+    )
+    enroll_min_detection_confidence: float | None = Field(
+        0.5,
+        description="Refuse faces the detector scored lower. The default is half the "
+        "margin dlib's detector was trained to give faces (LFW faces score 1.0-1.1): below "
+        "it the detector is barely sure it is a face. `none` turns it off.",
+    )
+    enroll_min_brightness: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Refuse faces whose mean grey level (0-1) is lower. Off by default: dark "
+        "skin in dim light is dark without being unusable; `enroll_min_contrast` and "
+        "`enroll_max_dark_share` catch faces whose detail is gone.",
+    )
+    enroll_max_brightness: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Refuse faces whose mean grey level (0-1) is higher. Off by default "
+        "(`enroll_max_bright_share` catches blown-out faces).",
+    )
+    enroll_min_contrast: float | None = Field(
+        0.0118,
+        ge=0,
+        le=1,
+        description="Refuse faces whose grey-level standard deviation (0-1) is lower. The "
+        "default, 3 of 255 levels, is where a badly underexposed or washed-out face is drawn "
+        "with too few grey levels to recognise. `none` turns it off.",
+    )
+    enroll_max_dark_share: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Refuse faces with a larger share of the face region crushed to black "
+        "(grey <= 10/255; also the black fill of a face cut by the image border). `none` "
+        "turns it off.",
+    )
+    enroll_max_bright_share: float | None = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Refuse faces with a larger share of the face region blown to white "
+        "(grey >= 245/255): a quarter of the face without detail already costs TAR. `none` "
+        "turns it off.",
+    )
+
     @field_validator("threshold", mode="before")
     @classmethod
     def _parse_threshold(cls, value: Any) -> float | str:
@@ -237,10 +317,17 @@ class Settings(BaseSettings):
             raise ValueError(f"cosine threshold must be in [-1, 1], got {number}")
         return number
 
-    @field_validator("identify_fpir", mode="before")
+    @field_validator(
+        "enroll_min_eye_distance", "enroll_min_sharpness", "enroll_max_abs_yaw",
+        "enroll_max_abs_roll", "enroll_min_detection_confidence", "enroll_min_brightness",
+        "enroll_max_brightness", "enroll_min_contrast", "enroll_max_dark_share",
+        "enroll_max_bright_share", "identify_fpir", mode="before",
+    )
     @classmethod
-    def _parse_fpir(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+    def _limit_off(cls, value: Any) -> Any:
+        """``none``, ``off`` or an empty value switch a quality limit (or ``identify_fpir``)
+        off."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
             return None
         return value
 

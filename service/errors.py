@@ -34,6 +34,7 @@ __all__ = [
     "NoFace",
     "NotReady",
     "PayloadTooLarge",
+    "PoorQuality",
     "ServiceError",
     "SubjectNotFound",
     "TooManyRequests",
@@ -109,6 +110,18 @@ class DuplicateFace(ServiceError):
     """The face already matches another subject of the gallery (``on_duplicate=reject``)."""
 
     status, code = 409, "duplicate_face"
+
+
+class PoorQuality(ServiceError):
+    """Enrollment refused: the face breaks a quality limit. ``details`` name each broken
+    limit (``measure``, ``value``, ``limit``, ``bound``) so a client can tell the user what to
+    fix; ``force=true`` enrolls anyway."""
+
+    status, code = 422, "poor_quality"
+
+    def __init__(self, message: str, details: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class NotReady(ServiceError):
@@ -248,7 +261,8 @@ _DESCRIPTIONS: dict[int, str] = {
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
     422: "Invalid field (`invalid_field`, `too_many_images`), or no usable face (`no_face`, "
-    "`multiple_faces`; `nothing_enrolled` when several images failed for different reasons).",
+    "`multiple_faces`; `nothing_enrolled` when several images failed for different reasons; "
+    "`poor_quality` on enrollment, with the measure, value and limit in `details`).",
     429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
     "(`overloaded`); retry after `Retry-After` seconds.",
     503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "

@@ -13,7 +13,7 @@ import hashlib
 import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +21,7 @@ from PIL import Image
 
 from models.faces import Face
 from models.imageio import decode_image
+from models.quality import FaceQuality, assess
 from service.batcher import Embedder
 
 __all__ = ["EmbeddedFaces", "Inference", "Pipeline", "largest_face", "most_confident"]
@@ -51,6 +52,7 @@ class EmbeddedFaces:
     chips: np.ndarray  # (N, 150, 150, 3) uint8
     faces_detected: int
     image_sha256: str
+    quality: list[FaceQuality] = field(default_factory=list)  # rows match ``faces``
 
 
 def largest_face(faces: list[Face]) -> list[Face]:
@@ -86,13 +88,13 @@ class Inference:
 
     def _detect_and_align(
         self, data: bytes, select: FaceSelector
-    ) -> tuple[list[Face], np.ndarray, int, str]:
+    ) -> tuple[list[Face], np.ndarray, int, str, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, max_pixels=self.max_pixels)
         detected = self.pipeline.detect(image)
         chosen = select(detected)
         chips = self.pipeline.align(image, chosen)
-        return chosen, chips, len(detected), digest
+        return chosen, chips, len(detected), digest, assess(chosen, chips)
 
     async def faces(self, data: bytes, select: FaceSelector) -> EmbeddedFaces:
         """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
@@ -100,9 +102,11 @@ class Inference:
         Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
         here (``faces`` is empty) — each endpoint decides what that means.
         """
-        chosen, chips, detected, digest = await self._run(self._detect_and_align, data, select)
+        chosen, chips, detected, digest, quality = await self._run(
+            self._detect_and_align, data, select
+        )
         embeddings = await self.embedder.embed(chips)
-        return EmbeddedFaces(chosen, embeddings, chips, detected, digest)
+        return EmbeddedFaces(chosen, embeddings, chips, detected, digest, quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:
         return await self._run(encode_jpeg, chip)

@@ -46,6 +46,7 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "OperatingPoint",
+    "Quality",
     "ReadyResponse",
     "ReplicationLag",
     "SubjectDetail",
@@ -133,7 +134,8 @@ class ErrorBody(BaseModel):
     details: list[dict[str, Any]] | None = Field(
         None,
         description="Per-field problems, for validation errors; each image's outcome "
-        "(`EnrollImageOutcome`), when POST /enroll enrolled none of its images.",
+        "(`EnrollImageOutcome`), when POST /enroll enrolled none of its images; the broken "
+        "limits (`measure`, `value`, `limit`, `bound`) for `poor_quality`.",
     )
 
 
@@ -203,6 +205,53 @@ class OperatingPoint(BaseModel):
     dataset: str | None = Field(None, description="Dataset the profile was calibrated on.")
 
 
+class Quality(BaseModel):
+    """How much this face can be trusted, measured on the photo and on its aligned chip.
+
+    ``verdict`` is the coarse grade (like Azure's ``qualityForRecognition``); the measures
+    behind it are given so a client can apply its own limits. Definitions and the evidence
+    for the limits: README "Face quality" and ``faceserve eval quality``.
+    """
+
+    verdict: Literal["low", "medium", "high"] = Field(
+        description="`low`: breaks one of the default enrollment limits, where recognition "
+        "measurably suffers (a template of it would be refused unless forced); `high`: "
+        "inside the stricter bounds where no effect was measured; `medium`: in between. "
+        "Fixed rules, independent of this server's enrollment settings."
+    )
+    eye_distance: float = Field(
+        description="Pixels between the eye centres in the photo. The aligned chip puts them "
+        "52.5 px apart; faces with fewer pixels are upsampled into it."
+    )
+    sharpness: float = Field(
+        description="1 - the re-blur measure of Crete et al. on the grey face region of the "
+        "aligned chip: 0 flat; LFW photos 0.34-0.53 (5th-95th percentile). Unchanged by "
+        "brightness, contrast or colour; falls with blur and with upsampling of small faces."
+    )
+    yaw: float = Field(
+        description="Head turn in degrees from the 5 landmarks (nose base offset from the eye "
+        "midpoint, weak perspective): positive when the nose points to the image's right; 0 "
+        "frontal. About +-50 is where the far eye's inner corner goes behind the nose."
+    )
+    roll: float = Field(
+        description="In-plane tilt in degrees of the line between the eye centres (positive: "
+        "the eye on the image's right is lower). Alignment rotates it away."
+    )
+    detection_confidence: float = Field(
+        description="The face detector's score (> 0; clear faces about 1.0-1.1)."
+    )
+    brightness: float = Field(description="Mean grey level of the face region, 0-1.")
+    contrast: float = Field(
+        description="Standard deviation of the face region's grey levels, 0-1."
+    )
+    dark_share: float = Field(
+        description="Share of the face region at grey level 10/255 or below (crushed to black)."
+    )
+    bright_share: float = Field(
+        description="Share of the face region at grey level 245/255 or above (blown to white)."
+    )
+
+
 class Candidate(BaseModel):
     subject_id: str
     face_id: str = Field(description="The subject's template that scored best.")
@@ -233,6 +282,11 @@ class EnrollForm(_Strict):
     )
     on_multiple: OnMultiple = "largest"
     on_duplicate: OnDuplicate = "warn"
+    force: bool = Field(
+        False,
+        description="Enroll even when the face breaks the server's quality limits (422 "
+        "`poor_quality` otherwise). The response still reports the face's `quality`.",
+    )
 
 
 class EnrollJSON(_Strict):
@@ -255,6 +309,11 @@ class EnrollJSON(_Strict):
     )
     on_multiple: OnMultiple = "largest"
     on_duplicate: OnDuplicate = "warn"
+    force: bool = Field(
+        False,
+        description="Enroll even when the face breaks the server's quality limits (422 "
+        "`poor_quality` otherwise). The response still reports the face's `quality`.",
+    )
 
 
 class EnrollResponse(BaseModel):
@@ -269,6 +328,7 @@ class EnrollResponse(BaseModel):
     detection_confidence: float
     faces_detected: int = Field(description="Faces found in the photo (the largest was used).")
     model: str = Field(description="Embedding model version.")
+    quality: Quality = Field(description="Quality of the face in this photo.")
     possible_duplicate: Candidate | None = Field(
         None,
         description="Another subject this face already matches at the identify decision (its "
@@ -291,6 +351,9 @@ class EnrollImageOutcome(BaseModel):
     detection_confidence: float | None = None
     faces_detected: int | None = Field(
         None, description="Faces found in the photo (absent when it could not be decoded)."
+    )
+    quality: Quality | None = Field(
+        None, description="Quality of the face taken from the photo (absent without a face)."
     )
     possible_duplicate: Candidate | None = Field(
         None,
@@ -357,6 +420,9 @@ class VerifiedFace(BaseModel):
     )
     face_id: str | None = Field(None, description="The stored template used (subject mode).")
     subject_id: str | None = None
+    quality: Quality | None = Field(
+        None, description="Quality of the face found (uploaded images; null for templates)."
+    )
 
 
 class VerifyResponse(BaseModel):
@@ -419,6 +485,7 @@ class IdentifiedFace(BaseModel):
     detection_confidence: float
     candidates: list[Candidate]
     match: Candidate | None
+    quality: Quality
 
 
 class IdentifyImageResponse(BaseModel):
@@ -457,6 +524,7 @@ class EmbeddedFace(BaseModel):
         description="The same vector as URL-safe base64 of 128 little-endian float32 (the "
         "`embedding=` input of GET /identify)."
     )
+    quality: Quality
 
 
 class EmbedResponse(BaseModel):

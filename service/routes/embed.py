@@ -8,6 +8,7 @@ from service.auth import RecognizeImageKey
 from service.deps import InferenceDep, ServicesDep, SettingsDep
 from service.errors import error_responses
 from service.inference import most_confident
+from service.quality import quality_model
 from service.routes.common import (
     encode_embedding,
     image_bytes,
@@ -54,8 +55,11 @@ async def embed(
                 detection_confidence=float(face.confidence),
                 embedding=[float(v) for v in vector],
                 embedding_b64=encode_embedding(vector),
+                quality=quality_model(quality),
             )
-            for face, vector in zip(found.faces, found.embeddings, strict=True)
+            for face, vector, quality in zip(
+                found.faces, found.embeddings, found.quality, strict=True
+            )
         ],
         faces_detected=found.faces_detected,
         model=services.pipeline.model_version,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from models.faces import Face
 from models.imageio import ImageError
 from service.auth import EnrollKey, Principal
+from service.config import Settings
 from service.deps import GalleryDep, InferenceDep, Services, ServicesDep, SettingsDep
 from service.errors import (
     IMAGE_ERROR_STATUS,
@@ -26,11 +27,13 @@ from service.errors import (
     InvalidField,
     MultipleFaces,
     NoFace,
+    PoorQuality,
     ServiceError,
     error_responses,
 )
 from service.gallery import Gallery
 from service.inference import EmbeddedFaces, Inference, largest_face
+from service.quality import check_enroll_quality, quality_model
 from service.routes.common import (
     audit_event,
     candidates_for,
@@ -102,6 +105,8 @@ class _Photo:
         fields: dict[str, Any] = {}
         if self.found is not None:
             fields["faces_detected"] = self.found.faces_detected
+            if self.found.faces:
+                fields["quality"] = quality_model(self.found.quality[0])
         if self.record is not None:
             fields.update(
                 face_id=self.record.face_id,
@@ -110,7 +115,7 @@ class _Photo:
                 detection_confidence=float(self.record.detection_confidence),
             )
         elif self.found is not None and self.found.faces:
-            face = self.found.faces[0]  # refused as a duplicate: the face that matched
+            face = self.found.faces[0]  # refused (duplicate, quality): the face that was found
             fields.update(
                 bbox=to_bbox(face.box),
                 landmarks=landmarks_list(face.landmarks),
@@ -139,6 +144,8 @@ class _Enrollment:
     on_duplicate: str
     threshold: float
     store_chips: bool
+    settings: Settings
+    force: bool
     services: Services
     gallery: Gallery
     inference: Inference
@@ -167,6 +174,11 @@ class _Enrollment:
         result = _Photo(index, found=found)
         if not found.faces:
             result.error = NoFace("no face found in the image")
+            return result
+        try:
+            check_enroll_quality(found.quality[0], self.settings, force=self.force)
+        except PoorQuality as exc:
+            result.error = exc
             return result
         result.duplicate = await self.possible_duplicate(found.embeddings[0])
         if result.duplicate is not None and self.on_duplicate == "reject":
@@ -247,6 +259,9 @@ def _nothing_enrolled(photos: list[_Photo]) -> ServiceError:
         "error of the photos (its own status and code if they all failed alike, else 422 "
         "`nothing_enrolled`) with every outcome in `error.details`. Photos of one request "
         "are the same person and never flag each other as duplicates.\n\n"
+        "A face that breaks the server's quality limits (`FACESERVE_ENROLL_*` settings) is "
+        "refused with 422 `poor_quality` naming the measure, its value and the limit, unless "
+        "`force=true`; every response reports each face's `quality`.\n\n"
         "The response is sent only after the enrollments are committed. Needs scope "
         "`enroll`; the subject belongs to the key's gallery."
     ),
@@ -289,6 +304,8 @@ async def enroll(
         on_duplicate=body.on_duplicate,
         threshold=point.threshold,
         store_chips=settings.store_chips,
+        settings=settings,
+        force=body.force,
         services=services,
         gallery=gallery,
         inference=inference,
@@ -332,4 +349,5 @@ async def enroll(
         faces_detected=found.faces_detected,
         model=record.model,
         possible_duplicate=photo.duplicate,
+        quality=quality_model(found.quality[0]),
     )

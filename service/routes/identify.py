@@ -12,6 +12,7 @@ from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.errors import FaceNotFound, InvalidField, error_responses
 from service.gallery import Gallery
 from service.inference import most_confident
+from service.quality import quality_model
 from service.routes.common import (
     candidates_for,
     decode_embedding,
@@ -148,8 +149,9 @@ async def identify_image(
             detection_confidence=float(face.confidence),
             candidates=candidates,
             match=match_of(candidates, point.threshold),
+            quality=quality_model(quality),
         )
-        for face, candidates in zip(found.faces, per_face, strict=True)
+        for face, candidates, quality in zip(found.faces, per_face, found.quality, strict=True)
     ]
     return IdentifyImageResponse(
         faces=faces,

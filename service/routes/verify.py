@@ -11,6 +11,7 @@ from service.auth import RecognizeImageKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep
 from service.errors import InvalidField, NoFace, SubjectNotFound, error_responses
 from service.inference import EmbeddedFaces, Inference, largest_face
+from service.quality import quality_model
 from service.routes.common import (
     image_bytes,
     image_request_body,
@@ -38,6 +39,7 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         bbox=to_bbox(face.box),
         detection_confidence=float(face.confidence),
         faces_detected=found.faces_detected,
+        quality=quality_model(found.quality[0]),
     )
 
 

@@ -36,6 +36,9 @@ READY_TIMEOUT_S = 300.0
 # ---------------------------------------------------------------- fake pipeline
 
 
+_FAKE_FACE_TEXTURE = np.random.default_rng(0).integers(64, 192, size=(90, 90), dtype=np.uint8)
+
+
 class FakePipeline:
     """``FacePipeline``'s methods over synthetic images (see ``fake_photo``).
 
@@ -59,8 +62,10 @@ class FakePipeline:
             left = 10 + 100 * i
             box = Box(left, 20, left + side - 1, 20 + side - 1)
             cx, cy = left + side / 2, 20 + side / 2
+            # Eye centres 28 px apart, nose base between them: a frontal face that passes
+            # the default enrollment quality limits (so does the chip's texture, below).
             landmarks = np.array(
-                [[cx - 10, cy - 5], [cx - 4, cy - 5], [cx + 10, cy - 5], [cx + 4, cy - 5],
+                [[cx + 20, cy - 5], [cx + 8, cy - 5], [cx - 20, cy - 5], [cx - 8, cy - 5],
                  [cx, cy + 8]],
                 dtype=np.float32,
             )
@@ -74,6 +79,9 @@ class FakePipeline:
             chips[j, ..., 0] = image[0, 0, 1]
             chips[j, ..., 1] = image[0, 0, 2]
             chips[j, ..., 2] = index
+            # A sharp, mid-grey face region; the corner pixel (the embedding's seed) and the
+            # border stay flat so a stored JPEG chip re-embeds to the same vector.
+            chips[j, 30:120, 30:120] = _FAKE_FACE_TEXTURE[..., None]
         return chips
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:

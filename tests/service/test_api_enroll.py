@@ -362,3 +362,15 @@ def test_duplicates_are_looked_for_only_in_the_keys_gallery(make_client) -> None
                     files={"image": ("p.png", fake_photo(25, variant=1), "image/png")})
     assert r.status_code == 201, r.text
     assert r.json()["possible_duplicate"] is None
+
+
+def test_a_batch_reports_poor_quality_per_photo_and_force_overrides(make_client) -> None:
+    client = make_client(enroll_min_eye_distance=1000.0)  # every face is too small
+    r = enroll_many(client, "ann", [fake_photo(1), fake_photo(1, variant=1)])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "poor_quality"
+    outcomes = r.json()["error"]["details"]
+    assert [o["error"]["code"] for o in outcomes] == ["poor_quality", "poor_quality"]
+    assert all(o["quality"]["eye_distance"] < 1000 for o in outcomes)
+    r = enroll_many(client, "ann", [fake_photo(1), fake_photo(1, variant=1)], force="true")
+    assert r.status_code == 201 and r.json()["created"] == 2
+    assert all(o["quality"] is not None for o in r.json()["images"])
