@@ -8,9 +8,10 @@ from models.faces import Face
 from service.auth import EnrollKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.errors import MultipleFaces, NoFace, error_responses
-from service.inference import largest_face
+from service.inference import keep_all
 from service.routes.common import (
     audit_event,
+    face_selection_of,
     image_bytes,
     image_request_body,
     landmarks_list,
@@ -38,10 +39,12 @@ def _reject_several(faces: list[Face]) -> list[Face]:
     response_model=EnrollResponse,
     summary="Enroll a face for a subject",
     description=(
-        "Detects the faces of the photo, embeds the largest (by box area) and stores it as a "
-        "template of `subject_id` (created if new). `on_multiple=reject` refuses photos "
-        "with several faces instead. Re-sending identical image bytes for the same subject "
-        "is idempotent: the existing face is returned with `created: false` and status 200. "
+        "Detects the faces of the photo, embeds the primary one (the largest visible face; "
+        "about equal sizes: the most confident, then the one nearest the centre) and stores "
+        "it as a template of `subject_id` (created if new); `face_selection` says which face "
+        "was taken and why. `on_multiple=reject` refuses photos with several faces instead. "
+        "Re-sending identical image bytes for the same subject is idempotent: the existing "
+        "face is returned with `created: false` and status 200. "
         "The response is sent only after the enrollment is committed. Needs scope `enroll`; "
         "the subject belongs to the key's gallery."
     ),
@@ -63,8 +66,8 @@ async def enroll(
     body = await parse_body(request, EnrollForm, EnrollJSON)
     data = await image_bytes(body.image, "image")
     metadata = parse_metadata(body.metadata)
-    select = _reject_several if body.on_multiple == "reject" else largest_face
-    found = await inference.faces(data, lambda faces: largest_face(select(faces)))
+    check = _reject_several if body.on_multiple == "reject" else keep_all
+    found = await inference.primary_face(data, check)
     if not found.faces:
         raise NoFace("no face found in the image")
     face = found.faces[0]
@@ -93,5 +96,6 @@ async def enroll(
         landmarks=landmarks_list(record.landmarks),
         detection_confidence=float(record.detection_confidence),
         faces_detected=found.faces_detected,
+        face_selection=face_selection_of(found.selection),
         model=record.model,
     )
