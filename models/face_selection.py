@@ -4,9 +4,11 @@ The rule, in order, each step only deciding among the faces the previous step le
 
 1. **Visible area**: the box clipped to the image. A face cut off by the border keeps its
    full MMOD box, so the raw box area favours exactly the faces that show the least; the
-   clipped area does not. Areas within :data:`AREA_TOLERANCE` (15%) of the largest tie: MMOD
-   boxes come in a few fixed sizes per pyramid level (80 px, 96 px ... at 250 px), so two
-   faces at a similar scale differ by a quantisation step, not by prominence.
+   clipped area does not. Faces whose visible area is within a factor :data:`AREA_RATIO`
+   (1.5) of the largest tie: MMOD boxes come in fixed sizes, one per pyramid level, each 1.2x
+   the last in width (80, 96, 115, 138 px ...; 1.44x in area), so two faces of about the
+   same size can get boxes one step apart; a factor 1.5 spans one step with a margin for
+   clipping, and a face two steps (2x the area) larger still wins outright.
 2. **Detector confidence**: among faces of about the same visible size, the clearest,
    most frontal one. Confidences within :data:`CONFIDENCE_TOLERANCE` tie.
 3. **Nearness to the image centre** (box centre to image centre): photographers frame their
@@ -27,7 +29,7 @@ import numpy as np
 from models.faces import Box, Face
 
 __all__ = [
-    "AREA_TOLERANCE",
+    "AREA_RATIO",
     "CONFIDENCE_TOLERANCE",
     "RULE",
     "DecidedBy",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 RULE = "visible-area>confidence>centre"
-AREA_TOLERANCE = 0.15  # visible areas at least (1 - this) x the largest tie
+AREA_RATIO = 1.5  # visible areas within this factor of the largest tie (one MMOD step)
 CONFIDENCE_TOLERANCE = 0.1  # MMOD scores (about 0..1.2) within this tie
 
 # Which step of the rule settled the choice: "confidence" and "centre" mean faces of about the
@@ -73,9 +75,17 @@ def off_centre(box: Box, image_height: int, image_width: int) -> float:
 
 
 def primary_face(
-    faces: Sequence[Face], image_height: int, image_width: int
+    faces: Sequence[Face],
+    image_height: int,
+    image_width: int,
+    *,
+    area_ratio: float = AREA_RATIO,
+    confidence_tolerance: float = CONFIDENCE_TOLERANCE,
 ) -> Selection | None:
-    """The photo's primary face by the module's rule, or None when there is no face."""
+    """The photo's primary face by the module's rule, or None when there is no face.
+
+    The tolerances are parameters only so that ``benchmarks/bench_face_selection.py`` can
+    measure other values with this same function; callers use the defaults."""
     if not faces:
         return None
     n = len(faces)
@@ -83,7 +93,7 @@ def primary_face(
         return Selection(0, faces[0], RULE, "only_face", "the only face detected", 1)
     areas = [visible_area(f.box, image_height, image_width) for f in faces]
     largest = max(areas)
-    tied = [i for i in range(n) if areas[i] >= (1.0 - AREA_TOLERANCE) * largest]
+    tied = [i for i in range(n) if areas[i] * area_ratio >= largest]
     if len(tied) == 1:
         chosen = tied[0]
         runner_up = max(a for i, a in enumerate(areas) if i != chosen)
@@ -94,7 +104,7 @@ def primary_face(
             f"the largest visible face of {n}; the next is {share:.0%} of its area{cut}", n,
         )
     best_conf = max(faces[i].confidence for i in tied)
-    confident = [i for i in tied if faces[i].confidence >= best_conf - CONFIDENCE_TOLERANCE]
+    confident = [i for i in tied if faces[i].confidence >= best_conf - confidence_tolerance]
     if len(confident) == 1:
         chosen = confident[0]
         others = max(faces[i].confidence for i in tied if i != chosen)

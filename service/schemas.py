@@ -167,8 +167,8 @@ class FaceSelection(BaseModel):
 
     rule: str = Field(
         description="The selection rule: the largest visible face (box clipped to the photo; "
-        "areas within 15% tie), then the most confident detection (scores within 0.1 tie), "
-        "then the face nearest the photo's centre.",
+        "areas within a factor 1.5, one detector box size, tie), then the most confident "
+        "detection (scores within 0.1 tie), then the face nearest the photo's centre.",
         examples=["visible-area>confidence>centre"],
     )
     decided_by: Literal["only_face", "visible_area", "confidence", "centre"] = Field(

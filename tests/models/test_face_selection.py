@@ -32,9 +32,9 @@ def test_visible_area_clips_the_box_to_the_image() -> None:
 
 
 def test_a_face_cut_off_by_the_border_loses_to_the_whole_centred_face() -> None:
-    # The cut-off face has the larger MMOD box (96 px against 80 px), so "largest box" picks it;
-    # only 56 x 96 of it is inside the photo.
-    cut = face(-40, 60, 96, confidence=1.08)
+    # The cut-off face has the larger MMOD box (96 px against 80 px) and is the more
+    # confident, so "largest box" and "most confident" pick it; only 36 x 96 of it is inside.
+    cut = face(-60, 60, 96, confidence=1.08)
     centred = face(85, 85, 80, confidence=0.9)
     assert cut.box.area > centred.box.area
     chosen = primary_face([cut, centred], H, W)
@@ -51,7 +51,7 @@ def test_a_clearly_larger_face_wins_even_off_centre_and_less_confident() -> None
 
 
 def test_near_tie_in_area_goes_to_the_more_confident_face() -> None:
-    # 80 px against 84 px: one MMOD quantisation step apart, not a difference in prominence.
+    # 84 px against 80 px: about the same scale, not a difference in prominence.
     background = face(150, 10, 84, confidence=0.45)
     subject = face(10, 120, 80, confidence=1.07)
     chosen = primary_face([background, subject], H, W)
@@ -75,13 +75,15 @@ def test_the_choice_does_not_depend_on_the_order_of_the_faces() -> None:
     assert picks == {id(faces[1])}
 
 
-@pytest.mark.parametrize("shrink", [0, 4, 6])
-def test_tolerance_only_spans_similar_sizes(shrink: int) -> None:
-    # 96 px against 96 - shrink: tied (<= 15% smaller in area), so confidence decides.
-    sure = face(0, 0, 96 - shrink, confidence=1.1)
+@pytest.mark.parametrize("side", [96, 90, 80])
+def test_one_mmod_size_step_is_a_tie_two_steps_are_not(side: int) -> None:
+    # MMOD boxes come 80, 96, 115 px wide: faces one step apart (up to 1.44x the area) are
+    # at about the same scale, so confidence decides between them.
     unsure = face(120, 120, 96, confidence=0.3)
+    sure = face(0, 0, side, confidence=1.1)
     chosen = primary_face([unsure, sure], H, W)
-    assert chosen is not None and chosen.face is sure
-    # 96 against 80 px (31% less area) is not a tie: the larger face wins despite confidence.
-    chosen = primary_face([unsure, face(0, 0, 80, confidence=1.1)], H, W)
-    assert chosen is not None and chosen.face is unsure
+    assert chosen is not None and chosen.face is sure and chosen.decided_by == "confidence"
+    # 115 against 80 px (2.07x the area): the larger face wins whatever the confidences.
+    larger = face(120, 120, 115, confidence=0.3)
+    chosen = primary_face([larger, face(0, 0, 80, confidence=1.1)], H, W)
+    assert chosen is not None and chosen.face is larger and chosen.decided_by == "visible_area"
