@@ -251,7 +251,7 @@ class _TwoFaces:
     embedding_size = 128
     flip = False
     device = "cpu"
-    CUT = Face(Box(-40, 60, 55, 155), 1.08, np.full((5, 2), 10.0, np.float32))
+    CUT = Face(Box(-60, 60, 35, 155), 1.08, np.full((5, 2), 10.0, np.float32))
     CENTRED = Face(Box(85, 85, 164, 164), 0.9, np.full((5, 2), 120.0, np.float32))
 
     def __init__(self) -> None:
