@@ -19,12 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from models.face_selection import Selection, primary_face
 from models.faces import Face
 from models.imageio import decode_image
 from models.quality import FaceQuality, assess
 from service.batcher import Embedder
 
-__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "largest_face", "most_confident"]
+__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "keep_all", "most_confident"]
 
 # Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
 FaceSelector = Callable[[list[Face]], list[Face]]
@@ -52,14 +53,13 @@ class EmbeddedFaces:
     chips: np.ndarray  # (N, 150, 150, 3) uint8
     faces_detected: int
     image_sha256: str
+    # How the one face was chosen (``Inference.primary_face``); None for multi-face calls.
+    selection: Selection | None = None
     quality: list[FaceQuality] = field(default_factory=list)  # rows match ``faces``
 
 
-def largest_face(faces: list[Face]) -> list[Face]:
-    """The face with the largest box area (ties: the more confident)."""
-    if not faces:
-        return []
-    return [max(faces, key=lambda f: (f.box.area, f.confidence))]
+def keep_all(faces: list[Face]) -> list[Face]:
+    return faces
 
 
 def most_confident(limit: int) -> FaceSelector:
@@ -87,14 +87,18 @@ class Inference:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _detect_and_align(
-        self, data: bytes, select: FaceSelector
-    ) -> tuple[list[Face], np.ndarray, int, str, list[FaceQuality]]:
+        self, data: bytes, select: FaceSelector, primary: bool
+    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, max_pixels=self.max_pixels)
         detected = self.pipeline.detect(image)
         chosen = select(detected)
+        selection = None
+        if primary:
+            selection = primary_face(chosen, image.shape[0], image.shape[1])
+            chosen = [selection.face] if selection is not None else []
         chips = self.pipeline.align(image, chosen)
-        return chosen, chips, len(detected), digest, assess(chosen, chips)
+        return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
 
     async def faces(self, data: bytes, select: FaceSelector) -> EmbeddedFaces:
         """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
@@ -102,11 +106,20 @@ class Inference:
         Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
         here (``faces`` is empty) — each endpoint decides what that means.
         """
-        chosen, chips, detected, digest, quality = await self._run(
-            self._detect_and_align, data, select
+        return await self._embed(data, select, primary=False)
+
+    async def primary_face(self, data: bytes, check: FaceSelector = keep_all) -> EmbeddedFaces:
+        """Like ``faces``, for the photo's one primary face (``models.face_selection``):
+        ``faces`` holds it (or nothing) and ``selection`` says why it was chosen. ``check``
+        sees every detection first (it may refuse the photo)."""
+        return await self._embed(data, check, primary=True)
+
+    async def _embed(self, data: bytes, select: FaceSelector, *, primary: bool) -> EmbeddedFaces:
+        chosen, chips, detected, digest, selection, quality = await self._run(
+            self._detect_and_align, data, select, primary
         )
         embeddings = await self.embedder.embed(chips)
-        return EmbeddedFaces(chosen, embeddings, chips, detected, digest, quality)
+        return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:
         return await self._run(encode_jpeg, chip)

@@ -37,6 +37,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "FaceInfo",
+    "FaceSelection",
     "HealthResponse",
     "IdentifiedFace",
     "IdentifyForm",
@@ -93,10 +94,12 @@ IdentifyFpir = Annotated[
     ),
 ]
 OnMultiple = Annotated[
-    Literal["largest", "reject"],
+    Literal["primary", "largest", "reject"],
     Field(
-        description="What to do when the photo shows several faces: enroll the `largest` "
-        "(by box area), or `reject` the photo with 422 `multiple_faces`."
+        description="What to do when the photo shows several faces: enroll the `primary` face "
+        "(largest visible area, then detection confidence, then nearness to the centre; the "
+        "response's `face_selection` says which and why), or `reject` the photo with 422 "
+        "`multiple_faces`. `largest` is the older name of `primary` and means the same."
     ),
 ]
 OnDuplicate = Annotated[
@@ -252,6 +255,24 @@ class Quality(BaseModel):
     )
 
 
+class FaceSelection(BaseModel):
+    """Which face of an uploaded photo was used, and why: a photo with several faces never
+    has one chosen silently."""
+
+    rule: str = Field(
+        description="The selection rule: the largest visible face (box clipped to the photo; "
+        "areas within a factor 1.5, one detector box size, tie), then the most confident "
+        "detection (scores within 0.1 tie), then the face nearest the photo's centre.",
+        examples=["visible-area>confidence>centre"],
+    )
+    decided_by: Literal["only_face", "visible_area", "confidence", "centre"] = Field(
+        description="The step that settled it. `confidence` or `centre`: several faces of "
+        "about the same size competed; check `bbox` is the intended person."
+    )
+    reason: str = Field(description="The choice in words.")
+    faces_detected: int = Field(description="Faces found in the photo.")
+
+
 class Candidate(BaseModel):
     subject_id: str
     face_id: str = Field(description="The subject's template that scored best.")
@@ -280,7 +301,7 @@ class EnrollForm(_Strict):
         description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with the "
         "subject; replaces the subject's metadata when given.",
     )
-    on_multiple: OnMultiple = "largest"
+    on_multiple: OnMultiple = "primary"
     on_duplicate: OnDuplicate = "warn"
     force: bool = Field(
         False,
@@ -307,7 +328,7 @@ class EnrollJSON(_Strict):
         description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with the "
         "subject; replaces the subject's metadata when given.",
     )
-    on_multiple: OnMultiple = "largest"
+    on_multiple: OnMultiple = "primary"
     on_duplicate: OnDuplicate = "warn"
     force: bool = Field(
         False,
@@ -326,7 +347,12 @@ class EnrollResponse(BaseModel):
     bbox: BBox
     landmarks: Landmarks
     detection_confidence: float
-    faces_detected: int = Field(description="Faces found in the photo (the largest was used).")
+    faces_detected: int = Field(
+        description="Faces found in the photo (the primary one was used, see face_selection)."
+    )
+    face_selection: FaceSelection | None = Field(
+        None, description="Which face of the photo was enrolled, and why."
+    )
     model: str = Field(description="Embedding model version.")
     quality: Quality = Field(description="Quality of the face in this photo.")
     possible_duplicate: Candidate | None = Field(
@@ -354,6 +380,9 @@ class EnrollImageOutcome(BaseModel):
     )
     quality: Quality | None = Field(
         None, description="Quality of the face taken from the photo (absent without a face)."
+    )
+    face_selection: FaceSelection | None = Field(
+        None, description="Which face of the photo was taken, and why (absent without a face)."
     )
     possible_duplicate: Candidate | None = Field(
         None,
@@ -416,7 +445,10 @@ class VerifiedFace(BaseModel):
     bbox: BBox | None = Field(None, description="Box of the face used (uploaded images).")
     detection_confidence: float | None = None
     faces_detected: int | None = Field(
-        None, description="Faces found in that image; the largest was used."
+        None, description="Faces found in that image; the primary one was used."
+    )
+    face_selection: FaceSelection | None = Field(
+        None, description="Which face of the uploaded image was used, and why."
     )
     face_id: str | None = Field(None, description="The stored template used (subject mode).")
     subject_id: str | None = None
@@ -484,7 +516,11 @@ class IdentifiedFace(BaseModel):
     landmarks: Landmarks
     detection_confidence: float
     candidates: list[Candidate]
-    match: Candidate | None
+    match: Candidate | None = Field(
+        description="The best candidate at or above the threshold whose subject no "
+        "better-scoring face of the same photo has taken (one person appears at most once in "
+        "a photo), else null (unknown)."
+    )
     quality: Quality
 
 

@@ -2,11 +2,11 @@
 
 Each distinct image of the pairs file is embedded once: decode -> detect -> 5-point
 landmarks -> aligned 150x150 chip -> 128-d embedding, exactly as the service does it (one
-``FacePipeline``). The labelled person of an LFW image is the face in its centre, so when the
-detector finds several faces the one whose box centre is nearest the image centre is used;
-when it finds none, the chip is aligned from :data:`LFW_TEMPLATE_250` (where the 5 landmarks
-of an LFW face usually are) and the image is counted as a fallback in the report. Chips are
-embedded in batches.
+``FacePipeline``). When the detector finds several faces, the one the service would use is
+taken (``models.face_selection.primary_face``: largest visible face, then confidence, then
+nearness to the centre), so eval and ``POST /verify`` agree; when it finds none, the chip is
+aligned from :data:`LFW_TEMPLATE_250` (where the 5 landmarks of an LFW face usually are) and
+the image is counted as a fallback in the report. Chips are embedded in batches.
 
 The cache (default ``<out>/embeddings-<model>.npz``, keyed by absolute image path) keeps, per
 image, the landmarks used and the embeddings of the chip and of its mirror image. A second
@@ -29,6 +29,7 @@ import numpy as np
 from models.evaluation.pairs import PairSet, read_pairs
 from models.evaluation.profile import build_profile, write_profile
 from models.evaluation.report import plot_roc, report_dict, summarise, write_json, write_markdown
+from models.face_selection import primary_face
 from models.faces import Box, Face
 
 if TYPE_CHECKING:
@@ -72,14 +73,35 @@ def fallback_face(height: int, width: int) -> Face:
     return Face(box=box, confidence=0.0, landmarks=points.astype(np.float32))
 
 
-def _central_face(faces: Sequence[Face], height: int, width: int) -> Face:
-    def off_centre(face: Face) -> float:
-        b = face.box
-        dx = (b.left + b.right) / 2 - width / 2
-        dy = (b.top + b.bottom) / 2 - height / 2
-        return float(np.hypot(dx, dy))
+def _chosen_face(faces: Sequence[Face], height: int, width: int) -> Face:
+    """The face used for an image: the service's rule, or the template when none is found."""
+    selection = primary_face(faces, height, width)
+    return selection.face if selection is not None else fallback_face(height, width)
 
-    return min(faces, key=off_centre)
+
+def _reselect(cache: EmbeddingCache, keys: Sequence[str]) -> int:
+    """Bring rows chosen under another face rule (an older cache) to the current one.
+
+    A row whose landmarks are not those of the face the rule picks from its detections gets
+    that face's landmarks and loses its embeddings (re-embedded, not re-detected). A row
+    with several faces but no kept detections (written before they were kept) is dropped,
+    so the image is detected again. Returns how many rows changed.
+    """
+    changed = 0
+    for key in keys:
+        entry = cache.entries.get(key)
+        if entry is None or entry.faces_found < 2:
+            continue
+        if entry.detections is None or entry.image_size is None:
+            del cache.entries[key]
+            changed += 1
+            continue
+        face = _chosen_face(entry.faces(), *entry.image_size)
+        if not np.allclose(face.landmarks, entry.landmarks, atol=1e-3):
+            entry.landmarks = np.asarray(face.landmarks, np.float32)
+            entry.plain = entry.mirror = None
+            changed += 1
+    return changed
 
 
 def resolve_layout(root: Path, pairs_file: Path | None) -> tuple[Path, Path]:
@@ -330,6 +352,10 @@ def embed_images(
         e = cache.entries.get(key)
         return (e is None or e.plain is None), (flip and (e is None or e.mirror is None))
 
+    reselected = _reselect(cache, list(dict.fromkeys(keys)))
+    if reselected:
+        log.info("%d cached images re-embedded: their face was chosen by another rule",
+                 reselected)
     todo = [k for k in dict.fromkeys(keys) if any(needs(k))]
     missing = [k for k in todo if not Path(k).is_file()]
     if missing:
@@ -368,7 +394,7 @@ def embed_images(
             if entry is None:
                 faces = pipeline.detect(image)
                 h, w = image.shape[:2]
-                face = _central_face(faces, h, w) if faces else fallback_face(h, w)
+                face = _chosen_face(faces, h, w)
                 entry = _Entry(np.asarray(face.landmarks, np.float32), not faces, len(faces),
                                detections=_detections_of(faces), image_size=(h, w))
                 cache.entries[key] = entry

@@ -25,6 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from models.face_selection import Selection
 from models.faces import Box
 from models.imageio import InvalidBase64 as InvalidImageBase64
 from models.imageio import b64decode_image
@@ -38,6 +39,7 @@ from service.schemas import (
     MAX_METADATA_DEPTH,
     BBox,
     Candidate,
+    FaceSelection,
     OperatingPoint,
 )
 
@@ -47,11 +49,13 @@ __all__ = [
     "decode_base64_image",
     "decode_embedding",
     "encode_embedding",
+    "face_selection_of",
     "identify_point",
     "image_bytes",
     "image_request_body",
     "landmarks_list",
     "match_of",
+    "one_subject_per_photo",
     "operating_point_for",
     "parse_body",
     "parse_metadata",
@@ -411,7 +415,46 @@ def match_of(candidates: list[Candidate], threshold: float) -> Candidate | None:
     return None
 
 
+def one_subject_per_photo(
+    per_face: list[list[Candidate]], threshold: float
+) -> list[Candidate | None]:
+    """Each face's match when one person appears at most once in a photo.
+
+    ``per_face[i]`` are face ``i``'s candidates, most similar first. Matches are handed out
+    best similarity first across the whole photo: a face whose subject a better-scoring face
+    already took falls to its next candidate at or above ``threshold``, else to unknown
+    (None). Equal similarities go to the earlier face (the more confident detection).
+    """
+    offers = sorted(
+        (
+            (-c.similarity, face, rank, c)
+            for face, candidates in enumerate(per_face)
+            for rank, c in enumerate(candidates)
+            if c.similarity >= threshold
+        ),
+        key=lambda offer: offer[:3],
+    )
+    matches: list[Candidate | None] = [None] * len(per_face)
+    taken: set[str] = set()
+    for _, face, _, candidate in offers:
+        if matches[face] is None and candidate.subject_id not in taken:
+            matches[face] = candidate
+            taken.add(candidate.subject_id)
+    return matches
+
+
 # ---------------------------------------------------------------- shapes
+
+
+def face_selection_of(selection: Selection | None) -> FaceSelection | None:
+    if selection is None:
+        return None
+    return FaceSelection(
+        rule=selection.rule,
+        decided_by=selection.decided_by,
+        reason=selection.reason,
+        faces_detected=selection.faces_detected,
+    )
 
 
 def to_bbox(box: Box | tuple[int, int, int, int] | list[int]) -> BBox:

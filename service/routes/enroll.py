@@ -32,11 +32,12 @@ from service.errors import (
     error_responses,
 )
 from service.gallery import Gallery
-from service.inference import EmbeddedFaces, Inference, largest_face
+from service.inference import EmbeddedFaces, Inference, keep_all
 from service.quality import check_enroll_quality, quality_model
 from service.routes.common import (
     audit_event,
     candidates_for,
+    face_selection_of,
     identify_point,
     image_bytes,
     image_request_body,
@@ -107,6 +108,7 @@ class _Photo:
             fields["faces_detected"] = self.found.faces_detected
             if self.found.faces:
                 fields["quality"] = quality_model(self.found.quality[0])
+                fields["face_selection"] = face_selection_of(self.found.selection)
         if self.record is not None:
             fields.update(
                 face_id=self.record.face_id,
@@ -169,8 +171,8 @@ class _Enrollment:
         ``_PHOTO_ERRORS``); after it (no face, a rejected duplicate) it is returned with its
         ``error``, so that its outcome can still say what was found."""
         data = await image_bytes(value, field)
-        select = _reject_several if self.on_multiple == "reject" else largest_face
-        found = await self.inference.faces(data, lambda faces: largest_face(select(faces)))
+        check = _reject_several if self.on_multiple == "reject" else keep_all
+        found = await self.inference.primary_face(data, check)
         result = _Photo(index, found=found)
         if not found.faces:
             result.error = NoFace("no face found in the image")
@@ -243,10 +245,12 @@ def _nothing_enrolled(photos: list[_Photo]) -> ServiceError:
     response_model=EnrollResponse | EnrollBatchResponse,
     summary="Enroll one or several photos of a subject",
     description=(
-        "Detects the faces of the photo, embeds the largest (by box area) and stores it as a "
-        "template of `subject_id` (created if new). `on_multiple=reject` refuses photos "
-        "with several faces instead. Re-sending identical image bytes for the same subject "
-        "is idempotent: the existing face is returned with `created: false` and status 200. "
+        "Detects the faces of the photo, embeds the primary one (the largest visible face; "
+        "about equal sizes: the most confident, then the one nearest the centre) and stores "
+        "it as a template of `subject_id` (created if new); `face_selection` says which face "
+        "was taken and why. `on_multiple=reject` refuses photos with several faces instead. "
+        "Re-sending identical image bytes for the same subject is idempotent: the existing "
+        "face is returned with `created: false` and status 200. "
         "Before storing, the face is searched for in the gallery: if it already matches "
         "another subject at the identify decision, that subject and the similarity are "
         "reported in `possible_duplicate` (`on_duplicate=warn`, the default) or the photo is "
@@ -347,6 +351,7 @@ async def enroll(
         landmarks=landmarks_list(record.landmarks),
         detection_confidence=float(record.detection_confidence),
         faces_detected=found.faces_detected,
+        face_selection=face_selection_of(found.selection),
         model=record.model,
         possible_duplicate=photo.duplicate,
         quality=quality_model(found.quality[0]),

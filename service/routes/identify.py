@@ -21,6 +21,7 @@ from service.routes.common import (
     image_request_body,
     landmarks_list,
     match_of,
+    one_subject_per_photo,
     parse_body,
     run_in_threadpool,
     to_bbox,
@@ -119,8 +120,11 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
     summary="Identify every face of a photo (1:n)",
     description=(
         "Detects the faces of the photo (most confident first, at most `max_faces`, itself "
-        "capped by the server's setting) and searches the gallery with each. A photo without "
-        "faces gives an empty `faces` list. Needs scope `recognize`; only the key's gallery "
+        "capped by the server's setting) and searches the gallery with each. One person "
+        "appears at most once in a photo: when two faces would match the same subject, the "
+        "better-scoring face keeps it and the other takes its next candidate at or above "
+        "the threshold, or none (unknown). A photo without faces gives an empty `faces` "
+        "list. Needs scope `recognize`; only the key's gallery "
         "is searched."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
@@ -142,16 +146,19 @@ async def identify_image(
     per_face = await run_in_threadpool(
         candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
     )
+    matches = one_subject_per_photo(per_face, point.threshold)
     faces = [
         IdentifiedFace(
             bbox=to_bbox(face.box),
             landmarks=landmarks_list(face.landmarks),
             detection_confidence=float(face.confidence),
             candidates=candidates,
-            match=match_of(candidates, point.threshold),
+            match=match,
             quality=quality_model(quality),
         )
-        for face, candidates, quality in zip(found.faces, per_face, found.quality, strict=True)
+        for face, candidates, match, quality in zip(
+            found.faces, per_face, matches, found.quality, strict=True
+        )
     ]
     return IdentifyImageResponse(
         faces=faces,

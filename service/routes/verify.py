@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request
 from service.auth import RecognizeImageKey
 from service.deps import GalleryDep, InferenceDep, ServicesDep
 from service.errors import InvalidField, NoFace, SubjectNotFound, error_responses
-from service.inference import EmbeddedFaces, Inference, largest_face
+from service.inference import EmbeddedFaces, Inference
 from service.quality import quality_model
 from service.routes.common import (
+    face_selection_of,
     image_bytes,
     image_request_body,
     operating_point_for,
@@ -26,7 +27,7 @@ router = APIRouter(tags=["recognition"])
 
 
 async def _probe(inference: Inference, data: bytes, field: str) -> EmbeddedFaces:
-    found = await inference.faces(data, largest_face)
+    found = await inference.primary_face(data)
     if not found.faces:
         raise NoFace(f"no face found in {field}")
     return found
@@ -40,6 +41,7 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         detection_confidence=float(face.confidence),
         faces_detected=found.faces_detected,
         quality=quality_model(found.quality[0]),
+        face_selection=face_selection_of(found.selection),
     )
 
 
@@ -48,9 +50,12 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     response_model=VerifyResponse,
     summary="Verify two faces (1:1)",
     description=(
-        "Two modes. `image_a` + `image_b`: compares the largest face of each photo. "
-        "`image` + `subject_id`: compares the largest face of the photo with every template "
-        "of the subject; the best score counts. `match` is `similarity >= threshold`; "
+        "Two modes. `image_a` + `image_b`: compares the primary face of each photo. "
+        "`image` + `subject_id`: compares the primary face of the photo with every template "
+        "of the subject; the best score counts. The primary face is the largest visible one "
+        "(box clipped to the photo); faces of about the same size go to the most confident "
+        "detection, then to the one nearest the centre; each uploaded face's "
+        "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
         "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
         "in the key's gallery."

@@ -20,6 +20,8 @@ from models.evaluation.lfw import (
 )
 from models.evaluation.metrics import roc_curve
 from models.evaluation.profile import build_profile, load_profile, write_profile
+from models.face_selection import primary_face
+from models.faces import Box, Face
 from service.cli import main
 
 # The subset: the first 15 same + 15 different pairs of each of the ten folds of the official
@@ -239,3 +241,79 @@ def test_profile_round_trip_and_unresolvable_far(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"model": "x"}')
     with pytest.raises(ValueError, match="no operating_points"):
         load_profile(tmp_path / "bad.json")
+
+
+class _TwoFaces:
+    """A pipeline whose every photo shows a larger face cut off by the left border and a whole
+    centred one (LFW's typical bystander); a chip and its embedding say which face it is."""
+
+    model_version = "two-faces"
+    embedding_size = 128
+    flip = False
+    device = "cpu"
+    CUT = Face(Box(-60, 60, 35, 155), 1.08, np.full((5, 2), 10.0, np.float32))
+    CENTRED = Face(Box(85, 85, 164, 164), 0.9, np.full((5, 2), 120.0, np.float32))
+
+    def __init__(self) -> None:
+        self.detect_calls = 0
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        self.detect_calls += 1
+        return [self.CUT, self.CENTRED]
+
+    def align(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        chips = np.zeros((len(faces), 150, 150, 3), np.uint8)
+        for j, f in enumerate(faces):
+            chips[j] = int(f.landmarks[0, 0])
+        return chips
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        return np.stack([self.vector(int(c[0, 0, 0])) for c in chips])
+
+    @staticmethod
+    def vector(seed: int) -> np.ndarray:
+        v = np.random.default_rng(seed).standard_normal(128)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def test_eval_lfw_picks_faces_with_the_services_rule_and_repicks_old_cache_rows(
+    tmp_path: Path,
+) -> None:
+    import models.evaluation.lfw as lfw
+    import models.face_selection
+
+    # The one rule, not a copy of it.
+    assert lfw.primary_face is models.face_selection.primary_face
+    photo = tmp_path / "Someone" / "Someone_0001.jpg"
+    photo.parent.mkdir()
+    Image.new("RGB", (250, 250), (90, 90, 90)).save(photo)
+    key = str(photo.resolve())
+    centred = _TwoFaces.vector(120)
+    assert primary_face([_TwoFaces.CUT, _TwoFaces.CENTRED], 250, 250).face is _TwoFaces.CENTRED
+
+    pipe = _TwoFaces()
+    cache = EmbeddingCache.for_run(tmp_path, pipe.model_version)
+    emb = embed_images(pipe, [photo], cache, progress=False)  # type: ignore[arg-type]
+    np.testing.assert_allclose(emb.vectors[0], centred, atol=1e-6)
+    assert emb.faces_found.tolist() == [2]
+
+    # A row written under the old rule (say it took the cut-off face): on load it is re-picked
+    # from the kept detections and re-embedded, without detecting again, and saved.
+    cache.entries[key].landmarks = _TwoFaces.CUT.landmarks.copy()
+    cache.entries[key].plain = _TwoFaces.vector(10)
+    cache.save()
+    pipe = _TwoFaces()
+    cache = EmbeddingCache.for_run(tmp_path, pipe.model_version).load()
+    emb = embed_images(pipe, [photo], cache, progress=False)  # type: ignore[arg-type]
+    np.testing.assert_allclose(emb.vectors[0], centred, atol=1e-6)
+    assert (pipe.detect_calls, emb.detected, emb.embedded) == (0, 0, 1)
+    saved = EmbeddingCache.for_run(tmp_path, pipe.model_version).load().entries[key]
+    np.testing.assert_array_equal(saved.landmarks, _TwoFaces.CENTRED.landmarks)
+
+    # A row made before detections were kept cannot be re-picked: the image is detected again.
+    cache.entries[key].detections = None
+    cache.entries[key].landmarks = _TwoFaces.CUT.landmarks.copy()
+    cache.entries[key].plain = _TwoFaces.vector(10)
+    emb = embed_images(pipe, [photo], cache, progress=False)  # type: ignore[arg-type]
+    np.testing.assert_allclose(emb.vectors[0], centred, atol=1e-6)
+    assert pipe.detect_calls == 1

@@ -150,6 +150,29 @@ def test_two_faces_with_on_multiple_reject(real: tuple[TestClient, dict], people
     assert client.get("/subjects/pair").status_code == 404
 
 
+@pytest.mark.parametrize("rel, shown", [
+    ("test/kit_with_rose.jpg", {"kit_harington", "rose_leslie"}),
+    ("test/obama_and_biden.jpg", {"obama", "biden"}),  # and a third, smaller face
+    ("misc/two_people.jpg", {"obama", "biden"}),
+])
+def test_a_group_photo_enrolls_one_of_its_people_and_says_why(
+    real: tuple[TestClient, dict], people: Path, rel: str, shown: set[str]
+) -> None:
+    client, _ = real
+    r = enroll(client, "group-photo", people / rel)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    selection = body["face_selection"]
+    assert selection["faces_detected"] == body["faces_detected"] >= 2
+    assert selection["decided_by"] in ("visible_area", "confidence", "centre")
+    assert selection["reason"]
+    try:
+        found = client.get("/identify", params={"face_id": body["face_id"]}).json()
+        assert found["match"] is not None and found["match"]["subject_id"] in shown, found
+    finally:
+        client.delete("/subjects/group-photo")
+
+
 def test_real_truncated_jpeg_and_text_file(real: tuple[TestClient, dict], people: Path) -> None:
     client, _ = real
     data = (people / "test/obama1.jpg").read_bytes()
