@@ -93,6 +93,12 @@ class NoFace(ServiceError):
     status, code = 422, "no_face"
 
 
+class NotAFace(ServiceError):
+    """``face_crop=true`` on an image the detector does not confirm as a face."""
+
+    status, code = 422, "not_a_face"
+
+
 class MultipleFaces(ServiceError):
     status, code = 422, "multiple_faces"
 
@@ -229,7 +235,8 @@ _DESCRIPTIONS: dict[int, str] = {
     408: "The request body did not arrive within the request timeout (`request_timeout`).",
     413: "Upload or image larger than the limits.",
     415: "Not an image (`not_an_image`), or an unsupported media type.",
-    422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`).",
+    422: "Invalid field (`invalid_field`), or no usable face (`no_face`, `multiple_faces`; "
+    "`not_a_face` for a `face_crop` image that is not a face).",
     429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
     "(`overloaded`); retry after `Retry-After` seconds.",
     503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "

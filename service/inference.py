@@ -22,6 +22,7 @@ from PIL import Image
 from models.faces import Face
 from models.imageio import decode_image
 from service.batcher import Embedder
+from service.errors import NotAFace
 
 __all__ = ["EmbeddedFaces", "Inference", "Pipeline", "largest_face", "most_confident"]
 
@@ -36,6 +37,8 @@ class Pipeline(Protocol):
     embedding_size: int
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def detect_face_crop(self, image: np.ndarray) -> list[Face]: ...
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
 
@@ -85,22 +88,36 @@ class Inference:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _detect_and_align(
-        self, data: bytes, select: FaceSelector
+        self, data: bytes, select: FaceSelector, face_crop: bool = False
     ) -> tuple[list[Face], np.ndarray, int, str]:
         digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, max_pixels=self.max_pixels)
-        detected = self.pipeline.detect(image)
+        if face_crop:
+            detected = self.pipeline.detect_face_crop(image)
+            if not detected:
+                raise NotAFace(
+                    "face_crop=true but the image is not a face: the detector finds no face "
+                    "in it, even aligned or upsampled"
+                )
+        else:
+            detected = self.pipeline.detect(image)
         chosen = select(detected)
         chips = self.pipeline.align(image, chosen)
         return chosen, chips, len(detected), digest
 
-    async def faces(self, data: bytes, select: FaceSelector) -> EmbeddedFaces:
+    async def faces(
+        self, data: bytes, select: FaceSelector, face_crop: bool = False
+    ) -> EmbeddedFaces:
         """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
 
         Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
-        here (``faces`` is empty) — each endpoint decides what that means.
+        here (``faces`` is empty) — each endpoint decides what that means. ``face_crop``:
+        the image is one cropped face (``FacePipeline.detect_face_crop``); one that is not
+        a face is ``NotAFace`` (422), since the client said it was one.
         """
-        chosen, chips, detected, digest = await self._run(self._detect_and_align, data, select)
+        chosen, chips, detected, digest = await self._run(
+            self._detect_and_align, data, select, face_crop
+        )
         embeddings = await self.embedder.embed(chips)
         return EmbeddedFaces(chosen, embeddings, chips, detected, digest)
 

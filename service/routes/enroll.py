@@ -64,7 +64,9 @@ async def enroll(
     data = await image_bytes(body.image, "image")
     metadata = parse_metadata(body.metadata)
     select = _reject_several if body.on_multiple == "reject" else largest_face
-    found = await inference.faces(data, lambda faces: largest_face(select(faces)))
+    found = await inference.faces(
+        data, lambda faces: largest_face(select(faces)), body.face_crop
+    )
     if not found.faces:
         raise NoFace("no face found in the image")
     face = found.faces[0]
