@@ -209,3 +209,34 @@ def test_face_crop_takes_an_aligned_chip(
     [face] = pipeline.detect_face_crop(chip)
     vector = pipeline.embed_chips(pipeline.align(chip, [face]))[0]
     assert float(vector @ original.embedding) > 0.98
+
+
+@pytest.mark.slow
+def test_crop_probe_embeddings_and_the_table_on_a_few_lfw_images(
+    pipeline: FacePipeline, lfw: Path
+) -> None:
+    from models.evaluation.crops import crop_probe_embeddings, measure_crops, sample_paths
+    from models.evaluation.lfw import EmbeddingCache, embed_images
+
+    photos = sorted(lfw.glob("B*/*_0001.jpg"))[:4]
+    cache = EmbeddingCache(None, pipeline.model_version)
+    embed_images(pipeline, photos, cache, progress=False)
+    paths = sample_paths(cache, 3, seed=1)
+    assert len(paths) == 3 and set(paths) <= {str(p.resolve()) for p in photos}
+    originals = np.stack([cache.entries[p].plain for p in paths])
+    for face_crop in (False, True):
+        found, vectors = crop_probe_embeddings(pipeline, cache, paths, 100, face_crop=face_crop)
+        assert found.tolist() == [True, True, True]
+        assert vectors.shape == (3, 128)
+        cosines = np.einsum("ij,ij->i", vectors, originals)
+        assert (cosines > 0.97).all(), cosines
+
+    report = measure_crops(pipeline, cache, paths, (100, 150), progress=False,
+                           negatives=negative_images([], per_image=3))
+    for size in ("100", "150"):
+        s = report["sizes"][size]
+        assert s["crops"] == 3
+        assert s["found"]["retry"] == s["found"]["face_crop"] == 1.0
+        assert s["cosine_to_original"]["face_crop"]["min"] > 0.97
+        assert report["negatives"][size] == {"images": 3, "taken_for_a_face": 0}
+    assert report["sizes"]["150"]["found"]["default"] == 1.0  # 88 px faces: no retry needed
