@@ -95,9 +95,10 @@ FaceCrop = Annotated[
     bool,
     Field(
         description="The image is one face, already cropped (by the phone's own detector) or "
-        "aligned: skip the search for faces and take the face as filling the image. Faster "
-        "and finds faces too small for detection; an image the detector does not confirm as "
-        "a face is 422 `not_a_face`. Applies to every image of the request."
+        "aligned: no search for faces, the face is taken as filling the image (its cost does "
+        "not grow with the image, and faces too small for detection are found); an image the "
+        "detector does not confirm as a face is 422 `not_a_face`. Applies to every image of "
+        "the request."
     ),
 ]
 ImageFile = Annotated[
