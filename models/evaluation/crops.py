@@ -240,7 +240,7 @@ def measure_crops(
     detector at the pipeline's upsampling alone (before the retry), (b) by
     ``pipeline.detect`` (with its small-image retry), (c) by ``detect_face_crop``; the cosine
     of (b)'s and (c)'s embeddings with the original image's (the cache's ``plain``); where
-    the MMOD box sits on the crop (fractions of the crop side; what ``FACE_CROP_BOX`` is);
+    the MMOD box of (b) sits on the crop (fractions of the side; compare ``FACE_CROP_BOX``);
     and the mean time per crop of each. ``negatives``: non-face images, each given to
     ``detect_face_crop`` at every size: the share it wrongly takes for a face."""
     from tqdm import tqdm
@@ -334,7 +334,8 @@ def _summary(t: _Tally) -> dict[str, Any]:
             return None
         v = np.asarray(values)
         return {"mean": round(float(v.mean()), 4), "p5": round(float(np.percentile(v, 5)), 4),
-                "min": round(float(v.min()), 4), "n": len(v)}
+                "p1": round(float(np.percentile(v, 1)), 4), "min": round(float(v.min()), 4),
+                "below_0.95": int((v < 0.95).sum()), "n": len(v)}
 
     assert t.seconds is not None
     boxes = np.asarray(t.boxes) if t.boxes else np.zeros((0, 4))
@@ -346,9 +347,12 @@ def _summary(t: _Tally) -> dict[str, Any]:
             "face_crop": round(t.found_face_crop / t.n, 4),
         },
         "cosine_to_original": {"retry": cos(t.cos_retry), "face_crop": cos(t.cos_face_crop)},
+        # median and quartiles: the detector's box widths come in pyramid steps, so the
+        # mean mixes two or three discrete sizes
         "mmod_box_on_crop": {
-            "mean": [round(float(v), 3) for v in boxes.mean(0)] if len(boxes) else None,
-            "std": [round(float(v), 3) for v in boxes.std(0)] if len(boxes) else None,
+            q: [round(float(v), 3) for v in np.percentile(boxes, pct, axis=0)]
+            if len(boxes) else None
+            for q, pct in (("p25", 25), ("median", 50), ("p75", 75))
         },
         "ms_per_crop": {k: round(1000 * v / t.n, 1) for k, v in t.seconds.items()},
     }
