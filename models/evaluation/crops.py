@@ -361,16 +361,16 @@ def _summary(t: _Tally) -> dict[str, Any]:
 def markdown_table(report: dict[str, Any]) -> str:
     """The README table of a :func:`measure_crops` report."""
     lines = [
-        "| crop | found: today's default | found: small-image retry | found: `face_crop` "
-        "| cosine to original, retry (mean / p5 / min) | cosine, `face_crop` (mean / p5 / min) "
-        "| ms per crop (default / retry / `face_crop`) |",
+        "| crop | found: before (no retry) | found: retry (default now) | found: `face_crop` "
+        "| cosine, retry (mean / p1 / min) | cosine, `face_crop` (mean / p1 / min) "
+        "| ms per crop (before / retry / `face_crop`) |",
         "|---|---|---|---|---|---|---|",
     ]
     for size, s in report["sizes"].items():
         f, c, ms = s["found"], s["cosine_to_original"], s["ms_per_crop"]
 
         def fmt(x: dict[str, float] | None) -> str:
-            return "–" if x is None else f"{x['mean']:.4f} / {x['p5']:.4f} / {x['min']:.4f}"
+            return "–" if x is None else f"{x['mean']:.4f} / {x['p1']:.4f} / {x['min']:.4f}"
 
         lines.append(
             f"| {size}×{size} | {100 * f['default']:.1f}% | {100 * f['retry']:.2f}% "
