@@ -7,6 +7,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.faces import Face
+    from models.pipeline import FacePipeline
 
 __all__ = ["add_parsers"]
 
@@ -40,6 +47,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
     p.add_argument("--upsample", type=int, default=0, help="upsample photos N times (small faces)")
     p.add_argument("--max-side", type=int, default=2048, help="shrink larger photos first")
+    p.add_argument("--small-image-retry-px", type=int, default=300, metavar="PX",
+                   help="detect images smaller than this again at upsample+1 when no face is "
+                        "found (tightly cropped faces; default 300, 0: never)")
+    p.add_argument("--face-crop", action="store_true",
+                   help="each image is one cropped or aligned face: no search (an image that "
+                        "is not a face gets an error record)")
     p.add_argument("--no-embedding", action="store_true", help="detect and landmark only")
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=_embed)
@@ -101,6 +114,7 @@ def _embed(args: argparse.Namespace) -> int:
         flip=args.flip,
         upsample=args.upsample,
         max_side=args.max_side,
+        small_image_retry_px=args.small_image_retry_px,
     )
     status = 0
     for path in args.images:
@@ -112,7 +126,17 @@ def _embed(args: argparse.Namespace) -> int:
             print(json.dumps(record))
             status = 1
             continue
-        faces = pipeline.detect(image) if args.no_embedding else pipeline.embed_image(image)
+        if args.face_crop:
+            faces = pipeline.detect_face_crop(image)
+            if not faces:
+                record["error"] = "--face-crop: the image is not a face"
+                print(json.dumps(record))
+                status = 1
+                continue
+            if not args.no_embedding:
+                faces = _embedded(pipeline, image, faces)
+        else:
+            faces = pipeline.detect(image) if args.no_embedding else pipeline.embed_image(image)
         record["faces"] = [
             {
                 "box": list(f.box.as_tuple()),
@@ -156,3 +180,11 @@ def _calibrate(args: argparse.Namespace) -> int:
           f"std {ref.std:.4f} over {ref.pairs} pairs")
     print(f"written: {out} (restart the service to use it)")
     return 0
+
+
+def _embedded(pipeline: FacePipeline, image: np.ndarray, faces: list[Face]) -> list[Face]:
+    """``faces`` with their embeddings (``Face.embedding`` set)."""
+    from dataclasses import replace
+
+    vectors = pipeline.embed_chips(pipeline.align(image, faces))
+    return [replace(f, embedding=v) for f, v in zip(faces, vectors, strict=True)]

@@ -87,6 +87,7 @@ def default_pipeline(settings: Settings) -> Pipeline:
         upsample=settings.upsample,
         max_side=settings.max_side,
         model=settings.model,
+        small_image_retry_px=settings.small_image_retry_px,
     )
 
 

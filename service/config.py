@@ -145,6 +145,13 @@ class Settings(BaseSettings):
         description="Upsample photos N times before detection: finds faces smaller than about "
         "80 px, at 4x the detection cost per step.",
     )
+    small_image_retry_px: int = Field(
+        300,
+        ge=0,
+        description="Images whose longer side is under this, with no face found, are detected "
+        "again with one more upsampling step: finds the ~60 px faces of tightly cropped "
+        "uploads (phone apps' crops) at little cost. 0 turns it off.",
+    )
     max_side: int | None = Field(
         2048,
         ge=64,

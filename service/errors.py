@@ -102,6 +102,12 @@ class NoFace(ServiceError):
     status, code = 422, "no_face"
 
 
+class NotAFace(ServiceError):
+    """``face_crop=true`` on an image the detector does not confirm as a face."""
+
+    status, code = 422, "not_a_face"
+
+
 class MultipleFaces(ServiceError):
     status, code = 422, "multiple_faces"
 
@@ -262,7 +268,8 @@ _DESCRIPTIONS: dict[int, str] = {
     415: "Not an image (`not_an_image`), or an unsupported media type.",
     422: "Invalid field (`invalid_field`, `too_many_images`), or no usable face (`no_face`, "
     "`multiple_faces`; `nothing_enrolled` when several images failed for different reasons; "
-    "`poor_quality` on enrollment, with the measure, value and limit in `details`).",
+    "`poor_quality` on enrollment, with the measure, value and limit in `details`; "
+    "`not_a_face` for a `face_crop` image that is not a face).",
     429: "Too many requests: the key's rate limit (`rate_limited`) or a full inference queue "
     "(`overloaded`); retry after `Retry-After` seconds.",
     503: "Models or gallery not loaded yet (`not_ready`), or no answer within the request "

@@ -24,6 +24,7 @@ from models.faces import Face
 from models.imageio import decode_image
 from models.quality import FaceQuality, assess
 from service.batcher import Embedder
+from service.errors import NotAFace
 
 __all__ = ["EmbeddedFaces", "Inference", "Pipeline", "keep_all", "most_confident"]
 
@@ -38,6 +39,8 @@ class Pipeline(Protocol):
     embedding_size: int
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def detect_face_crop(self, image: np.ndarray) -> list[Face]: ...
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
 
@@ -87,11 +90,19 @@ class Inference:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _detect_and_align(
-        self, data: bytes, select: FaceSelector, primary: bool
+        self, data: bytes, select: FaceSelector, primary: bool, face_crop: bool = False
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
         image = decode_image(data, max_pixels=self.max_pixels)
-        detected = self.pipeline.detect(image)
+        if face_crop:
+            detected = self.pipeline.detect_face_crop(image)
+            if not detected:
+                raise NotAFace(
+                    "face_crop=true but the image is not a face: the detector finds no face "
+                    "in it, even aligned or upsampled"
+                )
+        else:
+            detected = self.pipeline.detect(image)
         chosen = select(detected)
         selection = None
         if primary:
@@ -100,23 +111,31 @@ class Inference:
         chips = self.pipeline.align(image, chosen)
         return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
 
-    async def faces(self, data: bytes, select: FaceSelector) -> EmbeddedFaces:
+    async def faces(
+        self, data: bytes, select: FaceSelector, face_crop: bool = False
+    ) -> EmbeddedFaces:
         """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
 
         Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
-        here (``faces`` is empty) — each endpoint decides what that means.
+        here (``faces`` is empty) — each endpoint decides what that means. ``face_crop``:
+        the image is one cropped face (``FacePipeline.detect_face_crop``); one that is not
+        a face is ``NotAFace`` (422), since the client said it was one.
         """
-        return await self._embed(data, select, primary=False)
+        return await self._embed(data, select, primary=False, face_crop=face_crop)
 
-    async def primary_face(self, data: bytes, check: FaceSelector = keep_all) -> EmbeddedFaces:
+    async def primary_face(
+        self, data: bytes, check: FaceSelector = keep_all, face_crop: bool = False
+    ) -> EmbeddedFaces:
         """Like ``faces``, for the photo's one primary face (``models.face_selection``):
         ``faces`` holds it (or nothing) and ``selection`` says why it was chosen. ``check``
         sees every detection first (it may refuse the photo)."""
-        return await self._embed(data, check, primary=True)
+        return await self._embed(data, check, primary=True, face_crop=face_crop)
 
-    async def _embed(self, data: bytes, select: FaceSelector, *, primary: bool) -> EmbeddedFaces:
+    async def _embed(
+        self, data: bytes, select: FaceSelector, *, primary: bool, face_crop: bool
+    ) -> EmbeddedFaces:
         chosen, chips, detected, digest, selection, quality = await self._run(
-            self._detect_and_align, data, select, primary
+            self._detect_and_align, data, select, primary, face_crop
         )
         embeddings = await self.embedder.embed(chips)
         return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)

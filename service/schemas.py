@@ -119,6 +119,16 @@ Base64Image = Annotated[
         json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"},
     ),
 ]
+FaceCrop = Annotated[
+    bool,
+    Field(
+        description="The image is one face, already cropped (by the phone's own detector) or "
+        "aligned: no search for faces, the face is taken as filling the image (its cost does "
+        "not grow with the image, and faces too small for detection are found); an image the "
+        "detector does not confirm as a face is 422 `not_a_face`. Applies to every image of "
+        "the request."
+    ),
+]
 ImageFile = Annotated[
     bytes, Field(description="The image file (JPEG, PNG, WebP, BMP, ...).")
 ]
@@ -308,6 +318,7 @@ class EnrollForm(_Strict):
         description="Enroll even when the face breaks the server's quality limits (422 "
         "`poor_quality` otherwise). The response still reports the face's `quality`.",
     )
+    face_crop: FaceCrop = False
 
 
 class EnrollJSON(_Strict):
@@ -335,6 +346,7 @@ class EnrollJSON(_Strict):
         description="Enroll even when the face breaks the server's quality limits (422 "
         "`poor_quality` otherwise). The response still reports the face's `quality`.",
     )
+    face_crop: FaceCrop = False
 
 
 class EnrollResponse(BaseModel):
@@ -425,6 +437,7 @@ class VerifyForm(_Strict):
     image: ImageFile | None = None
     subject_id: SubjectId | None = None
     threshold: Threshold | None = None
+    face_crop: FaceCrop = False
 
 
 class VerifyJSON(_Strict):
@@ -436,6 +449,7 @@ class VerifyJSON(_Strict):
     image: Base64Image | None = None
     subject_id: SubjectId | None = None
     threshold: Threshold | None = None
+    face_crop: FaceCrop = False
 
 
 class VerifiedFace(BaseModel):
@@ -497,6 +511,7 @@ class IdentifyForm(_Strict):
     max_faces: int | None = Field(
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )
+    face_crop: FaceCrop = False
 
 
 class IdentifyJSON(_Strict):
@@ -509,6 +524,7 @@ class IdentifyJSON(_Strict):
     max_faces: int | None = Field(
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )
+    face_crop: FaceCrop = False
 
 
 class IdentifiedFace(BaseModel):
@@ -542,6 +558,7 @@ class EmbedForm(_Strict):
 
     image: ImageFile
     max_faces: int | None = Field(None, ge=1, description="Most faces to embed.")
+    face_crop: FaceCrop = False
 
 
 class EmbedJSON(_Strict):
@@ -549,6 +566,7 @@ class EmbedJSON(_Strict):
 
     image: Base64Image
     max_faces: int | None = Field(None, ge=1, description="Most faces to embed.")
+    face_crop: FaceCrop = False
 
 
 class EmbeddedFace(BaseModel):

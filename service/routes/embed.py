@@ -46,7 +46,7 @@ async def embed(
     body = await parse_body(request, EmbedForm, EmbedJSON)
     data = await image_bytes(body.image, "image")
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
-    found = await inference.faces(data, most_confident(limit))
+    found = await inference.faces(data, most_confident(limit), body.face_crop)
     return EmbedResponse(
         faces=[
             EmbeddedFace(

@@ -27,6 +27,7 @@ from service.errors import (
     InvalidField,
     MultipleFaces,
     NoFace,
+    NotAFace,
     PoorQuality,
     ServiceError,
     error_responses,
@@ -64,7 +65,7 @@ router = APIRouter(tags=["enrollment"])
 # What one bad photo can be refused for before detection is done (no face and a rejected
 # duplicate are found after it); anything else (overload, not ready, a store failure) fails
 # the whole request, so a retry (idempotent per photo) finishes the job.
-_PHOTO_ERRORS = (ImageError, InvalidBase64, MultipleFaces)
+_PHOTO_ERRORS = (ImageError, InvalidBase64, MultipleFaces, NotAFace)
 
 
 def _reject_several(faces: list[Face]) -> list[Face]:
@@ -148,6 +149,7 @@ class _Enrollment:
     store_chips: bool
     settings: Settings
     force: bool
+    face_crop: bool
     services: Services
     gallery: Gallery
     inference: Inference
@@ -172,7 +174,7 @@ class _Enrollment:
         ``error``, so that its outcome can still say what was found."""
         data = await image_bytes(value, field)
         check = _reject_several if self.on_multiple == "reject" else keep_all
-        found = await self.inference.primary_face(data, check)
+        found = await self.inference.primary_face(data, check, self.face_crop)
         result = _Photo(index, found=found)
         if not found.faces:
             result.error = NoFace("no face found in the image")
@@ -310,6 +312,7 @@ async def enroll(
         store_chips=settings.store_chips,
         settings=settings,
         force=body.force,
+        face_crop=body.face_crop,
         services=services,
         gallery=gallery,
         inference=inference,

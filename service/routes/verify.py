@@ -26,8 +26,10 @@ from service.schemas import VerifiedFace, VerifyForm, VerifyJSON, VerifyResponse
 router = APIRouter(tags=["recognition"])
 
 
-async def _probe(inference: Inference, data: bytes, field: str) -> EmbeddedFaces:
-    found = await inference.primary_face(data)
+async def _probe(
+    inference: Inference, data: bytes, field: str, face_crop: bool = False
+) -> EmbeddedFaces:
+    found = await inference.primary_face(data, face_crop=face_crop)
     if not found.faces:
         raise NoFace(f"no face found in {field}")
     return found
@@ -83,7 +85,8 @@ async def verify(
         data_a = await image_bytes(body.image_a, "image_a")
         data_b = await image_bytes(body.image_b, "image_b")
         a, b = await asyncio.gather(
-            _probe(inference, data_a, "image_a"), _probe(inference, data_b, "image_b")
+            _probe(inference, data_a, "image_a", body.face_crop),
+            _probe(inference, data_b, "image_b", body.face_crop),
         )
         similarity = float(a.embeddings[0] @ b.embeddings[0])
         faces = [_uploaded(a, "image_a"), _uploaded(b, "image_b")]
@@ -98,7 +101,7 @@ async def verify(
         templates = [t for t in templates if t.embedding is not None]
         if not templates:
             raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")
-        probe = await _probe(inference, data, "image")
+        probe = await _probe(inference, data, "image", body.face_crop)
         matrix = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
         scores = matrix @ probe.embeddings[0]
         best = int(np.argmax(scores))

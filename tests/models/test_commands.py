@@ -46,3 +46,20 @@ def test_embed_prints_faces_as_json(astronaut, tmp_path: Path, capsys):
     assert len(face["landmarks"]) == 5
     assert abs(np.linalg.norm(face["embedding"]) - 1) < 1e-5
     assert "error" in err and err["image"].endswith("notes.txt")
+
+
+def test_embed_face_crop_takes_each_image_as_one_face(astronaut, tmp_path: Path, capsys):
+    from models.evaluation.crops import crop_face
+    from models.pipeline import FacePipeline
+
+    [full] = FacePipeline(device="cpu").embed_image(astronaut)
+    crop = tmp_path / "crop.jpg"
+    crop.write_bytes(crop_face(astronaut, full.box, 100))  # as a phone app sends the face
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 100, 3), np.uint8)).save(noise)
+    status = main(["embed", "--device", "cpu", "--face-crop", str(crop), str(noise)])
+    ok, err = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert status == 1
+    [face] = ok["faces"]
+    assert float(np.dot(face["embedding"], full.embedding)) > 0.97
+    assert "not a face" in err["error"]

@@ -72,6 +72,11 @@ class FakePipeline:
             faces.append(Face(box=box, confidence=0.9 - 0.1 * i, landmarks=landmarks))
         return faces
 
+    def detect_face_crop(self, image: np.ndarray) -> list[Face]:
+        """``face_crop=true``: the photo's first face, as if it filled the image; none when
+        the photo shows no face."""
+        return self.detect(image)[:1]
+
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         chips = np.zeros((len(faces), 150, 150, 3), dtype=np.uint8)
         for j, face in enumerate(faces):
