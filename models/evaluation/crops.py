@@ -170,8 +170,12 @@ def crop_probes(cache: EmbeddingCache, paths: Sequence[str | Path], size: int) -
     return out
 
 
-def _largest(faces: list[Face]) -> Face | None:
-    return max(faces, key=lambda f: (f.box.area, f.confidence)) if faces else None
+def _primary(faces: list[Face], image: np.ndarray) -> Face | None:
+    """The face the service would take (``models.face_selection.primary_face``)."""
+    from models.face_selection import primary_face
+
+    chosen = primary_face(faces, image.shape[0], image.shape[1])
+    return None if chosen is None else chosen.face
 
 
 def crop_probe_embeddings(
@@ -185,7 +189,7 @@ def crop_probe_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(found, vectors)`` of the crop probes of ``paths`` at ``size``: ``found`` (N,) bool;
     ``vectors`` (found.sum(), D) float32, one row per found crop in order (a crop without a
-    face has no vector). The face is what the service uses: the largest detection (with the
+    face has no vector). The face is what the service uses: the primary detection (with the
     pipeline's small-image retry), or with ``face_crop`` the whole crop
     (``FacePipeline.detect_face_crop``)."""
     from models.imageio import decode_image
@@ -195,7 +199,7 @@ def crop_probe_embeddings(
     for i, jpeg in enumerate(crop_probes(cache, paths, size)):
         image = decode_image(jpeg)
         faces = pipeline.detect_face_crop(image) if face_crop else pipeline.detect(image)
-        face = _largest(faces)
+        face = _primary(faces, image)
         if face is not None:
             found[i] = True
             chips.append(pipeline.align(image, [face])[0])
@@ -278,9 +282,9 @@ def measure_crops(
                     image, upsample=pipeline.upsample, max_side=pipeline.max_side
                 )
                 t1 = time.perf_counter()
-                retry = _largest(pipeline.detect(image))
+                retry = _primary(pipeline.detect(image), image)
                 t2 = time.perf_counter()
-                whole = _largest(pipeline.detect_face_crop(image))
+                whole = _primary(pipeline.detect_face_crop(image), image)
                 t3 = time.perf_counter()
                 t.seconds["default"] += t1 - t0
                 t.seconds["retry"] += t2 - t1

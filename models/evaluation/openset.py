@@ -172,8 +172,12 @@ def evaluate_draws(
     how: str = "max",
     targets: Sequence[float] = TARGETS,
     probe_vectors: np.ndarray | None = None,
+    probe_subset: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run ``repeats`` draws of one gallery size and pool their results.
+
+    ``probe_subset`` (bool per image) keeps only those images as probes (the gallery is
+    drawn from everyone as usual): for probe sets too costly to make for every image.
 
     ``probe_vectors`` (same rows as ``vectors``; NaN rows = no face found) replaces the
     probes' embeddings, e.g. by those of cropped copies of the photos; a probe without a face
@@ -186,6 +190,10 @@ def evaluate_draws(
     pool = _Pool()
     for r in range(repeats):
         draw = draw_gallery(people, size, photos, np.random.default_rng([seed, size, photos, r]))
+        if probe_subset is not None:
+            keep_m = probe_subset[draw.mated]
+            draw = Draw(draw.enrolled, draw.face_subject, draw.mated[keep_m], draw.truth[keep_m],
+                        draw.nonmated[probe_subset[draw.nonmated]], draw.n_subjects)
         mated = _rank1(probes_from, draw.mated, draw, how)
         mated_score = np.where(found[draw.mated], mated.score, -np.inf)
         mated = Rank1(mated.subject, mated_score)
@@ -355,6 +363,7 @@ def evaluate_population(
     seed: int,
     repeats: int | None = None,
     probe_vectors: np.ndarray | None = None,
+    probe_subset: np.ndarray | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Every (gallery size, photos per subject) of one population of embeddings."""
@@ -366,7 +375,7 @@ def evaluate_population(
         out.append(evaluate_draws(
             vectors, people, size, photos=k,
             repeats=repeats or default_repeats(size), rules=rules, seed=seed,
-            probe_vectors=probe_vectors,
+            probe_vectors=probe_vectors, probe_subset=probe_subset,
         ))
     return out
 
@@ -461,6 +470,7 @@ def evaluate_openset(
     reference_path: Path | None = None,
     write_reference: Path | None = None,
     crops: Sequence[int] = (),
+    crop_images: int = 2000,
     pipeline: Any = None,
     device: str | None = None,
     progress: bool = True,
@@ -517,10 +527,12 @@ def evaluate_openset(
     populations: dict[str, dict[str, Any]] = {}
 
     def run(name: str, description: str, vecs: np.ndarray,
-            probe_vectors: np.ndarray | None = None) -> None:
+            probe_vectors: np.ndarray | None = None,
+            probe_subset: np.ndarray | None = None) -> None:
         results = evaluate_population(vecs, people, sizes=gallery_sizes, photos=photos,
                                       rules=rules, seed=seed, repeats=repeats,
-                                      probe_vectors=probe_vectors, progress=progress)
+                                      probe_vectors=probe_vectors, probe_subset=probe_subset,
+                                      progress=progress)
         for r in results:
             det = r.pop("_det")
             suffix = f"{name}-g{r['gallery_size']}-k{r['photos_per_subject']}"
@@ -537,14 +549,21 @@ def evaluate_openset(
                                   out_dir / f"variant-{variant}-{pipeline.model_version}.npz",
                                   seed=seed, progress=progress)
         run(variant, VARIANTS[variant], vecs)
-    for size in crops:
-        from models.evaluation.crops import crop_probe_embeddings
+    if crops:
+        from models.evaluation.crops import crop_probe_embeddings, sample_paths
 
-        found, crop_vecs = crop_probe_embeddings(pipeline, cache, keys, size)
-        probe = np.where(found[:, None], crop_vecs, np.nan).astype(np.float32)
-        run(f"crops{size}", f"probes cut around the face, padded 35%, resized to {size}x{size} "
-            f"JPEG (gallery: the original photos); {int(found.sum())}/{len(found)} found",
-            vectors, probe_vectors=probe)
+        sampled = set(sample_paths(cache, crop_images, seed))
+        subset = np.array([k in sampled for k in keys])
+        chosen = [k for k in keys if k in sampled]
+    for size in crops:
+        found, crop_vecs = crop_probe_embeddings(pipeline, cache, chosen, size)
+        probe = np.full((len(keys), vectors.shape[1]), np.nan, np.float32)
+        rows = np.flatnonzero(subset)[found]
+        probe[rows] = crop_vecs
+        run(f"crops{size}", f"probes: {len(chosen)} seeded photos cut around the face (box + "
+            f"35% of its width each side), resized to {size}x{size}, JPEG 90, detected as the "
+            f"service does; gallery: the original photos; {int(found.sum())}/{len(chosen)} "
+            "crops with a face found", vectors, probe_vectors=probe, probe_subset=subset)
 
     report = {
         "benchmark": "open-set identification (LFW)",
