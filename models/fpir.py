@@ -12,22 +12,24 @@ The rule, in three parts:
 
 1. **Gallery size.** For a target FPIR ``a`` and ``N`` enrolled faces, each comparison may
    falsely match with probability ``p = 1 - (1 - a)^(1/N)`` (about ``a / N``).
-2. **The gallery's own impostor distribution.** The enrolled subjects are different people
-   from each other, so the similarities *between* subjects are impostor scores of exactly
-   this population and these cameras. Their mean and standard deviation locate and scale the
-   distribution; a small gallery's estimate is shrunk towards the model's reference values
-   (a prior worth ``prior_subjects`` subjects).
-3. **The shape of the tail** comes from the model's reference: the standardised impostor
-   quantile ``z(p)`` measured on a large cohort (LFW for dlib's model: 87 million impostor
-   pairs). Standardised, the tail barely moves between populations (greyscale LFW: ``z`` within
-   0.05 of colour down to ``p = 1e-4``) while the location does. A model without a measured
-   tail falls back to the Gaussian tail, which is heavier than real face-similarity tails,
-   so it errs towards fewer false matches.
+2. **The model's reference curve**: the cosine exceeded by a share ``p`` of impostor pairs,
+   ``mean + std * z(p)``, with the standardised tail ``z(p)`` measured on a large cohort (LFW
+   for dlib's model: 87 million impostor pairs). A model without one falls back to the
+   gallery's own mean and spread with a Gaussian tail, which is heavier than real
+   face-similarity tails, so it errs towards fewer false matches.
+3. **The gallery's own impostors.** The enrolled subjects are different people, so the
+   similarities *between* subjects are impostor scores of exactly this population and these
+   cameras. The reference curve is shifted by how far the gallery's own upper quantile sits
+   from it, measured at the rarest rate the gallery's pairs resolve (``RESOLVE_PAIRS`` above
+   it) but no rarer than ``p``; the shift is weighted ``n / (n + prior_subjects)`` for ``n``
+   subjects (a gallery's pairs carry about as much evidence as its subjects, not its pairs).
+   Matching the *tail* rather than the mean matters: on greyscale LFW the impostor mean rises
+   by 0.006 while the far tail hardly moves, and a mean shift over-corrects; on
+   low-resolution photos the tail moves far more than the mean.
 
-The threshold is ``mean + std * z(p)``. ``service`` recomputes the gallery statistics as the
-gallery changes and reports the threshold, the gallery size and the target with every
-decision. ``faceserve eval openset`` measures how well this holds (README: "Open-set
-identification").
+``service`` keeps each tenant's sample up to date as the gallery changes and reports the
+threshold, the gallery size and the target with every decision. ``faceserve eval openset``
+measures how well this holds (README: "Open-set identification").
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ class FpirRule:
     model: str
     reference: CohortStats
     tail: ImpostorTail
-    prior_subjects: int = 30
+    prior_subjects: int = 10
     # Thresholds are never lower than this: a gallery of one face has no impostor pairs and
     # a tiny target at N = 1 is a per-comparison operating point, which the reference covers.
     floor: float = -1.0
@@ -350,7 +352,7 @@ class FpirRule:
             tail=ImpostorTail(tuple(float(x) for x in tail.get("log10_p", ())),
                               tuple(float(x) for x in tail.get("z", ())),
                               str(tail.get("source", "gaussian"))),
-            prior_subjects=int(raw.get("prior_subjects", 30)),
+            prior_subjects=int(raw.get("prior_subjects", 10)),
         )
 
 

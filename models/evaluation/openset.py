@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 
 TARGETS: tuple[float, ...] = (0.1, 0.01, 0.001)
 # How many subjects' worth of evidence the model's reference counts for against a gallery's
-# own impostor statistics (models.fpir): a gallery of 30 subjects decides half of it.
-PRIOR_SUBJECTS = 30
+# own impostor statistics (models.fpir): a gallery of 10 subjects decides half of it.
+PRIOR_SUBJECTS = 10
 DEFAULT_SIZES: tuple[int | str, ...] = (10, 100, 1000, "max")
 
 # (gallery vectors (F, D), face -> subject (F,), subject count, target FPIR) -> threshold.
