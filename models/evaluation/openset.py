@@ -125,11 +125,13 @@ def draw_gallery(
     )
 
 
-def _rank1(vectors: np.ndarray, probes: np.ndarray, draw: Draw, how: str) -> Rank1:
-    gallery = vectors[draw.enrolled]
+def _rank1(
+    gallery: np.ndarray, probe_vectors: np.ndarray, probes: np.ndarray, draw: Draw, how: str
+) -> Rank1:
+    """Rank-1 of the images ``probes`` (rows of ``probe_vectors``) against ``gallery``."""
     best_subject, best_score = [], []
     for start in range(0, len(probes), 4096):  # bounded memory at any gallery size
-        face = vectors[probes[start:start + 4096]] @ gallery.T
+        face = probe_vectors[probes[start:start + 4096]] @ gallery.T
         r = rank1(subject_scores(face, draw.face_subject, draw.n_subjects, how))
         best_subject.append(r.subject)
         best_score.append(r.score)
@@ -194,10 +196,11 @@ def evaluate_draws(
             keep_m = probe_subset[draw.mated]
             draw = Draw(draw.enrolled, draw.face_subject, draw.mated[keep_m], draw.truth[keep_m],
                         draw.nonmated[probe_subset[draw.nonmated]], draw.n_subjects)
-        mated = _rank1(probes_from, draw.mated, draw, how)
+        gallery = vectors[draw.enrolled]
+        mated = _rank1(gallery, probes_from, draw.mated, draw, how)
         mated_score = np.where(found[draw.mated], mated.score, -np.inf)
         mated = Rank1(mated.subject, mated_score)
-        strangers = _rank1(probes_from, draw.nonmated, draw, how).score
+        strangers = _rank1(gallery, probes_from, draw.nonmated, draw, how).score
         strangers = np.where(found[draw.nonmated], strangers, -np.inf)
         # Pool correctness, not subject indices (those restart at 0 in every draw).
         correct = mated.subject == draw.truth
@@ -205,7 +208,6 @@ def evaluate_draws(
         pool.mated_score.append(mated.score)
         pool.truth.append(np.zeros(len(correct), np.int64))
         pool.nonmated.append(strangers)
-        gallery = vectors[draw.enrolled]
         for name, rule in rules.items():
             for target in targets:
                 t = float(rule(gallery, draw.face_subject, draw.n_subjects, target))

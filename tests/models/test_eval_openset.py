@@ -78,3 +78,21 @@ def test_end_to_end_on_an_lfw_subset(shared_data: Path, tmp_path: Path) -> None:
     # a second run detects nothing again and gives the same figures
     again = evaluate_openset(root, tmp_path, **kwargs)
     assert again["populations"]["lfw"]["results"] == results
+
+
+def test_other_probe_vectors_never_replace_the_gallery() -> None:
+    """Crop probes exist for a sample only: the gallery must still be the original photos."""
+
+    def at(deg: float) -> list[float]:
+        r = np.deg2rad(deg)
+        return [np.cos(r), np.sin(r)]
+
+    vectors = np.array([at(0), at(2), at(40), at(41), at(20), at(200)], np.float32)
+    people = {"p0": [0, 1], "p1": [2, 3], "s": [4], "t": [5]}
+    subset = np.array([False, True, False, True, True, True])  # only these were "cropped"
+    probes = np.where(subset[:, None], vectors, np.nan).astype(np.float32)
+    out = evaluate_draws(vectors, people, 2, photos=1, repeats=8, seed=1,
+                         rules={"fixed": fixed_rule(0.96)}, targets=(0.5,),
+                         probe_vectors=probes, probe_subset=subset)
+    assert out["mated_probes"] > 0 and out["nonmated_probes"] == 16
+    assert out["rank1"] == 1.0 and out["rules"]["fixed"]["0.5"]["dir"] == 1.0
