@@ -79,19 +79,25 @@ def test_every_probe_of_an_enrolled_person_is_found_at_rank_1(
 
 
 def test_lfw_probes_are_found_at_rank_1(real: tuple[TestClient, dict]) -> None:
+    """Every probe's best candidate is the right person; at the identify decision (FPIR 1%
+    for this gallery) nearly all are accepted too: LFW's open-set benchmark identifies 94% of
+    probes at 10 subjects (README, "Open-set identification"), so a few may fall short."""
     client, picks = real
-    failures, usable = [], 0
+    wrong, unaccepted, usable = [], [], 0
     for person in picks["lfw"]:
         for photo in person.probes:
             face = central_face(matches(client, photo))
             if face is None:
                 continue  # no face found: not a usable probe
             usable += 1
-            top = face["candidates"][0]
-            got = face["match"]["subject_id"] if face["match"] else None
-            if (top["subject_id"], got) != (person.name, person.name):
-                failures.append((photo.name, face["candidates"][:2]))
-    assert not failures, failures
+            if face["candidates"][0]["subject_id"] != person.name:
+                wrong.append((photo.name, face["candidates"][:2]))
+            elif face["match"] is None or face["match"]["subject_id"] != person.name:
+                unaccepted.append((photo.name, face["candidates"][0]["similarity"],
+                                   face["operating_point"]["threshold"]
+                                   if "operating_point" in face else None))
+    assert not wrong, wrong
+    assert len(unaccepted) <= 0.1 * usable, unaccepted
     assert usable >= 0.9 * sum(len(p.probes) for p in picks["lfw"])
 
 

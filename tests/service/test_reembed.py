@@ -293,7 +293,10 @@ def test_reembed_moves_a_real_gallery_to_an_exported_model(
     assert len(before) == len(PEOPLE_ENROLL) + len(lfw_enrolled)
 
     model = dlib_copy(tmp_path / "dlib-copy.safetensors")
-    settings = Settings(data_dir=data_dir, model=str(model), device="cpu")
+    # identify_fpir off: identify decides at the model's own operating point, the one under
+    # test here (with the default, identify holds its FPIR instead; tests/service/
+    # test_identify_fpir.py).
+    settings = Settings(data_dir=data_dir, model=str(model), device="cpu", identify_fpir="off")
 
     # The service refuses the gallery under the new model, and says what to do.
     refused = create_app(settings)

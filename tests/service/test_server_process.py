@@ -157,7 +157,7 @@ def test_a_real_server_keeps_its_gallery_across_restarts(
         # 413 from the declared length alone: the body is never sent.
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(
-                b"POST /enroll HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                b"POST /enroll HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                 b"boundary=b\r\nContent-Length: 1000000000\r\n\r\n"
             )
             reply = b""
