@@ -203,6 +203,7 @@ class ImpostorSample:
         self._sum = 0.0
         self._sumsq = 0.0
         self._hist = np.zeros(_HIST_BINS, np.int64)
+        self._stats: CohortStats | None = None  # until the next change (read per query)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -227,6 +228,7 @@ class ImpostorSample:
         self._rows.append(row_id)
         self._subjects.append(subject)
         self._slot[row_id] = slot
+        self._stats = None
         self._per_subject[subject] = self._per_subject.get(subject, 0) + 1
         sims = self._others(slot, subject)
         self._n += len(sims)
@@ -238,6 +240,7 @@ class ImpostorSample:
         slot = self._slot.pop(row_id, None)
         if slot is None:
             return
+        self._stats = None
         subject = self._subjects[slot]
         sims = self._others(slot, subject)
         left = self._per_subject.pop(subject) - 1
@@ -262,12 +265,15 @@ class ImpostorSample:
             self._sum = self._sumsq = 0.0
 
     def stats(self) -> CohortStats:
-        if self._n <= 0:
-            return CohortStats(0, 0.0, 0.0)
-        mean = self._sum / self._n
-        std = math.sqrt(max(self._sumsq / self._n - mean * mean, 0.0))
-        return CohortStats(self._n, mean, std, len(self._per_subject),
-                           _upper_from_histogram(self._hist, self._n))
+        if self._stats is None:
+            if self._n <= 0:
+                self._stats = CohortStats(0, 0.0, 0.0)
+            else:
+                mean = self._sum / self._n
+                std = math.sqrt(max(self._sumsq / self._n - mean * mean, 0.0))
+                self._stats = CohortStats(self._n, mean, std, len(self._per_subject),
+                                          _upper_from_histogram(self._hist, self._n))
+        return self._stats
 
 
 @dataclass(frozen=True)

@@ -308,8 +308,8 @@ class Gallery:
         subjects = [sys.intern(s) for s in subject_ids]  # many faces share a subject
         rows = row_ids.tolist()
         self._faces.update(zip(rows, zip(face_ids, subjects, strict=True), strict=True))
-        for row, subject in zip(rows, subjects, strict=True):
-            self._impostors.count(row, subject)
+        for subject in subjects:
+            self._impostors.count(subject)
 
     def _sample_impostors(self) -> None:
         """Fill each tenant's impostor sample from the store's first faces (in row order, so
@@ -461,8 +461,9 @@ class Gallery:
         def remove() -> None:
             self._index.remove(row_ids)
             for row_id in row_ids:
-                self._faces.pop(row_id, None)
-                self._impostors.remove(row_id)
+                entry = self._faces.pop(row_id, None)
+                if entry is not None:
+                    self._impostors.remove(row_id, entry[1])
 
         self._mutate_index(remove, change_id, len(row_ids))
         self._maybe_compact()
@@ -552,8 +553,9 @@ class Gallery:
             if deleted:
                 self._index.remove(deleted)
                 for row_id in deleted:
-                    self._faces.pop(row_id, None)
-                    self._impostors.remove(row_id)
+                    entry = self._faces.pop(row_id, None)
+                    if entry is not None:
+                        self._impostors.remove(row_id, entry[1])
             if vectors is not None:
                 self._index.add(ids, vectors)
                 for c, vector in zip(added, vectors, strict=True):

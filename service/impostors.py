@@ -42,22 +42,18 @@ class GalleryImpostors:
         self._partition = partition or (lambda _subject: "")
         self._counts: dict[str, int] = {}
         self._samples: dict[str, ImpostorSample] = {}
-        self._rows: dict[int, str] = {}  # row id -> partition, for erasures
 
     def clear(self) -> None:
         self._counts.clear()
         self._samples.clear()
-        self._rows.clear()
 
     def partition_of(self, subject_id: str) -> str:
         return self._partition(subject_id)
 
-    def count(self, row_id: int, subject_id: str) -> None:
-        """A face that exists (start-up from a snapshot): counted, not yet sampled."""
-        if row_id in self._rows:
-            return
+    def count(self, subject_id: str) -> None:
+        """A face that exists (start-up): counted, not yet sampled. The gallery counts each
+        face once (it knows which rows it holds)."""
         part = self._partition(subject_id)
-        self._rows[row_id] = part
         self._counts[part] = self._counts.get(part, 0) + 1
 
     def wants_vectors(self) -> bool:
@@ -67,21 +63,19 @@ class GalleryImpostors:
 
     def sample(self, row_id: int, vector: np.ndarray, subject_id: str) -> None:
         """Offer a counted face's vector to its partition's sample."""
-        part = self._rows.get(row_id)
-        if part is None:
-            return
+        part = self._partition(subject_id)
         sample = self._samples.get(part)
         if sample is None:
             sample = self._samples[part] = ImpostorSample(self.dim, self.capacity)
         sample.add(row_id, vector, subject_id)
 
     def add(self, row_id: int, vector: np.ndarray, subject_id: str) -> None:
-        self.count(row_id, subject_id)
+        self.count(subject_id)
         self.sample(row_id, vector, subject_id)
 
-    def remove(self, row_id: int) -> None:
-        part = self._rows.pop(row_id, None)
-        if part is None:
+    def remove(self, row_id: int, subject_id: str) -> None:
+        part = self._partition(subject_id)
+        if part not in self._counts:
             return
         left = self._counts[part] - 1
         if left:
