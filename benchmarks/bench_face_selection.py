@@ -53,7 +53,7 @@ def _tolerant(area_ratio: float, then: str) -> Rule:
 
 
 RULES: dict[str, Rule] = {
-    # The service's rule before this change (service/inference.py largest_face).
+    # The service's rule before this change (service/inference/inference.py largest_face).
     "largest box": lambda f, h, w: max(range(len(f)), key=lambda i: (f[i].box.area,
                                                                      f[i].confidence)),
     "most confident": lambda f, h, w: max(range(len(f)), key=lambda i: f[i].confidence),

@@ -6,7 +6,7 @@ moves to another model.
    how far a re-embedded gallery drifts from one embedded from the original photos (with the
    same weights; another model drifts by about as much).
 2. Speed. The chips (JPEG 95, as the service stores them) are enrolled into a temporary
-   SQLite gallery with dlib's model, then ``service.reembed.reembed`` moves the gallery to an
+   SQLite gallery with dlib's model, then ``reembed`` (service/gallery) moves the gallery to an
    exported copy of the same weights under another version: faces per second, end to end
    (read, decode, embed, write, commit per batch), beside the bare embedding rate.
 
@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from models.imageio import decode_image  # noqa: E402
 from models.pipeline import FacePipeline  # noqa: E402
-from service.inference import encode_jpeg  # noqa: E402
-from service.reembed import decode_chip  # noqa: E402
+from service.gallery.reembed import decode_chip  # noqa: E402
+from service.inference.inference import encode_jpeg  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 QUALITIES = (75, 85, 92, 95, 98)
@@ -94,8 +94,8 @@ def _dlib_copy(out: Path) -> Path:
 
 
 def speed(pipeline: FacePipeline, chips: np.ndarray, batch_size: int) -> dict:
-    from service.gallery import Gallery
-    from service.reembed import exclusive_store, reembed
+    from service.gallery.gallery import Gallery
+    from service.gallery.reembed import exclusive_store, reembed
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "gallery"

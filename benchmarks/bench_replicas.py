@@ -84,7 +84,7 @@ def drop_database(server_url: str, name: str) -> None:
 
 def synthetic_face(i: int, rng: np.random.Generator) -> Any:
     from models.embedder import MODEL_VERSION
-    from service.store.base import NewFace
+    from service.gallery.store.base import NewFace
 
     v = rng.standard_normal(128).astype(np.float32)
     return NewFace(
@@ -97,7 +97,7 @@ def synthetic_face(i: int, rng: np.random.Generator) -> Any:
 
 def write_adds(url: str, start: int, n: int, seed: int) -> tuple[list[str], float]:
     """``n`` adds, one transaction each; (face ids, seconds)."""
-    from service.store.postgres import PostgresStore
+    from service.gallery.store.postgres import PostgresStore
 
     rng = np.random.default_rng(seed)
     store = PostgresStore.open(url)
@@ -113,7 +113,7 @@ def write_adds(url: str, start: int, n: int, seed: int) -> tuple[list[str], floa
 
 def burst_writer(url: str, start: int, n: int, deletable: list[str], out: Any) -> None:
     """Writer process: ``n`` writes as fast as they commit, alternating add and delete."""
-    from service.store.postgres import PostgresStore
+    from service.gallery.store.postgres import PostgresStore
 
     rng = np.random.default_rng(start)
     store = PostgresStore.open(url)
@@ -201,7 +201,7 @@ def wait_caught_up(client: httpx.Client, timeout: float, since: float | None = N
 
 
 def encode(v: np.ndarray) -> str:
-    from service.routes.common import encode_embedding
+    from service.api.routes.common import encode_embedding
 
     return encode_embedding(v)
 
@@ -251,7 +251,7 @@ def _rss_bytes() -> int:
 def memory_child(n: int, kind: str, out: Any) -> None:
     """RSS growth for ``n`` faces held as ``Gallery`` holds them: the FAISS index (row id ->
     vector) and the id map (row id -> (32-hex face id, interned subject id))."""
-    from service.index import FaceIndex
+    from service.gallery.index import FaceIndex
 
     rng = np.random.default_rng(0)
     chunk = 50_000
@@ -297,7 +297,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from models.embedder import MODEL_VERSION
-    from service.gallery import Gallery
+    from service.gallery.gallery import Gallery
 
     started = time.perf_counter()
     name, url = create_database(args.database_url)

@@ -62,7 +62,7 @@ FACES_PER_ID = 2
 BATCH = 64
 K = 10
 
-# The service's HNSW settings (service/index.py); benchmarked at its efSearch and around it.
+# The service's HNSW settings (service/gallery/index.py); benchmarked at its efSearch and around it.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 EF_SEARCH = (16, 32, 64, 128, 256)

@@ -46,7 +46,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def prefill(data_dir: Path, faces: int, seed: int = 0) -> float:
     """``faces`` synthetic templates (one per synthetic subject), written through the Gallery."""
     from models.embedder import MODEL_VERSION
-    from service.gallery import Gallery
+    from service.gallery.gallery import Gallery
 
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((faces, 128)).astype(np.float32)

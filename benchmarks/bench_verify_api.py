@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.evaluation.lfw import resolve_layout
     from models.evaluation.pairs import read_pairs
-    from service.app import create_app, default_pipeline
+    from service.api.app import create_app, default_pipeline
     from service.config import Settings
 
     with warnings.catch_warnings():

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import uvicorn
 
-    from service.audit import AuditLog
     from service.config import Settings
-    from service.keys import KeyRing
-    from service.store.base import KeyRecord
+    from service.gallery.store.base import KeyRecord
+    from service.security.audit import AuditLog
+    from service.security.keys import KeyRing
 
 __all__ = ["add_parsers", "is_loopback", "uvicorn_config"]
 
@@ -107,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:
     """How ``faceserve serve`` runs ``app`` under uvicorn (tests run the same): without
-    uvicorn's access log (see ``service.accesslog``)."""
+    uvicorn's access log (see ``service.api.accesslog``)."""
     import uvicorn
 
     return uvicorn.Config(
@@ -154,15 +154,15 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Conf
         lifespan="on",
         timeout_graceful_shutdown=30,
         # Its access log writes raw paths and query strings (embeddings, erased subject ids):
-        # the app logs each request itself, redacted (service.accesslog).
+        # the app logs each request itself, redacted (service.api.accesslog).
         access_log=False,
     )
 
 
 def _check_bind(settings: Settings, *, insecure: bool) -> str | None:
     """Why ``serve`` must not start on this address, or None; logs what it allows."""
-    from service.keys import open_security_store
-    from service.store.base import StoreError
+    from service.gallery.store.base import StoreError
+    from service.security.keys import open_security_store
 
     log = logging.getLogger("faceserve")
     host = settings.host
@@ -248,9 +248,9 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_keys(args: argparse.Namespace) -> tuple[KeyRing, AuditLog]:
-    from service.audit import AuditLog
     from service.config import Settings
-    from service.keys import KeyRing, open_security_store
+    from service.security.audit import AuditLog
+    from service.security.keys import KeyRing, open_security_store
 
     overrides = {"data_dir": args.data_dir} if args.data_dir is not None else {}
     store = open_security_store(Settings(**overrides))
@@ -367,9 +367,9 @@ def _reembed(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.config import Settings
-    from service.gallery import GalleryLocked
-    from service.reembed import ReembedError, exclusive_store, plan_reembed, reembed
-    from service.store.base import StoreError
+    from service.gallery.gallery import GalleryLocked
+    from service.gallery.reembed import ReembedError, exclusive_store, plan_reembed, reembed
+    from service.gallery.store.base import StoreError
 
     overrides = _given(args, "data_dir", "database_url", "device")
     try:

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.fpir import CohortStats, FpirRule, ImpostorTail, load_reference
-from service.schemas import OperatingPoint
+from service.api.schemas import OperatingPoint
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
     )
 
-    # Enrollment quality limits (service/quality.py): a face breaking one is refused with 422
+    # Enrollment quality limits (service/inference/quality.py): a face breaking one gets 422
     # `poor_quality` unless the request says force=true. The defaults are
     # models.quality.DEFAULT_LIMITS, where the evidence for each is written down (repeated here
     # so reading settings does not import torch; a test holds them equal).

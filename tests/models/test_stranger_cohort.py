@@ -74,7 +74,7 @@ def test_calibrate_on_real_strangers_writes_what_the_service_uses(
     from fastapi.testclient import TestClient
 
     from models.pipeline import FacePipeline
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
     from tests.service.conftest import wait_ready
 
@@ -103,7 +103,7 @@ def test_calibrate_on_real_strangers_writes_what_the_service_uses(
         emb = pipeline.embed_image(
             np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
                 next(singles[0].glob("*.jpg"))).convert("RGB")))[0].embedding
-        from service.routes.common import encode_embedding
+        from service.api.routes.common import encode_embedding
 
         r = client.get("/identify", params={"embedding": encode_embedding(emb)})
         assert r.json()["operating_point"]["reference"].startswith("lfw24")

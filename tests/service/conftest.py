@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from models.faces import Box, Face
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 
 with warnings.catch_warnings():

@@ -345,7 +345,7 @@ class BlockingPipeline(FakePipeline):
 
 
 def test_not_ready_is_503_until_loaded(make_client: AppFactory, tmp_path: Any) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
 
     gate = threading.Event()
@@ -365,7 +365,7 @@ def test_not_ready_is_503_until_loaded(make_client: AppFactory, tmp_path: Any) -
 
 
 def test_a_failed_start_is_reported_by_readyz(tmp_path: Any) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
 
     errors: list[BaseException] = []
@@ -387,9 +387,9 @@ def test_a_failed_start_is_reported_by_readyz(tmp_path: Any) -> None:
 
 
 def test_a_gallery_of_another_model_is_refused_at_start_up(tmp_path: Any) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
-    from service.gallery import Gallery
+    from service.gallery.gallery import Gallery
 
     data_dir = tmp_path / "g"
     old = Gallery.open(data_dir, model_version="older-model-v0")

@@ -195,7 +195,7 @@ def test_dogs_and_noise_with_face_crop_are_422_not_a_face(
 
 @pytest.mark.slow
 def test_the_retry_setting_reaches_the_pipeline() -> None:
-    from service.app import default_pipeline
+    from service.api.app import default_pipeline
     from service.config import Settings
 
     assert Settings().small_image_retry_px == 300

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.faces import Box, Face
-from service.routes.common import one_subject_per_photo
-from service.schemas import Candidate
+from service.api.routes.common import one_subject_per_photo
+from service.api.schemas import Candidate
 from tests.service.conftest import AppFactory, FakePipeline, fake_photo
 
 ANN = np.eye(128, dtype=np.float32)[0]

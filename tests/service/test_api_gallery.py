@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.routes.common import encode_embedding
+from service.api.routes.common import encode_embedding
 from tests.service.conftest import fake_embedding, fake_photo
 
 

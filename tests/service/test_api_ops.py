@@ -228,7 +228,7 @@ def test_the_served_access_log_names_routes_not_ids_or_queries(
     import httpx
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.commands import uvicorn_config
     from tests.service.conftest import FakePipeline, fake_embedding
 

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.service.conftest import wait_ready
 from tests.service.realdata import PEOPLE_ENROLL, PEOPLE_PROBES, central_face, lfw_people

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.routes.common import encode_embedding
+from service.api.routes.common import encode_embedding
 from tests.service.conftest import AppFactory, FakePipeline, fake_embedding, fake_photo
 
 

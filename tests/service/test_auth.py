@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.keys import SCOPES, KeyRing, Namespace, hash_token, validate_gallery
+from service.security.keys import SCOPES, KeyRing, Namespace, hash_token, validate_gallery
 from tests.service.conftest import AppFactory, fake_embedding, fake_photo
 
 PHOTO = fake_photo(person=7)

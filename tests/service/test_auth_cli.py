@@ -17,7 +17,7 @@ import pytest
 from service.cli import main
 from service.commands import _check_bind, is_loopback
 from service.config import Settings
-from service.keys import KeyRing, hash_token, open_security_store
+from service.security.keys import KeyRing, hash_token, open_security_store
 from tests.service.test_server_process import faceserve_bin
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batcher import BatcherClosed, DirectEmbedder, MicroBatcher
+from service.inference.batcher import BatcherClosed, DirectEmbedder, MicroBatcher
 
 NEVER = 60.0  # seconds: a batch in these tests is always closed by size, never by the clock
 

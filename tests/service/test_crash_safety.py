@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.keys import KeyRing, open_security_store
+from service.security.keys import KeyRing, open_security_store
 from tests.service.test_server_process import free_port, serve, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

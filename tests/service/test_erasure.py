@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.gallery import Gallery
+from service.gallery.gallery import Gallery
 from tests.service.conftest import AppFactory, FakePipeline, fake_photo
 
 

@@ -33,9 +33,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.keys import KeyRing, open_security_store
+from service.security.keys import KeyRing, open_security_store
 from tests.service.conftest import FakePipeline, fake_photo
 
 MAX_EXAMPLES = 40

@@ -141,7 +141,7 @@ def test_the_decoder_returns_an_image_or_an_image_error(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def enroll_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
     from tests.service.conftest import FakePipeline, wait_ready
 
@@ -218,7 +218,7 @@ def odd_shapes(draw: st.DrawFn) -> bytes:
 @pytest.fixture(scope="module")
 def real_client(face_pipeline: Any, tmp_path_factory: pytest.TempPathFactory,
                 ) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
     from tests.service.conftest import wait_ready
 

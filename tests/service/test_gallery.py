@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.gallery as gallery_module
-from service.gallery import (
+import service.gallery.gallery as gallery_module
+from service.gallery.gallery import (
     SNAPSHOT_NAME,
     FaceRecord,
     Gallery,
@@ -24,9 +24,9 @@ from service.gallery import (
     Hit,
     ModelMismatch,
 )
-from service.index import sidecar_path
-from service.store import SchemaTooNew, SqliteStore
-from service.store.sqlite import FILENAME, SCHEMA_VERSION
+from service.gallery.index import sidecar_path
+from service.gallery.store import SchemaTooNew, SqliteStore
+from service.gallery.store.sqlite import FILENAME, SCHEMA_VERSION
 
 MODEL = "dlib-resnet-v1"
 KINDS = ["flat", "hnsw"]

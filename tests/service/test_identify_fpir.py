@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.fpir import cohort_stats
-from service.gallery import Gallery
-from service.keys import Namespace, namespace_of
-from service.routes.common import encode_embedding
+from service.api.routes.common import encode_embedding
+from service.gallery.gallery import Gallery
+from service.security.keys import Namespace, namespace_of
 from tests.service.conftest import AppFactory, fake_embedding, fake_photo
 from tests.service.test_api_recognition import b64, enroll
 

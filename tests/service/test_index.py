@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import FaceIndex, SnapshotInvalid, remove_snapshot, sidecar_path
-from service.search_policy import FLAT_MAX_FACES, choose_index_kind
+from service.gallery.index import FaceIndex, SnapshotInvalid, remove_snapshot, sidecar_path
+from service.gallery.search_policy import FLAT_MAX_FACES, choose_index_kind
 
 DIM = 32
 KINDS = ["flat", "hnsw"]

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batcher import AdmissionGate
-from service.ratelimit import RateLimiter
+from service.inference.batcher import AdmissionGate
+from service.security.ratelimit import RateLimiter
 from tests.service.conftest import AppFactory, FakePipeline, fake_photo
 from tests.service.test_api_errors import _call_asgi
 

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
 from models.quality import DEFAULT_LIMITS, FaceQuality
+from service.api.errors import PoorQuality
 from service.config import Settings
-from service.errors import PoorQuality
-from service.quality import check_enroll_quality, enroll_limits
+from service.inference.quality import check_enroll_quality, enroll_limits
 from tests.service.conftest import AppFactory, fake_photo
 from tests.service.realdata import PEOPLE_ENROLL, lfw_people
 
@@ -146,7 +146,7 @@ def test_enroll_refuses_a_face_below_a_limit_unless_forced(make_client: AppFacto
 
 @pytest.fixture(scope="module")
 def real_client(face_pipeline: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.service.conftest import wait_ready
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("quality-gallery"))

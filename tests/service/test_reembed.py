@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.gallery import SNAPSHOT_NAME, Gallery, GalleryLocked, ModelMismatch
-from service.inference import encode_jpeg
-from service.reembed import ReembedError, decode_chip, exclusive_store, plan_reembed, reembed
-from service.store import StoreError, open_store
+from service.gallery.gallery import SNAPSHOT_NAME, Gallery, GalleryLocked, ModelMismatch
+from service.gallery.reembed import (
+    ReembedError,
+    decode_chip,
+    exclusive_store,
+    plan_reembed,
+    reembed,
+)
+from service.gallery.store import StoreError, open_store
+from service.inference.inference import encode_jpeg
 from tests.service import postgres_util
 
 pytestmark = pytest.mark.timeout(300)
@@ -266,7 +272,7 @@ def test_the_old_index_snapshot_is_removed(tmp_path: Path) -> None:
 def test_reembed_moves_a_real_gallery_to_an_exported_model(
     face_pipeline: Any, people: Path, lfw: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     from service.cli import main
     from service.config import Settings
     from tests.model_files import dlib_copy

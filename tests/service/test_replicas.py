@@ -27,9 +27,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.gallery import Gallery
-from service.replication import Replicator, wait_caught_up
-from service.routes.common import encode_embedding
+from service.api.routes.common import encode_embedding
+from service.gallery.gallery import Gallery
+from service.gallery.replication import Replicator, wait_caught_up
 from tests.service import postgres_util
 from tests.service.test_server_process import faceserve_bin, free_port, post_photo, wait_ready
 

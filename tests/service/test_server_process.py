@@ -223,7 +223,7 @@ def test_serve_help_and_refusals(tmp_path: Path) -> None:
 
 
 def test_a_server_refuses_a_gallery_of_another_model(tmp_path: Path) -> None:
-    from service.gallery import Gallery
+    from service.gallery.gallery import Gallery
 
     data_dir = tmp_path / "data"
     old = Gallery.open(data_dir, model_version="older-model-v0")

@@ -18,7 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from service.store import (
+from service.gallery.store import (
     GalleryStore,
     NewFace,
     SchemaTooNew,
@@ -26,10 +26,10 @@ from service.store import (
     StoreError,
     open_store,
 )
-from service.store.base import KeyRecord, NewAuditEvent
-from service.store.migrations.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from service.store.sqlite import FILENAME
-from service.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from service.gallery.store.base import KeyRecord, NewAuditEvent
+from service.gallery.store.migrations.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from service.gallery.store.sqlite import FILENAME
+from service.gallery.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from tests.service import postgres_util
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,0 +1,243 @@
+"""The app factory and its lifespan: models and gallery are loaded once, onto ``app.state``.
+
+Loading (converted weights, FAISS index) takes seconds, so it runs in a background thread
+once the server is up: ``/healthz`` answers at once, ``/readyz`` and every endpoint that needs
+the models answer 503 until loading is done. A loading failure (an operating-point profile
+for another model, a gallery of another model) is kept and reported by ``/readyz``, and
+``on_load_error`` lets ``faceserve serve`` stop the server with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from service.api.accesslog import AccessLogMiddleware
+from service.api.deps import Services
+from service.api.errors import install_error_handlers
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.routes import ROUTERS
+from service.api.schemas import REQUEST_MODELS
+from service.config import Settings, resolve_fpir_rule, resolve_operating_point
+from service.gallery.gallery import Gallery
+from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
+from service.inference.inference import Inference, Pipeline
+from service.security.audit import AuditLog
+from service.security.keys import KeyRing, namespace_of, open_security_store
+from service.security.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from service.security.localguard import LoopbackGuardMiddleware
+from service.security.ratelimit import RateLimiter
+
+__all__ = ["create_app", "default_pipeline"]
+
+log = logging.getLogger("faceserve")
+
+PipelineFactory = Callable[[Settings], Pipeline]
+LoadErrorHook = Callable[[BaseException], None]
+
+DESCRIPTION = """\
+Self-hosted face recognition: one-shot enrollment, 1:1 verification and 1:n identification
+over a durable gallery (SQLite, FAISS index).
+
+**Request bodies.** `POST /enroll`, `/verify`, `/identify` and `/embed` accept the same fields
+as `multipart/form-data` (images as file parts, `metadata` as a JSON string) or as
+`application/json` (images as base64 strings, `metadata` as an object), chosen by the
+`Content-Type` header.
+
+**Similarity.** Embeddings are L2-normalised 128-d vectors; `similarity` is their cosine and
+`distance` the squared L2 distance (2 - 2 cos). A face matches when `similarity >= threshold`;
+every response says which operating point supplied the threshold.
+
+**Errors.** Always `{"error": {"code": "...", "message": "..."}}`: 400 malformed input,
+404 unknown id, 409 duplicate face (enroll, `on_duplicate=reject`), 413 too large, 415 not an
+image, 422 invalid field or no face, 503 not ready.
+
+**Authentication.** Once the gallery has API keys (`faceserve keys create`), every endpoint but
+`/healthz`, `/readyz` and the docs needs one, as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`: 401 without a valid key, 403 without the scope (`enroll`: POST /enroll;
+`recognize`: verify, identify, embed; `admin`: subjects, faces, audit, keys, metrics), 429
+over the key's rate limit or when the inference queue is full (`Retry-After` says when to
+retry). A key tied to a gallery sees only that gallery's subjects.
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("faceserve")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def default_pipeline(settings: Settings) -> Pipeline:
+    from models.pipeline import FacePipeline
+
+    return FacePipeline(
+        device=None if settings.device == "auto" else settings.device,
+        flip=settings.flip,
+        upsample=settings.upsample,
+        max_side=settings.max_side,
+        model=settings.model,
+        small_image_retry_px=settings.small_image_retry_px,
+    )
+
+
+def _build_services(
+    settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory
+) -> Services:
+    start = time.perf_counter()
+    pipeline = make_pipeline(settings)
+    # An exported model carries its manifest (validation figures); dlib's and fakes do not.
+    manifest = getattr(pipeline, "model_manifest", None) or None
+    point = resolve_operating_point(settings, pipeline.model_version, manifest)
+    fpir_rule = resolve_fpir_rule(settings, pipeline.model_version)
+    gallery = Gallery.open(
+        settings.data_dir,
+        model_version=pipeline.model_version,
+        dim=pipeline.embedding_size,
+        index_kind=settings.index_kind,
+        store_chips=settings.store_chips,
+        database_url=settings.database_url,
+        partition=namespace_of,
+    )
+    try:
+        # One pass now, so lazy initialisation (kernels, allocator) is not paid by a client.
+        pipeline.embed_chips(np.zeros((1, 150, 150, 3), dtype=np.uint8))
+        executor = ThreadPoolExecutor(
+            settings.inference_threads, thread_name_prefix="faceserve-infer"
+        )
+        embedder: Embedder
+        if settings.batching:
+            embedder = MicroBatcher(
+                pipeline.embed_chips,
+                max_batch_size=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000.0,
+                dim=pipeline.embedding_size,
+                on_batch=metrics.observe_batch,
+            )
+        else:
+            embedder = DirectEmbedder(
+                pipeline.embed_chips,
+                executor,
+                dim=pipeline.embedding_size,
+                on_batch=metrics.observe_batch,
+            )
+        # Keys and audit log: the same database, its own connections (see service.security.keys).
+        security = open_security_store(settings)
+    except BaseException:
+        gallery.close()
+        raise
+    inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels)
+    metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
+    log.info(
+        "ready in %.1fs: model %s on %s, %d faces of %d subjects, %s index, threshold %.3f (%s)",
+        time.perf_counter() - start, pipeline.model_version,
+        getattr(pipeline, "device", "?"), gallery.size, gallery.subject_count,
+        gallery.index_kind, point.threshold, point.source,
+    )
+    return Services(pipeline, gallery, embedder, inference, point, executor,
+                    keys=KeyRing(security), audit=AuditLog(security), fpir_rule=fpir_rule,
+                    identify_fpir=settings.identify_fpir)
+
+
+def _close_services(services: Services) -> None:
+    services.embedder.close()
+    services.executor.shutdown(wait=True)
+    services.gallery.close()
+    if services.keys is not None:
+        services.keys.store.close()  # type: ignore[attr-defined]
+
+
+def _keyless(app: FastAPI) -> bool:
+    """Whether requests need no key now; True until the key store is loaded."""
+    services: Services | None = app.state.services
+    return services is None or services.keys is None or not services.keys.enforced()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    pipeline_factory: PipelineFactory | None = None,
+    on_load_error: LoadErrorHook | None = None,
+) -> FastAPI:
+    """A new app; nothing heavy happens until its lifespan starts."""
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+    make_pipeline = pipeline_factory or default_pipeline
+
+    async def load(app: FastAPI) -> None:
+        try:
+            app.state.services = await asyncio.to_thread(
+                _build_services, settings, metrics, make_pipeline
+            )
+        except Exception as exc:
+            app.state.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("startup failed: %s", app.state.load_error)
+            if on_load_error is not None:
+                on_load_error(exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(load(app))
+        try:
+            yield
+        finally:
+            await loader  # a loading thread cannot be interrupted; let it finish, then close
+            services: Services | None = app.state.services
+            app.state.services = None
+            if services is not None:
+                await asyncio.to_thread(_close_services, services)
+
+    app = FastAPI(
+        title="faceserve",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.services = None
+    app.state.load_error = None
+    app.state.inference_gate = AdmissionGate(settings.inference_queue)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Added last = outermost: metrics see every request, including 413s from the limit.
+    app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(LoopbackGuardMiddleware, keyless=lambda: _keyless(app))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
+    # Outermost: one log line for every request, with a request id but no path ids or queries.
+    app.add_middleware(AccessLogMiddleware, routes=lambda: app.router.routes)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            _, defs = models_json_schema(
+                [(m, "validation") for m in REQUEST_MODELS],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                defs.get("$defs", {})
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

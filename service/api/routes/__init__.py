@@ -1,0 +1,31 @@
+"""One ``APIRouter`` per resource; ``ROUTERS`` is what the app factory includes, in order."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.routes import (
+    audit,
+    embed,
+    enroll,
+    faces,
+    health,
+    identify,
+    keys,
+    subjects,
+    verify,
+)
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (
+    enroll.router,
+    verify.router,
+    identify.router,
+    embed.router,
+    subjects.router,
+    faces.router,
+    audit.router,
+    keys.router,
+    health.router,
+)

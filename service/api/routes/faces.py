@@ -1,0 +1,66 @@
+"""GET /faces/{face_id} and DELETE /faces/{face_id}: single templates."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from service.api.deps import GalleryDep, ServicesDep
+from service.api.errors import FaceNotFound, error_responses
+from service.api.routes.common import audit_event, run_in_threadpool
+from service.api.routes.subjects import face_info
+from service.api.schemas import DeleteFaceResponse, FaceInfo
+from service.gallery.gallery import Gallery
+from service.security.auth import AdminKey, Principal
+
+router = APIRouter(prefix="/faces", tags=["gallery"])
+
+FacePath = Annotated[str, Path(min_length=1, max_length=64, description="A face id.")]
+
+
+def _get(gallery: Gallery, face_id: str, principal: Principal) -> FaceInfo:
+    record = gallery.get_face(face_id)
+    if record is None or not principal.namespace.owns(record.subject_id):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    return face_info(record, principal.namespace)
+
+
+@router.get(
+    "/{face_id}",
+    response_model=FaceInfo,
+    summary="A stored face",
+    description="Needs scope `admin`; a face of another gallery is 404.",
+    responses=error_responses(401, 403, 404, 408, 422, 429, 503),
+)
+async def get_face(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
+    return await run_in_threadpool(_get, gallery, face_id, principal)
+
+
+def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceResponse:
+    record = gallery.get_face(face_id)
+    if (
+        record is None
+        or not principal.namespace.owns(record.subject_id)
+        or not gallery.delete_face(face_id)
+    ):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    subject_id = principal.namespace.external(record.subject_id) or record.subject_id
+    return DeleteFaceResponse(face_id=face_id, subject_id=subject_id, deleted=True)
+
+
+@router.delete(
+    "/{face_id}",
+    response_model=DeleteFaceResponse,
+    summary="Delete one template",
+    description="Removes the face from storage and from the search index before answering "
+    "(erased on disk as for subjects). Needs scope `admin`; a face of another gallery is 404.",
+    responses=error_responses(401, 403, 404, 408, 422, 429, 503),
+)
+async def delete_face(
+    principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep
+) -> DeleteFaceResponse:
+    result = await run_in_threadpool(_delete, gallery, face_id, principal)
+    await audit_event(services, principal, "delete_face", subject_id=result.subject_id,
+                      face_id=face_id)
+    return result

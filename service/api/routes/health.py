@@ -1,0 +1,74 @@
+"""GET /healthz (process up), GET /readyz (models and gallery loaded), GET /metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from service.api.deps import MetricsDep, ServicesDep, SettingsDep
+from service.api.errors import error_responses
+from service.api.metrics import CONTENT_TYPE_LATEST
+from service.api.routes.common import run_in_threadpool
+from service.api.schemas import HealthResponse, ReadyResponse, ReplicationLag
+from service.security.auth import AdminKey, identify_caller
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process is up")
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    summary="Readiness: models and gallery loaded",
+    description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
+    "Needs no key; the gallery's totals are shown only to an admin key of the default gallery "
+    "(or to anyone on a server without keys). Replicas of a shared PostgreSQL gallery also "
+    "report their lag (`replication`).",
+    responses=error_responses(503),
+    response_model_exclude_none=True,
+)
+async def readyz(
+    request: Request, services: ServicesDep, settings: SettingsDep
+) -> ReadyResponse:
+    gallery = services.gallery
+    # Server-wide totals are the operator's business: an admin of the default gallery (or
+    # anyone, without keys). Probes and other galleries' keys learn readiness only.
+    caller = await run_in_threadpool(identify_caller, request, services)
+    totals = caller is not None and "admin" in caller.scopes and not caller.gallery
+
+    def counts() -> tuple[int, int, Any]:
+        return gallery.size, gallery.subject_count, gallery.replication_status()
+
+    faces, subjects, lag = await run_in_threadpool(counts)
+    return ReadyResponse(
+        status="ready",
+        model=services.pipeline.model_version,
+        device=str(getattr(services.pipeline, "device", "unknown")),
+        index_kind=gallery.index_kind,
+        index_source=gallery.index_source,  # type: ignore[arg-type]
+        gallery_faces=faces if totals else None,
+        gallery_subjects=subjects if totals else None,
+        batching=settings.batching,
+        replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    description="Needs scope `admin` once the server has API keys; 503 until loaded.",
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."},
+        **error_responses(401, 403, 408, 429, 503),
+    },
+)
+async def metrics(principal: AdminKey, request: Request, registry: MetricsDep) -> Response:
+    # Gallery gauges are read at scrape time and may wait for a writer: not on the loop.
+    return Response(await run_in_threadpool(registry.render), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,169 @@
+"""GET /identify (a stored face or a vector) and POST /identify (every face of a photo): 1:n."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from service.api.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
+from service.api.errors import FaceNotFound, InvalidField, error_responses
+from service.api.routes.common import (
+    candidates_for,
+    decode_embedding,
+    identify_point,
+    image_bytes,
+    image_request_body,
+    landmarks_list,
+    match_of,
+    one_subject_per_photo,
+    parse_body,
+    run_in_threadpool,
+    to_bbox,
+)
+from service.api.schemas import (
+    MAX_K,
+    IdentifiedFace,
+    IdentifyForm,
+    IdentifyImageResponse,
+    IdentifyJSON,
+    IdentifyResponse,
+)
+from service.gallery.gallery import Gallery
+from service.inference.inference import most_confident
+from service.inference.quality import quality_model
+from service.security.auth import Principal, RecognizeImageKey, RecognizeKey
+
+router = APIRouter(tags=["recognition"])
+
+
+@router.get(
+    "/identify",
+    response_model=IdentifyResponse,
+    summary="Identify a stored face or an embedding (1:n)",
+    description=(
+        "For clients that already hold a face: give exactly one of `face_id` (a stored "
+        "template; that template itself is left out of the candidates, other templates of "
+        "its subject are not) or `embedding`. Candidates are subjects, each once with its "
+        "best-scoring face, most similar first; `match` is the first candidate if its "
+        "similarity reaches the threshold, else null (unknown person). Needs scope "
+        "`recognize`; only the key's gallery is searched."
+    ),
+    responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
+)
+async def identify_stored(
+    principal: RecognizeKey,
+    services: ServicesDep,
+    gallery: GalleryDep,
+    face_id: Annotated[
+        str | None, Query(max_length=64, description="A stored face to search with.")
+    ] = None,
+    embedding: Annotated[
+        str | None,
+        Query(
+            max_length=1024,
+            description="URL-safe base64 of 128 little-endian float32 (as returned by "
+            "POST /embed in `embedding_b64`); re-normalised before searching.",
+        ),
+    ] = None,
+    k: Annotated[
+        int, Query(ge=1, le=MAX_K, description="Candidate subjects to return.")
+    ] = 5,
+    threshold: Annotated[
+        float | None,
+        Query(ge=-1.0, le=1.0, description="Cosine threshold for this request only."),
+    ] = None,
+    identify_fpir: Annotated[
+        float | None,
+        Query(gt=0.0, lt=1.0, description="Target false positive identification rate for "
+              "this request (default: the server's `identify_fpir`); ignored with `threshold`."),
+    ] = None,
+) -> IdentifyResponse:
+    if (face_id is None) == (embedding is None):
+        raise InvalidField("give exactly one of face_id or embedding")
+    point = identify_point(services, threshold, identify_fpir, principal.namespace)
+    exclude: tuple[str, ...] = ()
+    if face_id is not None:
+        query = await run_in_threadpool(_stored_embedding, gallery, face_id, principal)
+        exclude = (face_id,)
+    else:
+        assert embedding is not None
+        query = decode_embedding(embedding)
+    [candidates] = await run_in_threadpool(
+        candidates_for, gallery, query[None, :], k, exclude, principal.namespace.external
+    )
+    return IdentifyResponse(
+        candidates=candidates,
+        match=match_of(candidates, point.threshold),
+        threshold=point.threshold,
+        operating_point=point,
+        model=services.pipeline.model_version,
+    )
+
+
+def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> np.ndarray:
+    record = gallery.get_face(face_id)
+    if record is None or not principal.namespace.owns(record.subject_id):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    if record.embedding is None:  # a listing without vectors: fetch the subject's templates
+        for face in gallery.subject_faces(record.subject_id):
+            if face.face_id == face_id and face.embedding is not None:
+                return np.asarray(face.embedding, dtype=np.float32)
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    return np.asarray(record.embedding, dtype=np.float32)
+
+
+@router.post(
+    "/identify",
+    response_model=IdentifyImageResponse,
+    summary="Identify every face of a photo (1:n)",
+    description=(
+        "Detects the faces of the photo (most confident first, at most `max_faces`, itself "
+        "capped by the server's setting) and searches the gallery with each. One person "
+        "appears at most once in a photo: when two faces would match the same subject, the "
+        "better-scoring face keeps it and the other takes its next candidate at or above "
+        "the threshold, or none (unknown). A photo without faces gives an empty `faces` "
+        "list. Needs scope `recognize`; only the key's gallery "
+        "is searched."
+    ),
+    responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
+    openapi_extra=image_request_body(IdentifyForm, IdentifyJSON),
+)
+async def identify_image(
+    principal: RecognizeImageKey,
+    request: Request,
+    settings: SettingsDep,
+    services: ServicesDep,
+    gallery: GalleryDep,
+    inference: InferenceDep,
+) -> IdentifyImageResponse:
+    body = await parse_body(request, IdentifyForm, IdentifyJSON)
+    data = await image_bytes(body.image, "image")
+    point = identify_point(services, body.threshold, body.identify_fpir, principal.namespace)
+    limit = min(body.max_faces or settings.max_faces, settings.max_faces)
+    found = await inference.faces(data, most_confident(limit), body.face_crop)
+    per_face = await run_in_threadpool(
+        candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
+    )
+    matches = one_subject_per_photo(per_face, point.threshold)
+    faces = [
+        IdentifiedFace(
+            bbox=to_bbox(face.box),
+            landmarks=landmarks_list(face.landmarks),
+            detection_confidence=float(face.confidence),
+            candidates=candidates,
+            match=match,
+            quality=quality_model(quality),
+        )
+        for face, candidates, match, quality in zip(
+            found.faces, per_face, matches, found.quality, strict=True
+        )
+    ]
+    return IdentifyImageResponse(
+        faces=faces,
+        faces_detected=found.faces_detected,
+        threshold=point.threshold,
+        operating_point=point,
+        model=services.pipeline.model_version,
+    )

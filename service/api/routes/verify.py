@@ -1,0 +1,130 @@
+"""POST /verify: 1:1 — are these two faces the same person?"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from service.api.deps import GalleryDep, InferenceDep, ServicesDep
+from service.api.errors import InvalidField, NoFace, SubjectNotFound, error_responses
+from service.api.routes.common import (
+    face_selection_of,
+    image_bytes,
+    image_request_body,
+    operating_point_for,
+    parse_body,
+    run_in_threadpool,
+    to_bbox,
+)
+from service.api.schemas import VerifiedFace, VerifyForm, VerifyJSON, VerifyResponse
+from service.inference.inference import EmbeddedFaces, Inference
+from service.inference.quality import quality_model
+from service.security.auth import RecognizeImageKey
+
+router = APIRouter(tags=["recognition"])
+
+
+async def _probe(
+    inference: Inference, data: bytes, field: str, face_crop: bool = False
+) -> EmbeddedFaces:
+    found = await inference.primary_face(data, face_crop=face_crop)
+    if not found.faces:
+        raise NoFace(f"no face found in {field}")
+    return found
+
+
+def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
+    face = found.faces[0]
+    return VerifiedFace(
+        source=source,  # type: ignore[arg-type]
+        bbox=to_bbox(face.box),
+        detection_confidence=float(face.confidence),
+        faces_detected=found.faces_detected,
+        quality=quality_model(found.quality[0]),
+        face_selection=face_selection_of(found.selection),
+    )
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyResponse,
+    summary="Verify two faces (1:1)",
+    description=(
+        "Two modes. `image_a` + `image_b`: compares the primary face of each photo. "
+        "`image` + `subject_id`: compares the primary face of the photo with every template "
+        "of the subject; the best score counts. The primary face is the largest visible one "
+        "(box clipped to the photo); faces of about the same size go to the most confident "
+        "detection, then to the one nearest the centre; each uploaded face's "
+        "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
+        "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
+        "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
+        "in the key's gallery."
+    ),
+    responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503),
+    openapi_extra=image_request_body(VerifyForm, VerifyJSON),
+)
+async def verify(
+    principal: RecognizeImageKey,
+    request: Request,
+    services: ServicesDep,
+    gallery: GalleryDep,
+    inference: InferenceDep,
+) -> VerifyResponse:
+    body = await parse_body(request, VerifyForm, VerifyJSON)
+    pair = body.image_a is not None or body.image_b is not None
+    single = body.image is not None or body.subject_id is not None
+    if pair == single:
+        raise InvalidField("send either image_a and image_b, or image and subject_id")
+    point = operating_point_for(services.operating_point, body.threshold)
+    templates_compared = None
+    if pair:
+        if body.image_a is None or body.image_b is None:
+            raise InvalidField("image_a and image_b must both be given")
+        data_a = await image_bytes(body.image_a, "image_a")
+        data_b = await image_bytes(body.image_b, "image_b")
+        a, b = await asyncio.gather(
+            _probe(inference, data_a, "image_a", body.face_crop),
+            _probe(inference, data_b, "image_b", body.face_crop),
+        )
+        similarity = float(a.embeddings[0] @ b.embeddings[0])
+        faces = [_uploaded(a, "image_a"), _uploaded(b, "image_b")]
+    else:
+        if body.image is None or body.subject_id is None:
+            raise InvalidField("image and subject_id must both be given")
+        data = await image_bytes(body.image, "image")
+        subject_id = body.subject_id
+        templates = await run_in_threadpool(
+            gallery.subject_faces, principal.namespace.internal(subject_id)
+        )
+        templates = [t for t in templates if t.embedding is not None]
+        if not templates:
+            raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")
+        probe = await _probe(inference, data, "image", body.face_crop)
+        matrix = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
+        scores = matrix @ probe.embeddings[0]
+        best = int(np.argmax(scores))
+        similarity = float(scores[best])
+        faces = [
+            _uploaded(probe, "image"),
+            VerifiedFace(
+                source="template",
+                face_id=templates[best].face_id,
+                subject_id=subject_id,
+                bbox=to_bbox(templates[best].bbox),
+                detection_confidence=float(templates[best].detection_confidence),
+            ),
+        ]
+        templates_compared = len(templates)
+    similarity = max(-1.0, min(1.0, similarity))
+    return VerifyResponse(
+        match=similarity >= point.threshold,
+        similarity=similarity,
+        distance=max(0.0, 2.0 - 2.0 * similarity),
+        threshold=point.threshold,
+        operating_point=point,
+        faces=faces,
+        templates_compared=templates_compared,
+        model=services.pipeline.model_version,
+    )

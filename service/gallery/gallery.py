@@ -1,0 +1,678 @@
+"""The gallery: durable enrolled faces (the store) and fast search over them (the FAISS index).
+
+The store is the truth and the index a cache of it. An index snapshot is used at start-up only if
+it was built from exactly the store's current state (same last change id, face count, model and
+index kind, same ids); otherwise the index is rebuilt from the store, so a crash at any moment
+costs start-up time, never data.
+
+Consistency. Writes are serialised by one mutex. A write commits to the store first (so an
+acknowledged enrollment is durable), then updates the index and the id map under the exclusive
+side of a readers-writer lock (so it is searchable when acknowledged, and a search sees a
+deletion either entirely or not at all). Searches and store reads take the shared side and run
+in parallel. Deletions also remove the on-disk snapshot, which still holds the erased vectors;
+the next ``close`` writes a fresh one.
+
+One process per data directory: an advisory lock refuses a second one, whose index would
+silently diverge from the first's.
+
+Shared stores (PostgreSQL, ``database_url``): several processes (replicas) write to one store,
+each with its own index. The index then follows the store's change log in change-id order
+(``catch_up``, driven by ``service.gallery.replication.Replicator``), and this process's own writes
+apply to the index through the same log: after its commit a write catches up to (at least) its
+own change, so it is searchable here when acknowledged and no other replica's earlier change is
+skipped. No snapshot is kept: a replica builds its index from the store at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import logging
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.gallery.impostors import GalleryImpostors, GalleryView
+from service.gallery.index import FaceIndex, SnapshotInvalid, remove_snapshot
+from service.gallery.replication import CATCH_UP_BATCH, Replicator
+from service.gallery.rwlock import RWLock
+from service.gallery.search_policy import choose_index_kind
+from service.gallery.store import open_store
+from service.gallery.store.base import (
+    ChangeBatch,
+    FaceRecord,
+    GalleryStore,
+    LogPosition,
+    NewFace,
+    StoreState,
+    SubjectRecord,
+)
+
+__all__ = [
+    "SNAPSHOT_NAME",
+    "FaceRecord",
+    "Gallery",
+    "GalleryClosed",
+    "GalleryError",
+    "GalleryLocked",
+    "Hit",
+    "ModelMismatch",
+    "SubjectRecord",
+    "lock_data_dir",
+    "unlock_data_dir",
+]
+
+log = logging.getLogger("faceserve.gallery")
+
+SNAPSHOT_NAME = "index.faiss"
+LOCK_NAME = "gallery.lock"
+SCAN_CHUNK = 8192
+INDEX_KINDS = ("flat", "hnsw", "auto")
+_CURSOR_PREFIX = "s1."
+_NORM_TOLERANCE = 1e-3
+
+
+class GalleryError(RuntimeError):
+    """The gallery cannot serve (wrong model, already open elsewhere, closed, out of sync)."""
+
+
+class ModelMismatch(GalleryError):
+    """The store holds embeddings of another model: similarities across models are meaningless."""
+
+
+class GalleryLocked(GalleryError):
+    """Another process has this data directory open."""
+
+
+class GalleryClosed(GalleryError):
+    """Used after ``close()``."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    face_id: str
+    subject_id: str
+    similarity: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _encode_cursor(subject_id: str) -> str:
+    raw = base64.urlsafe_b64encode(subject_id.encode("utf-8")).decode("ascii")
+    return _CURSOR_PREFIX + raw.rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    """The subject id after which a page starts; ``ValueError`` for anything we did not issue."""
+    if not cursor.startswith(_CURSOR_PREFIX):
+        raise ValueError("invalid cursor")
+    raw = cursor[len(_CURSOR_PREFIX):]
+    try:
+        data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        if _encode_cursor(data.decode("utf-8")) != cursor:  # one spelling per position
+            raise ValueError("invalid cursor")
+        return data.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold the data directory for this process (``GalleryLocked`` if another holds it); the
+    descriptor to pass to :func:`unlock_data_dir`."""
+    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise GalleryLocked(
+            f"the gallery in {data_dir} is already open in another process (or another "
+            "Gallery object); run one faceserve process per data directory"
+        ) from None
+    return fd
+
+
+def unlock_data_dir(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+class Gallery:
+    """Enroll, search, list and erase faces; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        store: GalleryStore,
+        *,
+        model_version: str,
+        dim: int = 128,
+        index_kind: str = "flat",
+        store_chips: bool = True,
+        snapshot_path: Path | None = None,
+        snapshot_every: int | None = None,
+        location: str | None = None,
+        partition: Callable[[str], str] | None = None,
+    ) -> None:
+        """Wrap an open ``store`` (this object closes it). Prefer ``Gallery.open``.
+
+        ``partition`` maps a stored subject id to its tenant (see ``view``)."""
+        if index_kind not in INDEX_KINDS:
+            raise ValueError(f"index_kind must be one of {INDEX_KINDS}, not {index_kind!r}")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be positive, not {snapshot_every}")
+        self._store = store
+        self.model_version = model_version
+        self.dim = dim
+        self.store_chips = store_chips
+        self._snapshot_path = snapshot_path
+        self._snapshot_every = snapshot_every
+        self._write_mutex = threading.Lock()
+        self._rw = RWLock()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._lock_fd: int | None = None
+        self._changes_since_snapshot = 0
+        self._shared = bool(getattr(store, "shared", False))
+        self._replicator: Any = None  # service.gallery.replication.Replicator, when following
+        location = location or getattr(store, "location", "the store")
+        self._location = location
+
+        state = store.state()
+        others = {m: n for m, n in state.model_counts.items() if m != model_version}
+        if others:
+            held = ", ".join(f"{n} faces of model {m!r}" for m, n in sorted(others.items()))
+            mixed = len(state.model_counts) > 1
+            raise ModelMismatch(
+                f"{location} holds {held}, but this service computes {model_version!r} "
+                "embeddings, which cannot be compared with them, so it refuses to start. "
+                + ("The gallery holds several models' embeddings, as an interrupted "
+                   "`faceserve reembed` leaves it; run it again to finish. " if mixed else "")
+                + "With the service stopped, `faceserve reembed --model <this model>` "
+                "re-computes every embedding from the stored face chips; or serve this "
+                "gallery with the model that built it, or use another data directory."
+            )
+        kind = choose_index_kind(state.face_count) if index_kind == "auto" else index_kind
+        self._subjects = state.subject_count
+        self._last_change_id = state.last_change_id
+        self._faces: dict[int, tuple[str, str]] = {}
+        self._impostors = GalleryImpostors(dim, partition)
+        self._index, self.index_source = self._load_index(state, kind)
+        self._sample_impostors()
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        model_version: str,
+        dim: int = 128,
+        index_kind: str = "flat",
+        store_chips: bool = True,
+        *,
+        snapshot_every: int | None = None,
+        database_url: str | None = None,
+        follow: bool = True,
+        partition: Callable[[str], str] | None = None,
+    ) -> Gallery:
+        """The gallery in ``data_dir`` (created if new): SQLite store plus index snapshot; or,
+        with ``database_url``, the shared PostgreSQL store, followed by a background
+        ``Replicator`` unless ``follow`` is False (then only ``catch_up`` calls apply others'
+        changes)."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = lock_data_dir(data_dir)
+        try:
+            store = open_store(data_dir, database_url)
+        except BaseException:
+            unlock_data_dir(lock_fd)
+            raise
+        try:
+            gallery = cls(
+                store,
+                model_version=model_version,
+                dim=dim,
+                index_kind=index_kind,
+                store_chips=store_chips,
+                snapshot_path=None if store.shared else data_dir / SNAPSHOT_NAME,
+                snapshot_every=snapshot_every,
+                location=store.location,
+                partition=partition,
+            )
+        except BaseException:
+            store.close()
+            unlock_data_dir(lock_fd)
+            raise
+        gallery._lock_fd = lock_fd
+        if store.shared and follow:
+            gallery._replicator = Replicator(gallery, store.open_listener)  # type: ignore[attr-defined]
+            gallery._replicator.start()
+        return gallery
+
+    # ------------------------------------------------------------ start-up
+
+    def _load_index(self, state: StoreState, kind: str) -> tuple[FaceIndex, str]:
+        if self._snapshot_path is not None:
+            try:
+                index = FaceIndex.load_snapshot(
+                    self._snapshot_path,
+                    dim=self.dim,
+                    kind=kind,
+                    model=self.model_version,
+                    count=state.face_count,
+                    last_change_id=state.last_change_id,
+                )
+                for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=False):
+                    self._remember(chunk.row_ids, chunk.face_ids, chunk.subject_ids)
+                if not np.array_equal(index.ids(), np.fromiter(self._faces, dtype=np.int64)):
+                    raise SnapshotInvalid("its ids differ from the store's")
+                log.info("index loaded from snapshot: %d faces, %s", index.ntotal, kind)
+                return index, "snapshot"
+            except SnapshotInvalid as exc:
+                log.info("index snapshot not used (%s); rebuilding from the store", exc)
+                self._faces.clear()
+                self._impostors.clear()
+        index = FaceIndex(self.dim, kind)
+        for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=True):
+            vectors = chunk.embeddings
+            if vectors is None or vectors.shape[1] != self.dim:
+                got = None if vectors is None else vectors.shape[1]
+                raise GalleryError(f"stored embeddings have {got} dimensions, not {self.dim}")
+            index.add(chunk.row_ids, vectors)
+            self._remember(chunk.row_ids, chunk.face_ids, chunk.subject_ids)
+            if self._impostors.wants_vectors():
+                for row, vector, subject in zip(chunk.row_ids.tolist(), vectors,
+                                                chunk.subject_ids, strict=True):
+                    self._impostors.sample(row, vector, subject)
+        log.info("index rebuilt from the store: %d faces, %s", index.ntotal, kind)
+        if self._snapshot_path is not None and index.ntotal:
+            # A rebuild can take minutes (HNSW); do not pay it again after a crash.
+            try:
+                index.write_snapshot(
+                    self._snapshot_path, model=self.model_version,
+                    last_change_id=self._last_change_id,
+                )
+            except OSError as exc:
+                log.warning("could not write the index snapshot: %s", exc)
+        return index, "store"
+
+    def _remember(self, row_ids: np.ndarray, face_ids: list[str], subject_ids: list[str]) -> None:
+        subjects = [sys.intern(s) for s in subject_ids]  # many faces share a subject
+        rows = row_ids.tolist()
+        self._faces.update(zip(rows, zip(face_ids, subjects, strict=True), strict=True))
+        for subject in subjects:
+            self._impostors.count(subject)
+
+    def _sample_impostors(self) -> None:
+        """Fill each tenant's impostor sample from the store's first faces (in row order, so
+        replicas agree); stops reading as soon as every sample is full."""
+        if not self._impostors.wants_vectors():
+            return
+        for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=True):
+            if chunk.embeddings is None:
+                return
+            for row, vector, subject in zip(chunk.row_ids.tolist(), chunk.embeddings,
+                                            chunk.subject_ids, strict=True):
+                self._impostors.sample(row, vector, subject)
+            if not self._impostors.wants_vectors():
+                return
+
+    def view(self, partition: str = "") -> GalleryView:
+        """How many faces the tenant ``partition`` has and how alike its different subjects
+        are: what an identify threshold that holds a false positive rate is computed from."""
+        with self._rw.read():
+            return self._impostors.view(partition)
+
+    def partition_of(self, subject_id: str) -> str:
+        return self._impostors.partition_of(subject_id)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def size(self) -> int:
+        return len(self._faces)
+
+    @property
+    def subject_count(self) -> int:
+        return self._subjects
+
+    @property
+    def index_kind(self) -> str:
+        return self._index.kind
+
+    @property
+    def last_change_id(self) -> int:
+        """The index reflects every store change up to this id."""
+        return self._last_change_id
+
+    @property
+    def shared(self) -> bool:
+        """Other processes write to this gallery's store (see the module docstring)."""
+        return self._shared
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def replicator(self) -> Any:
+        """The ``Replicator`` following the store, or None (SQLite, or ``follow=False``)."""
+        return self._replicator
+
+    # ------------------------------------------------------------ writes
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise GalleryClosed("the gallery is closed")
+        if self._broken is not None:
+            raise GalleryError(
+                "the search index fell out of step with the store "
+                f"({type(self._broken).__name__}: {self._broken}); restart to rebuild it"
+            )
+
+    def _mutate_index(self, change: Callable[[], None], change_id: int, changes: int) -> None:
+        """Apply an already-committed store change to the index, atomically for searches."""
+        try:
+            with self._rw.write():
+                change()
+                self._last_change_id = change_id
+        except BaseException as exc:
+            self._broken = exc
+            raise GalleryError("the change was stored but the index could not follow it; "
+                               "restart to rebuild the index") from exc
+        self._changes_since_snapshot += changes
+        if self._snapshot_every and self._changes_since_snapshot >= self._snapshot_every:
+            self._write_snapshot()
+
+    def _vector(self, embedding: np.ndarray) -> np.ndarray:
+        v = np.asarray(embedding, dtype=np.float32)
+        if v.shape != (self.dim,):
+            raise ValueError(f"embedding must have shape ({self.dim},), not {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("embedding has non-finite values")
+        norm = float(np.linalg.norm(v))
+        if abs(norm - 1.0) > _NORM_TOLERANCE:
+            raise ValueError(f"embedding must be L2-normalised (norm {norm:.4f})")
+        return v
+
+    def enroll(
+        self,
+        subject_id: str,
+        embedding: np.ndarray,
+        *,
+        bbox: Sequence[int],
+        landmarks: Sequence[Sequence[float]] | np.ndarray,
+        detection_confidence: float,
+        image_sha256: str,
+        chip_jpeg: bytes | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[FaceRecord, bool]:
+        """Store a face (durable and searchable on return); ``created`` is False when this subject
+        already has a face from the same image bytes, which is returned unchanged. ``metadata``,
+        when given, replaces the subject's metadata."""
+        if not subject_id:
+            raise ValueError("subject_id must not be empty")
+        if len(bbox) != 4:
+            raise ValueError(f"bbox must have 4 values, not {len(bbox)}")
+        face = NewFace(
+            face_id=uuid.uuid4().hex,
+            subject_id=subject_id,
+            bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
+            landmarks=np.asarray(landmarks, dtype=np.float64).reshape(-1, 2).tolist(),
+            detection_confidence=float(detection_confidence),
+            model=self.model_version,
+            image_sha256=image_sha256,
+            created_at=_now(),
+            embedding=self._vector(embedding),
+            chip_jpeg=chip_jpeg if self.store_chips else None,
+        )
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.add_face(face, metadata)
+            if self._shared:
+                self._catch_up_locked(None)
+                return result.record, result.created
+            if result.subject_created:
+                self._subjects += 1
+            if result.created:
+                vector = face.embedding.reshape(1, -1)
+                entry = (result.record.face_id, sys.intern(result.record.subject_id))
+
+                def add() -> None:
+                    self._index.add(np.array([result.row_id], dtype=np.int64), vector)
+                    self._faces[result.row_id] = entry
+                    self._impostors.add(result.row_id, vector[0], entry[1])
+
+                self._mutate_index(add, result.change_id, 1)
+            return result.record, result.created
+
+    def _forget(self, row_ids: list[int], change_id: int) -> None:
+        if self._snapshot_path is not None:
+            remove_snapshot(self._snapshot_path)  # it still holds the erased vectors
+
+        def remove() -> None:
+            self._index.remove(row_ids)
+            for row_id in row_ids:
+                entry = self._faces.pop(row_id, None)
+                if entry is not None:
+                    self._impostors.remove(row_id, entry[1])
+
+        self._mutate_index(remove, change_id, len(row_ids))
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._index.needs_compaction:
+            try:
+                fresh = self._index.compacted()  # searches go on against the old graph meanwhile
+            except Exception:
+                log.exception("index compaction failed; searches still skip the tombstones")
+                return
+            with self._rw.write():
+                self._index = fresh
+            log.info("index compacted: %d faces", fresh.ntotal)
+
+    def delete_subject(self, subject_id: str) -> int:
+        """Erase the subject and its faces from store and index; the number of faces removed."""
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.delete_subject(subject_id)
+            if self._shared:
+                self._catch_up_locked(None)
+                return len(result.row_ids)
+            if result.subject_existed:
+                self._subjects -= 1
+            if result.row_ids:
+                self._forget(result.row_ids, result.change_id)
+            return len(result.row_ids)
+
+    def delete_face(self, face_id: str) -> bool:
+        """Erase one face (its subject stays); False if unknown."""
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.delete_face(face_id)
+            if self._shared:
+                self._catch_up_locked(None)
+                return bool(result.row_ids)
+            if result.row_ids:
+                self._forget(result.row_ids, result.change_id)
+            return bool(result.row_ids)
+
+    # ------------------------------------------------------------ following the change log
+
+    def catch_up(self, limit: int = CATCH_UP_BATCH) -> int:
+        """Apply up to ``limit`` store changes committed after ``last_change_id`` (by any
+        process) to the index; the number applied. A no-op once closed."""
+        with self._write_mutex:
+            if self._closed:
+                return 0
+            self._check_writable()
+            return self._catch_up_locked(limit)
+
+    def _catch_up_locked(self, limit: int | None) -> int:
+        """Caller holds the write mutex. ``limit=None``: until no change is left."""
+        applied = 0
+        batch_size = limit or CATCH_UP_BATCH
+        while True:
+            batch = self._store.changes_since(self._last_change_id, batch_size)
+            if batch.changes:
+                self._apply(batch)
+                applied += len(batch.changes)
+            else:
+                self._subjects = batch.subject_count
+            if limit is not None or len(batch.changes) < batch_size:
+                return applied
+
+    def _apply(self, batch: ChangeBatch) -> None:
+        """One batch of the log, in one exclusive section: a search sees all of it or none.
+        Idempotent (see ``replication``), so a replay after a restart is harmless."""
+        deleted = [c.row_id for c in batch.changes if c.op == "delete" and c.row_id in self._faces]
+        added = [c for c in batch.changes
+                 if c.op == "add" and c.embedding is not None and c.row_id not in self._faces]
+        foreign = sorted({str(c.model) for c in added if c.model != self.model_version})
+        if foreign:
+            self._broken = ModelMismatch(
+                f"another process stored faces of model(s) {foreign} in {self._location}, but "
+                f"this one computes {self.model_version!r}: run every replica with one model"
+            )
+            raise self._broken
+        vectors = np.stack([c.embedding for c in added]) if added else None  # type: ignore[misc]
+        if vectors is not None and vectors.shape[1] != self.dim:
+            raise GalleryError(f"stored embeddings have {vectors.shape[1]} dimensions, "
+                               f"not {self.dim}")
+        ids = np.array([c.row_id for c in added], dtype=np.int64)
+
+        def apply() -> None:
+            if deleted:
+                self._index.remove(deleted)
+                for row_id in deleted:
+                    entry = self._faces.pop(row_id, None)
+                    if entry is not None:
+                        self._impostors.remove(row_id, entry[1])
+            if vectors is not None:
+                self._index.add(ids, vectors)
+                for c, vector in zip(added, vectors, strict=True):
+                    subject = sys.intern(str(c.subject_id))
+                    self._faces[c.row_id] = (str(c.face_id), subject)
+                    self._impostors.add(c.row_id, vector, subject)
+
+        self._mutate_index(apply, batch.changes[-1].change_id, len(batch.changes))
+        self._subjects = batch.subject_count
+        if deleted:
+            self._maybe_compact()
+
+    def log_position(self, after: int | None = None) -> LogPosition:
+        """The store's change-log head and how far ``after`` (default: this index) is behind."""
+        return self._store.log_position(self._last_change_id if after is None else after)
+
+    def replication_status(self) -> Any:
+        """``replication.ReplicationStatus`` when following a shared store, else None."""
+        return None if self._replicator is None else self._replicator.status()
+
+    # ------------------------------------------------------------ reads
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryClosed("the gallery is closed")
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The ``k`` most similar faces per query (fewer if the gallery is smaller), best first."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}), not {q.shape}")
+        with self._rw.read():
+            self._check_open()
+            results = self._index.search(q, k)
+            faces = self._faces
+            return [
+                [
+                    Hit(*faces[i], similarity=s)
+                    for s, i in zip(sims.tolist(), ids.tolist(), strict=True)
+                ]
+                for sims, ids in results
+            ]
+
+    def get_face(self, face_id: str) -> FaceRecord | None:
+        with self._rw.read():
+            self._check_open()
+            return self._store.get_face(face_id, with_embedding=True)
+
+    def get_chip(self, face_id: str) -> bytes | None:
+        """The aligned face chip as JPEG, or None (unknown face, or chips not stored)."""
+        with self._rw.read():
+            self._check_open()
+            return self._store.get_chip(face_id)
+
+    def get_subject(self, subject_id: str) -> SubjectRecord | None:
+        """The subject with its faces (without embeddings: see ``subject_faces``)."""
+        with self._rw.read():
+            self._check_open()
+            return self._store.get_subject(subject_id, with_faces=True)
+
+    def subject_faces(self, subject_id: str) -> list[FaceRecord]:
+        """The subject's faces with embeddings (empty if unknown), oldest first."""
+        with self._rw.read():
+            self._check_open()
+            return self._store.subject_faces(subject_id, with_embeddings=True)
+
+    def list_subjects(
+        self, cursor: str | None, limit: int
+    ) -> tuple[list[SubjectRecord], str | None]:
+        """One page of subjects in id order and the cursor of the next page (None at the end).
+        ``ValueError`` for a cursor this gallery did not issue."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        after = None if cursor is None else _decode_cursor(cursor)
+        with self._rw.read():
+            self._check_open()
+            records = self._store.list_subjects(after, limit + 1)
+        if len(records) <= limit:
+            return records, None
+        records = records[:limit]
+        return records, _encode_cursor(records[-1].subject_id)
+
+    # ------------------------------------------------------------ snapshots, lifecycle
+
+    def _write_snapshot(self) -> None:
+        """Caller holds the write mutex, so the index matches ``last_change_id`` throughout."""
+        if self._snapshot_path is None:
+            return
+        with self._rw.read():
+            self._index.write_snapshot(
+                self._snapshot_path, model=self.model_version, last_change_id=self._last_change_id
+            )
+        self._changes_since_snapshot = 0
+
+    def snapshot(self) -> None:
+        """Write the index snapshot now (searches continue; writes wait)."""
+        with self._write_mutex:
+            self._check_writable()
+            self._write_snapshot()
+
+    def close(self) -> None:
+        """Write the index snapshot and release the store; later calls raise ``GalleryClosed``."""
+        if self._replicator is not None:
+            self._replicator.stop()  # before the mutex: its catch-up takes the mutex
+        with self._write_mutex:
+            if self._closed:
+                return
+            try:
+                if self._broken is None:
+                    self._write_snapshot()
+            except Exception:
+                log.exception("could not write the index snapshot; the next start rebuilds it")
+            finally:
+                with self._rw.write():  # waits for searches and reads in flight
+                    self._closed = True
+                try:
+                    self._store.close()
+                finally:
+                    unlock_data_dir(self._lock_fd)
+                    self._lock_fd = None

@@ -1,0 +1,200 @@
+"""What the SQLite and PostgreSQL stores share: row codecs, the read queries, re-embedding.
+
+Both stores hold the same schema. They differ in parameter style (``?`` or ``%s``), in how
+JSON columns come back (text from SQLite, already decoded by psycopg), and in connections,
+transactions and locking, which each store keeps to itself. The reads are written once here
+against those two hooks, so a fix to a query reaches both backends. The two statements of
+``faceserve reembed`` (read faces of other models, write new embeddings) are the same on both
+as well; the write runs in the store's own ``_write_transaction``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from service.gallery.store.base import FaceRecord, KeyRecord, StoreState, SubjectRecord
+
+__all__ = [
+    "FACE_COLUMNS",
+    "KEY_COLUMNS",
+    "ReembedRow",
+    "SqlReads",
+    "from_blob",
+    "key_record",
+    "to_blob",
+]
+
+# (row id, face id, stored chip JPEG or None)
+ReembedRow = tuple[int, str, bytes | None]
+
+FACE_COLUMNS = (
+    "id, face_id, subject_id, bbox, landmarks, detection_confidence, model, image_sha256, "
+    "created_at"
+)
+KEY_COLUMNS = "key_id, name, key_hash, scopes, gallery, created_at, revoked_at"
+
+
+def to_blob(embedding: np.ndarray) -> bytes:
+    return np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def key_record(row: tuple[Any, ...]) -> KeyRecord:
+    return KeyRecord(
+        key_id=row[0], name=row[1], key_hash=row[2],
+        scopes=tuple(s for s in row[3].split(",") if s), gallery=row[4], created_at=row[5],
+        revoked_at=row[6],
+    )
+
+
+class SqlReads:
+    """Read queries over the gallery schema, shared by the SQL stores.
+
+    A store supplies ``_P`` (its parameter placeholder), ``_json`` (how a JSON column value
+    becomes Python), ``_reader()``, ``_read_transaction()`` and ``_write_transaction()``
+    (connection context managers) and ``_last_change(conn)``.
+    """
+
+    _P: str
+
+    @staticmethod
+    def _json(value: Any) -> Any:
+        raise NotImplementedError
+
+    def _reader(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _read_transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write_transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _last_change(conn: Any) -> int:
+        raise NotImplementedError
+
+    def _face_record(self, row: Any, with_embedding: bool) -> FaceRecord:
+        bbox = self._json(row[3])
+        return FaceRecord(
+            face_id=row[1],
+            subject_id=row[2],
+            bbox=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])),
+            landmarks=[[float(c) for c in point] for point in self._json(row[4])],
+            detection_confidence=float(row[5]),
+            model=row[6],
+            image_sha256=row[7],
+            created_at=row[8],
+            embedding=from_blob(row[9]) if with_embedding else None,
+        )
+
+    def state(self) -> StoreState:
+        with self._read_transaction() as conn:
+            models = {
+                str(m): int(n)
+                for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
+            }
+            subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
+            last = self._last_change(conn)
+        return StoreState(sum(models.values()), subjects, last, models)
+
+    def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None:
+        columns = FACE_COLUMNS + (", embedding" if with_embedding else "")
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {columns} FROM faces WHERE face_id = {self._P}", (face_id,)
+            ).fetchone()
+        return None if row is None else self._face_record(row, with_embedding)
+
+    def get_chip(self, face_id: str) -> bytes | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT chip FROM faces WHERE face_id = {self._P}", (face_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def _faces_of(self, conn: Any, subject_id: str, with_embeddings: bool) -> list[FaceRecord]:
+        columns = FACE_COLUMNS + (", embedding" if with_embeddings else "")
+        rows = conn.execute(
+            f"SELECT {columns} FROM faces WHERE subject_id = {self._P} ORDER BY id",
+            (subject_id,),
+        )
+        return [self._face_record(r, with_embeddings) for r in rows]
+
+    def get_subject(self, subject_id: str, *, with_faces: bool = True) -> SubjectRecord | None:
+        with self._read_transaction() as conn:
+            row = conn.execute(
+                "SELECT subject_id, metadata, created_at, "
+                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
+                f"FROM subjects s WHERE subject_id = {self._P}",
+                (subject_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            faces = self._faces_of(conn, subject_id, False) if with_faces else []
+        return SubjectRecord(row[0], self._json(row[1]), row[2], int(row[3]), faces)
+
+    def subject_faces(self, subject_id: str, *, with_embeddings: bool = True) -> list[FaceRecord]:
+        with self._reader() as conn:
+            return self._faces_of(conn, subject_id, with_embeddings)
+
+    def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT subject_id, metadata, created_at, "
+                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
+                f"FROM subjects s WHERE subject_id > {self._P} ORDER BY subject_id "
+                f"LIMIT {self._P}",
+                ("" if after is None else after, int(limit)),
+            ).fetchall()
+        return [SubjectRecord(r[0], self._json(r[1]), r[2], int(r[3])) for r in rows]
+
+    # ------------------------------------------------------------ re-embedding
+
+    def faces_to_reembed(self, model: str, after: int, limit: int) -> list[ReembedRow]:
+        """Up to ``limit`` faces not (yet) embedded by ``model`` with row ids above ``after``,
+        in row-id order, with their stored chips."""
+        p = self._P
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT id, face_id, chip FROM faces WHERE model <> {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}",
+                (model, int(after), int(limit)),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def faces_without_chips(self, model: str) -> list[str]:
+        """Ids of the faces not embedded by ``model`` that have no stored chip (cheap: the
+        chips themselves are not read)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT face_id FROM faces WHERE model <> {self._P} AND chip IS NULL "
+                "ORDER BY id",
+                (model,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
+        """Replace the embeddings of these rows and label them ``model``, in one transaction;
+        the number of rows changed (a row deleted meanwhile is skipped).
+
+        Only ``faceserve reembed`` calls this, with the gallery held exclusively: it is the one
+        write that changes a row after insertion, and it writes no change-log entry (no
+        process follows the log while it runs; each rebuilds its index when it starts)."""
+        p = self._P
+        changed = 0
+        with self._write_transaction() as conn:
+            for row_id, embedding in updates:
+                cur = conn.execute(
+                    f"UPDATE faces SET embedding = {p}, model = {p} WHERE id = {p}",
+                    (to_blob(embedding), model, int(row_id)),
+                )
+                changed += max(int(cur.rowcount), 0)
+        return changed

@@ -1,0 +1,159 @@
+"""Image bytes -> embedded faces, off the event loop.
+
+Decoding, detection, landmarks and alignment of one upload run together in one call on the
+inference thread pool (they are per image and cannot be merged across requests); the aligned
+chips then go to the embedder, which micro-batches them with other requests' chips. The event
+loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from models.face_selection import Selection, primary_face
+from models.faces import Face
+from models.imageio import decode_image
+from models.quality import FaceQuality, assess
+from service.api.errors import NotAFace
+from service.inference.batcher import Embedder
+
+__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "keep_all", "most_confident"]
+
+# Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
+FaceSelector = Callable[[list[Face]], list[Face]]
+
+
+class Pipeline(Protocol):
+    """What the service needs of ``models.pipeline.FacePipeline``."""
+
+    model_version: str
+    embedding_size: int
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+    def detect_face_crop(self, image: np.ndarray) -> list[Face]: ...
+
+    def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray: ...
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class EmbeddedFaces:
+    """The chosen faces of one image, with their embeddings (rows match ``faces``)."""
+
+    faces: list[Face]
+    embeddings: np.ndarray  # (N, 128) float32, L2-normalised
+    chips: np.ndarray  # (N, 150, 150, 3) uint8
+    faces_detected: int
+    image_sha256: str
+    # How the one face was chosen (``Inference.primary_face``); None for multi-face calls.
+    selection: Selection | None = None
+    quality: list[FaceQuality] = field(default_factory=list)  # rows match ``faces``
+
+
+def keep_all(faces: list[Face]) -> list[Face]:
+    return faces
+
+
+def most_confident(limit: int) -> FaceSelector:
+    def select(faces: list[Face]) -> list[Face]:
+        return faces[:limit]  # the pipeline returns faces most confident first
+
+    return select
+
+
+class Inference:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        embedder: Embedder,
+        executor: Executor,
+        *,
+        max_pixels: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.embedder = embedder
+        self.executor = executor
+        self.max_pixels = max_pixels
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _detect_and_align(
+        self, data: bytes, select: FaceSelector, primary: bool, face_crop: bool = False
+    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
+        digest = hashlib.sha256(data).hexdigest()
+        image = decode_image(data, max_pixels=self.max_pixels)
+        if face_crop:
+            detected = self.pipeline.detect_face_crop(image)
+            if not detected:
+                raise NotAFace(
+                    "face_crop=true but the image is not a face: the detector finds no face "
+                    "in it, even aligned or upsampled"
+                )
+        else:
+            detected = self.pipeline.detect(image)
+        chosen = select(detected)
+        selection = None
+        if primary:
+            selection = primary_face(chosen, image.shape[0], image.shape[1])
+            chosen = [selection.face] if selection is not None else []
+        chips = self.pipeline.align(image, chosen)
+        return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
+
+    async def faces(
+        self, data: bytes, select: FaceSelector, face_crop: bool = False
+    ) -> EmbeddedFaces:
+        """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
+
+        Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
+        here (``faces`` is empty) — each endpoint decides what that means. ``face_crop``:
+        the image is one cropped face (``FacePipeline.detect_face_crop``); one that is not
+        a face is ``NotAFace`` (422), since the client said it was one.
+        """
+        return await self._embed(data, select, primary=False, face_crop=face_crop)
+
+    async def primary_face(
+        self, data: bytes, check: FaceSelector = keep_all, face_crop: bool = False
+    ) -> EmbeddedFaces:
+        """Like ``faces``, for the photo's one primary face (``models.face_selection``):
+        ``faces`` holds it (or nothing) and ``selection`` says why it was chosen. ``check``
+        sees every detection first (it may refuse the photo)."""
+        return await self._embed(data, check, primary=True, face_crop=face_crop)
+
+    async def _embed(
+        self, data: bytes, select: FaceSelector, *, primary: bool, face_crop: bool
+    ) -> EmbeddedFaces:
+        chosen, chips, detected, digest, selection, quality = await self._run(
+            self._detect_and_align, data, select, primary, face_crop
+        )
+        embeddings = await self.embedder.embed(chips)
+        return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
+
+    async def encode_chip(self, chip: np.ndarray) -> bytes:
+        return await self._run(encode_jpeg, chip)
+
+
+CHIP_JPEG_QUALITY = 95
+
+
+def encode_jpeg(chip: np.ndarray, quality: int = CHIP_JPEG_QUALITY) -> bytes:
+    """The stored form of an aligned chip. Quality 95 because ``faceserve reembed`` computes
+    new models' embeddings from it: over 500 LFW chips the dlib embedding of the decoded JPEG
+    is within cosine 0.9997 of the original's (mean 0.99991; 7 KiB a chip), against 0.9995
+    at quality 92 (``benchmarks/bench_reembed.py``)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chip, dtype=np.uint8), "RGB").save(
+        buf, format="JPEG", quality=quality
+    )
+    return buf.getvalue()
