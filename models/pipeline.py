@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from models.align import FIVE_POINT_TEMPLATE, extract_chips, similarity_transform
-from models.detector import load_detector
+from models.detector import WINDOW_PX, load_detector
 from models.device import resolve_device
 from models.embedder import CHIP_SIZE
 from models.embedding_model import EmbeddingModel, load_embedding_model
 from models.faces import Box, Face
 from models.landmarks import load_shape_predictor
 
-__all__ = ["FacePipeline"]
+__all__ = ["MIN_FACE_PX_RANGE", "FacePipeline", "upsampling_for"]
 
 CHIP_PADDING = 0.25  # dlib's padding for descriptor chips
 
@@ -31,6 +31,19 @@ CHIP_PADDING = 0.25  # dlib's padding for descriptor chips
 # MMOD's ~80 px minimum, and on such small images the retry costs little (see README,
 # "Faces that arrive already cropped").
 SMALL_IMAGE_RETRY_PX = 300
+
+# The smallest face a request may ask for (two upsamplings: 80/4 px; below that faces have
+# too few pixels for the embedder) and the largest (beyond any photo the service accepts).
+MIN_FACE_PX_RANGE = (20, 4096)
+
+
+def upsampling_for(min_face_px: float) -> int:
+    """How many 2x upsamplings bring faces of ``min_face_px`` up to the detector's window."""
+    steps = 0
+    while WINDOW_PX / 2**steps > min_face_px and steps < 2:
+        steps += 1
+    return steps
+
 
 # Where the MMOD box of the face sits in an image that is one cropped face (x0, y0, x1, y1
 # as fractions of the width and height, end-exclusive): a crop padded by 35% of the box width
@@ -52,7 +65,10 @@ class FacePipeline:
     what such a model was trained on). ``upsample`` doubles the photo before detection (finds
     faces below ~80 px, 4x slower); ``max_side`` shrinks very large photos before detection
     (boxes are mapped back), which bounds detection time and memory for 12-megapixel phone
-    photos; ``flip`` averages each embedding with that of the mirrored chip.
+    photos; ``min_face_px``, when set, replaces ``upsample``: the smallest face (box side, in
+    the photo's pixels) that must be found; above the 80 px window the photo is shrunk so the
+    scan starts at that size (``models.detector.detection_scale``), below it the photo is
+    upsampled. ``flip`` averages each embedding with that of the mirrored chip.
     """
 
     chip_size = CHIP_SIZE
@@ -67,6 +83,7 @@ class FacePipeline:
         batch_size: int = 64,
         model: str | Path | None = None,
         small_image_retry_px: int | None = SMALL_IMAGE_RETRY_PX,
+        min_face_px: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         cache = Path(cache_dir) if cache_dir is not None else None
@@ -82,23 +99,37 @@ class FacePipeline:
         self.max_side = max_side
         self.batch_size = batch_size
         self.small_image_retry_px = small_image_retry_px or 0
+        self.min_face_px = min_face_px
 
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def smallest_face(self, min_face_px: int | None = None) -> float:
+        """The smallest face (px) a detection finds with this request's ``min_face_px``."""
+        m = min_face_px if min_face_px is not None else self.min_face_px
+        return float(m) if m is not None else WINDOW_PX / 2**self.upsample
+
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]:
         """Faces with boxes, confidences and 5-point landmarks, most confident first.
 
-        A small image without a face at the configured upsampling is tried once more with
-        one more step (``small_image_retry_px``): cheap there, and it is how tightly cropped
-        faces below the detector's ~80 px minimum are found without upsampling every photo.
+        ``min_face_px`` overrides the pipeline's for this photo. A small image without a
+        face is tried once more with one more upsampling step (``small_image_retry_px``):
+        cheap there, and it is how tightly cropped faces below the detector's ~80 px
+        minimum are found without upsampling every photo. A request that raised the
+        minimum above the window gets no retry: it said small faces do not matter.
         """
         image = _as_rgb(image)
-        return self._with_landmarks(image, self._boxes(image, self.small_image_retry_px))
+        boxes = self._boxes(image, self.small_image_retry_px, min_face_px)
+        return self._with_landmarks(image, boxes)
 
-    def _boxes(self, image: np.ndarray, retry_below: int) -> list[tuple[Box, float]]:
-        dets = self.detector.detect(image, upsample=self.upsample, max_side=self.max_side)
-        if not dets and max(image.shape[:2]) < retry_below:
-            dets = self.detector.detect(
-                image, upsample=self.upsample + 1, max_side=self.max_side
-            )
+    def _boxes(
+        self, image: np.ndarray, retry_below: int, min_face_px: int | None = None
+    ) -> list[tuple[Box, float]]:
+        m = min_face_px if min_face_px is not None else self.min_face_px
+        upsample = self.upsample if m is None else upsampling_for(m)
+        dets = self.detector.detect(
+            image, upsample=upsample, max_side=self.max_side, min_face_px=m
+        )
+        shrunk = m is not None and m > WINDOW_PX / 2**upsample
+        if not dets and not shrunk and max(image.shape[:2]) < retry_below:
+            dets = self.detector.detect(image, upsample=upsample + 1, max_side=self.max_side)
         return dets
 
     def detect_face_crop(self, image: np.ndarray) -> list[Face]:
@@ -165,13 +196,16 @@ class FacePipeline:
         return self.model.embed_chips(chips, flip=self.flip, batch_size=self.batch_size)
 
     def embed(
-        self, images: Sequence[np.ndarray], max_faces: int | None = None
+        self,
+        images: Sequence[np.ndarray],
+        max_faces: int | None = None,
+        min_face_px: int | None = None,
     ) -> list[list[Face]]:
         """Detect, align and embed every face of every image; one embedding pass for all."""
         per_image: list[list[Face]] = []
         chip_batches: list[np.ndarray] = []
         for image in images:
-            faces = self.detect(image)
+            faces = self.detect(image, min_face_px)
             if max_faces is not None:
                 faces = faces[:max_faces]
             per_image.append(faces)
