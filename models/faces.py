@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,21 @@ class Box:
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.left, self.top, self.right, self.bottom)
 
+    def scaled(self, sx: float, sy: float) -> Box:
+        """The same rectangle in an image ``sx`` x ``sy`` times larger: edges scale, so the
+        inclusive right/bottom pixels scale as ``r + 1``."""
+        return Box(
+            _round(self.left * sx),
+            _round(self.top * sy),
+            _round((self.right + 1) * sx) - 1,
+            _round((self.bottom + 1) * sy) - 1,
+        )
+
+
+def _round(x: float) -> int:
+    """Halves away from zero, as the detector's own box arithmetic (C's ``lround``)."""
+    return int(np.sign(x) * np.floor(abs(x) + 0.5))
+
 
 @dataclass(frozen=True)
 class Face:
@@ -53,3 +68,9 @@ class Face:
     embedding: np.ndarray | None = None
     chip: np.ndarray | None = None
     model: str | None = None
+
+    def scaled(self, sx: float, sy: float) -> Face:
+        """This face in an image ``sx`` x ``sy`` times larger (a photo decoded reduced, told
+        in the client's pixels). Landmarks are points: pixel centres map to pixel centres."""
+        points = (np.asarray(self.landmarks, dtype=np.float64) + 0.5) * (sx, sy) - 0.5
+        return replace(self, box=self.box.scaled(sx, sy), landmarks=points)

@@ -88,6 +88,7 @@ def default_pipeline(settings: Settings) -> Pipeline:
         max_side=settings.max_side,
         model=settings.model,
         small_image_retry_px=settings.small_image_retry_px,
+        min_face_px=settings.min_face_px,
     )
 
 

@@ -119,6 +119,19 @@ Base64Image = Annotated[
         json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/*"},
     ),
 ]
+MinFacePx = Annotated[
+    int | None,
+    Field(
+        ge=20,
+        le=4096,
+        description="The smallest face (box side, in the photo's pixels) that must be found; "
+        "smaller faces may be missed. Detection cost falls with its square: the photo is "
+        "scanned from the scale where this size is the detector's 80 px window (and a large "
+        "JPEG is decoded at reduced size). Below 80 the photo is upsampled. Default: the "
+        "server's `min_face_px` setting.",
+    ),
+]
+
 FaceCrop = Annotated[
     bool,
     Field(
@@ -319,6 +332,7 @@ class EnrollForm(_Strict):
         "`poor_quality` otherwise). The response still reports the face's `quality`.",
     )
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class EnrollJSON(_Strict):
@@ -347,6 +361,7 @@ class EnrollJSON(_Strict):
         "`poor_quality` otherwise). The response still reports the face's `quality`.",
     )
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class EnrollResponse(BaseModel):
@@ -438,6 +453,7 @@ class VerifyForm(_Strict):
     subject_id: SubjectId | None = None
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class VerifyJSON(_Strict):
@@ -450,6 +466,7 @@ class VerifyJSON(_Strict):
     subject_id: SubjectId | None = None
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class VerifiedFace(BaseModel):
@@ -512,6 +529,7 @@ class IdentifyForm(_Strict):
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class IdentifyJSON(_Strict):
@@ -525,6 +543,7 @@ class IdentifyJSON(_Strict):
         None, ge=1, description="Most faces to identify (at most the server's max_faces)."
     )
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class IdentifiedFace(BaseModel):
@@ -559,6 +578,7 @@ class EmbedForm(_Strict):
     image: ImageFile
     max_faces: int | None = Field(None, ge=1, description="Most faces to embed.")
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class EmbedJSON(_Strict):
@@ -567,6 +587,7 @@ class EmbedJSON(_Strict):
     image: Base64Image
     max_faces: int | None = Field(None, ge=1, description="Most faces to embed.")
     face_crop: FaceCrop = False
+    min_face_px: MinFacePx = None
 
 
 class EmbeddedFace(BaseModel):

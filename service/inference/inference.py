@@ -21,7 +21,7 @@ from PIL import Image
 
 from models.face_selection import Selection, primary_face
 from models.faces import Face
-from models.imageio import decode_image
+from models.imageio import DecodedImage, decode_reduced
 from models.quality import FaceQuality, assess
 from service.api.errors import NotAFace
 from service.inference.batcher import Embedder
@@ -38,7 +38,7 @@ class Pipeline(Protocol):
     model_version: str
     embedding_size: int
 
-    def detect(self, image: np.ndarray) -> list[Face]: ...
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]: ...
 
     def detect_face_crop(self, image: np.ndarray) -> list[Face]: ...
 
@@ -89,11 +89,23 @@ class Inference:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def _decode(self, data: bytes, min_face_px: int | None) -> DecodedImage:
+        """The upload, decoded at the smallest size the pipeline says loses nothing."""
+        plan = getattr(self.pipeline, "decode_reduction", None)  # fakes in tests have none
+        reduction = None if plan is None else (lambda w, h: plan(w, h, min_face_px))
+        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction)
+
     def _detect_and_align(
-        self, data: bytes, select: FaceSelector, primary: bool, face_crop: bool = False
+        self,
+        data: bytes,
+        select: FaceSelector,
+        primary: bool,
+        face_crop: bool = False,
+        min_face_px: int | None = None,
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
-        image = decode_image(data, max_pixels=self.max_pixels)
+        decoded = self._decode(data, None if face_crop else min_face_px)
+        image = decoded.image
         if face_crop:
             detected = self.pipeline.detect_face_crop(image)
             if not detected:
@@ -101,47 +113,81 @@ class Inference:
                     "face_crop=true but the image is not a face: the detector finds no face "
                     "in it, even aligned or upsampled"
                 )
-        else:
+        elif min_face_px is None:
             detected = self.pipeline.detect(image)
-        chosen = select(detected)
+        else:  # the client's pixels, in the decoded image's
+            detected = self.pipeline.detect(image, min_face_px=local_size(min_face_px, decoded))
+        # Selection, quality and the response speak the client's pixels; chips come from
+        # the decoded image, in its own.
+        sx, sy = decoded.scale
+        reduced = (sx, sy) != (1.0, 1.0)
+        told = [f.scaled(sx, sy) for f in detected] if reduced else detected
+        chosen = select(told)
         selection = None
         if primary:
-            selection = primary_face(chosen, image.shape[0], image.shape[1])
+            selection = primary_face(chosen, decoded.height, decoded.width)
             chosen = [selection.face] if selection is not None else []
-        chips = self.pipeline.align(image, chosen)
+        if reduced:  # selection returns the very objects it was given
+            where = {id(f): i for i, f in enumerate(told)}
+            local = [detected[where[id(f)]] for f in chosen]
+        else:
+            local = chosen
+        chips = self.pipeline.align(image, local)
         return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
 
     async def faces(
-        self, data: bytes, select: FaceSelector, face_crop: bool = False
+        self,
+        data: bytes,
+        select: FaceSelector,
+        face_crop: bool = False,
+        min_face_px: int | None = None,
     ) -> EmbeddedFaces:
         """Decode ``data``, detect, keep ``select(faces)``, align and embed them.
 
         Raises ``models.imageio.ImageError`` for undecodable bytes; no face is not an error
         here (``faces`` is empty) — each endpoint decides what that means. ``face_crop``:
         the image is one cropped face (``FacePipeline.detect_face_crop``); one that is not
-        a face is ``NotAFace`` (422), since the client said it was one.
+        a face is ``NotAFace`` (422), since the client said it was one. ``min_face_px``: the
+        smallest face that must be found (``FacePipeline.detect``); None is the server's.
         """
-        return await self._embed(data, select, primary=False, face_crop=face_crop)
+        return await self._embed(data, select, primary=False, face_crop=face_crop,
+                                 min_face_px=min_face_px)
 
     async def primary_face(
-        self, data: bytes, check: FaceSelector = keep_all, face_crop: bool = False
+        self,
+        data: bytes,
+        check: FaceSelector = keep_all,
+        face_crop: bool = False,
+        min_face_px: int | None = None,
     ) -> EmbeddedFaces:
         """Like ``faces``, for the photo's one primary face (``models.face_selection``):
         ``faces`` holds it (or nothing) and ``selection`` says why it was chosen. ``check``
         sees every detection first (it may refuse the photo)."""
-        return await self._embed(data, check, primary=True, face_crop=face_crop)
+        return await self._embed(data, check, primary=True, face_crop=face_crop,
+                                 min_face_px=min_face_px)
 
     async def _embed(
-        self, data: bytes, select: FaceSelector, *, primary: bool, face_crop: bool
+        self,
+        data: bytes,
+        select: FaceSelector,
+        *,
+        primary: bool,
+        face_crop: bool,
+        min_face_px: int | None = None,
     ) -> EmbeddedFaces:
         chosen, chips, detected, digest, selection, quality = await self._run(
-            self._detect_and_align, data, select, primary, face_crop
+            self._detect_and_align, data, select, primary, face_crop, min_face_px
         )
         embeddings = await self.embedder.embed(chips)
         return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:
         return await self._run(encode_jpeg, chip)
+
+
+def local_size(pixels: int, decoded: DecodedImage) -> int:
+    """A length in the client's photo, in pixels of the (possibly reduced) decoded image."""
+    return max(1, int(pixels / max(decoded.scale)))
 
 
 CHIP_JPEG_QUALITY = 95

@@ -46,7 +46,9 @@ async def embed(
     body = await parse_body(request, EmbedForm, EmbedJSON)
     data = await image_bytes(body.image, "image")
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
-    found = await inference.faces(data, most_confident(limit), body.face_crop)
+    found = await inference.faces(
+        data, most_confident(limit), body.face_crop, body.min_face_px
+    )
     return EmbedResponse(
         faces=[
             EmbeddedFace(

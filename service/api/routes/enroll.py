@@ -150,6 +150,7 @@ class _Enrollment:
     settings: Settings
     force: bool
     face_crop: bool
+    min_face_px: int | None
     services: Services
     gallery: Gallery
     inference: Inference
@@ -174,7 +175,9 @@ class _Enrollment:
         ``error``, so that its outcome can still say what was found."""
         data = await image_bytes(value, field)
         check = _reject_several if self.on_multiple == "reject" else keep_all
-        found = await self.inference.primary_face(data, check, self.face_crop)
+        found = await self.inference.primary_face(
+            data, check, self.face_crop, self.min_face_px
+        )
         result = _Photo(index, found=found)
         if not found.faces:
             result.error = NoFace("no face found in the image")
@@ -313,6 +316,7 @@ async def enroll(
         settings=settings,
         force=body.force,
         face_crop=body.face_crop,
+        min_face_px=body.min_face_px,
         services=services,
         gallery=gallery,
         inference=inference,

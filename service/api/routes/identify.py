@@ -142,7 +142,9 @@ async def identify_image(
     data = await image_bytes(body.image, "image")
     point = identify_point(services, body.threshold, body.identify_fpir, principal.namespace)
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
-    found = await inference.faces(data, most_confident(limit), body.face_crop)
+    found = await inference.faces(
+        data, most_confident(limit), body.face_crop, body.min_face_px
+    )
     per_face = await run_in_threadpool(
         candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
     )

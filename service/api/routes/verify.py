@@ -27,9 +27,13 @@ router = APIRouter(tags=["recognition"])
 
 
 async def _probe(
-    inference: Inference, data: bytes, field: str, face_crop: bool = False
+    inference: Inference,
+    data: bytes,
+    field: str,
+    face_crop: bool = False,
+    min_face_px: int | None = None,
 ) -> EmbeddedFaces:
-    found = await inference.primary_face(data, face_crop=face_crop)
+    found = await inference.primary_face(data, face_crop=face_crop, min_face_px=min_face_px)
     if not found.faces:
         raise NoFace(f"no face found in {field}")
     return found
@@ -85,8 +89,8 @@ async def verify(
         data_a = await image_bytes(body.image_a, "image_a")
         data_b = await image_bytes(body.image_b, "image_b")
         a, b = await asyncio.gather(
-            _probe(inference, data_a, "image_a", body.face_crop),
-            _probe(inference, data_b, "image_b", body.face_crop),
+            _probe(inference, data_a, "image_a", body.face_crop, body.min_face_px),
+            _probe(inference, data_b, "image_b", body.face_crop, body.min_face_px),
         )
         similarity = float(a.embeddings[0] @ b.embeddings[0])
         faces = [_uploaded(a, "image_a"), _uploaded(b, "image_b")]
@@ -101,7 +105,7 @@ async def verify(
         templates = [t for t in templates if t.embedding is not None]
         if not templates:
             raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")
-        probe = await _probe(inference, data, "image", body.face_crop)
+        probe = await _probe(inference, data, "image", body.face_crop, body.min_face_px)
         matrix = np.stack([np.asarray(t.embedding, dtype=np.float32) for t in templates])
         scores = matrix @ probe.embeddings[0]
         best = int(np.argmax(scores))
