@@ -235,9 +235,8 @@ def test_min_face_px_answers_in_the_clients_pixels(
     large = [f for f in default if box(f)[2] - box(f)[0] >= 250]
     assert len(large) >= 2
     for face in large:
-        width = box(face)[2] - box(face)[0]
-        same = [g for g in fast_faces if max(abs(a - b) for a, b in zip(
-            box(g), box(face), strict=True)) <= 0.1 * width]
+        # The same face at another pyramid scale: box sides differ by up to a 5/6 step.
+        same = [g for g in fast_faces if _iou(box(g), box(face)) >= 0.6]
         assert len(same) == 1, (box(face), [box(g) for g in fast_faces])
         # The box comes from another pyramid scale and the landmarks follow it, so the chip
         # moves a little (0.98 measured); two photos of one person score ~0.94-0.97.
@@ -245,3 +244,11 @@ def test_min_face_px_answers_in_the_clients_pixels(
 
     r = client.post("/embed", files={"image": photo}, data={"min_face_px": "10"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"
+
+
+def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(w, 0) * max(h, 0)
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area - inter)
