@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -54,6 +54,9 @@ class Services:
     # default target FPIR (None: identify uses ``operating_point`` like verify).
     fpir_rule: FpirRule | None = None
     identify_fpir: float | None = None
+    # What the start-up self-test measured (models.self_test.SelfTest.as_dict); None when
+    # the pipeline is not the real one (tests' fakes).
+    self_test: dict[str, Any] | None = None
 
 
 def get_settings(request: Request) -> Settings:

@@ -672,6 +672,23 @@ class ReplicationLag(BaseModel):
     error: str | None = Field(None, description="Last replication error, until it recovers.")
 
 
+class SelfTestReport(BaseModel):
+    """The start-up self-test (models/self_test.py): what really runs, and how fast."""
+
+    device: str = Field(description="The torch device the models run on.")
+    device_name: str = Field(description="The GPU's or CPU's name.")
+    torch: str
+    cuda: str | None = Field(description="CUDA version torch was built with; null if none.")
+    detect_ms: float = Field(description="Detection of one 640x480 photo, milliseconds.")
+    embed_ms_per_face: float = Field(description="Embedding, per face in a batch of 8.")
+    score_deviation: float | None = Field(
+        description="On a GPU: largest difference of detector scores from the CPU's."
+    )
+    embedding_cosine: float | None = Field(
+        description="On a GPU: least cosine between its embeddings and the CPU's."
+    )
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     model: str
@@ -691,6 +708,9 @@ class ReadyResponse(BaseModel):
         None,
         description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "
         "is behind the database's change log.",
+    )
+    self_test: SelfTestReport | None = Field(
+        None, description="The start-up self-test: device, versions, measured latency."
     )
 
 

@@ -10,12 +10,14 @@ unfindable. The error paths that need a real detector are here too.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -252,3 +254,28 @@ def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     inter = max(w, 0) * max(h, 0)
     area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
     return inter / (area - inter)
+
+
+def test_readyz_reports_the_self_test(real: tuple[TestClient, dict]) -> None:
+    client, _ = real
+    report = client.get("/readyz").json()["self_test"]
+    assert report["device"] == "cpu"
+    assert report["detect_ms"] > 0 and report["embed_ms_per_face"] > 0
+    assert report["torch"] and report["device_name"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_cuda_without_a_gpu_refuses_to_start(tmp_path: Path) -> None:
+    """No silent fall-back to the CPU: the load fails and says why (``faceserve serve`` exits
+    on a load error, tests/service/test_server_process.py)."""
+    errors: list[BaseException] = []
+    app = create_app(Settings(data_dir=tmp_path, device="cuda"), on_load_error=errors.append)
+    with TestClient(app) as client:
+        for _ in range(200):
+            r = client.get("/readyz")
+            if r.status_code == 503 and r.json()["error"]["code"] == "startup_failed":
+                break
+            time.sleep(0.05)
+        assert r.json()["error"]["code"] == "startup_failed"
+        assert "CUDA is not available" in r.json()["error"]["message"]
+    assert errors

@@ -56,6 +56,7 @@ async def readyz(
         gallery_subjects=subjects if totals else None,
         batching=settings.batching,
         replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
+        self_test=services.self_test,
     )
 
 
