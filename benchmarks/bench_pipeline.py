@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -29,7 +30,7 @@ from models.imageio import decode_image  # noqa: E402
 from models.pipeline import FacePipeline  # noqa: E402
 from models.weights import dlib_model_path  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("FACESERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def _peak_rss_mib() -> float:
