@@ -671,6 +671,15 @@ class ReadyResponse(BaseModel):
         description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "
         "is behind the database's change log.",
     )
+    operating_point: OperatingPoint | None = Field(
+        None, description="The verify decision's operating point (configuration, not data): "
+        "for any caller with a valid key (or without keys)."
+    )
+    identify_operating_point: OperatingPoint | None = Field(
+        None, description="The operating point a POST /identify of the caller's gallery would "
+        "use now (it follows the gallery's size under a target FPIR): only for a key with "
+        "scope `recognize` (or without keys)."
+    )
 
 
 # ---------------------------------------------------------------- keys and audit
