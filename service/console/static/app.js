@@ -110,4 +110,9 @@ signOut.addEventListener("click", () => {
   render();
 });
 window.addEventListener("hashchange", render);
+// A click on the page already shown starts it afresh (no hashchange fires then).
+document.querySelector("header").addEventListener("click", (event) => {
+  const link = event.target.closest("a[href^='#']");
+  if (link && link.getAttribute("href") === location.hash) render();
+});
 render().catch((err) => view.replaceChildren(h("p", { class: "message error" }, String(err))));

@@ -82,9 +82,11 @@ export function boxedPhoto(src, boxes, alt = "photo") {
   return figure;
 }
 
-// Similarity (cosine, -1..1) as a bar, with the threshold marked on the same scale (0..1).
+// Similarity (cosine, -1..1) as a bar, with the threshold marked on the same scale. Faces
+// mostly score above 0.5, so the bar starts there (or lower, for a low threshold).
 export function similarityBar(similarity, threshold) {
-  const pct = (v) => `${Math.max(0, Math.min(1, v)) * 100}%`;
+  const low = Math.min(0.5, threshold - 0.25);
+  const pct = (v) => `${Math.max(0, Math.min(1, (v - low) / (1 - low))) * 100}%`;
   const fill = h("div", { class: `fill ${similarity >= threshold ? "pass" : "fail"}` });
   fill.style.width = pct(similarity);
   const mark = h("div", { class: "threshold", title: `threshold ${fixed(threshold)}` });

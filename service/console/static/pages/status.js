@@ -1,6 +1,6 @@
 // Status: model, device, gallery size, index, operating points and replication (GET /readyz);
 // for admin keys, the latest audit events and the keys of this gallery (list, create, revoke).
-import { ApiError, del, get, post } from "../api.js";
+import { ApiError, del, get, getKey, post } from "../api.js";
 import { confirmAction, errorText, h, message, operatingPoint, when } from "../dom.js";
 
 function facts(rows) {
@@ -65,7 +65,7 @@ async function keys(section) {
       && err.status === 403 ? "Keys are managed with admin keys only." : errorText(err)));
     return;
   }
-  const created = h("div");
+  const created = h("div", { id: "key-created" });
   const name = h("input", { type: "text", id: "key-name", maxlength: 64, required: true,
     placeholder: "name" });
   const scopes = ["enroll", "recognize", "admin"].map((scope) => h("label", { class: "inline" },
@@ -75,10 +75,12 @@ async function keys(section) {
     const chosen = scopes.map((l) => l.firstChild).filter((c) => c.checked).map((c) => c.value);
     try {
       const key = await post("/keys", { name: name.value, scopes: chosen });
-      // Not re-listed here: on a server that had no keys, this one now guards every call,
-      // and the token must stay on screen until it is copied.
-      created.replaceChildren(message("ok", `Key “${key.name}” (${key.key_id}) created. Copy `
-        + "it now, it is not shown again: ", h("code", { class: "token" }, key.token)));
+      const shown = message("ok", `Key “${key.name}” (${key.key_id}) created. Copy it now, `
+        + "it is not shown again: ", h("code", { class: "token" }, key.token));
+      // Signed in without a key (a keyless server), the list is not read again: this key
+      // now guards every call, and its token must stay on screen until it is copied.
+      if (getKey()) await keys(section);
+      section.append(shown);
     } catch (err) {
       created.replaceChildren(message("error", errorText(err)));
     }
