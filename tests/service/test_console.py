@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import re
+import tomllib
 from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
 
 import pytest
 from fastapi.testclient import TestClient
@@ -103,6 +105,17 @@ class _Scripts(HTMLParser):
         if tag == "style" or any(name == "style" for name, _ in attrs):
             self.styles += 1
         self.handlers += [name for name, _ in attrs if name.startswith("on")]
+
+
+def test_every_asset_is_packaged() -> None:
+    """A wheel (the Docker image installs one) carries the console: every file under static
+    matches a package-data pattern."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["service"]
+    for name in assets():
+        path = PurePosixPath("console/static") / name
+        assert any(path.match(p) and len(path.parts) == len(PurePosixPath(p).parts)
+                   for p in patterns), name
 
 
 def test_the_page_has_no_inline_script_and_fetches_nothing_from_elsewhere() -> None:

@@ -2,10 +2,11 @@
 Python) against a real ``faceserve serve`` process, with real photos of ../shared/data.
 
 One walk through every page, in the order a new operator would take: open the console of a
-keyless loopback server, create a key, sign in (a wrong key first), enroll two people by
-upload (one request also holds a group photo and a photo of dogs: per-photo outcomes),
-identify a group photo and read the names drawn on it, verify, see a hostile subject id shown
-as text, open a subject and erase it (gone from the API too), and read the status page.
+keyless loopback server, create a key, sign in (a wrong key first), take a webcam photo
+(Chromium's fake camera), enroll two people by upload (one request also holds a group photo
+and a photo of dogs: per-photo outcomes), identify a group photo and read the names drawn on
+it, verify, see a hostile subject id shown as text, open a subject and erase it (gone from the
+API too), and read the status page, creating and revoking a key there.
 
 Chromium: Playwright cannot download its own browser builds here, so the test uses the
 system's ``chromium``. When it is missing and the test runs as root with ``apt-get`` (CI),
@@ -70,7 +71,9 @@ def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=path, headless=True,
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                  # A synthetic camera (a test pattern, no face), allowed without asking.
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         try:
             yield chromium
         finally:
@@ -186,6 +189,11 @@ def test_the_console_end_to_end(
 
         # 3. Enroll two people by upload; the second request also holds a group photo and a
         # photo of dogs, refused one by one with their reasons.
+        # The webcam first: Chromium's fake camera shows a test pattern, previewed as such.
+        page.click("nav a[data-page=enroll]")
+        page.click(".use-webcam")
+        page.click(".take-photo:enabled")
+        page.wait_for_selector(".photo[data-faces='0']:has-text('No face found')")
         enroll_through_the_page(page, "obama", [people / "train/obama/obama.jpg"])
         assert page.inner_text(".photo .outcome") == "enrolled"
         group, dogs = people / "test/obama_and_biden.jpg", shared_data / "detect/dogs.jpg"

@@ -70,6 +70,7 @@ function showWho() {
 
 async function render() {
   const token = ++rendering;
+  window.dispatchEvent(new Event("console:leave")); // the webcam, if on, is stopped
   releaseUrls();
   await establish();
   if (token !== rendering) return;

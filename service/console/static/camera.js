@@ -3,14 +3,16 @@ import { h, message } from "./dom.js";
 
 export function cameraControl(onPhoto) {
   const area = h("div", { class: "camera" });
-  let stream = null;
   const video = h("video", { autoplay: true, playsInline: true, muted: true });
-  const stop = () => {
+  let stream = null;
+
+  function stop() {
     if (stream) for (const track of stream.getTracks()) track.stop();
     stream = null;
     area.replaceChildren(start);
-  };
-  const snap = h("button", { type: "button", onclick: () => {
+  }
+
+  function snapshot() {
     const canvas = document.createElement("canvas");
     canvas.width = video.videoWidth;
     canvas.height = video.videoHeight;
@@ -18,11 +20,12 @@ export function cameraControl(onPhoto) {
     canvas.toBlob((blob) => {
       if (blob) onPhoto(new File([blob], `webcam-${Date.now()}.jpg`, { type: "image/jpeg" }));
     }, "image/jpeg", 0.92);
-  } }, "Take photo");
-  const start = h("button", { type: "button", class: "secondary", onclick: async () => {
+  }
+
+  async function open() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      area.append(message("error", "This browser gives no camera here (it needs https or "
-        + "localhost)."));
+      area.append(message("error", "This browser offers no camera to this page (it needs "
+        + "https, or localhost)."));
       return;
     }
     try {
@@ -31,12 +34,18 @@ export function cameraControl(onPhoto) {
       area.append(message("error", `The camera cannot be used: ${err.message}`));
       return;
     }
+    const snap = h("button", { type: "button", class: "take-photo", disabled: true,
+      onclick: snapshot }, "Take photo");
+    video.addEventListener("loadeddata", () => { snap.disabled = false; }, { once: true });
     video.srcObject = stream;
     area.replaceChildren(video, h("div", { class: "actions" }, snap,
       h("button", { type: "button", class: "secondary", onclick: stop }, "Stop camera")));
-  } }, "Use webcam");
+  }
+
+  const start = h("button", { type: "button", class: "secondary use-webcam", onclick: open },
+    "Use webcam");
   area.append(start);
-  // The page may be left with the camera on: stop it when the element goes away.
-  window.addEventListener("hashchange", stop, { once: true });
+  // The page may be left with the camera on: stop it when the next page is shown.
+  window.addEventListener("console:leave", stop, { once: true });
   return area;
 }
