@@ -19,6 +19,7 @@ README's three are refreshed in docs/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,9 @@ class Shots:
         self.update_docs = os.environ.get("FACESERVE_UPDATE_SCREENSHOTS") == "1"
 
     def take(self, page: Any, name: str) -> None:
+        # Nothing missing shown as such (a null child renders as the word "null").
+        text = page.inner_text("main")
+        assert not re.search(r"\b(null|undefined|NaN|\[object Object\])", text), (name, text)
         path = self.folder / f"console-{name}.png"
         page.screenshot(path=str(path))
         if self.extra is not None:
@@ -134,9 +138,12 @@ def wait_count(page: Any, selector: str, count: int) -> None:
     expect(page.locator(selector)).to_have_count(count, timeout=TIMEOUT_MS)
 
 
-def enroll_through_the_page(page: Any, subject: str, photos: list[Path]) -> None:
+def enroll_through_the_page(
+    page: Any, subject: str, photos: list[Path], metadata: str = ""
+) -> None:
     page.click("nav a[data-page=enroll]")
     page.fill("#subject-id", subject)
+    page.fill("#metadata", metadata)
     page.set_input_files("input[name=enroll-photos]", [str(p) for p in photos])
     # Every preview done (faces detected by POST /embed) before committing.
     wait_count(page, ".photo[data-faces]", len(photos))
@@ -194,8 +201,10 @@ def test_the_console_end_to_end(
         page.click(".use-webcam")
         page.click(".take-photo:enabled")
         page.wait_for_selector(".photo[data-faces='0']:has-text('No face found')")
-        enroll_through_the_page(page, "obama", [people / "train/obama/obama.jpg"])
-        assert page.inner_text(".photo .outcome") == "enrolled"
+        enroll_through_the_page(page, "obama", [people / "train/obama/obama.jpg",
+                                                people / "train/obama/obama2.jpg"],
+                                metadata='{"office": "44th"}')
+        assert page.locator(".photo .outcome").all_inner_texts() == ["enrolled", "enrolled"]
         group, dogs = people / "test/obama_and_biden.jpg", shared_data / "detect/dogs.jpg"
         enroll_through_the_page(page, "biden", [people / "train/biden/biden.jpg", group, dogs])
         outcomes = page.locator(".photo .outcome").all_inner_texts()
@@ -242,15 +251,23 @@ def test_the_console_end_to_end(
             "document.querySelector('#subjects .thumb img').naturalWidth") == 150
         shots.take(page, "gallery")
 
-        # 7. Open a subject, erase it after a confirmation naming it: gone from the API too.
+        # 7. Open a subject, delete one of its faces, then erase it after a confirmation
+        # naming it: gone from the API too.
         page.click("#subjects a.subject[data-subject-id='obama']")
-        page.wait_for_selector("#faces .card.face .thumb img")
+        wait_count(page, "#faces .card.face .thumb img", 2)
+        assert '"office": "44th"' in page.inner_text("main pre.metadata")
         shots.take(page, "subject")
+        first_face = page.get_attribute("#faces .card.face", "data-face-id")
+        page.click(f"#faces [data-face-id='{first_face}'] button")
+        assert first_face in page.inner_text("dialog.confirm[open]")
+        page.click("dialog.confirm .confirm-yes")
+        wait_count(page, "#faces .card.face", 1)
+        assert api.get(f"/faces/{first_face}").status_code == 404
         page.click("#delete-subject")
         confirm = page.wait_for_selector("dialog.confirm[open]")
-        assert "obama" in confirm.inner_text() and "1 of its face" in confirm.inner_text()
+        assert "obama" in confirm.inner_text() and "its only face" in confirm.inner_text()
         page.click("dialog.confirm .confirm-yes")
-        page.wait_for_selector("text=Subject “obama” erased (1 faces).")
+        page.wait_for_selector("text=Subject “obama” erased (1 face).")
         wait_count(page, "#subjects .subject-id", 2)
         assert "obama" not in page.locator("#subjects .subject-id").all_inner_texts()
         assert api.get("/subjects/obama").status_code == 404

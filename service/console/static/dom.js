@@ -23,9 +23,10 @@ export function append(el, children) {
   return el;
 }
 
-export function clear(el) {
+// replaceChildren, skipping null/false children (the native one would show "null").
+export function fill(el, ...children) {
   el.replaceChildren();
-  return el;
+  return append(el, children);
 }
 
 // Object URLs (picked photos, chips) live until the next page is shown.

@@ -1,7 +1,7 @@
 // Status: model, device, gallery size, index, operating points and replication (GET /readyz);
 // for admin keys, the latest audit events and the keys of this gallery (list, create, revoke).
 import { ApiError, del, get, getKey, post } from "../api.js";
-import { confirmAction, errorText, h, message, operatingPoint, when } from "../dom.js";
+import { confirmAction, errorText, fill, h, message, operatingPoint, when } from "../dom.js";
 
 function facts(rows) {
   return h("dl", { class: "facts" }, rows.filter(([, v]) => v !== undefined && v !== null)
@@ -12,7 +12,7 @@ async function readiness(section) {
   try {
     const r = await get("/readyz");
     const lag = r.replication;
-    section.replaceChildren(h("h2", {}, "Server"), facts([
+    fill(section, h("h2", {}, "Server"), facts([
       ["Model", r.model], ["Device", r.device],
       ["Faces in the gallery", r.gallery_faces], ["Subjects", r.gallery_subjects],
       ["Index", `${r.index_kind} (loaded from ${r.index_source})`],

@@ -1,7 +1,7 @@
 // One subject: metadata and every face (chip, detection confidence, date); delete a face,
 // erase the subject after a confirmation naming it, or add photos (the enroll page).
 import { chipUrl, del, get, subjectPath } from "../api.js";
-import { confirmAction, errorText, fixed, h, message, track, when } from "../dom.js";
+import { append, confirmAction, errorText, fixed, h, message, track, when } from "../dom.js";
 
 function faceCard(face, onDelete) {
   const holder = h("div", { class: "thumb" }, h("span", { class: "muted" }, "…"));
@@ -54,14 +54,16 @@ export async function subjectPage(view, subjectId) {
   async function deleteSubject() {
     const n = faces.children.length;
     const ok = await confirmAction(
-      `Erase subject “${subject.subject_id}” and all ${n} of its face${n === 1 ? "" : "s"}? `
+      `Erase subject “${subject.subject_id}” and ${n === 1 ? "its only face"
+        : `all ${n} of its faces`}? `
       + "This cannot be undone; the audit log keeps only who erased which id, and when.",
       "Erase subject");
     if (!ok) return;
     try {
       const result = await del(subjectPath(subject.subject_id));
       sessionStorage.setItem("faceserve.notice",
-        `Subject “${result.subject_id}” erased (${result.faces_deleted} faces).`);
+        `Subject “${result.subject_id}” erased (${result.faces_deleted} `
+        + `face${result.faces_deleted === 1 ? "" : "s"}).`);
       location.hash = "#/gallery";
     } catch (err) {
       status.replaceChildren(message("error", errorText(err)));
@@ -72,7 +74,7 @@ export async function subjectPage(view, subjectId) {
   showCount();
   const metadata = Object.keys(subject.metadata || {}).length
     ? h("pre", { class: "metadata" }, JSON.stringify(subject.metadata, null, 2)) : null;
-  view.append(
+  append(view, [
     h("div", { class: "toolbar" },
       h("h1", { class: "subject-id" }, subject.subject_id),
       h("a", { class: "button secondary",
@@ -81,5 +83,5 @@ export async function subjectPage(view, subjectId) {
         onclick: deleteSubject }, "Erase subject")),
     h("p", { class: "muted" }, count, " · enrolled ", when(subject.created_at)),
     metadata,
-    faces);
+    faces]);
 }
