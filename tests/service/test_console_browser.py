@@ -53,9 +53,9 @@ def _install_chromium() -> None:
     """Debian's chromium, as root only (CI); an ``apt-get update`` first if the lists are old."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    if subprocess.run(install, env=env, capture_output=True, timeout=1800).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        subprocess.run(install, env=env, capture_output=True, timeout=1800)
+    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=300)
+        subprocess.run(install, env=env, capture_output=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,7 @@ def enroll_through_the_page(
     wait_count(page, ".photo[data-outcome]", len(photos))
 
 
+@pytest.mark.timeout(2400)  # room for the fixture's one-off `apt-get install chromium`
 def test_the_console_end_to_end(
     browser: Any, server: str, people: Path, shared_data: Path, tmp_path: Path
 ) -> None:

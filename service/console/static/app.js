@@ -35,13 +35,21 @@ async function establish() {
     else signInNotice = `Your API key was not accepted: ${errorText(result.error)}.`;
     return session;
   }
-  try {
-    await get("/subjects", { query: { limit: 1 }, quiet: true });
-    session = { keyless: true, admin: true };
-  } catch (err) {
-    if (err.status !== 401) signInNotice = errorText(err);
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await get("/subjects", { query: { limit: 1 }, quiet: true });
+      session = { keyless: true, admin: true };
+    } catch (err) {
+      // Models still loading (a few seconds after start): wait for them, up to 2 minutes.
+      if (err.code === "not_ready" && attempt < 60) {
+        view.replaceChildren(message("info", "The server is still loading its models…"));
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        continue;
+      }
+      if (err.status !== 401) signInNotice = errorText(err);
+    }
+    return session;
   }
-  return session;
 }
 
 whenUnauthorized((err) => {
