@@ -32,7 +32,11 @@ async function establish() {
   if (getKey()) {
     const result = await checkKey(getKey());
     if (result.ok) session = { keyless: false, admin: result.admin };
-    else signInNotice = `Your API key was not accepted: ${errorText(result.error)}.`;
+    else if (result.error.status === 401) {
+      signInNotice = `Your API key was not accepted: ${errorText(result.error)}.`;
+    } else {
+      signInNotice = `The key could not be checked: ${errorText(result.error)}. Reload to retry.`;
+    }
     return session;
   }
   for (let attempt = 0; ; attempt += 1) {

@@ -10,7 +10,7 @@ export async function checkKey(key) {
     return { ok: true, admin: true };
   } catch (err) {
     if (err instanceof ApiError && err.status === 403) return { ok: true, admin: false };
-    setKey(null);
+    if (err.status === 401) setKey(null); // else (not ready, offline) the key may be fine
     return { ok: false, error: err };
   }
 }
