@@ -30,6 +30,7 @@ from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import ROUTERS
 from service.api.schemas import REQUEST_MODELS
 from service.config import Settings, resolve_fpir_rule, resolve_operating_point
+from service.console import router as console_router
 from service.gallery.gallery import Gallery
 from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.inference.inference import Inference, Pipeline
@@ -235,6 +236,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(console_router)  # the web console at /ui: static files only
     # Added last = outermost: metrics see every request, including 413s from the limit.
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)

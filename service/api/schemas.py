@@ -710,7 +710,17 @@ class ReadyResponse(BaseModel):
         "is behind the database's change log.",
     )
     self_test: SelfTestReport | None = Field(
-        None, description="The start-up self-test: device, versions, measured latency."
+        None, description="The start-up self-test: device, versions, measured latency; for "
+        "the callers who see the totals."
+    )
+    operating_point: OperatingPoint | None = Field(
+        None, description="The verify decision's operating point (configuration, not data): "
+        "for any caller with a valid key (or without keys)."
+    )
+    identify_operating_point: OperatingPoint | None = Field(
+        None, description="The operating point a POST /identify of the caller's gallery would "
+        "use now (it follows the gallery's size under a target FPIR): only for a key with "
+        "scope `recognize` (or without keys)."
     )
 
 

@@ -1,10 +1,10 @@
-"""GET /faces/{face_id} and DELETE /faces/{face_id}: single templates."""
+"""GET /faces/{face_id}, GET /faces/{face_id}/chip and DELETE /faces/{face_id}: single templates."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import FaceNotFound, error_responses
@@ -35,6 +35,35 @@ def _get(gallery: Gallery, face_id: str, principal: Principal) -> FaceInfo:
 )
 async def get_face(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
     return await run_in_threadpool(_get, gallery, face_id, principal)
+
+
+def _chip(gallery: Gallery, face_id: str, principal: Principal) -> bytes:
+    _get(gallery, face_id, principal)  # 404 for an unknown face or one of another gallery
+    chip = gallery.get_chip(face_id)
+    if chip is None:
+        raise FaceNotFound(f"face {face_id!r} has no stored chip (store_chips is off)",
+                           code="chip_not_found")
+    return chip
+
+
+@router.get(
+    "/{face_id}/chip",
+    summary="A stored face's aligned chip",
+    response_class=Response,
+    description="The aligned 150x150 face chip stored at enrollment, as JPEG (what re-embedding "
+    "uses; the web console shows it as the face's thumbnail). Needs scope `admin`, as GET "
+    "/faces/{id}; a face of another gallery is 404, and so is a face stored without a chip "
+    "(`chip_not_found`, when `store_chips` is off).",
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The chip, JPEG."},
+        **error_responses(401, 403, 404, 408, 422, 429, 503),
+    },
+)
+async def get_face_chip(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> Response:
+    chip = await run_in_threadpool(_chip, gallery, face_id, principal)
+    # Private: a face image must not stay in a shared cache.
+    return Response(chip, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, no-store"})
 
 
 def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceResponse:

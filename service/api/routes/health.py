@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.deps import MetricsDep, ServicesDep, SettingsDep
 from service.api.errors import error_responses
 from service.api.metrics import CONTENT_TYPE_LATEST
-from service.api.routes.common import run_in_threadpool
+from service.api.routes.common import identify_point, run_in_threadpool
 from service.api.schemas import HealthResponse, ReadyResponse, ReplicationLag
 from service.security.auth import AdminKey, identify_caller
 
@@ -28,8 +28,8 @@ async def healthz() -> HealthResponse:
     summary="Readiness: models and gallery loaded",
     description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
     "Needs no key; the gallery's totals are shown only to an admin key of the default gallery "
-    "(or to anyone on a server without keys). Replicas of a shared PostgreSQL gallery also "
-    "report their lag (`replication`).",
+    "(or to anyone on a server without keys), the operating points to a valid key. Replicas "
+    "of a shared PostgreSQL gallery also report their lag (`replication`).",
     responses=error_responses(503),
     response_model_exclude_none=True,
 )
@@ -46,6 +46,14 @@ async def readyz(
         return gallery.size, gallery.subject_count, gallery.replication_status()
 
     faces, subjects, lag = await run_in_threadpool(counts)
+    # Thresholds are configuration, but the identify one follows the caller's gallery size:
+    # a known key sees the first, one that may identify sees the second.
+    point = services.operating_point if caller is not None else None
+    identify = None
+    if caller is not None and "recognize" in caller.scopes:
+        identify = await run_in_threadpool(
+            identify_point, services, None, None, caller.namespace
+        )
     return ReadyResponse(
         status="ready",
         model=services.pipeline.model_version,
@@ -56,7 +64,9 @@ async def readyz(
         gallery_subjects=subjects if totals else None,
         batching=settings.batching,
         replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
-        self_test=services.self_test,
+        self_test=services.self_test if totals else None,
+        operating_point=point,
+        identify_operating_point=identify,
     )
 
 
