@@ -47,14 +47,14 @@ OUTCOMES = ("enrolled", "already_enrolled", "no_face", "several_faces", "poor_qu
 
 
 def list_photos(root: Path) -> list[Path]:
-    """Image files under ``root`` (any depth), in a stable order; hidden files left out."""
+    """Image files under ``root`` (any depth), by path; hidden files and folders left out."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(Path(dirpath) / name)
-    return found
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def subject_of(rel: str, pattern: re.Pattern[str] | None) -> str | None:
