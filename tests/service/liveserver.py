@@ -46,18 +46,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(pipeline: Any, data_dir: Path, **overrides: Any) -> Iterator[LiveServer]:
+def live_server(
+    pipeline: Any, data_dir: Path, *, load_delay_s: float = 0.0, wait: bool = True,
+    **overrides: Any,
+) -> Iterator[LiveServer]:
+    """The server, once ready (``wait``); ``load_delay_s`` keeps it loading (503) that long."""
     port = free_port()
     overrides.setdefault("inference_threads", 2)
     settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **overrides)
-    app = create_app(settings, pipeline_factory=lambda _: pipeline)
+
+    def load(_: Settings) -> Any:
+        time.sleep(load_delay_s)
+        return pipeline
+
+    app = create_app(settings, pipeline_factory=load)
     server = uvicorn.Server(uvicorn_config(app, settings, "warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
+        while wait:
             try:
                 r = httpx.get(f"{url}/readyz", timeout=5)
                 if r.status_code == 200:

@@ -237,3 +237,25 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["enroll-dir", "--help"])
     assert "--subject-from" in capsys.readouterr().out
+
+
+def test_a_bad_key_stops_the_run_and_a_good_one_is_used(
+    face_pipeline: Any, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With API keys: a key that cannot enroll stops enroll-dir at once (every photo would
+    fail alike) with exit status 2; --api-key is sent."""
+    with live_server(face_pipeline, tmp_path / "g", rate_limit_per_s=0) as keyed:
+        reader = keyed.create_key("reader", ("recognize",))
+        out = tmp_path / "x.csv"
+        base = ["enroll-dir", str(photo_dir), "--url", keyed.url, "--csv", str(out),
+                "--no-progress"]
+        assert main([*base, "--api-key", "not-a-key"]) == 2
+        assert "invalid_api_key" in capsys.readouterr().err
+        assert main([*base, "--api-key", reader]) == 2
+        assert "insufficient_scope" in capsys.readouterr().err
+        probes = tmp_path / "one"
+        probes.mkdir()
+        (probes / "wall.jpg").symlink_to(photo_dir / "blank_wall" / "wall.jpg")
+        assert main(["identify-dir", str(probes), "--url", keyed.url, "--api-key", reader,
+                     "--no-progress"]) == 0
+        assert "wall.jpg" in capsys.readouterr().out

@@ -268,6 +268,20 @@ def test_429_is_retried_after_retry_after(
             assert c.identify(people / "test/obama1.jpg").faces
 
 
+def test_a_loading_server_is_waited_for(face_pipeline: Any, tmp_path: Path) -> None:
+    """Called before the server listens (connection refused) and while it loads (503
+    ``not_ready`` with Retry-After): both are retried until it answers."""
+    seen: list[int] = []
+    with live_server(face_pipeline, tmp_path / "g", load_delay_s=3.0, wait=False) as server:
+        http = httpx.Client(base_url=server.url, timeout=60,
+                            event_hooks={"response": [lambda r: seen.append(r.status_code)]})
+        with fc.Client(server.url, http_client=http, max_retries=30, backoff=0.05,
+                       max_backoff=2.0) as c:
+            assert c.ready().status == "ready"
+        http.close()
+    assert seen[-1] == 200 and 503 in seen
+
+
 def test_a_server_that_is_not_there_is_a_connection_error() -> None:
     with (fc.Client(f"http://127.0.0.1:{free_port()}", max_retries=2, backoff=0.01) as c,
           pytest.raises(fc.ConnectionError)):

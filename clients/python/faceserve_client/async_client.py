@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
@@ -91,6 +91,20 @@ class AsyncClient:
 
     # ------------------------------------------------------------ recognition
 
+    @overload
+    async def enroll(
+        self, photos: list[Photo] | tuple[Photo, ...], subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollBatchResponse: ...
+
+    @overload
+    async def enroll(
+        self, photos: Photo, subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollResponse: ...
+
     async def enroll(
         self,
         photos: Photo | Sequence[Photo],
@@ -123,6 +137,19 @@ class AsyncClient:
         return await self.send(calls.verify(
             photo, other, subject_id=subject_id, threshold=threshold, face_crop=face_crop
         ))
+
+    @overload
+    async def identify(
+        self, photo: None = None, *, face_id: str | None = ...,
+        embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
+        threshold: float | None = ..., identify_fpir: float | None = ...,
+    ) -> m.IdentifyResponse: ...
+
+    @overload
+    async def identify(
+        self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
+        identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+    ) -> m.IdentifyImageResponse: ...
 
     async def identify(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
@@ -89,6 +89,20 @@ class Client:
 
     # ------------------------------------------------------------ recognition
 
+    @overload
+    def enroll(
+        self, photos: list[Photo] | tuple[Photo, ...], subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollBatchResponse: ...
+
+    @overload
+    def enroll(
+        self, photos: Photo, subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollResponse: ...
+
     def enroll(
         self,
         photos: Photo | Sequence[Photo],
@@ -120,6 +134,19 @@ class Client:
         """1:1: ``photo`` against ``other`` (another photo) or against ``subject_id``."""
         return self.send(calls.verify(photo, other, subject_id=subject_id, threshold=threshold,
                                       face_crop=face_crop))
+
+    @overload
+    def identify(
+        self, photo: None = None, *, face_id: str | None = ...,
+        embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
+        threshold: float | None = ..., identify_fpir: float | None = ...,
+    ) -> m.IdentifyResponse: ...
+
+    @overload
+    def identify(
+        self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
+        identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+    ) -> m.IdentifyImageResponse: ...
 
     def identify(
         self,
