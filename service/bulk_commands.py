@@ -49,7 +49,13 @@ OUTCOMES = ("enrolled", "already_enrolled", "no_face", "several_faces", "poor_qu
 def list_photos(root: Path) -> list[Path]:
     """Image files under ``root`` (any depth), by path; hidden files and folders left out."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()  # folder links are followed, each real folder once (no loops)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
@@ -471,7 +477,11 @@ def _open_client(args: argparse.Namespace) -> Any:
 
 
 def _stopped(group: ExceptionGroup) -> int:
-    """A run stopped by ``Fatal`` (a bad key): say why; anything else is a bug, re-raised."""
+    """A run stopped by ``Fatal`` (a bad key): say why; a closed output pipe: stop quietly;
+    anything else is a bug, re-raised."""
+    if group.subgroup(BrokenPipeError) is not None:  # e.g. `identify-dir DIR | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush of the closed pipe at exit
+        return 1
     fatal = group.subgroup(Fatal)
     if fatal is None:
         raise group

@@ -259,3 +259,19 @@ def test_a_bad_key_stops_the_run_and_a_good_one_is_used(
         assert main(["identify-dir", str(probes), "--url", keyed.url, "--api-key", reader,
                      "--no-progress"]) == 0
         assert "wall.jpg" in capsys.readouterr().out
+
+
+def test_photos_are_listed_through_folder_links_once(tmp_path: Path) -> None:
+    from service.bulk_commands import list_photos, subject_of
+
+    real = tmp_path / "elsewhere" / "ann"
+    real.mkdir(parents=True)
+    for name in ("b.JPG", "a.png", ".hidden.jpg", "notes.txt"):
+        (real / name).write_bytes(b"x")
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "ann").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(root, target_is_directory=True)  # a cycle back to the top
+    listed = [p.relative_to(root).as_posix() for p in list_photos(root)]
+    assert listed == ["ann/a.png", "ann/b.JPG"]
+    assert [subject_of(rel, None) for rel in listed] == ["ann", "ann"]
