@@ -211,7 +211,12 @@ async def enroll_dir(
     async def one(path: Path) -> None:
         nonlocal sent, skipped
         rel = path.relative_to(root).as_posix()
-        data = await asyncio.to_thread(path.read_bytes)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:  # unreadable here: an error row, tried again next run
+            record(EnrollOutcome(rel, "", "error", code="unreadable", message=str(exc)),
+                   journal_it=True)
+            return
         sha = hashlib.sha256(data).hexdigest()
         before = done.get(rel)
         if before is not None and before.outcome in FINAL and before.sha256 == sha:
