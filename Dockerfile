@@ -19,8 +19,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
+COPY clients/python ./clients/python
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
+ && /opt/venv/bin/pip install ./clients/python \
  && /opt/venv/bin/pip install .
 # Convert the dlib models now so a container starts without converting.
 RUN /opt/venv/bin/faceserve convert --cache-dir /opt/faceserve/weights

@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e clients/python
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

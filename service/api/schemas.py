@@ -5,12 +5,52 @@ request's ``Content-Type``: ``multipart/form-data`` (images as file parts, ``met
 JSON string) and ``application/json`` (images as base64 strings, ``metadata`` as an object).
 Each has its own model here (``*Form`` and ``*JSON``); both are published in the OpenAPI
 ``requestBody`` of the operation, so the document stays the whole contract.
+
+The response models are defined once, in the client package (``faceserve_client.models``,
+which needs only pydantic), and re-exported here: the server answers with the very classes a
+client parses, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from faceserve_client.models import (
+    AuditEvent,
+    AuditList,
+    BBox,
+    Candidate,
+    CreatedKey,
+    DeleteFaceResponse,
+    DeleteSubjectResponse,
+    EmbeddedFace,
+    EmbedResponse,
+    EnrollBatchResponse,
+    EnrollImageOutcome,
+    EnrollResponse,
+    ErrorBody,
+    ErrorResponse,
+    FaceInfo,
+    FaceSelection,
+    HealthResponse,
+    IdentifiedFace,
+    IdentifyImageResponse,
+    IdentifyResponse,
+    KeyInfo,
+    KeyList,
+    Landmarks,
+    OperatingPoint,
+    Quality,
+    ReadyResponse,
+    ReplicationLag,
+    Scope,
+    SelfTestReport,
+    SubjectDetail,
+    SubjectList,
+    SubjectSummary,
+    VerifiedFace,
+    VerifyResponse,
+)
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.api.identifiers import check_key_name, check_subject_id
@@ -46,10 +86,12 @@ __all__ = [
     "IdentifyResponse",
     "KeyInfo",
     "KeyList",
+    "Landmarks",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
     "ReplicationLag",
+    "SelfTestReport",
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
@@ -151,157 +193,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# ---------------------------------------------------------------- errors
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="Stable machine-readable error code.", examples=["no_face"])
-    message: str = Field(description="Human-readable explanation.")
-    details: list[dict[str, Any]] | None = Field(
-        None,
-        description="Per-field problems, for validation errors; each image's outcome "
-        "(`EnrollImageOutcome`), when POST /enroll enrolled none of its images; the broken "
-        "limits (`measure`, `value`, `limit`, `bound`) for `poor_quality`.",
-    )
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error response."""
-
-    error: ErrorBody
-
-
-# ---------------------------------------------------------------- shared parts
-
-
-class BBox(BaseModel):
-    """A face box in image pixels; ``right`` and ``bottom`` are inclusive (dlib convention).
-
-    Detector boxes may extend past the image border.
-    """
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-
-Landmarks = Annotated[
-    list[list[float]],
-    Field(description="Five landmarks [x, y] in image pixels (eye corners and nose base)."),
-]
-
-
-class OperatingPoint(BaseModel):
-    """Which threshold decided ``match``, and where it came from."""
-
-    threshold: float = Field(description="Cosine similarity at or above which faces match.")
-    source: Literal["setting", "profile", "model", "request", "fpir"] = Field(
-        description="`setting`: the configured number; `profile`: the calibrated operating "
-        "point for `far` from the evaluation profile; `model`: the operating point recorded "
-        "in the exported model's manifest (validation on held-out identities); `request`: "
-        "given with this request; `fpir` (identification): computed for this gallery as it "
-        "is now so that at most about `fpir` of strangers are matched to anyone."
-    )
-    far: float | None = Field(
-        None,
-        description="Target false-accept rate per comparison (profile and model); with "
-        "`fpir`, the rate each of the gallery's comparisons may have.",
-    )
-    fpir: float | None = Field(
-        None,
-        description="Target false positive identification rate: the share of strangers "
-        "(never enrolled) that a 1:n search may match to someone. Identification only.",
-    )
-    gallery_faces: int | None = Field(
-        None, description="Faces in the searched gallery the `fpir` threshold was computed for."
-    )
-    impostor_subjects: int | None = Field(
-        None,
-        description="Subjects of this gallery whose similarity to each other located the "
-        "impostor distribution (the rest comes from the model's reference).",
-    )
-    reference: str | None = Field(
-        None, description="The model's impostor reference the `fpir` threshold builds on."
-    )
-    tar: float | None = Field(
-        None, description="True-accept rate measured at this point (profile and model only)."
-    )
-    profile: str | None = Field(None, description="Path of the profile the point came from.")
-    dataset: str | None = Field(None, description="Dataset the profile was calibrated on.")
-
-
-class Quality(BaseModel):
-    """How much this face can be trusted, measured on the photo and on its aligned chip.
-
-    ``verdict`` is the coarse grade (like Azure's ``qualityForRecognition``); the measures
-    behind it are given so a client can apply its own limits. Definitions and the evidence
-    for the limits: README "Face quality" and ``faceserve eval quality``.
-    """
-
-    verdict: Literal["low", "medium", "high"] = Field(
-        description="`low`: breaks one of the default enrollment limits, where recognition "
-        "measurably suffers (a template of it would be refused unless forced); `high`: "
-        "inside the stricter bounds where no effect was measured; `medium`: in between. "
-        "Fixed rules, independent of this server's enrollment settings."
-    )
-    eye_distance: float = Field(
-        description="Pixels between the eye centres in the photo. The aligned chip puts them "
-        "52.5 px apart; faces with fewer pixels are upsampled into it."
-    )
-    sharpness: float = Field(
-        description="1 - the re-blur measure of Crete et al. on the grey face region of the "
-        "aligned chip: 0 flat; LFW photos 0.34-0.53 (5th-95th percentile). Unchanged by "
-        "brightness, contrast or colour; falls with blur and with upsampling of small faces."
-    )
-    yaw: float = Field(
-        description="Head turn in degrees from the 5 landmarks (nose base offset from the eye "
-        "midpoint, weak perspective): positive when the nose points to the image's right; 0 "
-        "frontal. About +-50 is where the far eye's inner corner goes behind the nose."
-    )
-    roll: float = Field(
-        description="In-plane tilt in degrees of the line between the eye centres (positive: "
-        "the eye on the image's right is lower). Alignment rotates it away."
-    )
-    detection_confidence: float = Field(
-        description="The face detector's score (> 0; clear faces about 1.0-1.1)."
-    )
-    brightness: float = Field(description="Mean grey level of the face region, 0-1.")
-    contrast: float = Field(
-        description="Standard deviation of the face region's grey levels, 0-1."
-    )
-    dark_share: float = Field(
-        description="Share of the face region at grey level 10/255 or below (crushed to black)."
-    )
-    bright_share: float = Field(
-        description="Share of the face region at grey level 245/255 or above (blown to white)."
-    )
-
-
-class FaceSelection(BaseModel):
-    """Which face of an uploaded photo was used, and why: a photo with several faces never
-    has one chosen silently."""
-
-    rule: str = Field(
-        description="The selection rule: the largest visible face (box clipped to the photo; "
-        "areas within a factor 1.5, one detector box size, tie), then the most confident "
-        "detection (scores within 0.1 tie), then the face nearest the photo's centre.",
-        examples=["visible-area>confidence>centre"],
-    )
-    decided_by: Literal["only_face", "visible_area", "confidence", "centre"] = Field(
-        description="The step that settled it. `confidence` or `centre`: several faces of "
-        "about the same size competed; check `bbox` is the intended person."
-    )
-    reason: str = Field(description="The choice in words.")
-    faces_detected: int = Field(description="Faces found in the photo.")
-
-
-class Candidate(BaseModel):
-    subject_id: str
-    face_id: str = Field(description="The subject's template that scored best.")
-    similarity: float = Field(description="Cosine similarity with the query, in [-1, 1].")
-
-
 # ---------------------------------------------------------------- enroll
 
 
@@ -364,82 +255,6 @@ class EnrollJSON(_Strict):
     min_face_px: MinFacePx = None
 
 
-class EnrollResponse(BaseModel):
-    face_id: str = Field(description="Id of the stored template (new, or the existing one).")
-    subject_id: str
-    created: bool = Field(
-        description="False when these exact image bytes were already enrolled for the subject "
-        "(the existing face is returned)."
-    )
-    bbox: BBox
-    landmarks: Landmarks
-    detection_confidence: float
-    faces_detected: int = Field(
-        description="Faces found in the photo (the primary one was used, see face_selection)."
-    )
-    face_selection: FaceSelection | None = Field(
-        None, description="Which face of the photo was enrolled, and why."
-    )
-    model: str = Field(description="Embedding model version.")
-    quality: Quality = Field(description="Quality of the face in this photo.")
-    possible_duplicate: Candidate | None = Field(
-        None,
-        description="Another subject this face already matches at the identify decision (its "
-        "best face and similarity): the same person enrolled twice, or a mislabelled photo.",
-    )
-
-
-class EnrollImageOutcome(BaseModel):
-    """What became of one photo of a POST /enroll with ``images``."""
-
-    index: int = Field(description="Position of the photo in `images` (0-based).")
-    status: Literal["enrolled", "already_enrolled", "rejected"] = Field(
-        description="`enrolled`: stored now; `already_enrolled`: these exact bytes were "
-        "enrolled for the subject before (the existing face); `rejected`: not stored, "
-        "`error` says why."
-    )
-    face_id: str | None = Field(None, description="The stored face (not when rejected).")
-    bbox: BBox | None = None
-    landmarks: Landmarks | None = None
-    detection_confidence: float | None = None
-    faces_detected: int | None = Field(
-        None, description="Faces found in the photo (absent when it could not be decoded)."
-    )
-    quality: Quality | None = Field(
-        None, description="Quality of the face taken from the photo (absent without a face)."
-    )
-    face_selection: FaceSelection | None = Field(
-        None, description="Which face of the photo was taken, and why (absent without a face)."
-    )
-    possible_duplicate: Candidate | None = Field(
-        None,
-        description="Another subject this face already matches at the identify decision: "
-        "reported with `on_duplicate=warn` (the face is enrolled), the reason for the "
-        "rejection with `reject`. Photos of one request never flag each other.",
-    )
-    error: ErrorBody | None = Field(
-        None,
-        description="Why the photo was rejected: the code and message the same photo alone "
-        "would get (`no_face`, `multiple_faces`, `duplicate_face`, `not_an_image`, "
-        "`truncated_image`, `image_too_large`, `invalid_base64`, ...).",
-    )
-
-
-class EnrollBatchResponse(BaseModel):
-    """POST /enroll with ``images``: one outcome per photo, in request order."""
-
-    subject_id: str
-    images: list[EnrollImageOutcome]
-    enrolled: int = Field(description="Photos stored now or before (`enrolled` and "
-                          "`already_enrolled`).")
-    created: int = Field(description="Faces stored by this request.")
-    rejected: int
-    threshold: float = Field(description="The similarity at which a face of another subject "
-                             "counts as a possible duplicate (the identify decision).")
-    operating_point: OperatingPoint
-    model: str = Field(description="Embedding model version.")
-
-
 # ---------------------------------------------------------------- verify
 
 
@@ -469,53 +284,7 @@ class VerifyJSON(_Strict):
     min_face_px: MinFacePx = None
 
 
-class VerifiedFace(BaseModel):
-    """One side of a comparison: the face found in an uploaded image, or a stored template."""
-
-    source: Literal["image_a", "image_b", "image", "template"]
-    bbox: BBox | None = Field(None, description="Box of the face used (uploaded images).")
-    detection_confidence: float | None = None
-    faces_detected: int | None = Field(
-        None, description="Faces found in that image; the primary one was used."
-    )
-    face_selection: FaceSelection | None = Field(
-        None, description="Which face of the uploaded image was used, and why."
-    )
-    face_id: str | None = Field(None, description="The stored template used (subject mode).")
-    subject_id: str | None = None
-    quality: Quality | None = Field(
-        None, description="Quality of the face found (uploaded images; null for templates)."
-    )
-
-
-class VerifyResponse(BaseModel):
-    match: bool = Field(description="similarity >= threshold.")
-    similarity: float = Field(description="Cosine similarity of the two faces (best template).")
-    distance: float = Field(description="Squared L2 distance of the unit embeddings: 2 - 2 cos.")
-    threshold: float
-    operating_point: OperatingPoint
-    faces: list[VerifiedFace] = Field(description="The two faces compared: probe first.")
-    templates_compared: int | None = Field(
-        None, description="Templates of the subject compared (subject mode)."
-    )
-    model: str
-
-
 # ---------------------------------------------------------------- identify
-
-
-class IdentifyResponse(BaseModel):
-    """GET /identify: candidates for one stored face or one embedding."""
-
-    candidates: list[Candidate] = Field(
-        description="Best subjects, most similar first; each subject once, with its best face."
-    )
-    match: Candidate | None = Field(
-        description="The best candidate if at or above the threshold, else null (unknown)."
-    )
-    threshold: float
-    operating_point: OperatingPoint
-    model: str
 
 
 class IdentifyForm(_Strict):
@@ -546,29 +315,6 @@ class IdentifyJSON(_Strict):
     min_face_px: MinFacePx = None
 
 
-class IdentifiedFace(BaseModel):
-    bbox: BBox
-    landmarks: Landmarks
-    detection_confidence: float
-    candidates: list[Candidate]
-    match: Candidate | None = Field(
-        description="The best candidate at or above the threshold whose subject no "
-        "better-scoring face of the same photo has taken (one person appears at most once in "
-        "a photo), else null (unknown)."
-    )
-    quality: Quality
-
-
-class IdentifyImageResponse(BaseModel):
-    """POST /identify: every face of the photo (most confident first), each with candidates."""
-
-    faces: list[IdentifiedFace]
-    faces_detected: int = Field(description="Faces found; at most max_faces are identified.")
-    threshold: float
-    operating_point: OperatingPoint
-    model: str
-
-
 # ---------------------------------------------------------------- embed
 
 
@@ -590,158 +336,7 @@ class EmbedJSON(_Strict):
     min_face_px: MinFacePx = None
 
 
-class EmbeddedFace(BaseModel):
-    bbox: BBox
-    landmarks: Landmarks
-    detection_confidence: float
-    embedding: list[float] = Field(description="128 floats, L2-normalised.")
-    embedding_b64: str = Field(
-        description="The same vector as URL-safe base64 of 128 little-endian float32 (the "
-        "`embedding=` input of GET /identify)."
-    )
-    quality: Quality
-
-
-class EmbedResponse(BaseModel):
-    faces: list[EmbeddedFace]
-    faces_detected: int
-    model: str
-
-
-# ---------------------------------------------------------------- subjects and faces
-
-
-class FaceInfo(BaseModel):
-    face_id: str
-    subject_id: str
-    bbox: BBox
-    landmarks: Landmarks
-    detection_confidence: float
-    model: str
-    image_sha256: str = Field(description="SHA-256 of the enrolled image file's bytes.")
-    created_at: str = Field(description="ISO 8601, UTC.")
-
-
-class SubjectSummary(BaseModel):
-    subject_id: str
-    metadata: dict[str, Any]
-    created_at: str
-    face_count: int
-
-
-class SubjectDetail(SubjectSummary):
-    faces: list[FaceInfo]
-
-
-class SubjectList(BaseModel):
-    subjects: list[SubjectSummary]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null on the last page."
-    )
-
-
-class DeleteSubjectResponse(BaseModel):
-    subject_id: str
-    faces_deleted: int = Field(description="Templates removed from storage and index.")
-
-
-class DeleteFaceResponse(BaseModel):
-    face_id: str
-    subject_id: str
-    deleted: bool
-
-
-# ---------------------------------------------------------------- health
-
-
-class HealthResponse(BaseModel):
-    status: Literal["ok"]
-
-
-class ReplicationLag(BaseModel):
-    applied_change_id: int = Field(description="The index reflects every change up to this id.")
-    head_change_id: int | None = Field(
-        None, description="The last change committed to the database (absent, like the two "
-        "below, when the database cannot be reached: see `error`)."
-    )
-    changes_behind: int | None = None
-    seconds_behind: float | None = Field(
-        None, description="Age of the oldest change not applied yet; 0 when caught up."
-    )
-    listening: bool = Field(description="LISTEN/NOTIFY connection up (else polling only).")
-    error: str | None = Field(None, description="Last replication error, until it recovers.")
-
-
-class SelfTestReport(BaseModel):
-    """The start-up self-test (models/self_test.py): what really runs, and how fast."""
-
-    device: str = Field(description="The torch device the models run on.")
-    device_name: str = Field(description="The GPU's or CPU's name.")
-    torch: str
-    cuda: str | None = Field(description="CUDA version torch was built with; null if none.")
-    detect_ms: float = Field(description="Detection of one 640x480 photo, milliseconds.")
-    embed_ms_per_face: float = Field(description="Embedding, per face in a batch of 8.")
-    score_deviation: float | None = Field(
-        description="On a GPU: largest difference of detector scores from the CPU's."
-    )
-    embedding_cosine: float | None = Field(
-        description="On a GPU: least cosine between its embeddings and the CPU's."
-    )
-
-
-class ReadyResponse(BaseModel):
-    status: Literal["ready"]
-    model: str
-    device: str
-    index_kind: str
-    index_source: Literal["snapshot", "store"] = Field(
-        description="Where the index came from at start-up: the validated snapshot, or a "
-        "rebuild from the database (no snapshot, or a stale or damaged one)."
-    )
-    gallery_faces: int | None = Field(
-        None, description="Faces of the whole server: only for an admin key of the default "
-        "gallery (or without keys); anyone else learns readiness only."
-    )
-    gallery_subjects: int | None = Field(None, description="Subjects, as `gallery_faces`.")
-    batching: bool
-    replication: ReplicationLag | None = Field(
-        None,
-        description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "
-        "is behind the database's change log.",
-    )
-    self_test: SelfTestReport | None = Field(
-        None, description="The start-up self-test: device, versions, measured latency; for "
-        "the callers who see the totals."
-    )
-    operating_point: OperatingPoint | None = Field(
-        None, description="The verify decision's operating point (configuration, not data): "
-        "for any caller with a valid key (or without keys)."
-    )
-    identify_operating_point: OperatingPoint | None = Field(
-        None, description="The operating point a POST /identify of the caller's gallery would "
-        "use now (it follows the gallery's size under a target FPIR): only for a key with "
-        "scope `recognize` (or without keys)."
-    )
-
-
-# ---------------------------------------------------------------- keys and audit
-
-Scope = Literal["enroll", "recognize", "admin"]
-
-
-class KeyInfo(BaseModel):
-    """An API key as listed: never its token (only its hash is stored)."""
-
-    key_id: str = Field(description="Public id, for revoking.")
-    name: str
-    scopes: list[Scope]
-    gallery: str | None = Field(description="The key's gallery; null for the default one.")
-    created_at: str
-    revoked_at: str | None
-
-
-class KeyList(BaseModel):
-    keys: list[KeyInfo]
+# ---------------------------------------------------------------- keys
 
 
 class CreateKeyRequest(_Strict):
@@ -755,31 +350,6 @@ class CreateKeyRequest(_Strict):
         AfterValidator(check_key_name),
     ]
     scopes: list[Scope] = Field(min_length=1, max_length=3)
-
-
-class CreatedKey(KeyInfo):
-    token: str = Field(description="The key itself. Shown this once: store it now.")
-
-
-class AuditEvent(BaseModel):
-    id: int
-    at: str = Field(description="ISO 8601, UTC.")
-    key_id: str | None = Field(description="The key that acted; null without keys (operator).")
-    key_name: str
-    action: Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key"]
-    subject_id: str | None
-    face_id: str | None
-    detail: dict[str, Any] = Field(
-        description="Small facts (`created`, `faces_deleted`, `scopes`); never images, "
-        "embeddings or metadata."
-    )
-
-
-class AuditList(BaseModel):
-    events: list[AuditEvent]
-    next_after: int | None = Field(
-        description="Pass as `after` for the next page; null on the last page."
-    )
 
 
 # Request models that are not parameters of any FastAPI signature (the bodies are parsed by

@@ -228,15 +228,17 @@ def test_the_dockerfile_installs_with_the_readme_commands() -> None:
     assert block
     readme_cmds = [_normalise(line, {}) for line in block.group(1).splitlines()
                    if "pip install" in line]
-    assert docker_cmds == readme_cmds and len(docker_cmds) == 2
+    assert docker_cmds == readme_cmds and len(docker_cmds) == 3
     assert "faceserve convert" in block.group(1)
     # The torch pins are pyproject's; `make` installs the same project (editable, with tests).
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for package in ("torch", "torchvision"):
         [pin] = [p for p in pins if re.match(rf"{package}==", p)]
         assert pin in docker_cmds[0].split()
-    assert docker_cmds[1] == "pip install ."
+    # The client package first: the server imports its response models from it.
+    assert docker_cmds[1:] == ["pip install ./clients/python", "pip install ."]
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"\$\(PY\) -m pip install .*-e clients/python\n", makefile)
     assert re.search(r"\$\(PY\) -m pip install .*-e '\.\[test\]'", makefile)
 
 

@@ -1,0 +1,257 @@
+"""What ``Client`` and ``AsyncClient`` share: each operation as a ``Call`` (method, path, form,
+response model), the retry policy and response parsing. The two clients only send calls, so
+an operation is written once and cannot differ between them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from faceserve_client import models as m
+from faceserve_client.errors import (
+    APIError,
+    ConnectionError,
+    TimeoutError,
+    error_from_response,
+)
+from faceserve_client.photos import Photo, photo_file
+
+__all__ = ["DEFAULT_URL", "Call", "RetryPolicy", "calls"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = frozenset({429, 503})
+USER_AGENT = "faceserve-client/0.1.0"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of answers that mean "not now": 429 (rate limit, full queue) and 503
+    (loading, server timeout), and of connections that could not be opened.
+
+    The wait is the server's ``Retry-After`` when it sends one (a wait longer than
+    ``max_backoff`` is not retried: the error is raised at once), else ``backoff * 2**attempt``
+    seconds with jitter, at most ``max_backoff``. Retrying is safe for every operation:
+    enrollment of the same bytes is idempotent, and the other image calls store nothing.
+    """
+
+    max_retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def delay(self, attempt: int, error: Exception) -> float | None:
+        """Seconds to wait before retry ``attempt + 1`` after ``error``, or None: give up."""
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(error, APIError):
+            if error.status not in RETRY_STATUSES:
+                return None
+            if error.retry_after is not None:
+                return error.retry_after if error.retry_after <= self.max_backoff else None
+        elif not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+            return None
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+
+@dataclass
+class Call:
+    """One HTTP request of the API and the model its answer is parsed into."""
+
+    method: str
+    path: str
+    model: type[BaseModel] | None
+    params: dict[str, Any] | None = None
+    data: dict[str, str] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    json: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def request_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.params:
+            kwargs["params"] = {k: v for k, v in self.params.items() if v is not None}
+        if self.files is not None:
+            kwargs["files"] = self.files
+            kwargs["data"] = self.data or {}
+        elif self.json is not None:
+            kwargs["json"] = self.json
+        return kwargs
+
+    def parse(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        if self.model is None:
+            return response
+        return self.model.model_validate_json(response.content)
+
+
+def transport_error(exc: httpx.TransportError, base_url: str) -> Exception:
+    if isinstance(exc, httpx.TimeoutException):
+        return TimeoutError(f"no answer from {base_url} in time ({type(exc).__name__})")
+    return ConnectionError(f"cannot reach {base_url}: {exc}")
+
+
+def headers(api_key: str | None, extra: dict[str, str] | None) -> dict[str, str]:
+    out = {"User-Agent": USER_AGENT, **(extra or {})}
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
+def _form(**fields: Any) -> dict[str, str]:
+    """Multipart form fields as strings: booleans as ``true``/``false``, objects as JSON."""
+    out = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, dict | list):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def encode_embedding(embedding: str | Sequence[float] | Any) -> str:
+    """URL-safe base64 of little-endian float32 (what GET /identify takes); a string is taken
+    as already encoded (``EmbeddedFace.embedding_b64``)."""
+    if isinstance(embedding, str):
+        return embedding
+    values = embedding.tolist() if hasattr(embedding, "tolist") else list(embedding)
+    packed = struct.pack(f"<{len(values)}f", *(float(v) for v in values))
+    return base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
+
+
+class calls:
+    """The API's operations as ``Call``s; the clients' methods take the same arguments."""
+
+    @staticmethod
+    def enroll(
+        photos: Photo | Sequence[Photo],
+        subject_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        on_multiple: str = "primary",
+        on_duplicate: str = "warn",
+        force: bool = False,
+        face_crop: bool = False,
+    ) -> Call:
+        several = isinstance(photos, list | tuple)
+        form = _form(subject_id=subject_id, metadata=metadata, on_multiple=on_multiple,
+                     on_duplicate=on_duplicate, force=force, face_crop=face_crop)
+        if several:
+            if not photos:
+                raise ValueError("give at least one photo")
+            files = [("images", photo_file(p, f"photo{i}")) for i, p in enumerate(photos)]
+            return Call("POST", "/enroll", m.EnrollBatchResponse, data=form, files=files)
+        return Call("POST", "/enroll", m.EnrollResponse, data=form,
+                    files=[("image", photo_file(photos))])
+
+    @staticmethod
+    def verify(
+        photo: Photo,
+        other: Photo | None = None,
+        *,
+        subject_id: str | None = None,
+        threshold: float | None = None,
+        face_crop: bool = False,
+    ) -> Call:
+        if (other is None) == (subject_id is None):
+            raise ValueError("give a second photo or a subject_id, not both")
+        form = _form(subject_id=subject_id, threshold=threshold, face_crop=face_crop)
+        if other is not None:
+            files = [("image_a", photo_file(photo, "a")), ("image_b", photo_file(other, "b"))]
+        else:
+            files = [("image", photo_file(photo))]
+        return Call("POST", "/verify", m.VerifyResponse, data=form, files=files)
+
+    @staticmethod
+    def identify(
+        photo: Photo | None = None,
+        *,
+        face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+        k: int = 5,
+        threshold: float | None = None,
+        identify_fpir: float | None = None,
+        max_faces: int | None = None,
+        face_crop: bool = False,
+    ) -> Call:
+        given = sum(x is not None for x in (photo, face_id, embedding))
+        if given != 1:
+            raise ValueError("give exactly one of a photo, face_id or embedding")
+        if photo is not None:
+            form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
+                         max_faces=max_faces, face_crop=face_crop)
+            return Call("POST", "/identify", m.IdentifyImageResponse, data=form,
+                        files=[("image", photo_file(photo))])
+        params = {"face_id": face_id, "k": k, "threshold": threshold,
+                  "identify_fpir": identify_fpir,
+                  "embedding": None if embedding is None else encode_embedding(embedding)}
+        return Call("GET", "/identify", m.IdentifyResponse, params=params)
+
+    @staticmethod
+    def embed(photo: Photo, *, max_faces: int | None = None, face_crop: bool = False) -> Call:
+        return Call("POST", "/embed", m.EmbedResponse,
+                    data=_form(max_faces=max_faces, face_crop=face_crop),
+                    files=[("image", photo_file(photo))])
+
+    @staticmethod
+    def subject_page(cursor: str | None = None, limit: int = 100) -> Call:
+        return Call("GET", "/subjects", m.SubjectList, params={"cursor": cursor, "limit": limit})
+
+    @staticmethod
+    def subject(subject_id: str) -> Call:
+        return Call("GET", f"/subjects/{_segment(subject_id)}", m.SubjectDetail)
+
+    @staticmethod
+    def delete_subject(subject_id: str) -> Call:
+        return Call("DELETE", f"/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
+
+    @staticmethod
+    def face(face_id: str) -> Call:
+        return Call("GET", f"/faces/{_segment(face_id)}", m.FaceInfo)
+
+    @staticmethod
+    def delete_face(face_id: str) -> Call:
+        return Call("DELETE", f"/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+
+    @staticmethod
+    def keys() -> Call:
+        return Call("GET", "/keys", m.KeyList)
+
+    @staticmethod
+    def create_key(name: str, scopes: Sequence[str]) -> Call:
+        return Call("POST", "/keys", m.CreatedKey, json={"name": name, "scopes": list(scopes)})
+
+    @staticmethod
+    def revoke_key(key_id: str) -> Call:
+        return Call("DELETE", f"/keys/{_segment(key_id)}", m.KeyInfo)
+
+    @staticmethod
+    def audit_page(after: int = 0, limit: int = 100, action: str | None = None) -> Call:
+        return Call("GET", "/audit", m.AuditList,
+                    params={"after": after, "limit": limit, "action": action})
+
+    @staticmethod
+    def health() -> Call:
+        return Call("GET", "/healthz", m.HealthResponse)
+
+    @staticmethod
+    def ready() -> Call:
+        return Call("GET", "/readyz", m.ReadyResponse)

@@ -1,0 +1,260 @@
+"""``AsyncClient``: the asyncio twin of ``Client`` (``client.py``), method for method.
+
+One ``httpx.AsyncClient`` per ``AsyncClient`` keeps connections open between calls;
+``async with AsyncClient(...)`` (or ``await close()``) closes them. Every method sends one
+``Call`` from ``_core`` (the listings send one per page) and returns the service's response
+model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, overload
+
+import httpx
+
+from faceserve_client import models as m
+from faceserve_client._core import (
+    DEFAULT_URL,
+    Call,
+    RetryPolicy,
+    calls,
+    headers,
+    transport_error,
+)
+from faceserve_client.errors import APIError, ServiceUnavailableError
+from faceserve_client.errors import ConnectionError as ClientConnectionError
+from faceserve_client.photos import Photo
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """A faceserve server at ``base_url``.
+
+    ``api_key``: sent as ``Authorization: Bearer`` (servers without keys need none).
+    ``timeout``: seconds for each request (or an ``httpx.Timeout``); image calls on a busy CPU
+    server can take seconds. ``max_retries``, ``backoff``, ``max_backoff``: see
+    ``RetryPolicy``. ``http_client``: an ``httpx.AsyncClient`` of your own (proxies, TLS, a test
+    transport); its ``base_url`` and headers are then yours to set. ``default_headers``: sent
+    with every request.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 60.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        default_headers: dict[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(max_retries, backoff, max_backoff)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, headers=headers(api_key, default_headers)
+        )
+
+    # ------------------------------------------------------------ plumbing
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, call: Call) -> Any:
+        """Send ``call``, retrying as ``self.retry`` allows; its parsed answer or an error."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(call.method, call.path, **call.request_kwargs())
+                return call.parse(response)
+            except (APIError, httpx.TransportError) as exc:
+                wait = self.retry.delay(attempt, exc)
+                if wait is None:
+                    if isinstance(exc, httpx.TransportError):
+                        raise transport_error(exc, self.base_url) from exc
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    # ------------------------------------------------------------ recognition
+
+    @overload
+    async def enroll(
+        self, photos: list[Photo] | tuple[Photo, ...], subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollBatchResponse: ...
+
+    @overload
+    async def enroll(
+        self, photos: Photo, subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollResponse: ...
+
+    async def enroll(
+        self,
+        photos: Photo | Sequence[Photo],
+        subject_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        on_multiple: str = "primary",
+        on_duplicate: str = "warn",
+        force: bool = False,
+        face_crop: bool = False,
+    ) -> m.EnrollResponse | m.EnrollBatchResponse:
+        """Enroll one photo (an ``EnrollResponse``) or a list of photos of one subject (an
+        ``EnrollBatchResponse`` with each photo's outcome). The same bytes again for the same
+        subject return the existing face (``created`` false): safe to repeat."""
+        return await self.send(calls.enroll(
+            photos, subject_id, metadata=metadata, on_multiple=on_multiple,
+            on_duplicate=on_duplicate, force=force, face_crop=face_crop,
+        ))
+
+    async def verify(
+        self,
+        photo: Photo,
+        other: Photo | None = None,
+        *,
+        subject_id: str | None = None,
+        threshold: float | None = None,
+        face_crop: bool = False,
+    ) -> m.VerifyResponse:
+        """1:1: ``photo`` against ``other`` (another photo) or against ``subject_id``."""
+        return await self.send(calls.verify(
+            photo, other, subject_id=subject_id, threshold=threshold, face_crop=face_crop
+        ))
+
+    @overload
+    async def identify(
+        self, photo: None = None, *, face_id: str | None = ...,
+        embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
+        threshold: float | None = ..., identify_fpir: float | None = ...,
+    ) -> m.IdentifyResponse: ...
+
+    @overload
+    async def identify(
+        self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
+        identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+    ) -> m.IdentifyImageResponse: ...
+
+    async def identify(
+        self,
+        photo: Photo | None = None,
+        *,
+        face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+        k: int = 5,
+        threshold: float | None = None,
+        identify_fpir: float | None = None,
+        max_faces: int | None = None,
+        face_crop: bool = False,
+    ) -> m.IdentifyImageResponse | m.IdentifyResponse:
+        """1:n. A photo: every face of it (``IdentifyImageResponse``). A stored ``face_id`` or
+        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``."""
+        return await self.send(calls.identify(
+            photo, face_id=face_id, embedding=embedding, k=k, threshold=threshold,
+            identify_fpir=identify_fpir, max_faces=max_faces, face_crop=face_crop,
+        ))
+
+    async def embed(
+        self, photo: Photo, *, max_faces: int | None = None, face_crop: bool = False
+    ) -> m.EmbedResponse:
+        """Faces and embeddings of a photo; nothing is stored."""
+        return await self.send(calls.embed(photo, max_faces=max_faces, face_crop=face_crop))
+
+    # ------------------------------------------------------------ gallery
+
+    async def subjects(self, *, page_size: int = 100) -> AsyncIterator[m.SubjectSummary]:
+        """Every subject of the key's gallery, in id order; pages are fetched as you go."""
+        cursor: str | None = None
+        while True:
+            page: m.SubjectList = await self.send(calls.subject_page(cursor, page_size))
+            for subject in page.subjects:
+                yield subject
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def subject(self, subject_id: str) -> m.SubjectDetail:
+        return await self.send(calls.subject(subject_id))
+
+    async def delete_subject(self, subject_id: str) -> m.DeleteSubjectResponse:
+        """Erase the subject and every template of it."""
+        return await self.send(calls.delete_subject(subject_id))
+
+    async def faces(
+        self, subject_id: str | None = None, *, page_size: int = 100
+    ) -> AsyncIterator[m.FaceInfo]:
+        """The faces of one subject, or of every subject of the gallery (subject by subject)."""
+        if subject_id is not None:
+            for face in (await self.subject(subject_id)).faces:
+                yield face
+            return
+        async for summary in self.subjects(page_size=page_size):
+            if summary.face_count:
+                for face in (await self.subject(summary.subject_id)).faces:
+                    yield face
+
+    async def face(self, face_id: str) -> m.FaceInfo:
+        return await self.send(calls.face(face_id))
+
+    async def delete_face(self, face_id: str) -> m.DeleteFaceResponse:
+        return await self.send(calls.delete_face(face_id))
+
+    # ------------------------------------------------------------ keys and audit
+
+    async def keys(self) -> list[m.KeyInfo]:
+        """The API keys of the caller's gallery (never their tokens)."""
+        return (await self.send(calls.keys())).keys
+
+    async def create_key(self, name: str, scopes: Sequence[str]) -> m.CreatedKey:
+        """A new key; its ``token`` is in this answer only."""
+        return await self.send(calls.create_key(name, scopes))
+
+    async def revoke_key(self, key_id: str) -> m.KeyInfo:
+        return await self.send(calls.revoke_key(key_id))
+
+    async def audit(
+        self, *, action: str | None = None, after: int = 0, page_size: int = 100
+    ) -> AsyncIterator[m.AuditEvent]:
+        """The audit log of the key's gallery, oldest first; pages are fetched as you go."""
+        while True:
+            page: m.AuditList = await self.send(calls.audit_page(after, page_size, action))
+            for event in page.events:
+                yield event
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    # ------------------------------------------------------------ operations
+
+    async def health(self) -> m.HealthResponse:
+        return await self.send(calls.health())
+
+    async def ready(self) -> m.ReadyResponse:
+        return await self.send(calls.ready())
+
+    async def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> m.ReadyResponse:
+        """Poll /readyz until the server has loaded its models and gallery."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await self.ready()
+            except (ServiceUnavailableError, ClientConnectionError) as exc:
+                if getattr(exc, "code", "") == "startup_failed" or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(interval)

@@ -1,0 +1,253 @@
+"""``Client``: the blocking client. ``AsyncClient`` (``async_client.py``) is its twin.
+
+One ``httpx.Client`` per ``Client`` keeps connections open between calls; ``with Client(...)``
+(or ``close()``) closes them. Every method sends one ``Call`` from ``_core`` (the listings send
+one per page) and returns the service's response model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+import httpx
+
+from faceserve_client import models as m
+from faceserve_client._core import (
+    DEFAULT_URL,
+    Call,
+    RetryPolicy,
+    calls,
+    headers,
+    transport_error,
+)
+from faceserve_client.errors import APIError, ServiceUnavailableError
+from faceserve_client.errors import ConnectionError as ClientConnectionError
+from faceserve_client.photos import Photo
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A faceserve server at ``base_url``.
+
+    ``api_key``: sent as ``Authorization: Bearer`` (servers without keys need none).
+    ``timeout``: seconds for each request (or an ``httpx.Timeout``); image calls on a busy CPU
+    server can take seconds. ``max_retries``, ``backoff``, ``max_backoff``: see
+    ``RetryPolicy``. ``http_client``: an ``httpx.Client`` of your own (proxies, TLS, a test
+    transport); its ``base_url`` and headers are then yours to set. ``default_headers``: sent
+    with every request.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 60.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        default_headers: dict[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(max_retries, backoff, max_backoff)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=headers(api_key, default_headers)
+        )
+
+    # ------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, call: Call) -> Any:
+        """Send ``call``, retrying as ``self.retry`` allows; its parsed answer or an error."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, **call.request_kwargs())
+                return call.parse(response)
+            except (APIError, httpx.TransportError) as exc:
+                wait = self.retry.delay(attempt, exc)
+                if wait is None:
+                    if isinstance(exc, httpx.TransportError):
+                        raise transport_error(exc, self.base_url) from exc
+                    raise
+            time.sleep(wait)
+            attempt += 1
+
+    # ------------------------------------------------------------ recognition
+
+    @overload
+    def enroll(
+        self, photos: list[Photo] | tuple[Photo, ...], subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollBatchResponse: ...
+
+    @overload
+    def enroll(
+        self, photos: Photo, subject_id: str, *,
+        metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
+        force: bool = ..., face_crop: bool = ...,
+    ) -> m.EnrollResponse: ...
+
+    def enroll(
+        self,
+        photos: Photo | Sequence[Photo],
+        subject_id: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        on_multiple: str = "primary",
+        on_duplicate: str = "warn",
+        force: bool = False,
+        face_crop: bool = False,
+    ) -> m.EnrollResponse | m.EnrollBatchResponse:
+        """Enroll one photo (an ``EnrollResponse``) or a list of photos of one subject (an
+        ``EnrollBatchResponse`` with each photo's outcome). The same bytes again for the same
+        subject return the existing face (``created`` false): safe to repeat."""
+        return self.send(calls.enroll(
+            photos, subject_id, metadata=metadata, on_multiple=on_multiple,
+            on_duplicate=on_duplicate, force=force, face_crop=face_crop,
+        ))
+
+    def verify(
+        self,
+        photo: Photo,
+        other: Photo | None = None,
+        *,
+        subject_id: str | None = None,
+        threshold: float | None = None,
+        face_crop: bool = False,
+    ) -> m.VerifyResponse:
+        """1:1: ``photo`` against ``other`` (another photo) or against ``subject_id``."""
+        return self.send(calls.verify(photo, other, subject_id=subject_id, threshold=threshold,
+                                      face_crop=face_crop))
+
+    @overload
+    def identify(
+        self, photo: None = None, *, face_id: str | None = ...,
+        embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
+        threshold: float | None = ..., identify_fpir: float | None = ...,
+    ) -> m.IdentifyResponse: ...
+
+    @overload
+    def identify(
+        self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
+        identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+    ) -> m.IdentifyImageResponse: ...
+
+    def identify(
+        self,
+        photo: Photo | None = None,
+        *,
+        face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+        k: int = 5,
+        threshold: float | None = None,
+        identify_fpir: float | None = None,
+        max_faces: int | None = None,
+        face_crop: bool = False,
+    ) -> m.IdentifyImageResponse | m.IdentifyResponse:
+        """1:n. A photo: every face of it (``IdentifyImageResponse``). A stored ``face_id`` or
+        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``."""
+        return self.send(calls.identify(
+            photo, face_id=face_id, embedding=embedding, k=k, threshold=threshold,
+            identify_fpir=identify_fpir, max_faces=max_faces, face_crop=face_crop,
+        ))
+
+    def embed(
+        self, photo: Photo, *, max_faces: int | None = None, face_crop: bool = False
+    ) -> m.EmbedResponse:
+        """Faces and embeddings of a photo; nothing is stored."""
+        return self.send(calls.embed(photo, max_faces=max_faces, face_crop=face_crop))
+
+    # ------------------------------------------------------------ gallery
+
+    def subjects(self, *, page_size: int = 100) -> Iterator[m.SubjectSummary]:
+        """Every subject of the key's gallery, in id order; pages are fetched as you go."""
+        cursor: str | None = None
+        while True:
+            page: m.SubjectList = self.send(calls.subject_page(cursor, page_size))
+            yield from page.subjects
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def subject(self, subject_id: str) -> m.SubjectDetail:
+        return self.send(calls.subject(subject_id))
+
+    def delete_subject(self, subject_id: str) -> m.DeleteSubjectResponse:
+        """Erase the subject and every template of it."""
+        return self.send(calls.delete_subject(subject_id))
+
+    def faces(
+        self, subject_id: str | None = None, *, page_size: int = 100
+    ) -> Iterator[m.FaceInfo]:
+        """The faces of one subject, or of every subject of the gallery (subject by subject)."""
+        if subject_id is not None:
+            yield from self.subject(subject_id).faces
+            return
+        for summary in self.subjects(page_size=page_size):
+            if summary.face_count:
+                yield from self.subject(summary.subject_id).faces
+
+    def face(self, face_id: str) -> m.FaceInfo:
+        return self.send(calls.face(face_id))
+
+    def delete_face(self, face_id: str) -> m.DeleteFaceResponse:
+        return self.send(calls.delete_face(face_id))
+
+    # ------------------------------------------------------------ keys and audit
+
+    def keys(self) -> list[m.KeyInfo]:
+        """The API keys of the caller's gallery (never their tokens)."""
+        return self.send(calls.keys()).keys
+
+    def create_key(self, name: str, scopes: Sequence[str]) -> m.CreatedKey:
+        """A new key; its ``token`` is in this answer only."""
+        return self.send(calls.create_key(name, scopes))
+
+    def revoke_key(self, key_id: str) -> m.KeyInfo:
+        return self.send(calls.revoke_key(key_id))
+
+    def audit(
+        self, *, action: str | None = None, after: int = 0, page_size: int = 100
+    ) -> Iterator[m.AuditEvent]:
+        """The audit log of the key's gallery, oldest first; pages are fetched as you go."""
+        while True:
+            page: m.AuditList = self.send(calls.audit_page(after, page_size, action))
+            yield from page.events
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    # ------------------------------------------------------------ operations
+
+    def health(self) -> m.HealthResponse:
+        return self.send(calls.health())
+
+    def ready(self) -> m.ReadyResponse:
+        return self.send(calls.ready())
+
+    def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> m.ReadyResponse:
+        """Poll /readyz until the server has loaded its models and gallery."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.ready()
+            except (ServiceUnavailableError, ClientConnectionError) as exc:
+                if getattr(exc, "code", "") == "startup_failed" or time.monotonic() > deadline:
+                    raise
+            time.sleep(interval)
