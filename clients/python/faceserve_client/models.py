@@ -446,14 +446,14 @@ class SelfTestReport(BaseModel):
     device: str = Field(description="The torch device the models run on.")
     device_name: str = Field(description="The GPU's or CPU's name.")
     torch: str
-    cuda: str | None = Field(description="CUDA version torch was built with; null if none.")
+    cuda: str | None = Field(None, description="CUDA version torch was built with, if any.")
     detect_ms: float = Field(description="Detection of one 640x480 photo, milliseconds.")
     embed_ms_per_face: float = Field(description="Embedding, per face in a batch of 8.")
     score_deviation: float | None = Field(
-        description="On a GPU: largest difference of detector scores from the CPU's."
+        None, description="On a GPU: largest difference of detector scores from the CPU's."
     )
     embedding_cosine: float | None = Field(
-        description="On a GPU: least cosine between its embeddings and the CPU's."
+        None, description="On a GPU: least cosine between its embeddings and the CPU's."
     )
 
 
