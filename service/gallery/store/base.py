@@ -144,6 +144,10 @@ class StoreSnapshot(Protocol):
         """The id of the last audit event (0 when none): where the audit log stood."""
         ...
 
+    def chipless_models(self) -> dict[str, int]:
+        """Faces without a stored chip, per model (they cannot be re-embedded)."""
+        ...
+
     def subject_pages(self, size: int) -> Iterator[list[SubjectRecord]]:
         """Every subject in id order (``faces`` empty, ``face_count`` set), ``size`` at a time."""
         ...

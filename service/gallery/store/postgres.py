@@ -427,10 +427,7 @@ class PostgresStore(SqlReads):
                             row_ids.append(int(got[0]))
                         if not cur.nextset():
                             break
-            if row_ids:
-                change_id = self._log_adds(conn, row_ids)
-            else:
-                change_id = self._last_change(conn)
+            change_id = self._log_adds(conn, row_ids) if row_ids else self._last_change(conn)
         return ImportResult(subjects_added, len(row_ids), change_id)
 
     def _log_adds(self, conn: psycopg.Connection, row_ids: list[int]) -> int:

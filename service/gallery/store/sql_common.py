@@ -243,6 +243,12 @@ class SqlSnapshot:
         row = self._conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
         return int(row[0])
 
+    def chipless_models(self) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT model, count(*) FROM faces WHERE chip IS NULL GROUP BY model"
+        ).fetchall()
+        return {str(m): int(n) for m, n in rows}
+
     def subject_pages(self, size: int) -> Iterator[list[SubjectRecord]]:
         p, after = self._store._P, ""
         while True:
