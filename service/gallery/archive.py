@@ -60,7 +60,6 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from service.gallery.reembed import EmbedFn, ReembedError, decode_chip
 from service.gallery.store.base import (
     GalleryStore,
     NewAuditEvent,
@@ -90,6 +89,8 @@ SUBJECT_PAGE = 5000
 START_ACTION = "import_gallery_started"
 DONE_ACTION = "import_gallery"
 _SEP = "\x1f"
+# (N, 150, 150, 3) uint8 chips -> (N, D) float32 unit vectors, as ``service.gallery.reembed``
+EmbedFn = Callable[[np.ndarray], np.ndarray]
 _PART = "{:06d}"
 
 
@@ -693,6 +694,8 @@ def _reembed(
     faces: list[NewFace], embed: EmbedFn, model: str, dim: int | None, result: ImportResult
 ) -> list[NewFace]:
     """``faces`` with the ones of other models re-embedded by ``model`` from their chips."""
+    from service.gallery.reembed import ReembedError, decode_chip  # the index, faiss: only here
+
     keep = [f for f in faces if f.model == model]
     other = [f for f in faces if f.model != model]
     usable = [f for f in other if f.chip_jpeg is not None]
