@@ -130,8 +130,8 @@ def model_identity(spec: str | None) -> tuple[str, int, dict[str, Any]]:
 
 @contextmanager
 def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[ArchiveStore]:
-    """The gallery's store with the data directory's lock (and, for an exclusive PostgreSQL
-    store, no replica on it)."""
+    """The gallery's store: SQLite with the data directory's lock; PostgreSQL shared (export:
+    replicas may serve meanwhile) or exclusive (import: no replica on it), like ``reembed``."""
     from service.gallery.archive import ArchiveError
     from service.gallery.gallery import lock_data_dir, unlock_data_dir
     from service.gallery.store import open_store
@@ -142,7 +142,8 @@ def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[
         raise ArchiveError(f"no gallery in {data_dir.resolve()} (no {FILENAME}); pass "
                            "--data-dir, or --database-url for a PostgreSQL gallery")
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = lock_data_dir(data_dir)
+    # A shared PostgreSQL read needs no data directory (a replica here may hold its lock).
+    fd = lock_data_dir(data_dir) if exclusive or not settings.database_url else None
     try:
         store = open_store(data_dir, settings.database_url, exclusive=exclusive)
         try:

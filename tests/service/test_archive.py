@@ -312,6 +312,20 @@ def test_cli_sqlite_to_postgres_resumes_and_refuses_another_model(
     assert summary["faces_already_present"] == 20
     assert "threshold 0.6100" in r.stderr
 
+    # While a replica serves the PostgreSQL gallery: export works (a consistent snapshot),
+    # import is refused (it needs the gallery to itself).
+    replica = Gallery.open(tmp_path / "dst", MODEL, database_url=pg_url, follow=False)
+    try:
+        back = tmp_path / "back.tar"
+        r = _cli("export-gallery", str(back), *dst, "--threshold", "0.61")
+        assert r.returncode == 0, r.stderr
+        assert content(back) == content(out)
+        r = _cli("import-gallery", str(out), "--data-dir", str(tmp_path / "elsewhere"),
+                 "--database-url", pg_url, "--quiet")
+        assert r.returncode == 1 and "open in another faceserve process" in r.stderr
+    finally:
+        replica.close()
+
     # An archive of another model: refused, and no SQLite gallery is created for it.
     other = open_store(tmp_path / "other")
     build_source(other, subjects=2, model="someone-elses-model")
