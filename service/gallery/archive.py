@@ -321,7 +321,11 @@ class ArchiveReader:
         except OSError as exc:
             raise ArchiveError(f"cannot open archive {self.path}: {exc}") from None
         try:
-            self._tar = tarfile.open(fileobj=self._file, mode="r|*")  # noqa: SIM115
+            try:
+                self._tar = tarfile.open(fileobj=self._file, mode="r|*")  # noqa: SIM115
+            except tarfile.TarError as exc:
+                raise ArchiveError(f"{self.path} is truncated or corrupt, or not an archive "
+                                   f"from export-gallery: {exc}") from None
             self._pending: tarfile.TarInfo | None = None
             name, data = self._next()
             if name != "manifest.json":

@@ -339,3 +339,27 @@ def test_cli_sqlite_to_postgres_resumes_and_refuses_another_model(
 
     r = _cli("import-gallery", str(tmp_path / "missing.tar"), "--data-dir", str(tmp_path / "x"))
     assert r.returncode == 1 and "cannot open archive" in r.stderr
+
+
+def test_empty_gallery_round_trips(tmp_path: Path, target: GalleryStore) -> None:
+    empty = open_store(tmp_path / "empty")
+    out = tmp_path / "empty.tar"
+    result = export_gallery(empty, out, progress=False)
+    empty.close()
+    assert result.faces == result.subjects == 0
+    with ArchiveReader(out) as reader:
+        done = import_gallery(reader, target, MODEL, progress=False)
+    assert done.complete and target.state().face_count == 0
+
+
+def test_not_an_archive_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    with tarfile.open(junk, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(ArchiveError, match="not a faceserve gallery archive"):
+        ArchiveReader(junk)
+    (tmp_path / "text.tar").write_text("not a tar at all")
+    with pytest.raises(ArchiveError, match="truncated or corrupt"):
+        ArchiveReader(tmp_path / "text.tar")
