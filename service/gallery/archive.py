@@ -296,6 +296,8 @@ def export_gallery(
             end = {"subjects": subjects, "faces": faces, "chips": chips,
                    "galleries": galleries.counts, "content_sha256": digest.hexdigest()}
             _add_member(tar, "end.json", json.dumps(end, indent=2).encode(), now)
+        with open(partial, "rb") as written:  # on disk before it is given its name
+            os.fsync(written.fileno())
         os.replace(partial, out)
     except BaseException:
         partial.unlink(missing_ok=True)

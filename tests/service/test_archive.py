@@ -363,3 +363,18 @@ def test_not_an_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / "text.tar").write_text("not a tar at all")
     with pytest.raises(ArchiveError, match="truncated or corrupt"):
         ArchiveReader(tmp_path / "text.tar")
+
+
+@pytest.mark.parametrize(("command", "words"), [
+    ("export-gallery", ["consistent", "replicas serve", "OUT.partial", "manifest.json"]),
+    ("import-gallery", ["carries on", "--reembed", "--merge", "service stopped"]),
+])
+def test_help_explains(command: str, words: list[str], capsys: pytest.CaptureFixture) -> None:
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for word in words:
+        assert word in text
