@@ -53,6 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", help="the model the gallery is served with, for its operating "
                    "point (FACESERVE_MODEL, dlib)")
     e.add_argument("--threshold", help="the threshold it is served at (FACESERVE_THRESHOLD)")
+    e.add_argument("--gallery", default=None, metavar="NAME",
+                   help="export only this gallery (namespace of API keys); '' for the default "
+                   "gallery; default: every gallery")
     e.add_argument("--page-size", type=int, default=1000,
                    help="faces per page, the unit of memory and of the import's commits "
                    "(default: %(default)s)")
@@ -190,13 +193,22 @@ def _export(args: argparse.Namespace) -> int:
     if args.page_size < 1:
         print("faceserve export-gallery: --page-size must be positive", file=sys.stderr)
         return 2
+    if args.gallery:
+        from service.security.keys import validate_gallery
+
+        try:
+            validate_gallery(args.gallery)
+        except ValueError as exc:
+            print(f"faceserve export-gallery: {exc}", file=sys.stderr)
+            return 2
     try:
         # PostgreSQL: a shared (non-exclusive) open; the snapshot is consistent while replicas
         # write. SQLite: the data directory's lock keeps the server out meanwhile.
         with _open(settings, exclusive=False, must_exist=True) as store:
             point = _operating_point(settings, store.state().model_counts)
             result = export_gallery(store, out, operating_point=point,
-                                    page_size=args.page_size, progress=not args.quiet)
+                                    page_size=args.page_size, progress=not args.quiet,
+                                    gallery=args.gallery)
     except GalleryLocked as exc:
         print(f"faceserve export-gallery: {exc}. Stop the server to export an SQLite gallery "
               "(or back up its data directory with `sqlite3 gallery.sqlite3 .backup`).",

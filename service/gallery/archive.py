@@ -79,6 +79,7 @@ __all__ = [
     "archive_store_ready",
     "check_archive_model",
     "export_gallery",
+    "gallery_range",
     "import_gallery",
 ]
 
@@ -117,6 +118,17 @@ def gallery_of(subject_id: str) -> str:
         if end > 0:
             return subject_id[1:end]
     return ""
+
+
+def gallery_range(gallery: str | None) -> tuple[str, str | None]:
+    """The stored subject ids ``[lo, hi)`` of one gallery ("" the default one), or of all
+    (None): named galleries' ids are ``\\x1f<name>\\x1f<id>``, the default's start at
+    ``\\x20`` (see ``service.security.keys``)."""
+    if gallery is None:
+        return "", None
+    if not gallery:
+        return "\x20", None
+    return f"{_SEP}{gallery}{_SEP}", f"{_SEP}{gallery}\x20"
 
 
 def _canonical(obj: Any) -> bytes:
@@ -214,8 +226,11 @@ def export_gallery(
     operating_point: dict[str, Any] | None = None,
     page_size: int = FACE_PAGE,
     progress: bool = True,
+    gallery: str | None = None,
 ) -> ExportResult:
-    """Write the whole gallery of ``store`` to the archive ``out`` (see the module docstring).
+    """Write the whole gallery of ``store`` to the archive ``out`` (see the module docstring);
+    with ``gallery``, only that gallery's (namespace's) subjects and faces ("": the default
+    gallery's).
 
     Written to ``<out>.partial`` and renamed when complete, so a crash never leaves a file at
     ``out`` that looks like a whole archive; the file is created readable by its owner only
@@ -235,7 +250,7 @@ def export_gallery(
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(
             fileobj=raw, mode="w", format=tarfile.PAX_FORMAT
-        ) as tar, store.snapshot() as snap:
+        ) as tar, store.snapshot(*gallery_range(gallery)) as snap:
             state = snap.state()
             dims: set[int] = set()
             manifest = {
@@ -244,6 +259,7 @@ def export_gallery(
                 "archive_id": archive_id,
                 "exported_at": _now(),
                 "source": source or store.location,
+                "gallery": gallery,  # null: every gallery of the source
                 "model": {"faces_per_model": state.model_counts, "embedding_size": None},
                 "operating_point": operating_point,
                 "cursor": {"last_change_id": state.last_change_id,

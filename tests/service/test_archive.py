@@ -378,3 +378,24 @@ def test_help_explains(command: str, words: list[str], capsys: pytest.CaptureFix
     text = " ".join(capsys.readouterr().out.split())
     for word in words:
         assert word in text
+
+
+@pytest.mark.parametrize(("gallery", "subjects", "faces"), [("acme", 4, 12), ("", 8, 23)])
+def test_one_gallery_exports_alone(
+    tmp_path: Path, target: GalleryStore, gallery: str, subjects: int, faces: int
+) -> None:
+    src = open_store(tmp_path / "src")
+    build_source(src)
+    out = tmp_path / "one.tar"
+    result = export_gallery(src, out, gallery=gallery, progress=False)
+    src.close()
+    assert (result.subjects, result.faces) == (subjects, faces)
+    assert result.galleries == {gallery: {"subjects": subjects, "faces": faces}}
+    with ArchiveReader(out) as reader:
+        assert reader.manifest["gallery"] == gallery
+        assert reader.manifest["counts"]["subjects"] == subjects
+        import_gallery(reader, target, MODEL, progress=False)
+    assert target.state().face_count == faces
+    owner = Namespace(gallery)
+    listed = target.list_subjects(None, 100)
+    assert len(listed) == subjects and all(owner.owns(s.subject_id) for s in listed)

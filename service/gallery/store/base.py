@@ -257,8 +257,11 @@ class GalleryStore(Protocol):
         only, with the gallery held exclusively); the number of rows changed."""
         ...
 
-    def snapshot(self) -> AbstractContextManager[StoreSnapshot]:
-        """Paged reads of one consistent state (one read transaction for the block)."""
+    def snapshot(
+        self, lo: str = "", hi: str | None = None
+    ) -> AbstractContextManager[StoreSnapshot]:
+        """Paged reads of one consistent state (one read transaction for the block), of the
+        subjects with ids in ``[lo, hi)`` and their faces (all of them by default)."""
         ...
 
     def known_face_ids(self, face_ids: Sequence[str]) -> set[str]:

@@ -115,11 +115,12 @@ class SqlReads:
             return self._state(conn)
 
     @contextmanager
-    def snapshot(self) -> Iterator[SqlSnapshot]:
+    def snapshot(self, lo: str = "", hi: str | None = None) -> Iterator[SqlSnapshot]:
         """Paged reads of one state: one read transaction (SQLite's WAL snapshot, PostgreSQL's
-        REPEATABLE READ) held for the block; pages are keyset queries on the primary keys."""
+        REPEATABLE READ) held for the block; pages are keyset queries on the primary keys.
+        ``lo``, ``hi``: only subjects with ids in ``[lo, hi)`` (one gallery), and their faces."""
         with self._read_transaction() as conn:
-            yield SqlSnapshot(self, conn)
+            yield SqlSnapshot(self, conn, lo, hi)
 
     def known_face_ids(self, face_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -230,14 +231,29 @@ class SqlReads:
 
 
 class SqlSnapshot:
-    """``StoreSnapshot`` over an open read transaction of a SQL store (see ``snapshot``)."""
+    """``StoreSnapshot`` over an open read transaction of a SQL store (see ``snapshot``),
+    limited to the subjects with ids in ``[lo, hi)`` (one gallery) when given."""
 
-    def __init__(self, store: SqlReads, conn: Any) -> None:
+    def __init__(self, store: SqlReads, conn: Any, lo: str = "", hi: str | None = None) -> None:
         self._store = store
         self._conn = conn
+        p = store._P
+        self._where = f"subject_id >= {p}" + ("" if hi is None else f" AND subject_id < {p}")
+        self._bounds: tuple[str, ...] = (lo,) if hi is None else (lo, hi)
 
     def state(self) -> StoreState:
-        return self._store._state(self._conn)
+        models = {
+            str(m): int(n)
+            for m, n in self._conn.execute(
+                f"SELECT model, count(*) FROM faces WHERE {self._where} GROUP BY model",
+                self._bounds,
+            )
+        }
+        subjects = int(self._conn.execute(
+            f"SELECT count(*) FROM subjects WHERE {self._where}", self._bounds
+        ).fetchone()[0])
+        return StoreState(sum(models.values()), subjects, self._store._last_change(self._conn),
+                          models)
 
     def last_audit_id(self) -> int:
         row = self._conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
@@ -245,7 +261,9 @@ class SqlSnapshot:
 
     def chipless_models(self) -> dict[str, int]:
         rows = self._conn.execute(
-            "SELECT model, count(*) FROM faces WHERE chip IS NULL GROUP BY model"
+            f"SELECT model, count(*) FROM faces WHERE chip IS NULL AND {self._where} "
+            "GROUP BY model",
+            self._bounds,
         ).fetchall()
         return {str(m): int(n) for m, n in rows}
 
@@ -255,8 +273,9 @@ class SqlSnapshot:
             rows = self._conn.execute(
                 "SELECT subject_id, metadata, created_at, "
                 "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
-                f"FROM subjects s WHERE subject_id > {p} ORDER BY subject_id LIMIT {p}",
-                (after, int(size)),
+                f"FROM subjects s WHERE subject_id > {p} AND {self._where} "
+                f"ORDER BY subject_id LIMIT {p}",
+                (after, *self._bounds, int(size)),
             ).fetchall()
             if not rows:
                 return
@@ -268,8 +287,8 @@ class SqlSnapshot:
         while True:
             rows = self._conn.execute(
                 f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces WHERE id > {p} "
-                f"ORDER BY id LIMIT {p}",
-                (after, int(size)),
+                f"AND {self._where} ORDER BY id LIMIT {p}",
+                (after, *self._bounds, int(size)),
             ).fetchall()
             if not rows:
                 return
