@@ -399,3 +399,36 @@ def test_one_gallery_exports_alone(
     owner = Namespace(gallery)
     listed = target.list_subjects(None, 100)
     assert len(listed) == subjects and all(owner.owns(s.subject_id) for s in listed)
+
+
+@pytest.mark.slow
+def test_cli_reembed_computes_the_target_models_embeddings_from_the_chips(
+    tmp_path: Path,
+) -> None:
+    from models.embedding_model import load_embedding_model
+    from service.config import Settings
+
+    src = open_store(tmp_path / "src")
+    build_source(src, model="an-old-model")
+    export_gallery(src, tmp_path / "old.tar", progress=False)
+    src.close()
+    dst = ["--data-dir", str(tmp_path / "dst"), "--quiet", "--device", "cpu"]
+    r = _cli("import-gallery", str(tmp_path / "old.tar"), *dst, "--reembed")
+    assert r.returncode == 1 and "--skip-faces-without-chips" in r.stderr  # 2 have no chip
+    r = _cli("import-gallery", str(tmp_path / "old.tar"), *dst, "--reembed",
+             "--skip-faces-without-chips")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["reembedded"] == summary["faces_added"] == 33
+    assert "does not apply" not in r.stderr  # the archive recorded no operating point
+
+    store = open_store(tmp_path / "dst")
+    try:
+        assert store.state().model_counts == {MODEL: 33}
+        face, jpeg = store.get_face("f-000300"), store.get_chip("f-000300")
+        assert face is not None and jpeg is not None
+        model = load_embedding_model("dlib", "cpu")
+        want = model.embed_chips(decode_chip(jpeg)[None].copy(), flip=Settings().flip)[0]
+        np.testing.assert_allclose(face.embedding, want, atol=1e-4)
+    finally:
+        store.close()
