@@ -241,13 +241,29 @@ def test_corrupt_page_is_refused_before_it_is_stored(
 def test_non_empty_target_needs_merge(
     tmp_path: Path, source_archive: Path, target: GalleryStore
 ) -> None:
-    build_source(target, subjects=2)  # person-001 and member-000 exist, with other metadata
+    build_source(target, subjects=2)  # member-000 and person-001 exist (5 faces)
+    # The same photo of person-002 as the archive's f-000200, enrolled here under another id.
+    same_photo = open_store(tmp_path / "tmp")
+    build_source(same_photo, subjects=3)
+    twin = same_photo.get_face("f-000200")
+    same_photo.close()
+    assert twin is not None and twin.embedding is not None
+    target.add_face(NewFace(
+        face_id="enrolled-here", subject_id=twin.subject_id, bbox=twin.bbox,
+        landmarks=twin.landmarks, detection_confidence=twin.detection_confidence,
+        model=MODEL, image_sha256=twin.image_sha256, created_at=twin.created_at,
+        embedding=twin.embedding), {"name": "kept"})
     with ArchiveReader(source_archive) as reader, pytest.raises(ArchiveError, match="--merge"):
         import_gallery(reader, target, MODEL, progress=False)
     with ArchiveReader(source_archive) as reader:
         result = import_gallery(reader, target, MODEL, merge=True, progress=False)
-    # The 5 faces the target already had (same face ids) are skipped.
-    assert result.faces_present == 5 and target.state().face_count == 35
+    # The 5 faces the target already had (same face ids) are skipped, and so is the same photo
+    # of the same subject under another face id; subjects it had keep their metadata.
+    assert result.faces_present == 5 and result.faces_conflicting == 1
+    assert result.faces_added == 29 and target.state().face_count == 35
+    assert target.get_face("f-000200") is None
+    subject = target.get_subject("person-002", with_faces=False)
+    assert subject is not None and subject.metadata == {"name": "kept"}
 
 
 # ---------------------------------------------------------------- models
