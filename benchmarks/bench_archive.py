@@ -103,7 +103,8 @@ def build_source(data_dir: Path, faces: int) -> dict[str, Any]:
 
 
 def step(kind: str, data_dir: Path, url: str | None, archive: Path, page_size: int) -> dict:
-    from service.gallery.archive import ArchiveReader, export_gallery, import_gallery
+    from service.gallery.archive import ArchiveReader, export_gallery
+    from service.gallery.archive_import import import_gallery
     from service.gallery.store import open_store
 
     store = open_store(data_dir, url)
@@ -139,7 +140,7 @@ def baseline_rss() -> float:
     """Peak RSS of a process that only imports what a step imports: subtracted to show what
     the data costs."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import bench_archive, "
-            "service.gallery.archive, service.gallery.store.postgres; "
+            "service.gallery.archive_import, service.gallery.store.postgres; "
             "print(bench_archive.peak_rss_mib())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)

@@ -1,9 +1,9 @@
 """``faceserve export-gallery`` and ``faceserve import-gallery``: move or back up a gallery.
 
-The archive format and the streaming are in ``service.gallery.archive``; this module resolves
-settings, opens the stores with the right locks and prints what happened. Export reads a
-consistent snapshot: from PostgreSQL while replicas serve, from SQLite with the server stopped
-(one process per data directory). Import holds the target exclusively, like ``reembed``: no
+The archive format is in ``service.gallery.archive``, the import in ``.archive_import``; this
+module resolves settings, opens the stores with the right locks and prints what happened. Export
+reads a consistent snapshot: from PostgreSQL while replicas serve, from SQLite with the server
+stopped (one process per data directory). Import holds the target exclusively, like ``reembed``: no
 server may serve a gallery that is being filled, perhaps with another model's embeddings.
 """
 
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.gallery.archive import ArchiveStore
+    from service.gallery.archive import ArchiveReader
+    from service.gallery.archive_import import ArchiveStore
 
 __all__ = ["add_parsers", "model_identity"]
 
@@ -228,7 +229,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from service.gallery.archive import ArchiveError, ArchiveReader, check_archive_model
+    from service.gallery.archive import ArchiveError, ArchiveReader
+    from service.gallery.archive_import import check_archive_model
     from service.gallery.gallery import GalleryLocked
     from service.gallery.store.base import StoreError
 
@@ -266,10 +268,10 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _import_into(
-    args: argparse.Namespace, settings: Settings, reader: Any, store: ArchiveStore,
+    args: argparse.Namespace, settings: Settings, reader: ArchiveReader, store: ArchiveStore,
     version: str, dim: int,
 ) -> int:
-    from service.gallery.archive import archive_store_ready, import_gallery
+    from service.gallery.archive_import import archive_store_ready, import_gallery
     from service.gallery.gallery import SNAPSHOT_NAME
     from service.gallery.index import remove_snapshot
 

@@ -27,8 +27,8 @@ from service.gallery.archive import (
     ArchiveModelMismatch,
     ArchiveReader,
     export_gallery,
-    import_gallery,
 )
+from service.gallery.archive_import import import_gallery
 from service.gallery.gallery import Gallery
 from service.gallery.reembed import decode_chip
 from service.gallery.store import GalleryStore, NewFace, open_store
