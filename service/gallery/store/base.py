@@ -27,7 +27,7 @@ __all__ = [
     "FaceChunk",
     "FaceRecord",
     "GalleryStore",
-    "ImportResult",
+    "ImportBatchResult",
     "KeyRecord",
     "LogPosition",
     "NewAuditEvent",
@@ -125,7 +125,7 @@ class StoreState:
 
 
 @dataclass(frozen=True)
-class ImportResult:
+class ImportBatchResult:
     """What one ``import_batch`` transaction added (rows already present are skipped)."""
 
     subjects_added: int
@@ -270,7 +270,7 @@ class GalleryStore(Protocol):
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
-    ) -> ImportResult:
+    ) -> ImportBatchResult:
         """Insert these subjects (metadata and creation time as given) and faces (ids and
         times as given) in one transaction, with an 'add' change per face, skipping any subject
         id, face id or (subject, image) already present: re-running a batch adds nothing."""

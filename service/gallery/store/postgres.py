@@ -54,7 +54,7 @@ from service.gallery.store.base import (
     DeleteResult,
     FaceChunk,
     FaceRecord,
-    ImportResult,
+    ImportBatchResult,
     KeyRecord,
     LogPosition,
     NewAuditEvent,
@@ -390,7 +390,7 @@ class PostgresStore(SqlReads):
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
-    ) -> ImportResult:
+    ) -> ImportBatchResult:
         with self._write_transaction() as conn:
             subjects_added = 0
             if subjects:
@@ -428,7 +428,7 @@ class PostgresStore(SqlReads):
                         if not cur.nextset():
                             break
             change_id = self._log_adds(conn, row_ids) if row_ids else self._last_change(conn)
-        return ImportResult(subjects_added, len(row_ids), change_id)
+        return ImportBatchResult(subjects_added, len(row_ids), change_id)
 
     def _log_adds(self, conn: psycopg.Connection, row_ids: list[int]) -> int:
         row = conn.execute(

@@ -35,7 +35,7 @@ from service.gallery.store.base import (
     DeleteResult,
     FaceChunk,
     FaceRecord,
-    ImportResult,
+    ImportBatchResult,
     KeyRecord,
     LogPosition,
     NewAuditEvent,
@@ -360,7 +360,7 @@ class SqliteStore(SqlReads):
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
-    ) -> ImportResult:
+    ) -> ImportBatchResult:
         with self._write_transaction() as conn:
             subjects_added = 0
             for subject in subjects:
@@ -392,7 +392,7 @@ class SqliteStore(SqlReads):
                 "INSERT INTO changes (op, face_row_id, at) VALUES ('add', ?, ?)",
                 [(r, at) for r in row_ids],
             )
-            return ImportResult(subjects_added, len(row_ids), self._last_change(conn))
+            return ImportBatchResult(subjects_added, len(row_ids), self._last_change(conn))
 
     def _delete(self, conn: sqlite3.Connection, row_ids: list[int]) -> None:
         at = _now()
