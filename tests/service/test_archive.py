@@ -448,3 +448,67 @@ def test_cli_reembed_computes_the_target_models_embeddings_from_the_chips(
         np.testing.assert_allclose(face.embedding, want, atol=1e-4)
     finally:
         store.close()
+
+
+def test_killed_import_resumes(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an import (no clean-up runs), then the same command again."""
+    import signal
+    import sqlite3
+    import time
+
+    from service.gallery.store.base import SubjectRecord
+
+    n = 6000
+    src = open_store(tmp_path / "src")
+    jpeg = encode_jpeg(chip(1))
+    for lo in range(0, n, 1000):
+        src.import_batch(
+            [SubjectRecord(f"s{i:05d}", {}, "2026-01-01T00:00:00.000Z", 0)
+             for i in range(lo // 2, (lo + 1000) // 2)],
+            [NewFace(face_id=f"f{i:05d}", subject_id=f"s{i // 2:05d}", bbox=(1, 2, 3, 4),
+                     landmarks=[[1.0, 2.0]], detection_confidence=0.9, model=MODEL,
+                     image_sha256=f"{i:064x}", created_at="2026-01-01T00:00:00.000Z",
+                     embedding=unit(i), chip_jpeg=jpeg) for i in range(lo, lo + 1000)],
+        )
+    archive = tmp_path / "big.tar"
+    export_gallery(src, archive, page_size=50, progress=False)
+    src.close()
+
+    dst = tmp_path / "dst"
+    environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "import-gallery", str(archive), "--data-dir",
+         str(dst), "--quiet"], cwd=REPO, env=environ, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    seen = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with sqlite3.connect(dst / "gallery.sqlite3", timeout=5) as conn:
+                    seen = conn.execute("SELECT count(*) FROM faces").fetchone()[0]
+            except sqlite3.OperationalError:
+                seen = 0  # not created yet
+            if seen >= 200:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    if proc.returncode != -signal.SIGKILL or not 0 < seen < n:
+        pytest.skip(f"the import finished before it could be killed ({seen} faces seen)")
+
+    r = _cli("import-gallery", str(archive), "--data-dir", str(dst), "--quiet")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["resumed"] and summary["complete"]
+    assert summary["faces_added"] + summary["faces_already_present"] == n
+    assert summary["faces_already_present"] >= seen
+    store = open_store(dst)
+    try:
+        ids, changes = _faces_and_changes(store)
+        assert len(ids) == len(set(ids)) == n and changes == n
+        assert [e.action for e in store.list_audit(None, 0, 10)] == [
+            "import_gallery_started", "import_gallery"]
+    finally:
+        store.close()
