@@ -17,6 +17,7 @@ SUBCOMMANDS: list[str] = [
     "models.training.commands",
     "service.commands",
     "service.bulk_commands",
+    "service.archive_commands",
 ]
 
 

@@ -11,6 +11,7 @@ process keeps its own index and applies the log's adds and deletes in change-id 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ __all__ = [
     "FaceChunk",
     "FaceRecord",
     "GalleryStore",
+    "ImportBatchResult",
     "KeyRecord",
     "LogPosition",
     "NewAuditEvent",
@@ -34,6 +36,7 @@ __all__ = [
     "SecurityStore",
     "SharedGalleryStore",
     "StoreError",
+    "StoreSnapshot",
     "StoreState",
     "SubjectRecord",
 ]
@@ -119,6 +122,39 @@ class StoreState:
     subject_count: int
     last_change_id: int
     model_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ImportBatchResult:
+    """What one ``import_batch`` transaction added (rows already present are skipped)."""
+
+    subjects_added: int
+    faces_added: int
+    change_id: int  # the store's last change id after the transaction
+
+
+class StoreSnapshot(Protocol):
+    """Reads that all see one state of the store, page by page (``faceserve export-gallery``):
+    a whole gallery can be streamed out consistently while others write, holding one page in
+    memory at a time."""
+
+    def state(self) -> StoreState: ...
+
+    def last_audit_id(self) -> int:
+        """The id of the last audit event (0 when none): where the audit log stood."""
+        ...
+
+    def chipless_models(self) -> dict[str, int]:
+        """Faces without a stored chip, per model (they cannot be re-embedded)."""
+        ...
+
+    def subject_pages(self, size: int) -> Iterator[list[SubjectRecord]]:
+        """Every subject in id order (``faces`` empty, ``face_count`` set), ``size`` at a time."""
+        ...
+
+    def face_pages(self, size: int) -> Iterator[list[NewFace]]:
+        """Every face in row-id order with its embedding and chip, ``size`` at a time."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -219,6 +255,25 @@ class GalleryStore(Protocol):
     def set_embeddings(self, updates: Sequence[tuple[int, np.ndarray]], model: str) -> int:
         """Replace these rows' embeddings and model label in one transaction (re-embedding
         only, with the gallery held exclusively); the number of rows changed."""
+        ...
+
+    def snapshot(
+        self, lo: str = "", hi: str | None = None
+    ) -> AbstractContextManager[StoreSnapshot]:
+        """Paged reads of one consistent state (one read transaction for the block), of the
+        subjects with ids in ``[lo, hi)`` and their faces (all of them by default)."""
+        ...
+
+    def known_face_ids(self, face_ids: Sequence[str]) -> set[str]:
+        """Those of ``face_ids`` that the store holds."""
+        ...
+
+    def import_batch(
+        self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
+    ) -> ImportBatchResult:
+        """Insert these subjects (metadata and creation time as given) and faces (ids and
+        times as given) in one transaction, with an 'add' change per face, skipping any subject
+        id, face id or (subject, image) already present: re-running a batch adds nothing."""
         ...
 
     def close(self) -> None: ...

@@ -37,7 +37,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,12 +54,14 @@ from service.gallery.store.base import (
     DeleteResult,
     FaceChunk,
     FaceRecord,
+    ImportBatchResult,
     KeyRecord,
     LogPosition,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
     StoreError,
+    SubjectRecord,
 )
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
 from service.gallery.store.sql_common import (
@@ -385,6 +387,60 @@ class PostgresStore(SqlReads):
             embedding=from_blob(to_blob(face.embedding)),
         )
         return AddResult(record, row_id, True, subject_created, change_id)
+
+    def import_batch(
+        self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
+    ) -> ImportBatchResult:
+        with self._write_transaction() as conn:
+            subjects_added = 0
+            if subjects:
+                row = conn.execute(
+                    "WITH added AS (INSERT INTO subjects (subject_id, metadata, created_at) "
+                    "SELECT * FROM unnest(%s::text[], %s::json[], %s::text[]) "
+                    "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM added",
+                    ([s.subject_id for s in subjects],
+                     [json.dumps(s.metadata, ensure_ascii=False) for s in subjects],
+                     [s.created_at for s in subjects]),
+                ).fetchone()
+                subjects_added = int(row[0]) if row else 0
+            row_ids: list[int] = []
+            if faces:
+                with conn.cursor() as cur:
+                    # One statement per face, pipelined; a face already present returns no row.
+                    cur.executemany(
+                        "INSERT INTO faces (face_id, subject_id, bbox, landmarks, "
+                        "detection_confidence, model, image_sha256, created_at, embedding, "
+                        "chip) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING RETURNING id",
+                        [
+                            (f.face_id, f.subject_id, [int(v) for v in f.bbox],
+                             [[float(c) for c in point] for point in f.landmarks],
+                             float(f.detection_confidence), f.model, f.image_sha256,
+                             f.created_at, to_blob(f.embedding), f.chip_jpeg)
+                            for f in faces
+                        ],
+                        returning=True,
+                    )
+                    while True:
+                        got = cur.fetchone()
+                        if got is not None:
+                            row_ids.append(int(got[0]))
+                        if not cur.nextset():
+                            break
+            change_id = self._log_adds(conn, row_ids) if row_ids else self._last_change(conn)
+        return ImportBatchResult(subjects_added, len(row_ids), change_id)
+
+    def _log_adds(self, conn: psycopg.Connection, row_ids: list[int]) -> int:
+        row = conn.execute(
+            "WITH logged AS (INSERT INTO changes (op, face_row_id) "
+            "SELECT 'add', r FROM unnest(%s::bigint[]) WITH ORDINALITY AS t (r, n) ORDER BY n "
+            "RETURNING change_id) SELECT max(change_id) FROM logged",
+            (row_ids,),
+        ).fetchone()
+        assert row is not None and row[0] is not None
+        change_id = int(row[0])
+        self._notify(conn, change_id)
+        return change_id
 
     def _log_deletes(self, conn: psycopg.Connection, row_ids: list[int]) -> int:
         row = conn.execute(

@@ -10,19 +10,26 @@ as well; the write runs in the store's own ``_write_transaction``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
 
-from service.gallery.store.base import FaceRecord, KeyRecord, StoreState, SubjectRecord
+from service.gallery.store.base import (
+    FaceRecord,
+    KeyRecord,
+    NewFace,
+    StoreState,
+    SubjectRecord,
+)
 
 __all__ = [
     "FACE_COLUMNS",
     "KEY_COLUMNS",
     "ReembedRow",
     "SqlReads",
+    "SqlSnapshot",
     "from_blob",
     "key_record",
     "to_blob",
@@ -95,15 +102,38 @@ class SqlReads:
             embedding=from_blob(row[9]) if with_embedding else None,
         )
 
+    def _state(self, conn: Any) -> StoreState:
+        models = {
+            str(m): int(n)
+            for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
+        }
+        subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
+        return StoreState(sum(models.values()), subjects, self._last_change(conn), models)
+
     def state(self) -> StoreState:
         with self._read_transaction() as conn:
-            models = {
-                str(m): int(n)
-                for m, n in conn.execute("SELECT model, count(*) FROM faces GROUP BY model")
-            }
-            subjects = int(conn.execute("SELECT count(*) FROM subjects").fetchone()[0])
-            last = self._last_change(conn)
-        return StoreState(sum(models.values()), subjects, last, models)
+            return self._state(conn)
+
+    @contextmanager
+    def snapshot(self, lo: str = "", hi: str | None = None) -> Iterator[SqlSnapshot]:
+        """Paged reads of one state: one read transaction (SQLite's WAL snapshot, PostgreSQL's
+        REPEATABLE READ) held for the block; pages are keyset queries on the primary keys.
+        ``lo``, ``hi``: only subjects with ids in ``[lo, hi)`` (one gallery), and their faces."""
+        with self._read_transaction() as conn:
+            yield SqlSnapshot(self, conn, lo, hi)
+
+    def known_face_ids(self, face_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        ids = list(face_ids)
+        with self._reader() as conn:
+            for start in range(0, len(ids), 500):  # below every SQLite's parameter limit
+                part = ids[start:start + 500]
+                marks = ", ".join([self._P] * len(part))
+                rows = conn.execute(
+                    f"SELECT face_id FROM faces WHERE face_id IN ({marks})", part
+                ).fetchall()
+                found.update(str(r[0]) for r in rows)
+        return found
 
     def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None:
         columns = FACE_COLUMNS + (", embedding" if with_embedding else "")
@@ -198,3 +228,79 @@ class SqlReads:
                 )
                 changed += max(int(cur.rowcount), 0)
         return changed
+
+
+class SqlSnapshot:
+    """``StoreSnapshot`` over an open read transaction of a SQL store (see ``snapshot``),
+    limited to the subjects with ids in ``[lo, hi)`` (one gallery) when given."""
+
+    def __init__(self, store: SqlReads, conn: Any, lo: str = "", hi: str | None = None) -> None:
+        self._store = store
+        self._conn = conn
+        p = store._P
+        self._where = f"subject_id >= {p}" + ("" if hi is None else f" AND subject_id < {p}")
+        self._bounds: tuple[str, ...] = (lo,) if hi is None else (lo, hi)
+
+    def state(self) -> StoreState:
+        models = {
+            str(m): int(n)
+            for m, n in self._conn.execute(
+                f"SELECT model, count(*) FROM faces WHERE {self._where} GROUP BY model",
+                self._bounds,
+            )
+        }
+        subjects = int(self._conn.execute(
+            f"SELECT count(*) FROM subjects WHERE {self._where}", self._bounds
+        ).fetchone()[0])
+        return StoreState(sum(models.values()), subjects, self._store._last_change(self._conn),
+                          models)
+
+    def last_audit_id(self) -> int:
+        row = self._conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
+        return int(row[0])
+
+    def chipless_models(self) -> dict[str, int]:
+        rows = self._conn.execute(
+            f"SELECT model, count(*) FROM faces WHERE chip IS NULL AND {self._where} "
+            "GROUP BY model",
+            self._bounds,
+        ).fetchall()
+        return {str(m): int(n) for m, n in rows}
+
+    def subject_pages(self, size: int) -> Iterator[list[SubjectRecord]]:
+        p, after = self._store._P, ""
+        while True:
+            rows = self._conn.execute(
+                "SELECT subject_id, metadata, created_at, "
+                "(SELECT count(*) FROM faces f WHERE f.subject_id = s.subject_id) "
+                f"FROM subjects s WHERE subject_id > {p} AND {self._where} "
+                f"ORDER BY subject_id LIMIT {p}",
+                (after, *self._bounds, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            yield [SubjectRecord(r[0], self._store._json(r[1]), r[2], int(r[3])) for r in rows]
+            after = rows[-1][0]
+
+    def face_pages(self, size: int) -> Iterator[list[NewFace]]:
+        p, after = self._store._P, 0
+        while True:
+            rows = self._conn.execute(
+                f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces WHERE id > {p} "
+                f"AND {self._where} ORDER BY id LIMIT {p}",
+                (after, *self._bounds, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            page = []
+            for r in rows:
+                rec = self._store._face_record(r, True)
+                assert rec.embedding is not None
+                page.append(NewFace(
+                    face_id=rec.face_id, subject_id=rec.subject_id, bbox=rec.bbox,
+                    landmarks=rec.landmarks, detection_confidence=rec.detection_confidence,
+                    model=rec.model, image_sha256=rec.image_sha256, created_at=rec.created_at,
+                    embedding=rec.embedding, chip_jpeg=None if r[10] is None else bytes(r[10]),
+                ))
+            yield page
+            after = int(rows[-1][0])

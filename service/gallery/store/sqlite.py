@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,12 +35,14 @@ from service.gallery.store.base import (
     DeleteResult,
     FaceChunk,
     FaceRecord,
+    ImportBatchResult,
     KeyRecord,
     LogPosition,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
     StoreError,
+    SubjectRecord,
 )
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
@@ -355,6 +357,42 @@ class SqliteStore(SqlReads):
                 embedding=from_blob(to_blob(face.embedding)),
             )
             return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0))
+
+    def import_batch(
+        self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
+    ) -> ImportBatchResult:
+        with self._write_transaction() as conn:
+            subjects_added = 0
+            for subject in subjects:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO subjects (subject_id, metadata, created_at) "
+                    "VALUES (?, ?, ?)",
+                    (subject.subject_id, json.dumps(subject.metadata, ensure_ascii=False),
+                     subject.created_at),
+                )
+                subjects_added += max(int(cur.rowcount), 0)
+            row_ids: list[int] = []
+            for face in faces:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO faces (face_id, subject_id, bbox, landmarks, "
+                    "detection_confidence, model, image_sha256, created_at, embedding, chip) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        face.face_id, face.subject_id,
+                        json.dumps([int(v) for v in face.bbox]),
+                        json.dumps([[float(c) for c in point] for point in face.landmarks]),
+                        float(face.detection_confidence), face.model, face.image_sha256,
+                        face.created_at, to_blob(face.embedding), face.chip_jpeg,
+                    ),
+                )
+                if cur.rowcount > 0:
+                    row_ids.append(int(cur.lastrowid or 0))
+            at = _now()
+            conn.executemany(
+                "INSERT INTO changes (op, face_row_id, at) VALUES ('add', ?, ?)",
+                [(r, at) for r in row_ids],
+            )
+            return ImportBatchResult(subjects_added, len(row_ids), self._last_change(conn))
 
     def _delete(self, conn: sqlite3.Connection, row_ids: list[int]) -> None:
         at = _now()
