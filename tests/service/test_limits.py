@@ -35,7 +35,7 @@ class HeldPipeline(FakePipeline):
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def detect(self, image: np.ndarray) -> list:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
         self.entered.release()
         assert self.release.wait(WAIT_S), "test never released the pipeline"
         return super().detect(image)
