@@ -17,8 +17,8 @@ __all__ = ["cluster_subset"]
 def cluster_subset(
     image_dir: Path,
     *,
-    people_images: int = 2000,
-    distractors: int = 500,
+    people_images: int = 5000,
+    distractors: int = 1000,
     per_person: int = 20,
     seed: int = 0,
 ) -> tuple[list[Path], list[str]]:

@@ -175,10 +175,10 @@ def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:
                         "(default: out/eval-lfw)")
     q.add_argument("--cache", type=Path, metavar="FILE",
                    help="embedding cache (default: OUT/embeddings-<model>.npz)")
-    q.add_argument("--people-images", type=int, default=2000, metavar="N",
-                   help="photos of people with two or more photos (default 2000)")
-    q.add_argument("--distractors", type=int, default=500, metavar="N",
-                   help="photos of people with one photo (default 500)")
+    q.add_argument("--people-images", type=int, default=5000, metavar="N",
+                   help="photos of people with two or more photos (default 5000)")
+    q.add_argument("--distractors", type=int, default=1000, metavar="N",
+                   help="photos of people with one photo (default 1000)")
     q.add_argument("--per-person", type=int, default=20, metavar="N",
                    help="at most N photos per person (default 20)")
     q.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
