@@ -224,3 +224,23 @@ def test_cluster_command_on_a_folder(shared_data: Path, tmp_path: Path) -> None:
     assert len(rows) == 10
     kit_rose = [r for r in rows if r["photo"] == "kit_with_rose.jpg"]
     assert len(kit_rose) == 2 and kit_rose[0]["cluster"] != kit_rose[1]["cluster"]
+
+
+def test_eval_cluster_command(shared_data: Path, tmp_path: Path) -> None:
+    """`faceserve eval cluster` on a small seeded subset: report written, scores sensible."""
+    import json
+
+    from service.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "cluster", "--root", str(shared_data / "lfw"), "--out", str(out),
+                 "--people-images", "40", "--distractors", "10", "--device", "cpu",
+                 "--thresholds", "0.915,0.93", "--no-progress"]) == 0
+    report = json.loads((out / "cluster.json").read_text())
+    assert report["dataset"]["faces"] >= 50  # whole people: the last may pass 40
+    rows = {(r["algorithm"], r["threshold"]): r for r in report["results"]}
+    assert set(rows) == {(a, t) for a in ALGORITHMS for t in (0.915, 0.93)}
+    assert rows[("average", 0.93)]["bcubed_f"] >= 0.85
+    assert set(report["incremental"]) == set(ALGORITHMS)
+    assert (out / "cluster.md").read_text().startswith("LFW clustering:")
+    assert (out / "embeddings-dlib-resnet-v1.npz").is_file()  # the cache `eval lfw` shares
