@@ -327,10 +327,8 @@ class Clustering:
             score, ok = self._cluster_scores(sims, onehot, counts, lab, n_clusters)
             for r in range(len(sims)):
                 i = start + r
-                order = np.argsort(-score[r])
-                for c in order:
-                    if not ok[r, c]:
-                        break
+                allowed = np.flatnonzero(ok[r])
+                for c in allowed[np.argsort(-score[r, allowed])]:
                     if new_photos[i] is not None and new_photos[i] in member_photos.get(
                             int(c), set()):
                         continue
