@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from tests.service import postgres_util
 from tests.service.conftest import AppFactory, fake_photo
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def pool_client(request: pytest.FixtureRequest, make_client: AppFactory) -> Iterator[TestClient]:
+    """An app that remembers unknown faces, on SQLite or on a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield make_client(remember_unknown=True)
+        return
+    with postgres_util.fresh_schema() as (url, _):
+        client = make_client(remember_unknown=True, database_url=url)
+        yield client
+        client.__exit__(None, None, None)  # before the schema is dropped
 
 
 def png(data: bytes) -> tuple[str, bytes, str]:
@@ -33,8 +48,8 @@ def test_remember_unknown_is_refused_unless_the_server_allows_it(client: TestCli
     assert r.status_code == 422 and r.json()["error"]["code"] == "remember_unknown_off"
 
 
-def test_unknown_faces_are_clustered_named_and_discarded(make_client: AppFactory) -> None:
-    client = make_client(remember_unknown=True)
+def test_unknown_faces_are_clustered_named_and_discarded(pool_client: TestClient) -> None:
+    client = pool_client
     r = client.post("/enroll", files={"image": png(fake_photo(1))}, data={"subject_id": "one"})
     assert r.status_code in (200, 201), r.text
     ids7 = [identify(client, 7, v)["faces"][0]["unknown_face_id"] for v in range(3)]
