@@ -131,3 +131,21 @@ def test_pool_faces_expire_after_the_retention_limit(
             ("album/31-0.png",)]
     finally:
         conn.close()
+
+
+def test_a_cluster_of_another_models_faces_is_not_enrolled(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    client = make_client(remember_unknown=True, data_dir=tmp_path / "old")
+    identify(client, 40, 0)
+    identify(client, 40, 1)
+    [cluster] = client.post("/clusters").json()["clusters"]
+    conn = sqlite3.connect(tmp_path / "old" / "gallery.sqlite3")
+    try:
+        conn.execute("UPDATE unknown_faces SET model = 'retired-model'")
+        conn.commit()
+    finally:
+        conn.close()
+    r = client.post(f"/clusters/{cluster['cluster_id']}/name", json={"subject_id": "forty"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
+    assert client.get("/subjects/forty").status_code == 404

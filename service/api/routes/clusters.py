@@ -46,6 +46,10 @@ class ClusterNotFound(ServiceError):
     status, code = 404, "cluster_not_found"
 
 
+class ClusterOfAnotherModel(ServiceError):
+    status, code = 409, "model_mismatch"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -200,7 +204,7 @@ def _members(gallery: Gallery, principal: Principal, cluster_id: str) -> list[Un
         "Enrolls every face of the cluster as a template of `subject_id` (created, or added "
         "to an existing subject), then removes them from the pool. Needs scope `admin`."
     ),
-    responses=error_responses(401, 403, 404, 408, 422, 429, 503),
+    responses=error_responses(401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def name_cluster(
     principal: AdminKey, services: ServicesDep, gallery: GalleryDep,
@@ -210,6 +214,11 @@ async def name_cluster(
 
     def enroll() -> list[str]:
         faces = _members(gallery, principal, cluster_id)
+        others = {f.model for f in faces} - {gallery.model_version}
+        if others:  # remembered before a `faceserve reembed`: not comparable any more
+            raise ClusterOfAnotherModel(
+                f"cluster {cluster_id!r} holds embeddings of {sorted(others)}, the gallery "
+                f"is {gallery.model_version}; discard it")
         stored = principal.namespace.internal(body.subject_id)
         enrolled = []
         for f in faces:
