@@ -396,6 +396,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 class ClusterRequest(_Strict):
     """``application/json`` body of POST /clusters."""
 
+    model_config = ConfigDict(extra="forbid", strict=True)  # `false` is not a threshold
+
     mode: Literal["incremental", "full"] = Field(
         "incremental",
         description="`incremental`: faces new to the pool join the existing clusters (or "
@@ -409,6 +411,8 @@ class ClusterRequest(_Strict):
 
 class NameClusterRequest(_Strict):
     """``application/json`` body of POST /clusters/{id}/name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     subject_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
                             description="Subject to enroll the cluster's faces as (new or "

@@ -127,7 +127,7 @@ def recluster(faces: list[UnknownFace], mode: str, threshold: float) -> dict[str
         "new since the last run without moving the others; `full` reclusters everything. "
         "Faces past the retention limit are erased first. Needs scope `admin`."
     ),
-    responses=error_responses(401, 403, 408, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 408, 422, 429, 503),
 )
 async def run_clustering(
     principal: AdminKey, gallery: GalleryDep, settings: SettingsDep,
@@ -204,7 +204,7 @@ def _members(gallery: Gallery, principal: Principal, cluster_id: str) -> list[Un
         "Enrolls every face of the cluster as a template of `subject_id` (created, or added "
         "to an existing subject), then removes them from the pool. Needs scope `admin`."
     ),
-    responses=error_responses(401, 403, 404, 408, 409, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def name_cluster(
     principal: AdminKey, services: ServicesDep, gallery: GalleryDep,
