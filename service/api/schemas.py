@@ -97,6 +97,7 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "MergeClusterRequest",
     "NameClusterRequest",
     "NameClusterResponse",
     "OperatingPoint",
@@ -104,6 +105,7 @@ __all__ = [
     "ReadyResponse",
     "ReplicationLag",
     "SelfTestReport",
+    "SplitClusterRequest",
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
@@ -417,3 +419,21 @@ class NameClusterRequest(_Strict):
     subject_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
                             description="Subject to enroll the cluster's faces as (new or "
                             "existing).")
+
+
+class MergeClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters/{id}/merge."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    into: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                      description="The cluster that receives the faces.")
+
+
+class SplitClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters/{id}/split."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    face_ids: list[str] = Field(min_length=1, max_length=1000,
+                                description="Pool faces to take out of the cluster.")

@@ -149,3 +149,51 @@ def test_a_cluster_of_another_models_faces_is_not_enrolled(
     r = client.post(f"/clusters/{cluster['cluster_id']}/name", json={"subject_id": "forty"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_mismatch"
     assert client.get("/subjects/forty").status_code == 404
+
+
+def test_merge_and_split_stick_through_reclustering(pool_client: TestClient) -> None:
+    client = pool_client
+    for person in (50, 51):
+        for v in range(2):
+            identify(client, person, v)
+    a, b = client.post("/clusters").json()["clusters"]
+    merged = client.post(f"/clusters/{a['cluster_id']}/merge",
+                         json={"into": b["cluster_id"]}).json()
+    assert sizes(merged) == [4] and merged["clusters"][0]["cluster_id"] == b["cluster_id"]
+    # A full recluster would separate 50 and 51; the user said they are one person.
+    assert sizes(client.post("/clusters", json={"mode": "full"}).json()) == [4]
+
+    out = a["faces"][0]["face_id"]
+    split = client.post(f"/clusters/{b['cluster_id']}/split", json={"face_ids": [out]}).json()
+    assert sizes(split) == [3] and split["unclustered"] == 1
+    for mode in ("full", "incremental"):
+        again = client.post("/clusters", json={"mode": mode}).json()
+        assert sizes(again) == [3] and again["unclustered"] == 1
+        assert out not in {f["face_id"] for f in again["clusters"][0]["faces"]}
+    # The face split out stays alone even beside a new face of the same person; the new one
+    # (the fake pipeline's 50 and 51 are unalike, so the merged group's mean similarity to
+    # it is below the threshold) stays alone too.
+    identify(client, 51, 7)
+    latest = client.post("/clusters").json()
+    assert sizes(latest) == [3] and latest["unclustered"] == 2
+
+    r = client.post(f"/clusters/{b['cluster_id']}/split",
+                    json={"face_ids": [f["face_id"] for f in split["clusters"][0]["faces"]]})
+    assert r.status_code == 422  # not all of them
+    assert client.post(f"/clusters/{b['cluster_id']}/merge",
+                       json={"into": b["cluster_id"]}).status_code == 422
+
+
+def test_clusters_sharing_a_photo_cannot_be_merged(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    client = make_client(remember_unknown=True, data_dir=tmp_path / "cl")
+    body = client.post("/identify", files={"image": png(fake_photo(60, faces=2))},
+                       data={"remember_unknown": "true"}).json()
+    assert len(body["faces"]) == 2
+    for v in (1, 2):
+        client.post("/identify", files={"image": png(fake_photo(60, faces=2, variant=v))},
+                    data={"remember_unknown": "true"})
+    a, b = client.post("/clusters").json()["clusters"]  # face 0 and face 1 of person 60
+    r = client.post(f"/clusters/{a['cluster_id']}/merge", json={"into": b["cluster_id"]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "cannot_link"

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Body, Path, Response
 
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
-from service.api.errors import ServiceError, error_responses
+from service.api.errors import InvalidField, ServiceError, error_responses
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
     ClusterFace,
@@ -28,8 +28,10 @@ from service.api.schemas import (
     ClusterList,
     ClusterRequest,
     DeleteClusterResponse,
+    MergeClusterRequest,
     NameClusterRequest,
     NameClusterResponse,
+    SplitClusterRequest,
 )
 from service.config import Settings
 from service.gallery.gallery import Gallery
@@ -87,11 +89,20 @@ def _listing(faces: list[UnknownFace], threshold: float | None) -> ClusterList:
 
 
 def recluster(faces: list[UnknownFace], mode: str, threshold: float) -> dict[str, str]:
-    """New cluster id of every face (ALONE for faces alone)."""
+    """New cluster id of every face (ALONE for faces alone).
+
+    Faces a user placed (``pinned``: merged, split out) keep their cluster in both modes;
+    a pinned face alone stays alone and out of the clustering.
+    """
+    faces = [f for f in faces if not (f.pinned and f.cluster_id == ALONE)]
     if not faces:
         return {}
-    done = [f for f in faces if f.cluster_id is not None] if mode == "incremental" else []
-    new = [f for f in faces if f.cluster_id is None] if mode == "incremental" else faces
+    if mode == "incremental":
+        done = [f for f in faces if f.cluster_id is not None]
+        new = [f for f in faces if f.cluster_id is None]
+    else:
+        done = [f for f in faces if f.pinned]
+        new = [f for f in faces if not f.pinned]
     model = Clustering(threshold=threshold)
     if done:
         ids = sorted({f.cluster_id for f in done if f.cluster_id})
@@ -258,6 +269,71 @@ async def delete_cluster(
     await audit_event(services, principal, "delete_cluster",
                       detail={"cluster_id": cluster_id, "faces": removed})
     return DeleteClusterResponse(cluster_id=cluster_id, faces_deleted=removed)
+
+
+class CannotLink(ServiceError):
+    status, code = 409, "cannot_link"
+
+
+@router.post(
+    "/{cluster_id}/merge",
+    response_model=ClusterList,
+    summary="Merge a cluster into another (a correction that sticks)",
+    description=(
+        "Moves every face of the cluster into `into`. The faces of both are then pinned: "
+        "no later POST /clusters, incremental or full, separates them. Refused (409 "
+        "`cannot_link`) when the two share a photo: one photo shows different people. Needs "
+        "scope `admin`."
+    ),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
+)
+async def merge_clusters(
+    principal: AdminKey, gallery: GalleryDep, cluster_id: ClusterPath, body: MergeClusterRequest,
+) -> ClusterList:
+    pool = principal.namespace.gallery
+
+    def merge() -> ClusterList:
+        a = _members(gallery, principal, cluster_id)
+        b = _members(gallery, principal, body.into)
+        if cluster_id == body.into:
+            raise InvalidField("a cluster cannot be merged into itself")
+        if {f.photo for f in a} & {f.photo for f in b}:
+            raise CannotLink(f"clusters {cluster_id!r} and {body.into!r} share a photo")
+        gallery.store.set_unknown_clusters(  # type: ignore[attr-defined]
+            pool, {f.face_id: body.into for f in a + b}, pin=True)
+        return _listing(gallery.store.unknown_faces(pool), None)  # type: ignore[attr-defined]
+
+    return await run_in_threadpool(merge)
+
+
+@router.post(
+    "/{cluster_id}/split",
+    response_model=ClusterList,
+    summary="Split faces out of a cluster (a correction that sticks)",
+    description=(
+        "The given faces leave the cluster: together as a new cluster when two or more, "
+        "else alone. Both parts are pinned: no later POST /clusters puts them back together. "
+        "Needs scope `admin`."
+    ),
+    responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
+)
+async def split_cluster(
+    principal: AdminKey, gallery: GalleryDep, cluster_id: ClusterPath, body: SplitClusterRequest,
+) -> ClusterList:
+    pool = principal.namespace.gallery
+
+    def split() -> ClusterList:
+        members = _members(gallery, principal, cluster_id)
+        ids = {f.face_id for f in members}
+        out = set(body.face_ids)
+        if not out <= ids or out == ids:
+            raise InvalidField("face_ids must be some, not all, of the cluster's faces")
+        new_id = uuid.uuid4().hex[:16] if len(out) > 1 else ALONE
+        moves = {f: (new_id if f in out else cluster_id) for f in ids}
+        gallery.store.set_unknown_clusters(pool, moves, pin=True)  # type: ignore[attr-defined]
+        return _listing(gallery.store.unknown_faces(pool), None)  # type: ignore[attr-defined]
+
+    return await run_in_threadpool(split)
 
 
 def pool_faces_for(

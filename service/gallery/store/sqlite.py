@@ -129,6 +129,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             model TEXT NOT NULL,
             created_at TEXT NOT NULL,
             cluster_id TEXT,
+            pinned INTEGER NOT NULL DEFAULT 0,
             embedding BLOB NOT NULL,
             chip BLOB
         )""",

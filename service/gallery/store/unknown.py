@@ -24,7 +24,7 @@ from service.gallery.store.sql_common import from_blob, to_blob
 __all__ = ["UnknownFace", "UnknownPoolSql"]
 
 _COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, model, "
-            "created_at, cluster_id")
+            "created_at, cluster_id, pinned")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class UnknownFace:
     embedding: np.ndarray | None = None
     chip_jpeg: bytes | None = None
     cluster_id: str | None = None
+    pinned: bool = False  # placed by a user's correction: reclustering leaves it where it is
 
 
 def _record(row: Sequence[Any], embedding: Any = None) -> UnknownFace:
@@ -48,7 +49,8 @@ def _record(row: Sequence[Any], embedding: Any = None) -> UnknownFace:
         face_id=row[0], gallery=row[1], photo=row[2], source=row[3],
         bbox=tuple(json.loads(row[4])), landmarks=json.loads(row[5]),
         detection_confidence=float(row[6]), model=row[7], created_at=row[8],
-        cluster_id=row[9], embedding=None if embedding is None else from_blob(embedding),
+        cluster_id=row[9], pinned=bool(row[10]),
+        embedding=None if embedding is None else from_blob(embedding),
     )
 
 
@@ -73,10 +75,10 @@ class UnknownPoolSql:
         with self._write_transaction() as conn:
             conn.cursor().executemany(
                 f"INSERT INTO unknown_faces ({_COLUMNS}, embedding, chip) "
-                f"VALUES ({', '.join([p] * 12)})",
+                f"VALUES ({', '.join([p] * 13)})",
                 [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
                   json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
-                  f.cluster_id, to_blob(np.asarray(f.embedding)), f.chip_jpeg)
+                  f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
                  for f in faces],
             )
 
@@ -91,7 +93,7 @@ class UnknownPoolSql:
         with self._read_transaction() as conn:
             rows = list(conn.execute(
                 f"SELECT {cols} FROM unknown_faces WHERE gallery = {p}{extra} ORDER BY id", args))
-        return [_record(r, r[10] if with_embeddings else None) for r in rows]
+        return [_record(r, r[11] if with_embeddings else None) for r in rows]
 
     def unknown_chip(self, gallery: str, face_id: str) -> bytes | None:
         p = self._P
@@ -101,12 +103,16 @@ class UnknownPoolSql:
                 (gallery, face_id)).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
-    def set_unknown_clusters(self, gallery: str, clusters: dict[str, str | None]) -> None:
-        """Record each face's cluster (None: alone)."""
+    def set_unknown_clusters(
+        self, gallery: str, clusters: dict[str, str | None], *, pin: bool = False
+    ) -> None:
+        """Record each face's cluster; ``pin``: and that a user put it there."""
         p = self._P
+        pinned = ", pinned = 1" if pin else ""
         with self._write_transaction() as conn:
             conn.cursor().executemany(
-                f"UPDATE unknown_faces SET cluster_id = {p} WHERE gallery = {p} AND face_id = {p}",
+                f"UPDATE unknown_faces SET cluster_id = {p}{pinned} "
+                f"WHERE gallery = {p} AND face_id = {p}",
                 [(c, gallery, f) for f, c in clusters.items()],
             )
 

@@ -86,6 +86,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             model text NOT NULL,
             created_at text NOT NULL,
             cluster_id text,
+            pinned integer NOT NULL DEFAULT 0,
             embedding bytea NOT NULL,
             chip bytea
         )""",
