@@ -20,7 +20,8 @@ __all__ = ["ACTIONS", "Actor", "AuditLog"]
 
 log = logging.getLogger("faceserve.audit")
 
-ACTIONS: tuple[str, ...] = ("enroll", "delete_subject", "delete_face", "create_key", "revoke_key")
+ACTIONS: tuple[str, ...] = ("enroll", "delete_subject", "delete_face", "create_key", "revoke_key",
+                           "name_cluster", "delete_cluster")
 
 
 class Actor(Protocol):
