@@ -184,14 +184,15 @@ def decode_reduced(
                     f"the image is {width}x{height} = {width * height:,} pixels; "
                     f"the limit is {max_pixels:,}"
                 )
-            orientation = _orientation(im)
             if reduction is not None and im.format in ("JPEG", "MPO"):
-                upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-                factor = reduction(*upright)
+                # A JPEG's EXIF is parsed with its header, so the upright size is known here.
+                turned = _orientation(im) in (5, 6, 7, 8)
+                factor = reduction(*((height, width) if turned else (width, height)))
                 if factor > 1:
                     # draft() picks the largest DCT scale that still gives at least this size.
                     im.draft("RGB", (-(-width // factor), -(-height // factor)))
             _load(im)
+            orientation = _orientation(im)  # other formats (TIFF) have it only once loaded
             rgb = _to_rgb(im)
     except ImageError:
         raise
