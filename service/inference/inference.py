@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from models.quality import FaceQuality, assess
 from service.api.errors import NotAFace
 from service.inference.batcher import Embedder
 
-__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "keep_all", "most_confident"]
+__all__ = [
+    "EmbeddedFaces", "Inference", "Pipeline", "RequestGone", "keep_all", "most_confident",
+]
 
 # Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
 FaceSelector = Callable[[list[Face]], list[Face]]
@@ -59,6 +62,16 @@ class EmbeddedFaces:
     # How the one face was chosen (``Inference.primary_face``); None for multi-face calls.
     selection: Selection | None = None
     quality: list[FaceQuality] = field(default_factory=list)  # rows match ``faces``
+
+
+class RequestGone(Exception):
+    """Raised on the inference thread between stages once the request was cancelled (timed
+    out, client gone): the rest of its work is skipped rather than done for nobody."""
+
+
+def _check(gone: threading.Event | None) -> None:
+    if gone is not None and gone.is_set():
+        raise RequestGone("the request was cancelled")
 
 
 def keep_all(faces: list[Face]) -> list[Face]:
@@ -102,9 +115,12 @@ class Inference:
         primary: bool,
         face_crop: bool = False,
         min_face_px: int | None = None,
+        gone: threading.Event | None = None,
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
+        _check(gone)  # cancelled while it waited for a thread
         digest = hashlib.sha256(data).hexdigest()
         decoded = self._decode(data, None if face_crop else min_face_px)
+        _check(gone)
         image = decoded.image
         if face_crop:
             detected = self.pipeline.detect_face_crop(image)
@@ -132,6 +148,7 @@ class Inference:
             local = [detected[where[id(f)]] for f in chosen]
         else:
             local = chosen
+        _check(gone)  # detection is the long stage: skip alignment for a request gone since
         chips = self.pipeline.align(image, local)
         return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
 
@@ -175,10 +192,18 @@ class Inference:
         face_crop: bool,
         min_face_px: int | None = None,
     ) -> EmbeddedFaces:
-        chosen, chips, detected, digest, selection, quality = await self._run(
-            self._detect_and_align, data, select, primary, face_crop, min_face_px
-        )
-        embeddings = await self.embedder.embed(chips)
+        # Cancelling the awaits below (the request timeout, a client gone) drops work still
+        # queued (the executor's and the batcher's futures are cancelled with them); ``gone``
+        # tells the stage already running on a thread to stop at its next step.
+        gone = threading.Event()
+        try:
+            chosen, chips, detected, digest, selection, quality = await self._run(
+                self._detect_and_align, data, select, primary, face_crop, min_face_px, gone
+            )
+            embeddings = await self.embedder.embed(chips)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:

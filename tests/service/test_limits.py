@@ -216,3 +216,42 @@ def test_a_body_that_does_not_arrive_in_time_is_408(make_client: AppFactory) -> 
     assert start["status"] == 408 and body["error"]["code"] == "request_timeout"
     assert (b"connection", b"close") in start["headers"]
     assert pulled == 2  # it was waiting for the second chunk when the timeout fired
+
+
+class CountingHeldPipeline(HeldPipeline):
+    """``HeldPipeline`` that also counts detections and alignments (per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detected = 0
+        self.aligned = 0
+
+    def detect(self, image: np.ndarray) -> list:
+        self.detected += 1
+        return super().detect(image)
+
+    def align(self, image: np.ndarray, faces: Any) -> np.ndarray:
+        self.aligned += 1
+        return super().align(image, faces)
+
+
+def test_timed_out_requests_leave_no_work_behind(make_client: AppFactory) -> None:
+    """A burst of requests that time out: the queued ones are never decoded, and the one in
+    detection stops there (no alignment, no embedding) once it is released."""
+    pipe = CountingHeldPipeline()
+    client = make_client(pipe, request_timeout_s=0.5, inference_threads=1, inference_queue=8)
+    embeds_before = len(pipe.embed_calls)
+    pool = ThreadPoolExecutor(4)
+    try:
+        answers = [pool.submit(post_embed, client) for _ in range(4)]
+        statuses = [f.result(WAIT_S).status_code for f in answers]
+        assert statuses == [503] * 4
+        assert pipe.detected == 1  # one reached detection; three waited for the one thread
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    # With one inference thread, this request runs after the held one has finished.
+    assert post_embed(client).status_code == 200
+    assert pipe.detected == 2
+    assert pipe.aligned == 1  # only the last request's faces were aligned ...
+    assert len(pipe.embed_calls) == embeds_before + 1  # ... and embedded
