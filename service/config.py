@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         description="Largest decoded image (width x height), checked from the image header "
         "before decoding.",
     )
+    decoded_pixels_in_flight: int = Field(
+        60_000_000,
+        ge=1,
+        description="Most decoded pixels held by image requests at once, all requests "
+        "together (a pixel costs the pipeline about 25 bytes at its peak); a request whose "
+        "image would pass it gets 429 `overloaded` with Retry-After. One image alone is always "
+        "decoded.",
+    )
     max_faces: int = Field(
         10, ge=1, description="Most faces identified or embedded per image (most confident first)."
     )

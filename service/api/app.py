@@ -34,6 +34,7 @@ from service.console import router as console_router
 from service.gallery.gallery import Gallery
 from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.inference.inference import Inference, Pipeline
+from service.inference.memory import PixelBudget
 from service.security.audit import AuditLog
 from service.security.keys import KeyRing, namespace_of, open_security_store
 from service.security.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
@@ -159,7 +160,8 @@ def _build_services(
     except BaseException:
         gallery.close()
         raise
-    inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels)
+    inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
+                          pixel_budget=PixelBudget(settings.decoded_pixels_in_flight))
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
     log.info(
         "ready in %.1fs: model %s on %s, %d faces of %d subjects, %s index, threshold %.3f (%s)",

@@ -26,6 +26,7 @@ from models.imageio import DecodedImage, decode_reduced
 from models.quality import FaceQuality, assess
 from service.api.errors import NotAFace
 from service.inference.batcher import Embedder
+from service.inference.memory import PixelBudget
 
 __all__ = [
     "EmbeddedFaces", "Inference", "Pipeline", "RequestGone", "keep_all", "most_confident",
@@ -93,20 +94,33 @@ class Inference:
         executor: Executor,
         *,
         max_pixels: int,
+        pixel_budget: PixelBudget | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.embedder = embedder
         self.executor = executor
         self.max_pixels = max_pixels
+        self.pixel_budget = pixel_budget
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _decode(self, data: bytes, min_face_px: int | None) -> DecodedImage:
-        """The upload, decoded at the smallest size the pipeline says loses nothing."""
+    def _decode(
+        self, data: bytes, min_face_px: int | None, held: list[int] | None = None
+    ) -> DecodedImage:
+        """The upload, decoded at the smallest size the pipeline says loses nothing. With a
+        pixel budget, the decoded pixels are taken from it first and appended to ``held``
+        (the caller gives them back once the image is no longer needed)."""
         plan = getattr(self.pipeline, "decode_reduction", None)  # fakes in tests have none
         reduction = None if plan is None else (lambda w, h: plan(w, h, min_face_px))
-        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction)
+        admit = None
+        budget = self.pixel_budget
+        if budget is not None and held is not None:
+            def admit(pixels: int) -> None:
+                budget.take(pixels)
+                held.append(pixels)
+        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction,
+                              admit=admit)
 
     def _detect_and_align(
         self,
@@ -118,8 +132,27 @@ class Inference:
         gone: threading.Event | None = None,
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         _check(gone)  # cancelled while it waited for a thread
+        held: list[int] = []
+        try:
+            return self._detect_and_align_held(
+                data, select, primary, face_crop, min_face_px, gone, held
+            )
+        finally:
+            if held and self.pixel_budget is not None:
+                self.pixel_budget.give(held[0])
+
+    def _detect_and_align_held(
+        self,
+        data: bytes,
+        select: FaceSelector,
+        primary: bool,
+        face_crop: bool,
+        min_face_px: int | None,
+        gone: threading.Event | None,
+        held: list[int],
+    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
-        decoded = self._decode(data, None if face_crop else min_face_px)
+        decoded = self._decode(data, None if face_crop else min_face_px, held)
         _check(gone)
         image = decoded.image
         if face_crop:

@@ -11,6 +11,7 @@ on an event, and the rate limiter's clock is stepped by hand.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.inference.batcher import AdmissionGate
 from service.security.ratelimit import RateLimiter
@@ -255,3 +257,59 @@ def test_timed_out_requests_leave_no_work_behind(make_client: AppFactory) -> Non
     assert pipe.detected == 2
     assert pipe.aligned == 1  # only the last request's faces were aligned ...
     assert len(pipe.embed_calls) == embeds_before + 1  # ... and embedded
+
+
+# ---------------------------------------------------------------- decoded memory
+
+
+PHOTO_PIXELS = 120 * 400  # fake_photo's size
+
+
+def test_decodes_past_the_pixel_budget_are_429_while_others_hold_it(
+    make_client: AppFactory,
+) -> None:
+    """One image in detection holds its pixels; a second that would pass the budget is
+    refused at once with Retry-After, and admitted once the first is done."""
+    pipe = HeldPipeline()
+    client = make_client(pipe, decoded_pixels_in_flight=int(PHOTO_PIXELS * 1.5))
+    budget = client.app.state.services.inference.pixel_budget
+    pool = ThreadPoolExecutor(1)
+    try:
+        held = pool.submit(post_embed, client)
+        assert pipe.entered.acquire(timeout=WAIT_S)
+        assert budget.held == PHOTO_PIXELS
+        r = post_embed(client)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert "pixels" in r.json()["error"]["message"]
+        # An enrollment refused for memory fails as a whole (retry), not as a bad photo.
+        r = client.post("/enroll", files={"image": ("p.png", fake_photo(), "image/png")},
+                        data={"subject_id": "x"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded", r.text
+        pipe.release.set()
+        assert held.result(WAIT_S).status_code == 200
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    assert budget.held == 0
+    assert post_embed(client).status_code == 200
+
+
+def test_one_image_alone_is_decoded_whatever_the_budget(make_client: AppFactory) -> None:
+    client = make_client(decoded_pixels_in_flight=1000)
+    assert post_embed(client).status_code == 200
+    assert client.app.state.services.inference.pixel_budget.held == 0
+
+
+def test_a_reduced_jpeg_takes_only_its_decoded_pixels() -> None:
+    """A JPEG decoded at 1/4 size (libjpeg's DCT scaling) holds a sixteenth of its pixels."""
+    from models.imageio import decode_reduced
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 800), (90, 120, 150)).save(buf, format="JPEG")
+    seen: list[int] = []
+    decoded = decode_reduced(buf.getvalue(), reduction=lambda w, h: 4, admit=seen.append)
+    assert seen == [400 * 200] and decoded.image.shape[:2] == (200, 400)
+    seen.clear()
+    decode_reduced(buf.getvalue(), admit=seen.append)
+    assert seen == [1600 * 800]
