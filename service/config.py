@@ -217,6 +217,25 @@ class Settings(BaseSettings):
         "once, running or waiting; more get 429 `overloaded` with Retry-After before their "
         "body is read, so memory stays bounded under overload.",
     )
+    inference_slots_per_key: int = Field(
+        8,
+        ge=1,
+        description="Most image requests one API key (without keys: one client address) may "
+        "have inside inference at once; more get 429 `rate_limited`, so one caller's slow "
+        "uploads cannot fill `inference_queue` for everyone.",
+    )
+    min_upload_bytes_per_s: float = Field(
+        1024.0,
+        ge=0,
+        description="Slowest accepted request body, on average, after `upload_grace_s`; a "
+        "slower one gets 408 `request_timeout` and its connection is closed (a trickled upload "
+        "holds an inference slot). 0 turns it off.",
+    )
+    upload_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a request body may take before `min_upload_bytes_per_s` applies.",
+    )
     rate_limit_per_s: float = Field(
         20.0,
         ge=0,

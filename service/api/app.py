@@ -37,9 +37,13 @@ from service.inference.inference import Inference, Pipeline
 from service.inference.memory import PixelBudget
 from service.security.audit import AuditLog
 from service.security.keys import KeyRing, namespace_of, open_security_store
-from service.security.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from service.security.limits import (
+    BodySizeLimitMiddleware,
+    MinUploadRateMiddleware,
+    RequestTimeoutMiddleware,
+)
 from service.security.localguard import LoopbackGuardMiddleware
-from service.security.ratelimit import RateLimiter
+from service.security.ratelimit import KeySlots, RateLimiter
 
 __all__ = ["create_app", "default_pipeline"]
 
@@ -235,11 +239,14 @@ def create_app(
     app.state.load_error = None
     app.state.inference_gate = AdmissionGate(settings.inference_queue)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.key_slots = KeySlots(settings.inference_slots_per_key)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(console_router)  # the web console at /ui: static files only
     # Added last = outermost: metrics see every request, including 413s from the limit.
+    app.add_middleware(MinUploadRateMiddleware, bytes_per_s=settings.min_upload_bytes_per_s,
+                       grace_s=settings.upload_grace_s)
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(LoopbackGuardMiddleware, keyless=lambda: _keyless(app))

@@ -313,3 +313,106 @@ def test_a_reduced_jpeg_takes_only_its_decoded_pixels() -> None:
     seen.clear()
     decode_reduced(buf.getvalue(), admit=seen.append)
     assert seen == [1600 * 800]
+
+
+# ---------------------------------------------------------------- one caller's share
+
+
+def test_one_key_cannot_take_every_inference_slot(make_client: AppFactory) -> None:
+    """Key A at its share of slots gets 429 ``rate_limited``; key B is still admitted."""
+    pipe = HeldPipeline()
+    client = make_client(pipe, inference_slots_per_key=2, inference_queue=32,
+                         inference_threads=3)
+    ring = client.app.state.services.keys
+    _, a = ring.create("a", ["recognize"])
+    _, b = ring.create("b", ["recognize"])
+    pool = ThreadPoolExecutor(3)
+    try:
+        held = [pool.submit(post_embed, client, headers={"X-API-Key": a}) for _ in range(2)]
+        for _ in range(2):
+            assert pipe.entered.acquire(timeout=WAIT_S)
+        r = post_embed(client, headers={"X-API-Key": a})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "rate_limited" and "retry-after" in r.headers
+        other = pool.submit(post_embed, client, headers={"X-API-Key": b})
+        assert pipe.entered.acquire(timeout=WAIT_S)  # B's request reached detection
+        pipe.release.set()
+        assert [f.result(WAIT_S).status_code for f in [*held, other]] == [200, 200, 200]
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    assert client.app.state.key_slots.inside(f"key:{ring.lookup(a).key_id}") == 0
+    assert post_embed(client, headers={"X-API-Key": a}).status_code == 200
+
+
+def test_without_keys_the_share_is_per_client_address(make_client: AppFactory) -> None:
+    pipe = HeldPipeline()
+    client = make_client(pipe, inference_slots_per_key=1)
+    pool = ThreadPoolExecutor(1)
+    try:
+        held = pool.submit(post_embed, client)
+        assert pipe.entered.acquire(timeout=WAIT_S)
+        r = post_embed(client)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        pipe.release.set()
+        assert held.result(WAIT_S).status_code == 200
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+
+
+def test_key_slots_count_per_key() -> None:
+    from service.security.ratelimit import KeySlots
+
+    slots = KeySlots(2)
+    assert slots.try_enter("a") and slots.try_enter("a") and not slots.try_enter("a")
+    assert slots.try_enter("b")
+    slots.leave("a")
+    assert slots.try_enter("a")
+    for key in ("a", "a", "b"):
+        slots.leave(key)
+    assert slots.inside("a") == 0 and slots._inside == {}
+    with pytest.raises(RuntimeError):
+        slots.leave("a")
+
+
+# ---------------------------------------------------------------- minimum upload rate
+
+
+def test_a_trickled_body_is_408_once_it_falls_behind_the_minimum_rate(
+    make_client: AppFactory,
+) -> None:
+    client = make_client(min_upload_bytes_per_s=1000, upload_grace_s=0.3)
+    sent: list[dict] = []
+    pulled = 0
+
+    head = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+
+    async def receive() -> dict:  # the part's head, then one byte every 50 ms: 20 bytes/s
+        nonlocal pulled
+        pulled += 1
+        if pulled > 1:
+            await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": head if pulled == 1 else b"x",
+                "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/embed", "raw_path": b"/embed", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80), "state": {},
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"),
+                    (b"content-length", b"100000")],
+    }
+    asyncio.run(asyncio.wait_for(client.app(scope, receive, send), WAIT_S))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert start["status"] == 408 and body["error"]["code"] == "request_timeout"
+    assert "bytes/s" in body["error"]["message"]
+    assert (b"connection", b"close") in start["headers"]
+    assert client.app.state.inference_gate.inside == 0  # its slot is free again
+    # A body that arrives at once is not affected.
+    assert post_embed(client).status_code == 200
