@@ -210,6 +210,21 @@ class Settings(BaseSettings):
         description="Longest a request may take, body upload included; then 408 (body still "
         "arriving) or 503 `timeout`. 0 turns it off.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="Longest a connection may take to send a request line and headers (from "
+        "when it opens, and after each response); then it is closed. 0 turns it off.",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="Seconds an idle connection is kept open after a response."
+    )
+    max_connections: int = Field(
+        500,
+        ge=1,
+        description="Most open client connections; one more is answered 503 with Retry-After "
+        "and closed at once (each holds a file descriptor).",
+    )
     inference_queue: int = Field(
         32,
         ge=1,
