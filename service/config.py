@@ -270,6 +270,13 @@ class Settings(BaseSettings):
         "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
     )
 
+    add_faces_scope: Literal["enroll", "admin"] = Field(
+        "enroll",
+        description="Scope a key needs to add faces to a subject that already exists (and "
+        "replace its metadata): `admin` keeps enroll-only keys to creating new subjects, so "
+        "one cannot add another person's face to an existing identity. Audited as `add_face`.",
+    )
+
     # Enrollment quality limits (service/inference/quality.py): a face breaking one gets 422
     # `poor_quality` unless the request says force=true. The defaults are
     # models.quality.DEFAULT_LIMITS, where the evidence for each is written down (repeated here

@@ -20,7 +20,11 @@ __all__ = ["ACTIONS", "Actor", "AuditLog"]
 
 log = logging.getLogger("faceserve.audit")
 
-ACTIONS: tuple[str, ...] = ("enroll", "delete_subject", "delete_face", "create_key", "revoke_key")
+# ``enroll`` creates a subject; ``add_face`` adds a face to (and may replace the metadata of) one
+# that existed before the request: taking over an existing identity is its own kind of event.
+ACTIONS: tuple[str, ...] = (
+    "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+)
 
 
 class Actor(Protocol):

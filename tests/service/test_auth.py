@@ -497,3 +497,53 @@ def test_keyless_on_another_address_is_not_host_checked(client: TestClient) -> N
     """`--insecure` on a network address: clients use whatever name reaches the server."""
     lan = TestClient(client.app, base_url="http://192.168.1.5:8000")
     assert lan.get("/subjects", headers={"Host": "faces.lan:8000"}).status_code == 200
+
+
+# ---------------------------------------------------------------- faces added to a subject
+
+
+def test_adding_a_face_to_an_existing_subject_is_its_own_audited_action(world: World) -> None:
+    """An enroll-only key adds someone else's face to ``alice`` and replaces her metadata: the
+    audit says ``add_face``, by which key, and which metadata keys were replaced."""
+    c, enroll_key = world.client, bearer(world.tokens["enroll"])
+    admin = bearer(world.tokens["admin"])
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"badge": "x"}'},
+               files=files(fake_photo(99)), headers=enroll_key)
+    assert r.status_code == 201, r.text
+    events = c.get("/audit", headers=admin).json()["events"]
+    first, last = events[0], events[-1]
+    assert first["action"] == "enroll" and first["subject_id"] == "alice"
+    assert last["action"] == "add_face" and last["key_name"] == "enroll"
+    assert last["subject_id"] == "alice" and last["face_id"] == r.json()["face_id"]
+    assert last["detail"] == {"created": True, "metadata_replaced": True,
+                              "metadata_keys_before": [], "metadata_keys_after": ["badge"]}
+    # A replay replaces the metadata again: audited again, with the keys before and after.
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"name": "y"}'},
+               files=files(fake_photo(99)), headers=enroll_key)
+    assert r.status_code == 200, r.text
+    last = c.get("/audit", headers=admin).json()["events"][-1]
+    assert last["action"] == "add_face" and last["detail"] == {
+        "created": False, "metadata_replaced": True,
+        "metadata_keys_before": ["badge"], "metadata_keys_after": ["name"]}
+    assert [e["action"] for e in c.get("/audit", params={"action": "add_face"},
+                                       headers=admin).json()["events"]] == ["add_face"] * 2
+
+
+def test_a_deployment_can_require_admin_to_add_faces_to_a_subject(
+    make_client: AppFactory,
+) -> None:
+    client = make_client(add_faces_scope="admin", rate_limit_per_s=0)
+    ring: KeyRing = client.app.state.services.keys
+    _, kiosk = ring.create("kiosk", ["enroll"])
+    _, operator = ring.create("operator", ["enroll", "admin"])
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(5)),
+                    headers=bearer(kiosk))
+    assert r.status_code == 201, r.text  # a new subject: enroll suffices
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(6)),
+                    headers=bearer(kiosk))
+    assert_error(r, 403, "insufficient_scope")
+    assert "already exists" in r.json()["error"]["message"]
+    assert client.get("/subjects/obama", headers=bearer(operator)).json()["face_count"] == 1
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(6)),
+                    headers=bearer(operator))
+    assert r.status_code == 201, r.text

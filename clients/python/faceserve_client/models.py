@@ -522,7 +522,9 @@ class AuditEvent(BaseModel):
     at: str = Field(description="ISO 8601, UTC.")
     key_id: str | None = Field(description="The key that acted; null without keys (operator).")
     key_name: str
-    action: Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key"]
+    action: Literal[
+        "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key"
+    ]
     subject_id: str | None
     face_id: str | None
     detail: dict[str, Any] = Field(

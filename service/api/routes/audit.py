@@ -33,7 +33,9 @@ async def audit_log(
     after: Annotated[int, Query(ge=0, le=2**62, description="Events after this id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
     action: Annotated[
-        Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key"] | None,
+        Literal[
+            "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key"
+        ] | None,
         Query(description="Only this kind of event."),
     ] = None,
 ) -> AuditList:
