@@ -547,3 +547,13 @@ def test_a_deployment_can_require_admin_to_add_faces_to_a_subject(
     r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(6)),
                     headers=bearer(operator))
     assert r.status_code == 201, r.text
+
+
+def test_metrics_are_the_default_gallerys_admins_only(world: World) -> None:
+    """Server-wide counts and every tenant's traffic: not for another gallery's admin."""
+    c = world.client
+    r = c.get("/metrics", headers=bearer(world.tokens["other"]))  # every scope, gallery "b"
+    assert_error(r, 403, "insufficient_scope")
+    assert "faceserve_gallery_faces" not in r.text
+    r = c.get("/metrics", headers=bearer(world.tokens["admin"]))
+    assert r.status_code == 200 and "faceserve_gallery_faces 2.0" in r.text
