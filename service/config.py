@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         description="Operating-point profile JSON written by `faceserve eval lfw`; default "
         "`<data_dir>/operating_points.json`. Read only when `threshold` is `far=...`.",
     )
+    docs: bool = Field(
+        True,
+        description="Serve the API docs pages `/docs` (Swagger UI) and `/redoc`: they load "
+        "pinned scripts from cdn.jsdelivr.net under a strict Content-Security-Policy. `false` "
+        "turns them off (no third-party script; offline); `/openapi.json` stays.",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024,
         ge=1,

@@ -25,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 
 from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
+from service.api.docs import docs_router
 from service.api.errors import install_error_handlers
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import ROUTERS
@@ -232,6 +233,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # FastAPI's pages load unpinned CDN scripts: see service.api.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -244,6 +247,8 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(console_router)  # the web console at /ui: static files only
+    if settings.docs:
+        app.include_router(docs_router(app))
     # Added last = outermost: metrics see every request, including 413s from the limit.
     app.add_middleware(MinUploadRateMiddleware, bytes_per_s=settings.min_upload_bytes_per_s,
                        grace_s=settings.upload_grace_s)
