@@ -31,9 +31,26 @@ _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
          b"too many connections\n")
 
 
+class _RefusalLog:
+    """One warning per second at most, with the count since the last: a flood of
+    connections must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = float("-inf")
+
+    def note(self, now: float, cap: int) -> None:
+        self.count += 1
+        if now - self.last >= 1.0:
+            log.warning("%d connection(s) refused: the cap of %d open connections is reached",
+                        self.count, cap)
+            self.count, self.last = 0, now
+
+
 class _GuardedH11(H11Protocol):
     header_timeout_s: float = 10.0
     max_connections: int = 1000
+    refusals: _RefusalLog  # one per server (per ``guarded_h11`` class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,8 +59,7 @@ class _GuardedH11(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            log.warning("connection refused: %d open, the cap is %d",
-                        len(self.connections) - 1, self.max_connections)
+            self.refusals.note(self.loop.time(), self.max_connections)
             transport.write(_FULL)
             transport.close()
             return
@@ -82,4 +98,5 @@ def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protoc
     """uvicorn's h11 protocol with these limits (uvicorn takes a class, not an instance)."""
     return type("GuardedH11", (_GuardedH11,), {
         "header_timeout_s": header_timeout_s, "max_connections": max_connections,
+        "refusals": _RefusalLog(),
     })
