@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         60_000_000,
         ge=1,
         description="Most decoded pixels held by image requests at once, all requests "
-        "together (a pixel costs the pipeline about 25 bytes at its peak); a request whose "
+        "together (a pixel costs the pipeline about 22 bytes at its peak); a request whose "
         "image would pass it gets 429 `overloaded` with Retry-After. One image alone is always "
         "decoded.",
     )
