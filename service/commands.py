@@ -158,7 +158,8 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Conf
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=30,
-        http=guarded_h11(settings.header_timeout_s, settings.max_connections),
+        http=guarded_h11(settings.header_timeout_s, settings.max_connections,
+                         MAX_HEADER_BYTES),
         timeout_keep_alive=settings.keep_alive_s,
         # Request line and headers together; more is 400 and the connection closed.
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,

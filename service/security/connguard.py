@@ -9,6 +9,8 @@ sockets hold a thousand file descriptors. ``guarded_h11`` is uvicorn's h11 proto
   next request's headers must be complete within ``header_timeout_s`` or the connection is
   closed (a request whose headers arrived is then bounded by the app's request timeout and
   minimum upload rate);
+* a head size limit: a request line and headers over ``max_header_bytes`` are answered
+  ``431`` and the connection closed, however they arrive;
 * a connection cap: a connection beyond ``max_connections`` is answered
   ``503 Service Unavailable`` with ``Retry-After`` and closed at once.
 """
@@ -26,6 +28,8 @@ __all__ = ["guarded_h11"]
 
 log = logging.getLogger("faceserve.connections")
 
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+              b"connection: close\r\ncontent-length: 18\r\n\r\nheaders too large\n")
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
          b"retry-after: 1\r\nconnection: close\r\ncontent-length: 21\r\n\r\n"
          b"too many connections\n")
@@ -50,11 +54,14 @@ class _RefusalLog:
 class _GuardedH11(H11Protocol):
     header_timeout_s: float = 10.0
     max_connections: int = 1000
+    max_header_bytes: int = 16 * 1024
     refusals: _RefusalLog  # one per server (per ``guarded_h11`` class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes of the current request's head seen so far
+        self._head_tail = b""  # its last 3 bytes: a CRLFCRLF may straddle two reads
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,7 +76,26 @@ class _GuardedH11(H11Protocol):
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # h11 bounds only a head that is still incomplete; one that arrives whole in a single
+        # read (64 KB or more) would be parsed whatever its size. Count the head's bytes here,
+        # up to the blank line that ends it, before h11 sees them.
+        if self.conn.their_state is h11.IDLE and self.max_header_bytes > 0:
+            joined = self._head_tail + data
+            end = joined.find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            if self._head_bytes + head > self.max_header_bytes:
+                self._disarm_header_timer()
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+                return
+            if end < 0:
+                self._head_bytes += len(data)
+                self._head_tail = joined[-3:]
+        super().data_received(data)
+
     def on_response_complete(self) -> None:
+        self._head_bytes, self._head_tail = 0, b""
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers, if the client sends one
@@ -94,9 +120,12 @@ class _GuardedH11(H11Protocol):
             self.transport.close()
 
 
-def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
+def guarded_h11(
+    header_timeout_s: float, max_connections: int, max_header_bytes: int = 16 * 1024
+) -> type[H11Protocol]:
     """uvicorn's h11 protocol with these limits (uvicorn takes a class, not an instance)."""
     return type("GuardedH11", (_GuardedH11,), {
         "header_timeout_s": header_timeout_s, "max_connections": max_connections,
+        "max_header_bytes": max_header_bytes,
         "refusals": _RefusalLog(),
     })

@@ -116,12 +116,12 @@ def test_an_idle_keep_alive_connection_is_closed(server) -> None:
     assert got.startswith(b"HTTP/1.1 200") and b"connection: close" not in got.lower()
 
 
-def test_headers_over_the_limit_are_400_and_closed(server) -> None:
+def test_an_incomplete_head_over_the_limit_is_refused_and_closed(server) -> None:
     s = connect(server)
     big = b"a" * (MAX_HEADER_BYTES + 10)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + big)
     got = closed_by_server(s)
-    assert got.startswith(b"HTTP/1.1 400"), got[:100]
+    assert got.startswith(b"HTTP/1.1 431"), got[:100]  # h11 alone: 400
 
 
 def test_connections_past_the_cap_are_503_and_closed(server) -> None:
@@ -149,3 +149,22 @@ def test_a_normal_request_on_a_kept_alive_connection_is_served(server) -> None:
     with httpx.Client(base_url=f"http://{server[0]}:{server[1]}") as client:
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
+
+
+def test_a_whole_head_over_the_limit_is_431_and_closed(server) -> None:
+    """Sent in one piece, the head is complete when h11 sees it: h11 alone would parse it."""
+    s = connect(server)
+    big = b"a" * (MAX_HEADER_BYTES + 10)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + big + b"\r\n\r\n")
+    got = closed_by_server(s)
+    assert got.startswith(b"HTTP/1.1 431"), got[:100]
+
+
+def test_a_large_body_sent_with_its_head_is_not_mistaken_for_a_large_head(server) -> None:
+    body = b'{"image": "' + b"A" * (4 * MAX_HEADER_BYTES) + b'"}'
+    s = connect(server)
+    s.sendall(b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+              + body)
+    got = closed_by_server(s)
+    assert got.startswith(b"HTTP/1.1 4") and not got.startswith(b"HTTP/1.1 431"), got[:200]
