@@ -54,7 +54,8 @@ class FakePipeline:
     def __init__(self) -> None:
         self.embed_calls: list[int] = []
 
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]:
+        """``min_face_px`` is accepted (requests may send it) and changes nothing here."""
         n = int(image[0, 0, 0])
         faces = []
         for i in range(n):

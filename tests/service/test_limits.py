@@ -37,10 +37,10 @@ class HeldPipeline(FakePipeline):
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
 
-    def detect(self, image: np.ndarray) -> list:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
         self.entered.release()
         assert self.release.wait(WAIT_S), "test never released the pipeline"
-        return super().detect(image)
+        return super().detect(image, min_face_px)
 
 
 def post_embed(client: Any, **kw: Any) -> Any:
@@ -228,9 +228,9 @@ class CountingHeldPipeline(HeldPipeline):
         self.detected = 0
         self.aligned = 0
 
-    def detect(self, image: np.ndarray) -> list:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
         self.detected += 1
-        return super().detect(image)
+        return super().detect(image, min_face_px)
 
     def align(self, image: np.ndarray, faces: Any) -> np.ndarray:
         self.aligned += 1
