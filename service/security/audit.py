@@ -72,4 +72,7 @@ class AuditLog:
     def events(
         self, gallery: str | None, after: int, limit: int, action: str | None = None
     ) -> list[AuditRecord]:
-        return self.store.list_audit(gallery, after, limit, action)
+        """One gallery's events; a gallery other than the default (a tenant's) is numbered
+        in its own sequence, so its ids reveal nothing of the other galleries' activity."""
+        return self.store.list_audit(gallery, after, limit, action,
+                                     per_gallery=bool(gallery))

@@ -557,3 +557,18 @@ def test_metrics_are_the_default_gallerys_admins_only(world: World) -> None:
     assert "faceserve_gallery_faces" not in r.text
     r = c.get("/metrics", headers=bearer(world.tokens["admin"]))
     assert r.status_code == 200 and "faceserve_gallery_faces 2.0" in r.text
+
+
+def test_a_tenants_audit_ids_have_no_gaps_for_other_galleries(world: World) -> None:
+    c = world.client
+    other, default = bearer(world.tokens["other"]), bearer(world.tokens["all"])
+    for i in range(3):  # the default gallery acts between the tenant's events
+        assert c.post("/enroll", data={"subject_id": f"d{i}"}, files=files(fake_photo(40 + i)),
+                      headers=default).status_code == 201
+        assert c.post("/enroll", data={"subject_id": f"t{i}"}, files=files(fake_photo(50 + i)),
+                      headers=other).status_code == 201
+    events = c.get("/audit", headers=other).json()["events"]
+    assert [e["subject_id"] for e in events] == ["bob", "t0", "t1", "t2"]
+    assert [e["id"] for e in events] == [1, 2, 3, 4]
+    page = c.get("/audit", params={"after": 2, "limit": 1}, headers=other).json()
+    assert [e["subject_id"] for e in page["events"]] == ["t1"] and page["next_after"] == 3

@@ -22,8 +22,10 @@ router = APIRouter(tags=["security"])
     description=(
         "Enrollments, erasures and key changes of the key's gallery, oldest first, `limit` per "
         "page; pass `next_after` back as `after`. Events name the key (who), the action and "
-        "ids (what) and the time (when); never images, embeddings or metadata. Needs scope "
-        "`admin`."
+        "ids (what) and the time (when); never images, embeddings or metadata. `enroll` "
+        "creates a subject, `add_face` adds a face to one that existed before (with the "
+        "metadata's key names when it was replaced). A gallery other than the default numbers "
+        "its events in its own sequence. Needs scope `admin`."
     ),
     responses=error_responses(401, 403, 408, 422, 429, 503),
 )
