@@ -46,7 +46,11 @@ RESULTS = REPO / "benchmarks" / "results"
 def prefill(data_dir: Path, faces: int, seed: int = 0) -> float:
     """``faces`` synthetic templates (one per synthetic subject), written through the Gallery."""
     from models.embedder import MODEL_VERSION
-    from service.gallery.gallery import Gallery
+
+    try:
+        from service.gallery.gallery import Gallery
+    except ImportError:  # a checkout from before service/ had sub-packages (--code)
+        from service.gallery import Gallery
 
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((faces, 128)).astype(np.float32)
@@ -65,15 +69,33 @@ def prefill(data_dir: Path, faces: int, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+def prefill_with(code: Path | None, data_dir: Path, faces: int) -> float:
+    """``prefill`` by ``code``'s own Gallery (its schema), in a child process."""
+    if code is None:
+        return prefill(data_dir, faces)
+    env = dict(os.environ, PYTHONPATH=str(code))
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--prefill-into", str(data_dir),
+         "--faces", str(faces)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, batching: bool, device: str, log: Path) -> tuple:
+def start_server(data_dir: Path, batching: bool, device: str, log: Path,
+                 code: Path | None = None) -> tuple:
+    """``faceserve serve`` on a free port; ``code``: run that checkout's code instead of the
+    installed one (it goes first on PYTHONPATH), to compare two versions in one run."""
     port = free_port()
     env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     env.setdefault("FACESERVE_CACHE_DIR", str(REPO / ".cache" / "weights"))
     env["FACESERVE_BATCHING"] = "true" if batching else "false"
     env["FACESERVE_DEVICE"] = device
@@ -149,6 +171,19 @@ async def run_cell(base: str, make_request, requests: int, concurrency: int,
     }
 
 
+def embed_photo() -> bytes:
+    """A 640x480 JPEG with one face (the issue's kiosk photo), cut from the shared data."""
+    import io
+
+    from PIL import Image
+
+    one = Image.open(SHARED / "people" / "misc" / "obama-480p.jpg").convert("RGB")
+    left = (one.width - 640) // 2
+    buf = io.BytesIO()
+    one.crop((left, 0, left + 640, 480)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def probes() -> list[bytes]:
     lfw = SHARED / "lfw" / "lfw-deepfunneled"
     paths = sorted(lfw.glob("*/*_0001.jpg"))[:64]
@@ -166,11 +201,24 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=330.0,
                     help="overall cap: cells not started by then are skipped")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--endpoints", nargs="+", default=["verify", "identify"],
+                    choices=["verify", "identify", "embed640", "embed640-min120"],
+                    help="verify/identify: LFW 250x250 probes; embed640: POST /embed of a "
+                    "640x480 photo with one face (embed640-min120: with min_face_px=120)")
+    ap.add_argument("--batching", choices=["both", "on", "off"], default="both")
+    ap.add_argument("--code", type=Path, nargs="+", default=None,
+                    help="checkouts whose code to serve, compared cell by cell in one run "
+                    "(e.g. a git worktree of the previous release, and this one)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--prefill-into", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.prefill_into is not None:  # the child of prefill_with
+        print(prefill(args.prefill_into, args.faces))
+        return 0
     started = time.monotonic()
     skipped: list[dict] = []
 
+    codes: list[Path | None] = list(args.code) if args.code else [None]
     photos = probes()
     counter = {"i": 0}
 
@@ -187,46 +235,72 @@ def main() -> int:
         return await client.post("/identify", files={"image": ("a.jpg", next_photo(),
                                                                 "image/jpeg")})
 
-    endpoints = {"POST /verify (2 images)": verify, "POST /identify": identify}
+    kiosk = embed_photo() if any(e.startswith("embed") for e in args.endpoints) else b""
+
+    async def embed640(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/embed", files={"image": ("k.jpg", kiosk, "image/jpeg")})
+
+    async def embed640_min120(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/embed", files={"image": ("k.jpg", kiosk, "image/jpeg")},
+                                 data={"min_face_px": "120"})
+
+    named = {"verify": ("POST /verify (2 images)", verify),
+             "identify": ("POST /identify", identify),
+             "embed640": ("POST /embed 640x480", embed640),
+             "embed640-min120": ("POST /embed 640x480 min_face_px=120", embed640_min120)}
+    endpoints = dict(named[e] for e in args.endpoints)
+    modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        data_dir = Path(tmp) / "data"
         log = Path(tmp) / "server.log"
-        fill_s = prefill(data_dir, args.faces)
+        # One gallery per code version (a SQLite gallery has one server, and each version
+        # writes its own schema).
+        data_dirs = [Path(tmp) / f"data-{i}" for i in range(len(codes))]
+        fill_s = sum(prefill_with(c, d, args.faces) for c, d in zip(codes, data_dirs,
+                                                                       strict=True))
         print(f"gallery: {args.faces} synthetic faces written in {fill_s:.1f}s", flush=True)
         server_info = {}
-        for batching in (True, False):
-            proc, base, ready = start_server(data_dir, batching, args.device, log)
-            server_info = ready
+        for batching in modes:
+            servers = []
             try:
-                assert ready["gallery_faces"] == args.faces, ready
-                # Warm-up: first requests pay lazy initialisation.
-                asyncio.run(run_cell(base, verify, 4, 2, 60))
+                for code, data_dir in zip(codes, data_dirs, strict=True):
+                    proc, base, ready = start_server(data_dir, batching, args.device, log, code)
+                    servers.append((code, proc, base))
+                    server_info = ready
+                    assert ready["gallery_faces"] == args.faces, ready
+                    # Warm-up: first requests pay lazy initialisation.
+                    asyncio.run(run_cell(base, verify, 4, 2, 60))
                 for name, fn in endpoints.items():
                     for conc in args.concurrency:
-                        if time.monotonic() - started > args.max_seconds:
-                            skipped.append({"endpoint": name, "concurrency": conc,
-                                            "batching": batching})
-                            print(f"{name} c={conc} batching={batching}: skipped (time cap)")
-                            continue
-                        s0, c0 = batch_stats(base)
-                        cell = asyncio.run(run_cell(base, fn, args.requests, conc,
-                                                    args.cell_seconds))
-                        s1, c1 = batch_stats(base)
-                        cell.update(endpoint=name, concurrency=conc, batching=batching,
-                                    faces_per_pass=round((s1 - s0) / (c1 - c0), 2)
-                                    if c1 > c0 else None)
-                        rows.append(cell)
-                        print(f"{name:26s} c={conc:<3d} batching={batching!s:5s} "
-                              f"{cell['rps']:7.2f} req/s  p50 {cell['p50_ms']:8.1f}  "
-                              f"p95 {cell['p95_ms']:8.1f}  p99 {cell['p99_ms']:8.1f} ms  "
-                              f"faces/pass {cell['faces_per_pass']}", flush=True)
+                        for code, _, base in servers:  # versions interleaved, cell by cell
+                            label = code.name if code is not None else "installed"
+                            if time.monotonic() - started > args.max_seconds:
+                                skipped.append({"endpoint": name, "concurrency": conc,
+                                                "batching": batching, "code": label})
+                                print(f"{name} c={conc} batching={batching} {label}: "
+                                      "skipped (time cap)")
+                                continue
+                            s0, c0 = batch_stats(base)
+                            cell = asyncio.run(run_cell(base, fn, args.requests, conc,
+                                                        args.cell_seconds))
+                            s1, c1 = batch_stats(base)
+                            cell.update(endpoint=name, concurrency=conc, batching=batching,
+                                        code=label,
+                                        faces_per_pass=round((s1 - s0) / (c1 - c0), 2)
+                                        if c1 > c0 else None)
+                            rows.append(cell)
+                            print(f"{name:26s} c={conc:<3d} batching={batching!s:5s} "
+                                  f"{label:>10s} {cell['rps']:7.2f} req/s  p50 "
+                                  f"{cell['p50_ms']:8.1f}  p95 {cell['p95_ms']:8.1f}  p99 "
+                                  f"{cell['p99_ms']:8.1f} ms  faces/pass "
+                                  f"{cell['faces_per_pass']}", flush=True)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                for _, proc, _ in servers:
+                    proc.terminate()
+                    try:
+                        proc.wait(60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
 
     import torch
 
@@ -259,11 +333,12 @@ def main() -> int:
     path.write_text(json.dumps(report, indent=2))
 
     print()
-    print("| endpoint | concurrency | batching | req/s | p50 ms | p95 ms | p99 ms | faces/pass "
-          "| n | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| endpoint | concurrency | batching | code | req/s | p50 ms | p95 ms | p99 ms "
+          "| faces/pass | n | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['endpoint']} | {r['concurrency']} | {'on' if r['batching'] else 'off'} "
+              f"| {r['code']} "
               f"| {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
               f"| {r['faces_per_pass']} | {r['requests']}{' (capped)' if r['capped'] else ''} "
               f"| {r['errors']} |")

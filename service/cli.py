@@ -16,6 +16,7 @@ SUBCOMMANDS: list[str] = [
     "models.evaluation.commands",
     "models.training.commands",
     "service.commands",
+    "models.cluster_command",
     "service.bulk_commands",
     "service.archive_commands",
 ]

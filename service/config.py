@@ -152,6 +152,18 @@ class Settings(BaseSettings):
     store_chips: bool = Field(
         True, description="Keep the aligned 150x150 face chip (JPEG) of each enrolled face."
     )
+    remember_unknown: bool = Field(
+        False,
+        description="Allow `remember_unknown` on POST /identify: faces that match nobody are "
+        "kept in the gallery's unknown-face pool (embedding, chip, the photo's hash and the "
+        "client's `source`, time), never searched, to be clustered and named (README: "
+        "Clustering). Off: such requests are refused.",
+    )
+    unknown_ttl_days: float = Field(
+        30.0,
+        gt=0,
+        description="Unknown-face pool faces older than this many days are erased.",
+    )
     upsample: int = Field(
         0,
         ge=0,

@@ -151,6 +151,78 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_eval_quality)
     _add_crops_parser(evals)
+    _add_cluster_parser(evals)
+
+
+def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:
+    q = evals.add_parser(
+        "cluster",
+        help="clustering of unknown faces on LFW: pairwise and BCubed scores, unclustered share",
+        description=(
+            "Embed a seeded, photo-album-like LFW subset (people with two or more photos, at "
+            "most --per-person each, plus --distractors people with one photo; the `eval lfw` "
+            "embedding cache in OUT is used and extended), cluster it with chinese whispers and "
+            "agglomerative average and complete linkage at thresholds around the service's, "
+            "and score against the true identities: pairwise precision/recall, BCubed "
+            "precision/recall/F, share of faces left unclustered; then incremental assignment "
+            "against a full recluster. Writes cluster.json and cluster.md."
+        ),
+    )
+    q.add_argument("--root", type=Path, required=True,
+                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
+    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
+                   help="output directory, shared with `eval lfw` for its cache "
+                        "(default: out/eval-lfw)")
+    q.add_argument("--cache", type=Path, metavar="FILE",
+                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+    q.add_argument("--people-images", type=int, default=5000, metavar="N",
+                   help="photos of people with two or more photos (default 5000)")
+    q.add_argument("--distractors", type=int, default=1000, metavar="N",
+                   help="photos of people with one photo (default 1000)")
+    q.add_argument("--per-person", type=int, default=20, metavar="N",
+                   help="at most N photos per person (default 20)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
+    q.add_argument("--thresholds", default="",
+                   help="cosine thresholds, comma-separated (default: the service's verify "
+                        "threshold, the clustering default and a few around it)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    q.add_argument("--threads", type=int, help="torch CPU threads")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_eval_cluster)
+
+
+def _eval_cluster(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.clustering import CLUSTER_THRESHOLD, VERIFY_THRESHOLD
+    from models.evaluation.cluster import evaluate_cluster
+    from models.evaluation.cluster_subset import cluster_subset
+    from models.evaluation.lfw import EmbeddingCache, embed_images
+    from models.pipeline import FacePipeline
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    image_dir = args.root if any(args.root.glob("*/*.jpg")) else next(
+        (d for d in sorted(args.root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
+        args.root)
+    paths, truth = cluster_subset(image_dir, people_images=args.people_images,
+                                  distractors=args.distractors, per_person=args.per_person,
+                                  seed=args.seed)
+    pipeline = FacePipeline(device=None if args.device == "auto" else args.device, flip=False)
+    cache = (EmbeddingCache(args.cache, pipeline.model_version) if args.cache
+             else EmbeddingCache.for_run(args.out, pipeline.model_version)).load()
+    emb = embed_images(pipeline, paths, cache, progress=not args.no_progress)
+    thresholds = ([float(x) for x in args.thresholds.split(",") if x] if args.thresholds
+                  else sorted({VERIFY_THRESHOLD, 0.925, CLUSTER_THRESHOLD, 0.935, 0.94}))
+    evaluate_cluster(emb.vectors, truth, args.out, thresholds=thresholds,
+                     service_threshold=VERIFY_THRESHOLD, cluster_threshold=CLUSTER_THRESHOLD,
+                     dataset={"source": str(image_dir), "people_images": args.people_images,
+                              "distractors": args.distractors, "per_person": args.per_person,
+                              "seed": args.seed,
+                              "no_face_found": int(emb.fallback.sum())})
+    print((args.out / "cluster.md").read_text(encoding="utf-8"))
+    print(f"written: {args.out / 'cluster.json'}, {args.out / 'cluster.md'}")
+    return 0
 
 
 def _add_crops_parser(evals: argparse._SubParsersAction) -> None:

@@ -20,7 +20,11 @@ from faceserve_client.models import (
     AuditList,
     BBox,
     Candidate,
+    ClusterFace,
+    ClusterInfo,
+    ClusterList,
     CreatedKey,
+    DeleteClusterResponse,
     DeleteFaceResponse,
     DeleteSubjectResponse,
     EmbeddedFace,
@@ -39,6 +43,7 @@ from faceserve_client.models import (
     KeyInfo,
     KeyList,
     Landmarks,
+    NameClusterResponse,
     OperatingPoint,
     Quality,
     ReadyResponse,
@@ -61,8 +66,13 @@ __all__ = [
     "AuditList",
     "BBox",
     "Candidate",
+    "ClusterFace",
+    "ClusterInfo",
+    "ClusterList",
+    "ClusterRequest",
     "CreateKeyRequest",
     "CreatedKey",
+    "DeleteClusterResponse",
     "DeleteFaceResponse",
     "DeleteSubjectResponse",
     "EmbedForm",
@@ -87,11 +97,15 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "MergeClusterRequest",
+    "NameClusterRequest",
+    "NameClusterResponse",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
     "ReplicationLag",
     "SelfTestReport",
+    "SplitClusterRequest",
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
@@ -287,6 +301,14 @@ class VerifyJSON(_Strict):
 # ---------------------------------------------------------------- identify
 
 
+RememberUnknown = Annotated[bool, Field(
+    description="Keep the faces that match nobody in the unknown-face pool, to be clustered "
+    "and named later (POST /clusters); needs the server's FACESERVE_REMEMBER_UNKNOWN.")]
+UnknownSource = Annotated[str | None, Field(
+    max_length=512, description="Your own reference to the photo (an id, a path), stored with "
+    "each remembered face and returned by GET /clusters.")]
+
+
 class IdentifyForm(_Strict):
     """``multipart/form-data`` fields of POST /identify."""
 
@@ -299,6 +321,8 @@ class IdentifyForm(_Strict):
     )
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    remember_unknown: RememberUnknown = False
+    source: UnknownSource = None
 
 
 class IdentifyJSON(_Strict):
@@ -313,6 +337,8 @@ class IdentifyJSON(_Strict):
     )
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    remember_unknown: RememberUnknown = False
+    source: UnknownSource = None
 
 
 # ---------------------------------------------------------------- embed
@@ -364,3 +390,50 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     EmbedForm,
     EmbedJSON,
 )
+
+
+# ---------------------------------------------------------------- clusters
+
+
+class ClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # `false` is not a threshold
+
+    mode: Literal["incremental", "full"] = Field(
+        "incremental",
+        description="`incremental`: faces new to the pool join the existing clusters (or "
+        "form new ones with faces still alone); `full`: recluster the whole pool.",
+    )
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Cosine similarity for one person (default: the clustering default).",
+    )
+
+
+class NameClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters/{id}/name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    subject_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
+                            description="Subject to enroll the cluster's faces as (new or "
+                            "existing).")
+
+
+class MergeClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters/{id}/merge."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    into: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                      description="The cluster that receives the faces.")
+
+
+class SplitClusterRequest(_Strict):
+    """``application/json`` body of POST /clusters/{id}/split."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    face_ids: list[str] = Field(min_length=1, max_length=1000,
+                                description="Pool faces to take out of the cluster.")

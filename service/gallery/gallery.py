@@ -337,6 +337,11 @@ class Gallery:
     # ------------------------------------------------------------ properties
 
     @property
+    def store(self) -> GalleryStore:
+        """The store, for data kept beside the gallery (the unknown-face pool)."""
+        return self._store
+
+    @property
     def size(self) -> int:
         return len(self._faces)
 

@@ -55,7 +55,8 @@ class FakePipeline:
         self.embed_calls: list[int] = []
 
     def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]:
-        """``min_face_px`` is accepted (requests may send it) and changes nothing here."""
+        """Faces of 40, 60, 80... px; with ``min_face_px``, those at least that wide (what the
+        real detector promises)."""
         n = int(image[0, 0, 0])
         faces = []
         for i in range(n):
@@ -71,7 +72,7 @@ class FakePipeline:
                 dtype=np.float32,
             )
             faces.append(Face(box=box, confidence=0.9 - 0.1 * i, landmarks=landmarks))
-        return faces
+        return [f for f in faces if min_face_px is None or f.box.width >= min_face_px]
 
     def detect_face_crop(self, image: np.ndarray) -> list[Face]:
         """``face_crop=true``: the photo's first face, as if it filled the image; none when

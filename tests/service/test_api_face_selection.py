@@ -36,7 +36,7 @@ SCENES: dict[int, list[tuple[Box, float, np.ndarray]]] = {
 class ScriptedPipeline(FakePipeline):
     """The scene is ``fake_photo``'s ``faces`` pixel; chips carry (scene, face index)."""
 
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]:
         scene = int(image[0, 0, 0])
         return [
             Face(box=box, confidence=conf,

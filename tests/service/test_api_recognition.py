@@ -242,7 +242,7 @@ class GatedPipeline(FakePipeline):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def detect(self, image: np.ndarray) -> list:
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
         self.entered.set()
         assert self.release.wait(60)
         return super().detect(image)
@@ -273,3 +273,17 @@ def test_inference_runs_off_the_event_loop(make_client: AppFactory) -> None:
         pipe.release.set()
         worker.join(60)
     assert held["r"].status_code == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/embed", "/identify"])
+def test_min_face_px_reaches_the_detector(client: TestClient, path: str) -> None:
+    """The request field is passed through: the fake detector's faces are 40, 60 and 80 px,
+    and min_face_px=60 keeps the two that are at least that wide."""
+    photo = {"image": ("p.png", fake_photo(person=1, faces=3), "image/png")}
+    everything = client.post(path, files=photo)
+    assert everything.status_code == 200, everything.text
+    assert len(everything.json()["faces"]) == 3
+    some = client.post(path, files=photo, data={"min_face_px": "60"})
+    assert some.status_code == 200, some.text
+    widths = sorted(f["bbox"]["right"] - f["bbox"]["left"] + 1 for f in some.json()["faces"])
+    assert widths == [60, 80]

@@ -17,7 +17,11 @@ __all__ = [
     "AuditList",
     "BBox",
     "Candidate",
+    "ClusterFace",
+    "ClusterInfo",
+    "ClusterList",
     "CreatedKey",
+    "DeleteClusterResponse",
     "DeleteFaceResponse",
     "DeleteSubjectResponse",
     "EmbedResponse",
@@ -36,6 +40,7 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "NameClusterResponse",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -343,6 +348,9 @@ class IdentifiedFace(BaseModel):
         "a photo), else null (unknown)."
     )
     quality: Quality
+    unknown_face_id: str | None = Field(
+        None, description="With `remember_unknown`: the id this unmatched face has in the "
+        "unknown-face pool.")
 
 
 class IdentifyImageResponse(BaseModel):
@@ -523,7 +531,8 @@ class AuditEvent(BaseModel):
     key_id: str | None = Field(description="The key that acted; null without keys (operator).")
     key_name: str
     action: Literal[
-        "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key"
+        "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+        "name_cluster", "delete_cluster",
     ]
     subject_id: str | None
     face_id: str | None
@@ -538,3 +547,44 @@ class AuditList(BaseModel):
     next_after: int | None = Field(
         description="Pass as `after` for the next page; null on the last page."
     )
+
+
+# ---------------------------------------------------------------- clusters
+
+
+class ClusterFace(BaseModel):
+    face_id: str
+    source: str | None = None
+    bbox: BBox
+    created_at: str
+
+
+class ClusterInfo(BaseModel):
+    """One group of the unknown-face pool: probably one person."""
+
+    cluster_id: str
+    size: int
+    representative_face_id: str = Field(
+        description="The face most similar to the rest; its chip is at "
+        "GET /clusters/faces/{face_id}/chip.")
+    faces: list[ClusterFace]
+
+
+class ClusterList(BaseModel):
+    """GET and POST /clusters: the pool's groups, largest first."""
+
+    clusters: list[ClusterInfo]
+    unclustered: int = Field(description="Pool faces in no group (seen once so far).")
+    pending: int = Field(description="Pool faces not clustered yet (POST /clusters does).")
+    threshold: float | None = None
+
+
+class NameClusterResponse(BaseModel):
+    cluster_id: str
+    subject_id: str
+    face_ids: list[str] = Field(description="The faces enrolled (new gallery face ids).")
+
+
+class DeleteClusterResponse(BaseModel):
+    cluster_id: str
+    faces_deleted: int

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.api.routes import (
     audit,
+    clusters,
     embed,
     enroll,
     faces,
@@ -25,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     embed.router,
     subjects.router,
     faces.router,
+    clusters.router,
     audit.router,
     keys.router,
     health.router,

@@ -36,7 +36,8 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
     action: Annotated[
         Literal[
-            "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key"
+            "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+            "name_cluster", "delete_cluster",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from service.api.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.api.errors import FaceNotFound, InvalidField, error_responses
+from service.api.routes.clusters import expire, pool_faces_for, remember
 from service.api.routes.common import (
     candidates_for,
     decode_embedding,
@@ -149,6 +150,10 @@ async def identify_image(
         candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
     )
     matches = one_subject_per_photo(per_face, point.threshold)
+    pool_ids: list[str | None] = [None] * len(matches)
+    if body.remember_unknown:
+        pool_ids = await _remember_unknown(
+            principal, settings, services, gallery, inference, found, matches, body.source)
     faces = [
         IdentifiedFace(
             bbox=to_bbox(face.box),
@@ -157,9 +162,10 @@ async def identify_image(
             candidates=candidates,
             match=match,
             quality=quality_model(quality),
+            unknown_face_id=pool_id,
         )
-        for face, candidates, match, quality in zip(
-            found.faces, per_face, matches, found.quality, strict=True
+        for face, candidates, match, quality, pool_id in zip(
+            found.faces, per_face, matches, found.quality, pool_ids, strict=True
         )
     ]
     return IdentifyImageResponse(
@@ -169,3 +175,24 @@ async def identify_image(
         operating_point=point,
         model=services.pipeline.model_version,
     )
+
+
+async def _remember_unknown(
+    principal: Principal, settings: Any, services: Any, gallery: Gallery, inference: Any,
+    found: Any, matches: list[Any], source: str | None,
+) -> list[str | None]:
+    """Keep the unmatched faces in the unknown-face pool (README: Clustering)."""
+    if not settings.remember_unknown:
+        raise InvalidField("remember_unknown is off on this server "
+                           "(FACESERVE_REMEMBER_UNKNOWN)", code="remember_unknown_off")
+    chips = [await inference.encode_chip(chip) if settings.store_chips and m is None else None
+             for chip, m in zip(found.chips, matches, strict=True)]
+    faces, ids = pool_faces_for(principal, found, chips, matches, source,
+                                services.pipeline.model_version)
+
+    def store() -> None:
+        expire(gallery, settings)
+        remember(gallery, faces)
+
+    await run_in_threadpool(store)
+    return ids

@@ -72,6 +72,7 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
+from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
 
@@ -124,7 +125,7 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads):
+class PostgresStore(SqlReads, UnknownPoolSql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"

@@ -52,6 +52,7 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
+from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
 
@@ -114,6 +115,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_gallery ON audit(gallery, id)",
     ),
+    # 3: the pool of unknown faces (issue 17; service/gallery/store/unknown.py).
+    (
+        """CREATE TABLE unknown_faces (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            face_id TEXT NOT NULL UNIQUE,
+            gallery TEXT NOT NULL DEFAULT '',
+            photo TEXT NOT NULL,
+            source TEXT,
+            bbox TEXT NOT NULL,
+            landmarks TEXT NOT NULL,
+            detection_confidence REAL NOT NULL,
+            model TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            cluster_id TEXT,
+            pinned INTEGER NOT NULL DEFAULT 0,
+            embedding BLOB NOT NULL,
+            chip BLOB
+        )""",
+        "CREATE INDEX unknown_faces_gallery ON unknown_faces(gallery, id)",
+        "CREATE INDEX unknown_faces_created ON unknown_faces(created_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -124,7 +146,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(SqlReads):
+class SqliteStore(SqlReads, UnknownPoolSql):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
 
     _P = "?"
@@ -276,6 +298,10 @@ class SqliteStore(SqlReads):
     @staticmethod
     def _last_change(conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT coalesce(max(change_id), 0) FROM changes").fetchone()[0])
+
+    def _after_erasure(self) -> None:
+        with self._write_lock:
+            self._erase_wal()
 
     def _erase_wal(self) -> None:
         """Move the WAL into the database and empty it: it still holds the deleted rows' pages."""

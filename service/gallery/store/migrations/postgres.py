@@ -72,5 +72,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_gallery ON audit (gallery, id)",
     ),
+    # 3: the pool of unknown faces (issue 17; service/gallery/store/unknown.py).
+    (
+        """CREATE TABLE unknown_faces (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            face_id text NOT NULL UNIQUE,
+            gallery text NOT NULL DEFAULT '',
+            photo text NOT NULL,
+            source text,
+            bbox text NOT NULL,
+            landmarks text NOT NULL,
+            detection_confidence double precision NOT NULL,
+            model text NOT NULL,
+            created_at text NOT NULL,
+            cluster_id text,
+            pinned integer NOT NULL DEFAULT 0,
+            embedding bytea NOT NULL,
+            chip bytea
+        )""",
+        "ALTER TABLE unknown_faces ALTER COLUMN chip SET STORAGE EXTERNAL",
+        "CREATE INDEX unknown_faces_gallery ON unknown_faces (gallery, id)",
+        "CREATE INDEX unknown_faces_created ON unknown_faces (created_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
