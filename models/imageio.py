@@ -37,6 +37,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "Admit",
+    "DecodeRefused",
     "DecodedImage",
     "EmptyImage",
     "ImageError",
@@ -137,6 +139,13 @@ class DecodedImage:
 
 # Chooses, from the upright (width, height), by how much a photo may be reduced: 1, 2, 4 or 8.
 Reduction = Callable[[int, int], int]
+# Told the number of pixels about to be decoded (after any reduction), before their buffer is
+# allocated; may refuse by raising ``DecodeRefused`` (a memory budget across requests).
+Admit = Callable[[int], None]
+
+
+class DecodeRefused(Exception):
+    """Raised by an ``Admit`` callback; passed through ``decode_reduced`` untouched."""
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -152,7 +161,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 
 def decode_reduced(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, reduction: Reduction | None = None
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduction: Reduction | None = None,
+    admit: Admit | None = None,
 ) -> DecodedImage:
     """:func:`decode_image`, but a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size.
 
@@ -160,6 +172,7 @@ def decode_reduced(
     detector shrinks a 12-megapixel photo anyway); libjpeg then skips the high frequencies
     instead of decoding every pixel, several times faster, and the full-size photo is never
     in memory. Other formats are decoded whole. Checks and errors as in ``decode_image``.
+    ``admit`` is told the pixel count to be decoded, after the checks and before decoding.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_image expects bytes, not {type(data).__name__}")
@@ -191,10 +204,12 @@ def decode_reduced(
                 if factor > 1:
                     # draft() picks the largest DCT scale that still gives at least this size.
                     im.draft("RGB", (-(-width // factor), -(-height // factor)))
+            if admit is not None:
+                admit(im.size[0] * im.size[1])  # draft() has set the reduced size
             _load(im)
             orientation = _orientation(im)  # other formats (TIFF) have it only once loaded
             rgb = _to_rgb(im)
-    except ImageError:
+    except (ImageError, DecodeRefused):
         raise
     except MemoryError:
         raise
@@ -361,7 +376,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
             return _grey_to_rgb(_int32_to_uint8(np.asarray(im)))
         if mode == "F":
             return _grey_to_rgb(_float_to_uint8(np.asarray(im)))
-    except ImageError:
+    except (ImageError, DecodeRefused):
         raise
     except MemoryError:
         raise

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from service.security.audit import AuditLog
     from service.security.keys import KeyRing
 
-__all__ = ["add_parsers", "is_loopback", "uvicorn_config"]
+__all__ = ["MAX_HEADER_BYTES", "add_parsers", "is_loopback", "uvicorn_config"]
+
+MAX_HEADER_BYTES = 16 * 1024
 
 OPERATOR_NAME = "(command line)"
 
@@ -143,8 +145,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Config:
     """How ``faceserve serve`` runs ``app`` under uvicorn (tests run the same): without
-    uvicorn's access log (see ``service.api.accesslog``)."""
+    uvicorn's access log (see ``service.api.accesslog``), with a header timeout, a keep-alive
+    timeout and a cap on connections (``service.security.connguard``)."""
     import uvicorn
+
+    from service.security.connguard import guarded_h11
 
     return uvicorn.Config(
         app,
@@ -153,6 +158,11 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str) -> uvicorn.Conf
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=30,
+        http=guarded_h11(settings.header_timeout_s, settings.max_connections,
+                         MAX_HEADER_BYTES),
+        timeout_keep_alive=settings.keep_alive_s,
+        # Request line and headers together; more is 400 and the connection closed.
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         # Its access log writes raw paths and query strings (embeddings, erased subject ids):
         # the app logs each request itself, redacted (service.api.accesslog).
         access_log=False,

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         description="Operating-point profile JSON written by `faceserve eval lfw`; default "
         "`<data_dir>/operating_points.json`. Read only when `threshold` is `far=...`.",
     )
+    docs: bool = Field(
+        True,
+        description="Serve the API docs pages `/docs` (Swagger UI) and `/redoc`: they load "
+        "pinned scripts from cdn.jsdelivr.net under a strict Content-Security-Policy. `false` "
+        "turns them off (no third-party script; offline); `/openapi.json` stays.",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024,
         ge=1,
@@ -119,6 +125,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest decoded image (width x height), checked from the image header "
         "before decoding.",
+    )
+    decoded_pixels_in_flight: int = Field(
+        60_000_000,
+        ge=1,
+        description="Most decoded pixels held by image requests at once, all requests "
+        "together (a pixel costs the pipeline about 22 bytes at its peak); a request whose "
+        "image would pass it gets 429 `overloaded` with Retry-After. One image alone is always "
+        "decoded.",
     )
     max_faces: int = Field(
         10, ge=1, description="Most faces identified or embedded per image (most confident first)."
@@ -214,12 +228,46 @@ class Settings(BaseSettings):
         description="Longest a request may take, body upload included; then 408 (body still "
         "arriving) or 503 `timeout`. 0 turns it off.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="Longest a connection may take to send a request line and headers (from "
+        "when it opens, and after each response); then it is closed. 0 turns it off.",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="Seconds an idle connection is kept open after a response."
+    )
+    max_connections: int = Field(
+        500,
+        ge=1,
+        description="Most open client connections; one more is answered 503 with Retry-After "
+        "and closed at once (each holds a file descriptor).",
+    )
     inference_queue: int = Field(
         32,
         ge=1,
         description="Most image requests (enroll, verify, identify, embed) inside inference at "
         "once, running or waiting; more get 429 `overloaded` with Retry-After before their "
         "body is read, so memory stays bounded under overload.",
+    )
+    inference_slots_per_key: int = Field(
+        8,
+        ge=1,
+        description="Most image requests one API key (without keys: one client address) may "
+        "have inside inference at once; more get 429 `rate_limited`, so one caller's slow "
+        "uploads cannot fill `inference_queue` for everyone.",
+    )
+    min_upload_bytes_per_s: float = Field(
+        1024.0,
+        ge=0,
+        description="Slowest accepted request body, on average, after `upload_grace_s`; a "
+        "slower one gets 408 `request_timeout` and its connection is closed (a trickled upload "
+        "holds an inference slot). 0 turns it off.",
+    )
+    upload_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a request body may take before `min_upload_bytes_per_s` applies.",
     )
     rate_limit_per_s: float = Field(
         20.0,
@@ -238,6 +286,13 @@ class Settings(BaseSettings):
         "`postgresql://user:password@host:5432/db`: the PostgreSQL gallery, shared by several "
         "replicas (each keeps its index in memory and follows the others' changes); the "
         "schema is the first of the URL's search_path (`?options=-csearch_path%3Dname`).",
+    )
+
+    add_faces_scope: Literal["enroll", "admin"] = Field(
+        "enroll",
+        description="Scope a key needs to add faces to a subject that already exists (and "
+        "replace its metadata): `admin` keeps enroll-only keys to creating new subjects, so "
+        "one cannot add another person's face to an existing identity. Audited as `add_face`.",
     )
 
     # Enrollment quality limits (service/inference/quality.py): a face breaking one gets 422

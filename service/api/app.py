@@ -25,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 
 from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
+from service.api.docs import docs_router
 from service.api.errors import install_error_handlers
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import ROUTERS
@@ -34,11 +35,16 @@ from service.console import router as console_router
 from service.gallery.gallery import Gallery
 from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.inference.inference import Inference, Pipeline
+from service.inference.memory import PixelBudget
 from service.security.audit import AuditLog
 from service.security.keys import KeyRing, namespace_of, open_security_store
-from service.security.limits import BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from service.security.limits import (
+    BodySizeLimitMiddleware,
+    MinUploadRateMiddleware,
+    RequestTimeoutMiddleware,
+)
 from service.security.localguard import LoopbackGuardMiddleware
-from service.security.ratelimit import RateLimiter
+from service.security.ratelimit import KeySlots, RateLimiter
 
 __all__ = ["create_app", "default_pipeline"]
 
@@ -159,7 +165,8 @@ def _build_services(
     except BaseException:
         gallery.close()
         raise
-    inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels)
+    inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
+                          pixel_budget=PixelBudget(settings.decoded_pixels_in_flight))
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
     log.info(
         "ready in %.1fs: model %s on %s, %d faces of %d subjects, %s index, threshold %.3f (%s)",
@@ -226,6 +233,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # FastAPI's pages load unpinned CDN scripts: see service.api.docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -233,11 +242,16 @@ def create_app(
     app.state.load_error = None
     app.state.inference_gate = AdmissionGate(settings.inference_queue)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.key_slots = KeySlots(settings.inference_slots_per_key)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     app.include_router(console_router)  # the web console at /ui: static files only
+    if settings.docs:
+        app.include_router(docs_router(app))
     # Added last = outermost: metrics see every request, including 413s from the limit.
+    app.add_middleware(MinUploadRateMiddleware, bytes_per_s=settings.min_upload_bytes_per_s,
+                       grace_s=settings.upload_grace_s)
     app.add_middleware(RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(LoopbackGuardMiddleware, keyless=lambda: _keyless(app))

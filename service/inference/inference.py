@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ from models.imageio import DecodedImage, decode_reduced
 from models.quality import FaceQuality, assess
 from service.api.errors import NotAFace
 from service.inference.batcher import Embedder
+from service.inference.memory import PixelBudget
 
-__all__ = ["EmbeddedFaces", "Inference", "Pipeline", "keep_all", "most_confident"]
+__all__ = [
+    "EmbeddedFaces", "Inference", "Pipeline", "RequestGone", "keep_all", "most_confident",
+]
 
 # Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
 FaceSelector = Callable[[list[Face]], list[Face]]
@@ -61,6 +65,16 @@ class EmbeddedFaces:
     quality: list[FaceQuality] = field(default_factory=list)  # rows match ``faces``
 
 
+class RequestGone(Exception):
+    """Raised on the inference thread between stages once the request was cancelled (timed
+    out, client gone): the rest of its work is skipped rather than done for nobody."""
+
+
+def _check(gone: threading.Event | None) -> None:
+    if gone is not None and gone.is_set():
+        raise RequestGone("the request was cancelled")
+
+
 def keep_all(faces: list[Face]) -> list[Face]:
     return faces
 
@@ -80,20 +94,33 @@ class Inference:
         executor: Executor,
         *,
         max_pixels: int,
+        pixel_budget: PixelBudget | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.embedder = embedder
         self.executor = executor
         self.max_pixels = max_pixels
+        self.pixel_budget = pixel_budget
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _decode(self, data: bytes, min_face_px: int | None) -> DecodedImage:
-        """The upload, decoded at the smallest size the pipeline says loses nothing."""
+    def _decode(
+        self, data: bytes, min_face_px: int | None, held: list[int] | None = None
+    ) -> DecodedImage:
+        """The upload, decoded at the smallest size the pipeline says loses nothing. With a
+        pixel budget, the decoded pixels are taken from it first and appended to ``held``
+        (the caller gives them back once the image is no longer needed)."""
         plan = getattr(self.pipeline, "decode_reduction", None)  # fakes in tests have none
         reduction = None if plan is None else (lambda w, h: plan(w, h, min_face_px))
-        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction)
+        admit = None
+        budget = self.pixel_budget
+        if budget is not None and held is not None:
+            def admit(pixels: int) -> None:
+                budget.take(pixels)
+                held.append(pixels)
+        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction,
+                              admit=admit)
 
     def _detect_and_align(
         self,
@@ -102,9 +129,31 @@ class Inference:
         primary: bool,
         face_crop: bool = False,
         min_face_px: int | None = None,
+        gone: threading.Event | None = None,
+    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
+        _check(gone)  # cancelled while it waited for a thread
+        held: list[int] = []
+        try:
+            return self._detect_and_align_held(
+                data, select, primary, face_crop, min_face_px, gone, held
+            )
+        finally:
+            if held and self.pixel_budget is not None:
+                self.pixel_budget.give(held[0])
+
+    def _detect_and_align_held(
+        self,
+        data: bytes,
+        select: FaceSelector,
+        primary: bool,
+        face_crop: bool,
+        min_face_px: int | None,
+        gone: threading.Event | None,
+        held: list[int],
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
-        decoded = self._decode(data, None if face_crop else min_face_px)
+        decoded = self._decode(data, None if face_crop else min_face_px, held)
+        _check(gone)
         image = decoded.image
         if face_crop:
             detected = self.pipeline.detect_face_crop(image)
@@ -132,6 +181,7 @@ class Inference:
             local = [detected[where[id(f)]] for f in chosen]
         else:
             local = chosen
+        _check(gone)  # detection is the long stage: skip alignment for a request gone since
         chips = self.pipeline.align(image, local)
         return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
 
@@ -175,10 +225,18 @@ class Inference:
         face_crop: bool,
         min_face_px: int | None = None,
     ) -> EmbeddedFaces:
-        chosen, chips, detected, digest, selection, quality = await self._run(
-            self._detect_and_align, data, select, primary, face_crop, min_face_px
-        )
-        embeddings = await self.embedder.embed(chips)
+        # Cancelling the awaits below (the request timeout, a client gone) drops work still
+        # queued (the executor's and the batcher's futures are cancelled with them); ``gone``
+        # tells the stage already running on a thread to stop at its next step.
+        gone = threading.Event()
+        try:
+            chosen, chips, detected, digest, selection, quality = await self._run(
+                self._detect_and_align, data, select, primary, face_crop, min_face_px, gone
+            )
+            embeddings = await self.embedder.embed(chips)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:

@@ -20,8 +20,12 @@ __all__ = ["ACTIONS", "Actor", "AuditLog"]
 
 log = logging.getLogger("faceserve.audit")
 
-ACTIONS: tuple[str, ...] = ("enroll", "delete_subject", "delete_face", "create_key", "revoke_key",
-                           "name_cluster", "delete_cluster")
+# ``enroll`` creates a subject; ``add_face`` adds a face to (and may replace the metadata of) one
+# that existed before the request: taking over an existing identity is its own kind of event.
+ACTIONS: tuple[str, ...] = (
+    "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+    "name_cluster", "delete_cluster",
+)
 
 
 class Actor(Protocol):
@@ -69,4 +73,7 @@ class AuditLog:
     def events(
         self, gallery: str | None, after: int, limit: int, action: str | None = None
     ) -> list[AuditRecord]:
-        return self.store.list_audit(gallery, after, limit, action)
+        """One gallery's events; a gallery other than the default (a tenant's) is numbered
+        in its own sequence, so its ids reveal nothing of the other galleries' activity."""
+        return self.store.list_audit(gallery, after, limit, action,
+                                     per_gallery=bool(gallery))

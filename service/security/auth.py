@@ -26,7 +26,7 @@ from service.api.deps import ServicesDep
 from service.api.errors import Forbidden, TooManyRequests, Unauthorized
 from service.inference.batcher import AdmissionGate
 from service.security.keys import SCOPES, Namespace
-from service.security.ratelimit import RateLimiter
+from service.security.ratelimit import KeySlots, RateLimiter
 
 __all__ = [
     "OPERATOR",
@@ -155,6 +155,18 @@ def identify_caller(request: Request, services: ServicesDep) -> Principal | None
     return Principal(record.key_id, record.name, record.scopes, Namespace(record.gallery))
 
 
+def _caller(request: Request, principal: Principal) -> str:
+    """Whose share a request uses: its key, or its client address when keys are off."""
+    if principal.key_id is not None:
+        return f"key:{principal.key_id}"
+    client = request.client
+    return f"addr:{client.host if client is not None else '?'}"
+
+
+def _describe(principal: Principal) -> str:
+    return "this client" if principal.key_id is None else f"key {principal.name!r}"
+
+
 def _admit(
     check: Callable[..., Coroutine[Any, Any, Principal]],
 ) -> Callable[..., AsyncIterator[Principal]]:
@@ -163,17 +175,30 @@ def _admit(
     async def admitted(
         request: Request, principal: Annotated[Principal, Security(check)]
     ) -> AsyncIterator[Principal]:
-        gate: AdmissionGate = request.app.state.inference_gate
-        if not gate.try_enter():
+        # The caller's own share first: one key (or one address without keys) never holds
+        # more than its slots, so slow uploads of one cannot fill the server-wide queue.
+        slots: KeySlots = request.app.state.key_slots
+        caller = _caller(request, principal)
+        if not slots.try_enter(caller):
             raise TooManyRequests(
-                f"the server is busy ({gate.capacity} image requests in progress); retry "
-                "shortly",
-                code="overloaded",
+                f"{_describe(principal)} already has {slots.per_key} image requests in "
+                "progress; retry when one is answered",
+                code="rate_limited",
             )
         try:
-            yield principal
+            gate: AdmissionGate = request.app.state.inference_gate
+            if not gate.try_enter():
+                raise TooManyRequests(
+                    f"the server is busy ({gate.capacity} image requests in progress); retry "
+                    "shortly",
+                    code="overloaded",
+                )
+            try:
+                yield principal
+            finally:
+                gate.leave()
         finally:
-            gate.leave()
+            slots.leave(caller)
 
     return admitted
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["RateLimiter"]
+__all__ = ["KeySlots", "RateLimiter"]
 
 
 class RateLimiter:
@@ -49,3 +49,40 @@ class RateLimiter:
     def retry_after(wait_s: float) -> str:
         """A ``Retry-After`` value: whole seconds, at least 1."""
         return str(max(1, math.ceil(wait_s)))
+
+
+class KeySlots:
+    """At most ``per_key`` requests of one caller inside the inference stage at once.
+
+    The server-wide ``AdmissionGate`` alone lets one key (or one address, without keys) take
+    every slot with slow uploads and lock every other tenant out; this keeps a share for the
+    others. Counts exist only while a caller has requests inside, so the map stays as small
+    as the number of callers in flight."""
+
+    def __init__(self, per_key: int) -> None:
+        if per_key < 1:
+            raise ValueError("per_key must be >= 1")
+        self.per_key = per_key
+        self._inside: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def inside(self, key: str) -> int:
+        return self._inside.get(key, 0)
+
+    def try_enter(self, key: str) -> bool:
+        with self._lock:
+            n = self._inside.get(key, 0)
+            if n >= self.per_key:
+                return False
+            self._inside[key] = n + 1
+            return True
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            n = self._inside.get(key, 0)
+            if n <= 0:
+                raise RuntimeError("KeySlots.leave() without a matching try_enter()")
+            if n == 1:
+                del self._inside[key]
+            else:
+                self._inside[key] = n - 1

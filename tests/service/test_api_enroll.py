@@ -154,8 +154,10 @@ def b64(photo: bytes) -> str:
 
 
 def audit_enrolls(client: TestClient) -> list[tuple[str, str, bool]]:
-    events = client.get("/audit", params={"action": "enroll"}).json()["events"]
-    return [(e["subject_id"], e["face_id"], e["detail"]["created"]) for e in events]
+    """Faces stored or replayed: ``enroll`` (new subject) and ``add_face`` events."""
+    events = client.get("/audit").json()["events"]
+    return [(e["subject_id"], e["face_id"], e["detail"]["created"]) for e in events
+            if e["action"] in ("enroll", "add_face")]
 
 
 def test_several_photos_in_one_multipart_request(client: TestClient) -> None:

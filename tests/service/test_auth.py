@@ -497,3 +497,78 @@ def test_keyless_on_another_address_is_not_host_checked(client: TestClient) -> N
     """`--insecure` on a network address: clients use whatever name reaches the server."""
     lan = TestClient(client.app, base_url="http://192.168.1.5:8000")
     assert lan.get("/subjects", headers={"Host": "faces.lan:8000"}).status_code == 200
+
+
+# ---------------------------------------------------------------- faces added to a subject
+
+
+def test_adding_a_face_to_an_existing_subject_is_its_own_audited_action(world: World) -> None:
+    """An enroll-only key adds someone else's face to ``alice`` and replaces her metadata: the
+    audit says ``add_face``, by which key, and which metadata keys were replaced."""
+    c, enroll_key = world.client, bearer(world.tokens["enroll"])
+    admin = bearer(world.tokens["admin"])
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"badge": "x"}'},
+               files=files(fake_photo(99)), headers=enroll_key)
+    assert r.status_code == 201, r.text
+    events = c.get("/audit", headers=admin).json()["events"]
+    first, last = events[0], events[-1]
+    assert first["action"] == "enroll" and first["subject_id"] == "alice"
+    assert last["action"] == "add_face" and last["key_name"] == "enroll"
+    assert last["subject_id"] == "alice" and last["face_id"] == r.json()["face_id"]
+    assert last["detail"] == {"created": True, "metadata_replaced": True,
+                              "metadata_keys_before": [], "metadata_keys_after": ["badge"]}
+    # A replay replaces the metadata again: audited again, with the keys before and after.
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"name": "y"}'},
+               files=files(fake_photo(99)), headers=enroll_key)
+    assert r.status_code == 200, r.text
+    last = c.get("/audit", headers=admin).json()["events"][-1]
+    assert last["action"] == "add_face" and last["detail"] == {
+        "created": False, "metadata_replaced": True,
+        "metadata_keys_before": ["badge"], "metadata_keys_after": ["name"]}
+    assert [e["action"] for e in c.get("/audit", params={"action": "add_face"},
+                                       headers=admin).json()["events"]] == ["add_face"] * 2
+
+
+def test_a_deployment_can_require_admin_to_add_faces_to_a_subject(
+    make_client: AppFactory,
+) -> None:
+    client = make_client(add_faces_scope="admin", rate_limit_per_s=0)
+    ring: KeyRing = client.app.state.services.keys
+    _, kiosk = ring.create("kiosk", ["enroll"])
+    _, operator = ring.create("operator", ["enroll", "admin"])
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(5)),
+                    headers=bearer(kiosk))
+    assert r.status_code == 201, r.text  # a new subject: enroll suffices
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(6)),
+                    headers=bearer(kiosk))
+    assert_error(r, 403, "insufficient_scope")
+    assert "already exists" in r.json()["error"]["message"]
+    assert client.get("/subjects/obama", headers=bearer(operator)).json()["face_count"] == 1
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(6)),
+                    headers=bearer(operator))
+    assert r.status_code == 201, r.text
+
+
+def test_metrics_are_the_default_gallerys_admins_only(world: World) -> None:
+    """Server-wide counts and every tenant's traffic: not for another gallery's admin."""
+    c = world.client
+    r = c.get("/metrics", headers=bearer(world.tokens["other"]))  # every scope, gallery "b"
+    assert_error(r, 403, "insufficient_scope")
+    assert "faceserve_gallery_faces" not in r.text
+    r = c.get("/metrics", headers=bearer(world.tokens["admin"]))
+    assert r.status_code == 200 and "faceserve_gallery_faces 2.0" in r.text
+
+
+def test_a_tenants_audit_ids_have_no_gaps_for_other_galleries(world: World) -> None:
+    c = world.client
+    other, default = bearer(world.tokens["other"]), bearer(world.tokens["all"])
+    for i in range(3):  # the default gallery acts between the tenant's events
+        assert c.post("/enroll", data={"subject_id": f"d{i}"}, files=files(fake_photo(40 + i)),
+                      headers=default).status_code == 201
+        assert c.post("/enroll", data={"subject_id": f"t{i}"}, files=files(fake_photo(50 + i)),
+                      headers=other).status_code == 201
+    events = c.get("/audit", headers=other).json()["events"]
+    assert [e["subject_id"] for e in events] == ["bob", "t0", "t1", "t2"]
+    assert [e["id"] for e in events] == [1, 2, 3, 4]
+    page = c.get("/audit", params={"after": 2, "limit": 1}, headers=other).json()
+    assert [e["subject_id"] for e in page["events"]] == ["t1"] and page["next_after"] == 3

@@ -114,7 +114,7 @@ def test_delete_erases_every_byte_and_the_audit_log_says_who(
                           ).fetchone()[0] == 0
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
         ("kiosk-7", "enroll", "erase-me", victim[0]),
-        ("kiosk-7", "enroll", "erase-me", victim[1]),
+        ("kiosk-7", "add_face", "erase-me", victim[1]),  # the subject existed
         ("kiosk-7", "enroll", "kept", kept),
         ("dpo-office", "delete_subject", "erase-me", None),
     ]

@@ -11,6 +11,7 @@ on an event, and the rate limiter's clock is stepped by hand.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.inference.batcher import AdmissionGate
 from service.security.ratelimit import RateLimiter
@@ -38,7 +40,7 @@ class HeldPipeline(FakePipeline):
     def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
         self.entered.release()
         assert self.release.wait(WAIT_S), "test never released the pipeline"
-        return super().detect(image)
+        return super().detect(image, min_face_px)
 
 
 def post_embed(client: Any, **kw: Any) -> Any:
@@ -216,3 +218,201 @@ def test_a_body_that_does_not_arrive_in_time_is_408(make_client: AppFactory) -> 
     assert start["status"] == 408 and body["error"]["code"] == "request_timeout"
     assert (b"connection", b"close") in start["headers"]
     assert pulled == 2  # it was waiting for the second chunk when the timeout fired
+
+
+class CountingHeldPipeline(HeldPipeline):
+    """``HeldPipeline`` that also counts detections and alignments (per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detected = 0
+        self.aligned = 0
+
+    def detect(self, image: np.ndarray, min_face_px: int | None = None) -> list:
+        self.detected += 1
+        return super().detect(image, min_face_px)
+
+    def align(self, image: np.ndarray, faces: Any) -> np.ndarray:
+        self.aligned += 1
+        return super().align(image, faces)
+
+
+def test_timed_out_requests_leave_no_work_behind(make_client: AppFactory) -> None:
+    """A burst of requests that time out: the queued ones are never decoded, and the one in
+    detection stops there (no alignment, no embedding) once it is released."""
+    pipe = CountingHeldPipeline()
+    client = make_client(pipe, request_timeout_s=0.5, inference_threads=1, inference_queue=8)
+    embeds_before = len(pipe.embed_calls)
+    pool = ThreadPoolExecutor(4)
+    try:
+        answers = [pool.submit(post_embed, client) for _ in range(4)]
+        statuses = [f.result(WAIT_S).status_code for f in answers]
+        assert statuses == [503] * 4
+        assert pipe.detected == 1  # one reached detection; three waited for the one thread
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    # With one inference thread, this request runs after the held one has finished.
+    assert post_embed(client).status_code == 200
+    assert pipe.detected == 2
+    assert pipe.aligned == 1  # only the last request's faces were aligned ...
+    assert len(pipe.embed_calls) == embeds_before + 1  # ... and embedded
+
+
+# ---------------------------------------------------------------- decoded memory
+
+
+PHOTO_PIXELS = 120 * 400  # fake_photo's size
+
+
+def test_decodes_past_the_pixel_budget_are_429_while_others_hold_it(
+    make_client: AppFactory,
+) -> None:
+    """One image in detection holds its pixels; a second that would pass the budget is
+    refused at once with Retry-After, and admitted once the first is done."""
+    pipe = HeldPipeline()
+    client = make_client(pipe, decoded_pixels_in_flight=int(PHOTO_PIXELS * 1.5))
+    budget = client.app.state.services.inference.pixel_budget
+    pool = ThreadPoolExecutor(1)
+    try:
+        held = pool.submit(post_embed, client)
+        assert pipe.entered.acquire(timeout=WAIT_S)
+        assert budget.held == PHOTO_PIXELS
+        r = post_embed(client)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert "pixels" in r.json()["error"]["message"]
+        # An enrollment refused for memory fails as a whole (retry), not as a bad photo.
+        r = client.post("/enroll", files={"image": ("p.png", fake_photo(), "image/png")},
+                        data={"subject_id": "x"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded", r.text
+        pipe.release.set()
+        assert held.result(WAIT_S).status_code == 200
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    assert budget.held == 0
+    assert post_embed(client).status_code == 200
+
+
+def test_one_image_alone_is_decoded_whatever_the_budget(make_client: AppFactory) -> None:
+    client = make_client(decoded_pixels_in_flight=1000)
+    assert post_embed(client).status_code == 200
+    assert client.app.state.services.inference.pixel_budget.held == 0
+
+
+def test_a_reduced_jpeg_takes_only_its_decoded_pixels() -> None:
+    """A JPEG decoded at 1/4 size (libjpeg's DCT scaling) holds a sixteenth of its pixels."""
+    from models.imageio import decode_reduced
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 800), (90, 120, 150)).save(buf, format="JPEG")
+    seen: list[int] = []
+    decoded = decode_reduced(buf.getvalue(), reduction=lambda w, h: 4, admit=seen.append)
+    assert seen == [400 * 200] and decoded.image.shape[:2] == (200, 400)
+    seen.clear()
+    decode_reduced(buf.getvalue(), admit=seen.append)
+    assert seen == [1600 * 800]
+
+
+# ---------------------------------------------------------------- one caller's share
+
+
+def test_one_key_cannot_take_every_inference_slot(make_client: AppFactory) -> None:
+    """Key A at its share of slots gets 429 ``rate_limited``; key B is still admitted."""
+    pipe = HeldPipeline()
+    client = make_client(pipe, inference_slots_per_key=2, inference_queue=32,
+                         inference_threads=3)
+    ring = client.app.state.services.keys
+    _, a = ring.create("a", ["recognize"])
+    _, b = ring.create("b", ["recognize"])
+    pool = ThreadPoolExecutor(3)
+    try:
+        held = [pool.submit(post_embed, client, headers={"X-API-Key": a}) for _ in range(2)]
+        for _ in range(2):
+            assert pipe.entered.acquire(timeout=WAIT_S)
+        r = post_embed(client, headers={"X-API-Key": a})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "rate_limited" and "retry-after" in r.headers
+        other = pool.submit(post_embed, client, headers={"X-API-Key": b})
+        assert pipe.entered.acquire(timeout=WAIT_S)  # B's request reached detection
+        pipe.release.set()
+        assert [f.result(WAIT_S).status_code for f in [*held, other]] == [200, 200, 200]
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+    assert client.app.state.key_slots.inside(f"key:{ring.lookup(a).key_id}") == 0
+    assert post_embed(client, headers={"X-API-Key": a}).status_code == 200
+
+
+def test_without_keys_the_share_is_per_client_address(make_client: AppFactory) -> None:
+    pipe = HeldPipeline()
+    client = make_client(pipe, inference_slots_per_key=1)
+    pool = ThreadPoolExecutor(1)
+    try:
+        held = pool.submit(post_embed, client)
+        assert pipe.entered.acquire(timeout=WAIT_S)
+        r = post_embed(client)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        pipe.release.set()
+        assert held.result(WAIT_S).status_code == 200
+    finally:
+        pipe.release.set()
+        pool.shutdown(wait=True)
+
+
+def test_key_slots_count_per_key() -> None:
+    from service.security.ratelimit import KeySlots
+
+    slots = KeySlots(2)
+    assert slots.try_enter("a") and slots.try_enter("a") and not slots.try_enter("a")
+    assert slots.try_enter("b")
+    slots.leave("a")
+    assert slots.try_enter("a")
+    for key in ("a", "a", "b"):
+        slots.leave(key)
+    assert slots.inside("a") == 0 and slots._inside == {}
+    with pytest.raises(RuntimeError):
+        slots.leave("a")
+
+
+# ---------------------------------------------------------------- minimum upload rate
+
+
+def test_a_trickled_body_is_408_once_it_falls_behind_the_minimum_rate(
+    make_client: AppFactory,
+) -> None:
+    client = make_client(min_upload_bytes_per_s=1000, upload_grace_s=0.3)
+    sent: list[dict] = []
+    pulled = 0
+
+    head = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+
+    async def receive() -> dict:  # the part's head, then one byte every 50 ms: 20 bytes/s
+        nonlocal pulled
+        pulled += 1
+        if pulled > 1:
+            await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": head if pulled == 1 else b"x",
+                "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/embed", "raw_path": b"/embed", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80), "state": {},
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"),
+                    (b"content-length", b"100000")],
+    }
+    asyncio.run(asyncio.wait_for(client.app(scope, receive, send), WAIT_S))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert start["status"] == 408 and body["error"]["code"] == "request_timeout"
+    assert "bytes/s" in body["error"]["message"]
+    assert (b"connection", b"close") in start["headers"]
+    assert client.app.state.inference_gate.inside == 0  # its slot is free again
+    # A body that arrives at once is not affected.
+    assert post_embed(client).status_code == 200

@@ -480,6 +480,20 @@ def test_keys_and_audit_events_are_stored(store: Any) -> None:
     assert store.state().last_change_id == 0  # not gallery changes: followers ignore them
 
 
+def test_a_gallerys_audit_events_are_numbered_in_its_own_sequence(store: Any) -> None:
+    """A tenant's event ids are its own positions: no gaps where other galleries acted."""
+    for i in range(7):
+        gallery = "tenant" if i % 3 == 0 else ""  # positions 0, 3, 6 are the tenant's
+        action = "enroll" if i < 6 else "delete_subject"
+        store.add_audit(NewAuditEvent(f"t{i}", None, "k", action, gallery, f"s{i}"))
+    mine = store.list_audit("tenant", 0, 10, per_gallery=True)
+    assert [(e.id, e.subject_id) for e in mine] == [(1, "s0"), (2, "s3"), (3, "s6")]
+    assert [e.id for e in store.list_audit("tenant", 1, 1, per_gallery=True)] == [2]
+    assert [e.id for e in store.list_audit("tenant", 0, 10, "delete_subject",
+                                           per_gallery=True)] == [3]
+    assert [e.id for e in store.list_audit("tenant", 0, 10)] != [1, 2, 3]  # the global ids
+
+
 # ---------------------------------------------------------------- PostgreSQL only
 
 

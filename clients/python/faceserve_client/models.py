@@ -530,8 +530,10 @@ class AuditEvent(BaseModel):
     at: str = Field(description="ISO 8601, UTC.")
     key_id: str | None = Field(description="The key that acted; null without keys (operator).")
     key_name: str
-    action: Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key",
-                    "name_cluster", "delete_cluster"]
+    action: Literal[
+        "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+        "name_cluster", "delete_cluster",
+    ]
     subject_id: str | None
     face_id: str | None
     detail: dict[str, Any] = Field(

@@ -22,8 +22,10 @@ router = APIRouter(tags=["security"])
     description=(
         "Enrollments, erasures and key changes of the key's gallery, oldest first, `limit` per "
         "page; pass `next_after` back as `after`. Events name the key (who), the action and "
-        "ids (what) and the time (when); never images, embeddings or metadata. Needs scope "
-        "`admin`."
+        "ids (what) and the time (when); never images, embeddings or metadata. `enroll` "
+        "creates a subject, `add_face` adds a face to one that existed before (with the "
+        "metadata's key names when it was replaced). A gallery other than the default numbers "
+        "its events in its own sequence. Needs scope `admin`."
     ),
     responses=error_responses(401, 403, 408, 422, 429, 503),
 )
@@ -33,7 +35,10 @@ async def audit_log(
     after: Annotated[int, Query(ge=0, le=2**62, description="Events after this id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
     action: Annotated[
-        Literal["enroll", "delete_subject", "delete_face", "create_key", "revoke_key"] | None,
+        Literal[
+            "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
+            "name_cluster", "delete_cluster",
+        ] | None,
         Query(description="Only this kind of event."),
     ] = None,
 ) -> AuditList:

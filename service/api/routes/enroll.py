@@ -21,6 +21,7 @@ from service.api.deps import GalleryDep, InferenceDep, Services, ServicesDep, Se
 from service.api.errors import (
     IMAGE_ERROR_STATUS,
     DuplicateFace,
+    Forbidden,
     InvalidBase64,
     InvalidField,
     MultipleFaces,
@@ -154,6 +155,9 @@ class _Enrollment:
     services: Services
     gallery: Gallery
     inference: Inference
+    # The subject's metadata keys when the request began, or None: it did not exist (then
+    # every face is audited as ``enroll``, else as ``add_face``).
+    existing_keys: list[str] | None = None
 
     async def possible_duplicate(self, embedding: np.ndarray) -> Candidate | None:
         """The best *other* subject of the caller's gallery at or above the threshold.
@@ -210,10 +214,22 @@ class _Enrollment:
                 metadata=self.metadata,
             )
         )
-        await audit_event(self.services, self.principal, "enroll", subject_id=self.subject_id,
-                          face_id=record.face_id, detail={"created": created})
+        action, detail = self.audit_of(created)
+        await audit_event(self.services, self.principal, action, subject_id=self.subject_id,
+                          face_id=record.face_id, detail=detail)
         result.record, result.created = record, created
         return result
+
+    def audit_of(self, created: bool) -> tuple[str, dict[str, Any]]:
+        """The audit action and detail of one stored (or replayed) face: which keys of the
+        metadata were replaced (names only: the audit log never holds personal data)."""
+        if self.existing_keys is None:
+            return "enroll", {"created": created}
+        detail: dict[str, Any] = {"created": created, "metadata_replaced": False}
+        if self.metadata is not None:
+            detail.update(metadata_replaced=True, metadata_keys_before=self.existing_keys,
+                          metadata_keys_after=sorted(self.metadata))
+        return "add_face", detail
 
     async def each(self, index: int, value: str | bytes) -> _Photo:
         """``photo``, with a refused photo's error kept in its result instead of raised."""
@@ -304,6 +320,14 @@ async def enroll(
         raise InvalidField("give image (one photo) or images (several photos), not both")
     if body.images is not None and len(body.images) > settings.max_enroll_images:
         raise too_many_images(settings.max_enroll_images)
+    existing = await run_in_threadpool(
+        gallery.get_subject, principal.namespace.internal(body.subject_id)
+    )
+    if existing is not None and settings.add_faces_scope not in principal.scopes:
+        raise Forbidden(
+            f"subject {body.subject_id!r} already exists; adding faces to an existing subject "
+            f"needs a key with scope {settings.add_faces_scope!r} on this server"
+        )
     point = identify_point(services, namespace=principal.namespace)
     job = _Enrollment(
         principal=principal,
@@ -320,6 +344,7 @@ async def enroll(
         services=services,
         gallery=gallery,
         inference=inference,
+        existing_keys=None if existing is None else sorted(existing.metadata),
     )
     if body.images is not None:
         # One at a time: a batch holds one decoded photo at once, like a single request.

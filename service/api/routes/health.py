@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import MetricsDep, ServicesDep, SettingsDep
-from service.api.errors import error_responses
+from service.api.errors import Forbidden, error_responses
 from service.api.metrics import CONTENT_TYPE_LATEST
 from service.api.routes.common import identify_point, run_in_threadpool
 from service.api.schemas import HealthResponse, ReadyResponse, ReplicationLag
@@ -74,12 +74,20 @@ async def readyz(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    description="Needs scope `admin` once the server has API keys; 503 until loaded.",
+    description="Needs scope `admin` of the default gallery once the server has API keys "
+    "(the figures are server-wide: every gallery's traffic and totals), 403 for a key bound "
+    "to another gallery; 503 until loaded.",
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."},
         **error_responses(401, 403, 408, 429, 503),
     },
 )
 async def metrics(principal: AdminKey, request: Request, registry: MetricsDep) -> Response:
+    if principal.gallery:
+        # Request counts by route and the gallery gauges cover every tenant: the operator's.
+        raise Forbidden(
+            "metrics are server-wide: they need an admin key of the default gallery, not one "
+            f"bound to gallery {principal.gallery!r}"
+        )
     # Gallery gauges are read at scrape time and may wait for a writer: not on the loop.
     return Response(await run_in_threadpool(registry.render), media_type=CONTENT_TYPE_LATEST)

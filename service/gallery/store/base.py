@@ -357,7 +357,12 @@ class SecurityStore(Protocol):
         ...
 
     def list_audit(
-        self, gallery: str | None, after: int, limit: int, action: str | None = None
+        self, gallery: str | None, after: int, limit: int, action: str | None = None,
+        *, per_gallery: bool = False,
     ) -> list[AuditRecord]:
-        """Events with ids above ``after`` in id order (one gallery, or all when None)."""
+        """Events with ids above ``after`` in id order (one gallery, or all when None).
+
+        ``per_gallery`` (with a gallery): ids are the events' positions in that gallery's own
+        log (1, 2, 3 ...), so a tenant cannot count other galleries' events in the gaps of
+        the global sequence; ``after`` is such a position too."""
         ...

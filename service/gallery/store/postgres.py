@@ -599,15 +599,26 @@ class PostgresStore(SqlReads, UnknownPoolSql):
         return int(row[0])
 
     def list_audit(
-        self, gallery: str | None, after: int, limit: int, action: str | None = None
+        self, gallery: str | None, after: int, limit: int, action: str | None = None,
+        *, per_gallery: bool = False,
     ) -> list[AuditRecord]:
         with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT id, at, key_id, key_name, action, gallery, subject_id, face_id, detail "
-                "FROM audit WHERE id > %s AND (%s::text IS NULL OR gallery = %s) "
-                "AND (%s::text IS NULL OR action = %s) ORDER BY id LIMIT %s",
-                (int(after), gallery, gallery, action, action, int(limit)),
-            ).fetchall()
+            if per_gallery and gallery is not None:
+                rows = conn.execute(
+                    "SELECT seq, at, key_id, key_name, action, gallery, subject_id, face_id, "
+                    "detail FROM (SELECT ROW_NUMBER() OVER (ORDER BY id) AS seq, at, key_id, "
+                    "key_name, action, gallery, subject_id, face_id, detail FROM audit "
+                    "WHERE gallery = %s) AS g WHERE seq > %s "
+                    "AND (%s::text IS NULL OR action = %s) ORDER BY seq LIMIT %s",
+                    (gallery, int(after), action, action, int(limit)),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, at, key_id, key_name, action, gallery, subject_id, face_id, "
+                    "detail FROM audit WHERE id > %s AND (%s::text IS NULL OR gallery = %s) "
+                    "AND (%s::text IS NULL OR action = %s) ORDER BY id LIMIT %s",
+                    (int(after), gallery, gallery, action, action, int(limit)),
+                ).fetchall()
         return [
             AuditRecord(
                 id=int(r[0]), at=r[1], key_id=r[2], key_name=r[3], action=r[4], gallery=r[5],

@@ -566,15 +566,26 @@ class SqliteStore(SqlReads, UnknownPoolSql):
             return int(cur.lastrowid or 0)
 
     def list_audit(
-        self, gallery: str | None, after: int, limit: int, action: str | None = None
+        self, gallery: str | None, after: int, limit: int, action: str | None = None,
+        *, per_gallery: bool = False,
     ) -> list[AuditRecord]:
         with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT id, at, key_id, key_name, action, gallery, subject_id, face_id, detail "
-                "FROM audit WHERE id > ? AND (? IS NULL OR gallery = ?) "
-                "AND (? IS NULL OR action = ?) ORDER BY id LIMIT ?",
-                (int(after), gallery, gallery, action, action, int(limit)),
-            ).fetchall()
+            if per_gallery and gallery is not None:
+                rows = conn.execute(
+                    "SELECT seq, at, key_id, key_name, action, gallery, subject_id, face_id, "
+                    "detail FROM (SELECT ROW_NUMBER() OVER (ORDER BY id) AS seq, at, key_id, "
+                    "key_name, action, gallery, subject_id, face_id, detail FROM audit "
+                    "WHERE gallery = ?) AS g WHERE seq > ? AND (? IS NULL OR action = ?) "
+                    "ORDER BY seq LIMIT ?",
+                    (gallery, int(after), action, action, int(limit)),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, at, key_id, key_name, action, gallery, subject_id, face_id, "
+                    "detail FROM audit WHERE id > ? AND (? IS NULL OR gallery = ?) "
+                    "AND (? IS NULL OR action = ?) ORDER BY id LIMIT ?",
+                    (int(after), gallery, gallery, action, action, int(limit)),
+                ).fetchall()
         return [
             AuditRecord(
                 id=int(r[0]), at=r[1], key_id=r[2], key_name=r[3], action=r[4], gallery=r[5],
