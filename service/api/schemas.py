@@ -94,6 +94,7 @@ __all__ = [
     "IdentifyImageResponse",
     "IdentifyJSON",
     "IdentifyResponse",
+    "IdentifySearchJSON",
     "KeyInfo",
     "KeyList",
     "Landmarks",
@@ -339,6 +340,22 @@ class IdentifyJSON(_Strict):
     min_face_px: MinFacePx = None
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
+
+
+class IdentifySearchJSON(_Strict):
+    """Body of POST /identify/search: GET /identify's query, kept out of the URL (a face
+    template in a query string ends up in proxies' and browsers' logs)."""
+
+    face_id: str | None = Field(None, max_length=64, description="A stored face to search with.")
+    embedding: str | None = Field(
+        None,
+        max_length=1024,
+        description="URL-safe base64 of 128 little-endian float32 (as returned by POST /embed "
+        "in `embedding_b64`); re-normalised before searching.",
+    )
+    k: K = 5
+    threshold: Threshold | None = None
+    identify_fpir: IdentifyFpir | None = None
 
 
 # ---------------------------------------------------------------- embed

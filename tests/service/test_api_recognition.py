@@ -287,3 +287,24 @@ def test_min_face_px_reaches_the_detector(client: TestClient, path: str) -> None
     assert some.status_code == 200, some.text
     widths = sorted(f["bbox"]["right"] - f["bbox"]["left"] + 1 for f in some.json()["faces"])
     assert widths == [60, 80]
+
+
+def test_post_identify_search_answers_as_get(gallery_client: TestClient) -> None:
+    """The embedding (or face id) in a JSON body gives GET /identify's answer, so templates
+    can stay out of URLs; exactly one of the two is required."""
+    face = gallery_client.post(
+        "/embed", files={"image": png(fake_photo(3, variant=7))}).json()["faces"][0]
+    by_get = gallery_client.get("/identify", params={"embedding": face["embedding_b64"], "k": 3})
+    by_post = gallery_client.post("/identify/search",
+                                  json={"embedding": face["embedding_b64"], "k": 3})
+    assert by_post.status_code == 200, by_post.text
+    assert by_post.json() == by_get.json()
+    assert by_post.json()["match"]["subject_id"] == "p3"
+    stored = by_post.json()["match"]["face_id"]
+    r = gallery_client.post("/identify/search", json={"face_id": stored})
+    assert r.status_code == 200 and r.json() == gallery_client.get(
+        "/identify", params={"face_id": stored}).json()
+    for bad in ({}, {"face_id": stored, "embedding": face["embedding_b64"]}, {"k": 0,
+                "face_id": stored}, {"face_id": stored, "surprise": 1}):
+        r = gallery_client.post("/identify/search", json=bad)
+        assert r.status_code == 422, (bad, r.text)

@@ -30,6 +30,7 @@ from service.api.schemas import (
     IdentifyImageResponse,
     IdentifyJSON,
     IdentifyResponse,
+    IdentifySearchJSON,
 )
 from service.gallery.gallery import Gallery
 from service.inference.inference import most_confident
@@ -80,6 +81,41 @@ async def identify_stored(
         Query(gt=0.0, lt=1.0, description="Target false positive identification rate for "
               "this request (default: the server's `identify_fpir`); ignored with `threshold`."),
     ] = None,
+) -> IdentifyResponse:
+    return await _search(principal, services, gallery, face_id, embedding, k, threshold,
+                         identify_fpir)
+
+
+@router.post(
+    "/identify/search",
+    response_model=IdentifyResponse,
+    summary="Identify a stored face or an embedding (1:n), the query in the body",
+    description=(
+        "GET /identify with its parameters in a JSON body instead of the URL, so that a face "
+        "template never appears in a query string (proxies and browsers log those). Same "
+        "answers, scope and errors."
+    ),
+    responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
+)
+async def identify_search(
+    principal: RecognizeKey,
+    services: ServicesDep,
+    gallery: GalleryDep,
+    body: IdentifySearchJSON,
+) -> IdentifyResponse:
+    return await _search(principal, services, gallery, body.face_id, body.embedding, body.k,
+                         body.threshold, body.identify_fpir)
+
+
+async def _search(
+    principal: Principal,
+    services: Any,
+    gallery: Gallery,
+    face_id: str | None,
+    embedding: str | None,
+    k: int,
+    threshold: float | None,
+    identify_fpir: float | None,
 ) -> IdentifyResponse:
     if (face_id is None) == (embedding is None):
         raise InvalidField("give exactly one of face_id or embedding")
