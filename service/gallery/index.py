@@ -145,6 +145,7 @@ class FaceIndex:
         self._index = _index if _index is not None else self._empty(hnsw_m, ef_construction)
         self._tombstones: set[int] = set()
         self._exclude: Any = None
+        self.snapshot_change_id: int | None = None  # set by ``load_snapshot``
         if _tombstones:
             self._set_tombstones(set(_tombstones))
 
@@ -363,12 +364,15 @@ class FaceIndex:
         dim: int,
         kind: str,
         model: str,
-        count: int,
-        last_change_id: int,
+        count: int | None,
+        last_change_id: int | None,
         **params: int,
     ) -> FaceIndex:
         """The snapshot at ``path`` if it was built from exactly this store state; otherwise
-        ``SnapshotInvalid`` saying what differs (missing, stale, other model, corrupt...)."""
+        ``SnapshotInvalid`` saying what differs (missing, stale, other model, corrupt...).
+
+        ``count`` and ``last_change_id`` None accept any (a replica catches up from the
+        snapshot's change id, found in ``snapshot_change_id``)."""
         path = Path(path)
         side = sidecar_path(path)
         try:
@@ -388,6 +392,10 @@ class FaceIndex:
             "last_change_id": last_change_id,
         }
         for key, want in expected.items():
+            if want is None:
+                if not isinstance(header.get(key), int):
+                    raise SnapshotInvalid(f"{key} missing from the sidecar")
+                continue
             if header.get(key) != want:
                 raise SnapshotInvalid(f"{key} is {header.get(key)!r}, the store has {want!r}")
         tombstones = header.get("tombstones")
@@ -418,6 +426,9 @@ class FaceIndex:
         if index.d != dim or index.metric_type != metric:
             raise SnapshotInvalid(f"{path.name} has dimension {index.d} or the wrong metric")
         loaded = cls(dim, kind, _index=index, _tombstones=set(tombstones), **params)
-        if loaded.ntotal != count:
-            raise SnapshotInvalid(f"{path.name} holds {loaded.ntotal} live vectors, not {count}")
+        want_count = header["count"] if count is None else count
+        if loaded.ntotal != want_count:
+            raise SnapshotInvalid(
+                f"{path.name} holds {loaded.ntotal} live vectors, not {want_count}")
+        loaded.snapshot_change_id = int(header["last_change_id"])
         return loaded

@@ -72,5 +72,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX audit_gallery ON audit (gallery, id)",
     ),
+    # 3: replicas' applied positions (heartbeats) and how far the change log was pruned
+    # (issue 16): the log is pruned of what every live replica has applied.
+    (
+        """CREATE TABLE replicas (
+            replica_id text PRIMARY KEY,
+            applied_change_id bigint NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
+        "INSERT INTO change_log (pruned_through) VALUES (0)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
