@@ -431,7 +431,9 @@ def bench_ivf_refine(n: int, xb: np.ndarray, args: argparse.Namespace, measure: 
     nlist = int(np.sqrt(n))
     train = xb[np.random.default_rng(1).permutation(n)[: min(n, 100 * nlist, 100_000)]]
     t0 = time.perf_counter()
-    base = faiss.index_factory(DIM, f"IVF{nlist},PQ{PQ_FS_M}x4fs", faiss.METRIC_INNER_PRODUCT)
+    # L2: on unit vectors the same order as the inner product, and fast-scan's quantised
+    # look-up tables keep it (with the inner product they lose the cone's small differences).
+    base = faiss.index_factory(DIM, f"IVF{nlist},PQ{PQ_FS_M}x4fs", faiss.METRIC_L2)
     index = faiss.IndexRefineFlat(base)
     index.train(train)
     index.add(xb)
@@ -452,9 +454,9 @@ def bench_face_index(xb: np.ndarray, args: argparse.Namespace, measure: Any) -> 
     from service.gallery.index import FaceIndex
 
     ids = np.arange(len(xb), dtype=np.int64)
-    for refine in args.pq_refine:
+    for pq_m, refine in [(m, r) for m in args.pq_m for r in args.pq_refine]:
         t0 = time.perf_counter()
-        fi = FaceIndex(DIM, "pq", pq_refine=refine)
+        fi = FaceIndex(DIM, "pq", pq_refine=refine, pq_m=pq_m)
         for s in range(0, len(xb), 100_000):  # as the gallery's rebuild adds it, in chunks
             fi.add(ids[s : s + 100_000], xb[s : s + 100_000])
         build = time.perf_counter() - t0
@@ -506,6 +508,8 @@ def main() -> int:
                     help="HNSW graph degrees to build, e.g. 32,64")
     ap.add_argument("--pq-refine", type=lambda s: [int(x) for x in s.split(",")],
                     default=list(PQ_REFINE), help="candidates the pq index re-ranks")
+    ap.add_argument("--pq-m", type=lambda s: [int(x) for x in s.split(",")], default=[32],
+                    help="sub-quantisers of the pq index (4 bits each), e.g. 32,64")
     ap.add_argument("--nprobe-refine", type=lambda s: [int(x) for x in s.split(",")],
                     default=list(NPROBE_REFINE), help="nprobe of the ivf-refine variant")
     ap.add_argument("--lfw", type=Path, metavar="EMBEDDINGS_NPZ",

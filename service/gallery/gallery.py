@@ -79,7 +79,7 @@ log = logging.getLogger("faceserve.gallery")
 SNAPSHOT_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
 SCAN_CHUNK = 8192
-INDEX_KINDS = ("flat", "hnsw", "auto")
+INDEX_KINDS = ("flat", "pq", "hnsw", "auto")
 _CURSOR_PREFIX = "s1."
 _NORM_TOLERANCE = 1e-3
 

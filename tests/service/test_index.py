@@ -301,11 +301,11 @@ def test_missing_corrupt_and_torn_snapshots_are_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- search policy
 
 
-def test_auto_kind_is_exact_for_small_galleries_and_hnsw_for_large_ones() -> None:
+def test_auto_kind_is_exact_for_small_galleries_and_pq_for_large_ones() -> None:
     assert choose_index_kind(0) == "flat"
     assert choose_index_kind(1000) == "flat"
     assert choose_index_kind(FLAT_MAX_FACES - 1) == "flat"
-    assert choose_index_kind(FLAT_MAX_FACES) == "hnsw"
-    assert choose_index_kind(10 * FLAT_MAX_FACES) == "hnsw"
+    assert choose_index_kind(FLAT_MAX_FACES) == "pq"
+    assert choose_index_kind(10 * FLAT_MAX_FACES) == "pq"
     with pytest.raises(ValueError):
         choose_index_kind(-1)
