@@ -135,8 +135,9 @@ def measure(backend: str, data_dir: Path, kind: str, url: str | None, changes: i
     record("warm (snapshot)", seconds, g, close_s=round(close_s, 2), same_answers=same)
     g.close()
     if url is not None and changes:
-        other = Gallery.open(data_dir.with_name(data_dir.name + "-writer"), MODEL,
-                             index_kind=kind, database_url=url, follow=False)
+        from service.gallery.store.postgres import PostgresStore
+
+        other = PostgresStore.open(url)  # another replica's writes, without its index
         rng = np.random.default_rng(7)
         t0 = time.perf_counter()
         for i in range(changes):
@@ -145,7 +146,7 @@ def measure(backend: str, data_dir: Path, kind: str, url: str | None, changes: i
                 continue
             v = rng.standard_normal(128).astype(np.float32)
             v /= np.linalg.norm(v)
-            other._store.add_face(NewFace(
+            other.add_face(NewFace(
                 face_id=f"n{i:08d}-{uuid.uuid4().hex[:6]}", subject_id=f"n{i}",
                 bbox=(1, 2, 101, 102), landmarks=[[10.0, 20.0]] * 5,
                 detection_confidence=0.9, model=MODEL,
