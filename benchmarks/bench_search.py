@@ -32,7 +32,8 @@ The generator (:func:`make_gallery`), a two-level model of L2-normalised face em
 Recall is measured against exact search on the same vectors: recall@1 is the fraction of
 queries whose exact nearest neighbour is the approximate index's first result, recall@10 the
 mean overlap of the two top-10 lists divided by 10. Latency: single queries are searched one
-at a time (FAISS then uses one thread), batched queries ``BATCH`` at a time with
+at a time with one OpenMP thread (a request's search on one core; with two threads on a busy
+host, OpenMP's barrier waits inflated p50 several-fold), batched queries ``BATCH`` at a time with
 ``--threads`` OpenMP threads; p50/p99 are over the queries or batches. Memory is the size of
 the serialised index, which is what it occupies in RAM (vectors, graph, codes, lists).
 """
@@ -216,12 +217,15 @@ def _latency(index: Any, queries: np.ndarray, n_single: int) -> tuple[float, flo
                                                                        np.ndarray]:
     """(single p50, p99, batch p50, p99) in ms and the top-K ids of every query."""
     single = []
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # one request's search on one core: no OpenMP barrier waits
     for q in queries[:10]:  # warm-up (page faults, lazily built tables)
         index.search(q[None], K)
     for q in queries[:n_single]:
         t0 = time.perf_counter()
         index.search(q[None], K)
         single.append(time.perf_counter() - t0)
+    faiss.omp_set_num_threads(threads)
     batches, ids = [], []
     for s in range(0, len(queries), BATCH):
         t0 = time.perf_counter()

@@ -8,11 +8,11 @@ Three kinds:
 
 * ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``; removal deletes the vector.
 * ``pq``: exact answers from a cheap candidate scan, ``IndexIDMap2(IndexRefineFlat(
-  IndexPQFastScan))``. Every query scans all faces' 16-byte product-quantised codes with SIMD
-  fast-scan (4-bit codes, ~1 ms at 10^6 on one core), keeps the ``PQ_REFINE`` best candidates
-  and re-ranks them with the full float vectors, so the similarities returned are the exact
-  cosines and the answer is exact unless the true best face is not among the candidates
-  (recall@1 0.996 at 10^6 on face-like data, see ``search_policy``). No graph: the order of
+  IndexPQFastScan))``. Every query scans all faces' 32-byte product-quantised codes (64 4-bit
+  codes) with SIMD fast-scan, keeps the ``PQ_REFINE`` best candidates and re-ranks them with
+  the full float vectors, so the similarities returned are the exact cosines and the answer
+  is exact unless the true best face is not among the candidates (recall@1 1.000 at 10^6 on
+  face-like data and on LFW embeddings mixed in, see ``search_policy``). No graph: the order of
   the vectors does not matter, so centring the cone of face embeddings is not needed (the
   codebooks are k-means per sub-space, which absorb the common offset). The codebooks need
   training data: until ``PQ_TRAIN_MIN`` faces are held the index is a plain flat one (exact,
@@ -65,8 +65,11 @@ SNAPSHOT_FORMAT = 1
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 512  # recall@1 0.989 at 3e5 faces (bench_search); 128 lost 5%
-PQ_M = 32  # sub-quantisers of 4 bits: 16 bytes per face beside its 512-byte float vector
-PQ_REFINE = 1024  # candidates re-ranked exactly per query (recall@1 0.996 at 1e6; 512: 0.992)
+# 64 sub-quantisers of 4 bits: 32 bytes per face beside its 512-byte float vector. At 1e6 faces
+# with LFW mixed in (bench_search --lfw), recall@1 1.000 / LFW 1.000 with 512 candidates; 32
+# sub-quantisers needed 2,048 candidates for LFW 0.992 (1,024: 0.988; 512: 0.975).
+PQ_M = 64
+PQ_REFINE = 512  # candidates re-ranked exactly per query
 PQ_TRAIN_MIN = 20_000  # faces held before the codebooks are trained (flat search until then)
 PQ_TRAIN_MAX = 65_536  # training sample (k-means of 16 centroids per 4-d sub-space)
 
@@ -124,7 +127,7 @@ class FaceIndex:
         hnsw_m: int = HNSW_M,
         ef_construction: int = HNSW_EF_CONSTRUCTION,
         ef_search: int = HNSW_EF_SEARCH,
-        pq_m: int = PQ_M,
+        pq_m: int | None = None,
         pq_refine: int = PQ_REFINE,
         pq_train_min: int = PQ_TRAIN_MIN,
         _index: Any = None,
@@ -136,6 +139,8 @@ class FaceIndex:
             raise ValueError(f"dimension must be positive, not {dim}")
         self.dim = dim
         self.kind = kind
+        if pq_m is None:  # PQ_M, or one-dimensional sub-spaces for a dimension it does not divide
+            pq_m = PQ_M if dim % PQ_M == 0 else dim
         if kind == "pq" and (dim % pq_m or pq_refine < 1 or pq_train_min < 16):
             raise ValueError(f"pq needs pq_m dividing {dim}, pq_refine >= 1, pq_train_min >= 16")
         self._params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction,
@@ -425,6 +430,9 @@ class FaceIndex:
             else faiss.METRIC_INNER_PRODUCT  # a trained pq index ranks by L2 (unit vectors)
         if index.d != dim or index.metric_type != metric:
             raise SnapshotInvalid(f"{path.name} has dimension {index.d} or the wrong metric")
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexRefine):  # a trained pq: its codes say how many
+            params = {**params, "pq_m": faiss.downcast_index(inner.base_index).pq.M}
         loaded = cls(dim, kind, _index=index, _tombstones=set(tombstones), **params)
         want_count = header["count"] if count is None else count
         if loaded.ntotal != want_count:
