@@ -327,7 +327,9 @@ class FaceIndex:
         sims = np.full(ids.shape, -np.inf, dtype=np.float32)
         for i, row in enumerate(ids):
             found = row[row >= 0]
-            vectors = np.stack([self._index.reconstruct(int(f)) for f in found])
+            if not len(found):
+                continue
+            vectors = self._index.reconstruct_batch(np.ascontiguousarray(found))
             sims[i, : len(found)] = vectors @ q[i]
             order = np.argsort(-sims[i, : len(found)], kind="stable")
             sims[i, : len(found)] = sims[i, order]
