@@ -8,12 +8,30 @@ enrolled with one photo each among the synthetic faces, whose cone is moved onto
 597 queries, another photo of a person with several) on the 2-core CPU host, FAISS 1.15.
 recall@1: the first result is the exact search's first result.
 
-At 10^6 faces (issue 16), 1,000 synthetic + 597 LFW queries; latencies were taken
-on a host shared with four other jobs (load average 5-8 on 2 cores), so they are several times
-the quiet figures (quiet: exact search 55 ms p50 / 107-120 ms p99; the pq scan + re-rank of
-1,024 candidates 1.4 ms p50 / 2.3 ms p99 in an exploratory run):
+At 10^6 faces (issue 16), 1,000 synthetic + 597 LFW queries. Recall and memory are exact
+figures; latencies were taken on a host shared with other jobs (load average 5-9 on 2 cores)
+and are upper bounds: one OpenMP thread per single query (``bench_search_latency_1e6.json``),
+quiet figures in brackets where one was taken.
 
-RESULTS_TABLE
+=======================================  ======  =======  =======  ================  ========
+index (10^6 faces)                       R@1     LFW R@1  MiB      1 query p50/p99   build
+=======================================  ======  =======  =======  ================  ========
+flat (exact)                             1       1        488      77 / 208 ms       1 s
+                                                                   (quiet: 55 / 107)
+pq 64x4-bit, re-rank 512 (``auto``)      1.000   1.000    527      21 / 99 ms        30-80 s
+                                                                   (isolated, load
+                                                                   5.5: 7.2 / 18)
+pq 64x4-bit, re-rank 1,024 / 2,048       1.000   1.000    527      --                30-110 s
+pq 32x4-bit, re-rank 512                 0.994   0.975    512      --                15-30 s
+pq 32x4-bit, re-rank 1,024               0.999   0.988    512      (quiet: 1.4/2.3)  15-30 s
+pq 32x4-bit, re-rank 2,048               0.999   0.992    512      --                15 s
+IVF-PQ 1,000 lists, 256 probed, +1,024   0.970   0.987    513      --                20-45 s
+same with inner-product codes            0.662   0.621    513      --                20 s
+hnsw M32 efSearch 128 / 256 (older run)  0.775 / 0.869    ~750     0.8 ms (efS 128)  670 s
+=======================================  ======  =======  =======  ================  ========
+
+(JSON: ``bench_search_1e6.json``, ``bench_search_pq_1e6.json``, ``bench_search_latency_1e6.json``;
+the quiet pq figure is from an exploratory run with the same codes and a NumPy re-rank.)
 
 What was tried, and why ``pq`` wins:
 
@@ -21,22 +39,26 @@ What was tried, and why ``pq`` wins:
   nearest face little contrast (distance ratio ~1.9 to strangers) over ~33 effective
   dimensions, so the greedy walk needs efSearch in the thousands; it also took 11 minutes to
   build at 10^6 (every start without a snapshot) and 1.5x the vectors' memory. A larger M
-  helps recall slowly and costs build time linearly (HNSW_M_NOTE).
+  raises recall slowly and build time about linearly; M=64 was not built at 10^6 here (over
+  20 minutes on this host) -- no setting of it can make an 11-minute build a start-up cost.
 * **Centring** (subtract the gallery mean, re-normalise) does not help a graph or an IVF: L2
   distances are invariant to the shift, and the re-normalisation distorts them; at 2*10^5
   faces HNSW over centred vectors + exact re-rank of 32 candidates gave recall@1 0.989 at
-  efSearch 512 against 0.992 without centring. It matters for the inner-product look-up
-  tables of fast-scan PQ, which instead use L2 codes (on unit vectors the same order; with
-  inner-product codes recall@1 was 0.82 with 1,024 candidates, centred or not).
+  efSearch 512 against 0.992 without centring. Nor does it rescue fast-scan PQ with
+  inner-product codes (recall@1 0.82 with 1,024 candidates at 2*10^5, centred or not: its
+  8-bit look-up tables lose the cone's small differences); the ``pq`` codes use L2, which on
+  unit vectors gives the cosine's order (0.998 there).
 * **IVF** partitions miss the nearest face in this geometry: recall@1 0.78 at nprobe 128 of
   4,000 lists (IVF-Flat, 10^6), and re-ranking cannot restore what the probed lists lack
-  (IVF-PQ + re-rank of 1,024 below).
+  (IVF-PQ + re-rank of 1,024 above).
 * **PQ fast-scan over every face + exact re-rank** (``index.FaceIndex`` kind ``pq``): scanning
-  all 16-byte codes is a ~1 ms SIMD pass at 10^6 on one core, nothing is pruned by a
-  partition or a graph, and the exact re-rank of the best 1,024 makes the answer exact
-  whenever the true best face is among them. Builds in ~15 s at 10^6 (k-means on 65,536
-  faces + coding), needs no graph, and its memory is the float vectors (512 B/face, needed for
-  the exact re-rank) + 16 B/face of codes.
+  all codes is a SIMD pass of a few ms at 10^6 on one core, nothing is pruned by a partition
+  or a graph, and the exact re-rank makes the answer exact whenever the true best face is
+  among the candidates. 32 codes per face (16 B) lost real LFW faces (their fine structure
+  differs from the synthetic bulk the codebooks were trained on); 64 codes (32 B) with 512
+  candidates found every exact answer. Builds in under a minute at 10^6 (k-means on 65,536
+  faces + coding), and its memory is the float vectors (512 B/face, needed for the exact
+  re-rank) + 32 B/face of codes + 8 B/face of ids.
 
 Below ``FLAT_MAX_FACES`` = 10^5 exact search costs ~4 ms and is never wrong, so it stays.
 
