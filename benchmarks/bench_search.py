@@ -7,6 +7,17 @@ Prints a table and writes JSON to benchmarks/results/bench_search.json.
 
     flock /tmp/faceserve-heavy.lock .venv/bin/python benchmarks/bench_search.py
 
+Issue 16 added, side by side in one run (``--indexes``): ``pq``, the service's own
+``FaceIndex`` kind (PQ fast-scan over every face + exact re-rank; ``--pq-m``,
+``--pq-refine``), ``ivf-refine`` (IVF over fast-scan PQ + ``IndexRefineFlat``),
+``hnsw-centred`` (HNSW over mean-removed, re-normalised vectors + exact re-rank) and
+``--hnsw-m`` for larger graphs; and ``--lfw EMB.npz`` (an ``eval lfw`` cache), which enrols
+one photo of each LFW person among the synthetic faces (the synthetic cone moved onto the
+real one) and adds a recall@1 column for real LFW queries. E.g. the 10^6 comparison:
+
+    bench_search.py --sizes 1e6 --indexes flat,pq,ivf-refine,hnsw --pq-m 32,64 \
+        --pq-refine 512,1024 --lfw out/eval-lfw/embeddings-dlib-resnet-v1.npz
+
 The generator (:func:`make_gallery`), a two-level model of L2-normalised face embeddings:
 
 * every vector is ``normalize(mu + b_i + w)``: ``mu`` a fixed unit direction shared by all
