@@ -27,20 +27,23 @@ pq 32x4-bit, re-rank 1,024               0.999   0.988    512      (quiet: 1.4/2
 pq 32x4-bit, re-rank 2,048               0.999   0.992    512      --                15 s
 IVF-PQ 1,000 lists, 256 probed, +1,024   0.970   0.987    513      --                20-45 s
 same with inner-product codes            0.662   0.621    513      --                20 s
-hnsw M32 efSearch 128 / 256 (older run)  0.775 / 0.869    ~750     0.8 ms (efS 128)  670 s
+hnsw M32 efSearch 256                    0.890   0.982    749      2.3 / 5.9 ms *    55 min
+hnsw M32 efSearch 512                    0.944   0.998    749      3.9 / 10 ms *     (11 min
+hnsw M32 efSearch 1,024                  0.970   1.000    749      8.8 / 17 ms *     quiet)
 =======================================  ======  =======  =======  ================  ========
 
 (JSON: ``bench_search_1e6.json``, ``bench_search_pq_1e6.json``, ``bench_search_latency_1e6.json``;
-the quiet pq figure is from an exploratory run with the same codes and a NumPy re-rank.)
+the quiet pq figure is from an exploratory run with the same codes and a NumPy re-rank; * two
+OpenMP threads per query, from the run before single queries were pinned to one.)
 
 What was tried, and why ``pq`` wins:
 
 * **HNSW** (graph) loses the right answer on this data: the cone of face embeddings gives the
   nearest face little contrast (distance ratio ~1.9 to strangers) over ~33 effective
-  dimensions, so the greedy walk needs efSearch in the thousands; it also took 11 minutes to
-  build at 10^6 (every start without a snapshot) and 1.5x the vectors' memory. A larger M
-  raises recall slowly and build time about linearly; M=64 was not built at 10^6 here (over
-  20 minutes on this host) -- no setting of it can make an 11-minute build a start-up cost.
+  dimensions, so the greedy walk needs efSearch in the thousands (0.970 at 1,024); it also
+  took 11 minutes to build at 10^6 on a quiet host (every start without a snapshot) and 1.5x
+  the vectors' memory. A larger M raises recall slowly and build time about linearly; M=64
+  was not built at 10^6 here (the M=32 build alone took 55 minutes on this shared host).
 * **Centring** (subtract the gallery mean, re-normalise) does not help a graph or an IVF: L2
   distances are invariant to the shift, and the re-normalisation distorts them; at 2*10^5
   faces HNSW over centred vectors + exact re-rank of 32 candidates gave recall@1 0.989 at
