@@ -144,10 +144,11 @@ class Settings(BaseSettings):
         description="Most photos in one POST /enroll (`images`); more get 422 "
         "`too_many_images`. Their bytes together stay under `max_upload_bytes`.",
     )
-    index_kind: Literal["flat", "hnsw", "auto"] = Field(
+    index_kind: Literal["flat", "pq", "hnsw", "auto"] = Field(
         "flat",
-        description="FAISS index: `flat` (exact inner product), `hnsw` (approximate, for large "
-        "galleries), `auto` (chosen by gallery size).",
+        description="FAISS index: `flat` (exact inner product), `pq` (PQ fast-scan candidates "
+        "re-ranked exactly; for large galleries), `hnsw` (approximate graph), `auto` (`flat` "
+        "below 100,000 faces, then `pq`).",
     )
     store_chips: bool = Field(
         True, description="Keep the aligned 150x150 face chip (JPEG) of each enrolled face."

@@ -168,6 +168,8 @@ def _build_services(
     inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
                           pixel_budget=PixelBudget(settings.decoded_pixels_in_flight))
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
+    if gallery.replication_status() is not None:
+        metrics.bind_replication(gallery.replication_status)
     log.info(
         "ready in %.1fs: model %s on %s, %d faces of %d subjects, %s index, threshold %.3f (%s)",
         time.perf_counter() - start, pipeline.model_version,

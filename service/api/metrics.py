@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -95,6 +96,34 @@ class Metrics:
         self.gallery_subjects.set_function(subjects)
         self.index_info.labels(kind=kind).set(1)
         self.ready.set(1)
+
+    def bind_replication(self, status: Callable[[], Any]) -> None:
+        """Replication lag gauges (registered only for a shared store), read from the store at
+        scrape time (one small query each). ``status`` returns a
+        ``replication.ReplicationStatus``; -1 while the store cannot be asked."""
+        r = self.registry
+        self.replication_lag_changes = Gauge(
+            "faceserve_replication_lag_changes",
+            "Change-log entries committed to the shared store and not yet in this replica's "
+            "index (-1 while the store cannot be asked).",
+            registry=r,
+        )
+        self.replication_lag_seconds = Gauge(
+            "faceserve_replication_lag_seconds",
+            "Age of the oldest change not yet in this replica's index; 0 when caught up "
+            "(-1 while the store cannot be asked).",
+            registry=r,
+        )
+
+        def read(field: str) -> float:
+            try:
+                value = getattr(status(), field)
+            except Exception:  # the store is away: say so rather than fail the scrape
+                return -1.0
+            return -1.0 if value is None else float(value)
+
+        self.replication_lag_changes.set_function(lambda: read("changes_behind"))
+        self.replication_lag_seconds.set_function(lambda: read("seconds_behind"))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

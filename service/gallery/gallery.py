@@ -20,7 +20,10 @@ each with its own index. The index then follows the store's change log in change
 (``catch_up``, driven by ``service.gallery.replication.Replicator``), and this process's own writes
 apply to the index through the same log: after its commit a write catches up to (at least) its
 own change, so it is searchable here when acknowledged and no other replica's earlier change is
-skipped. No snapshot is kept: a replica builds its index from the store at start-up.
+skipped. A replica keeps its own snapshot in its data directory, tagged with the change id it
+reflects; at start-up it loads it (whatever the store's state), drops the faces deleted since,
+and replays the log from that change id (``_load_replica_snapshot``), unless the log has been
+pruned past it (``service.gallery.replication``): then it rebuilds from the store.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ log = logging.getLogger("faceserve.gallery")
 SNAPSHOT_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
 SCAN_CHUNK = 8192
-INDEX_KINDS = ("flat", "hnsw", "auto")
+INDEX_KINDS = ("flat", "pq", "hnsw", "auto")
 _CURSOR_PREFIX = "s1."
 _NORM_TOLERANCE = 1e-3
 
@@ -147,6 +150,17 @@ def unlock_data_dir(fd: int | None) -> None:
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def _replica_id(data_dir: Path) -> str:
+    """This data directory's replica name in a shared store, made once and kept."""
+    path = data_dir / "replica-id"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        name = f"{os.uname().nodename}-{uuid.uuid4().hex[:12]}"
+        path.write_text(name + "\n", encoding="utf-8")
+        return name
+
+
 class Gallery:
     """Enroll, search, list and erase faces; see the module docstring for the guarantees."""
 
@@ -162,10 +176,12 @@ class Gallery:
         snapshot_every: int | None = None,
         location: str | None = None,
         partition: Callable[[str], str] | None = None,
+        replica_id: str | None = None,
     ) -> None:
         """Wrap an open ``store`` (this object closes it). Prefer ``Gallery.open``.
 
-        ``partition`` maps a stored subject id to its tenant (see ``view``)."""
+        ``partition`` maps a stored subject id to its tenant (see ``view``); ``replica_id``
+        names this replica's heartbeat in a shared store (see ``heartbeat``)."""
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {INDEX_KINDS}, not {index_kind!r}")
         if snapshot_every is not None and snapshot_every < 1:
@@ -186,6 +202,12 @@ class Gallery:
         self._replicator: Any = None  # service.gallery.replication.Replicator, when following
         location = location or getattr(store, "location", "the store")
         self._location = location
+        self.replica_id = replica_id
+        self.rebuilds = 0  # times the log was found pruned past this replica (rebuilt then)
+        if self._shared and replica_id is not None:
+            # Hold the log from its pruned point until this replica has loaded and caught up,
+            # so no other replica prunes what it is about to replay.
+            store.record_applied(replica_id, store.log_pruned_through())  # type: ignore[attr-defined]
 
         state = store.state()
         others = {m: n for m, n in state.model_counts.items() if m != model_version}
@@ -208,6 +230,10 @@ class Gallery:
         self._impostors = GalleryImpostors(dim, partition)
         self._index, self.index_source = self._load_index(state, kind)
         self._sample_impostors()
+        if self._shared and self.index_source == "snapshot":
+            self._catch_up_locked(None)  # ready means caught up, as after a rebuild
+        if self._shared:
+            self.heartbeat()
 
     @classmethod
     def open(
@@ -242,10 +268,11 @@ class Gallery:
                 dim=dim,
                 index_kind=index_kind,
                 store_chips=store_chips,
-                snapshot_path=None if store.shared else data_dir / SNAPSHOT_NAME,
+                snapshot_path=data_dir / SNAPSHOT_NAME,
                 snapshot_every=snapshot_every,
                 location=store.location,
                 partition=partition,
+                replica_id=_replica_id(data_dir) if store.shared else None,
             )
         except BaseException:
             store.close()
@@ -260,7 +287,15 @@ class Gallery:
     # ------------------------------------------------------------ start-up
 
     def _load_index(self, state: StoreState, kind: str) -> tuple[FaceIndex, str]:
-        if self._snapshot_path is not None:
+        if self._snapshot_path is not None and self._shared:
+            try:
+                return self._load_replica_snapshot(state, kind), "snapshot"
+            except SnapshotInvalid as exc:
+                log.info("index snapshot not used (%s); rebuilding from the store", exc)
+                self._faces.clear()
+                self._impostors.clear()
+                self._last_change_id = state.last_change_id
+        elif self._snapshot_path is not None:
             try:
                 index = FaceIndex.load_snapshot(
                     self._snapshot_path,
@@ -280,6 +315,11 @@ class Gallery:
                 log.info("index snapshot not used (%s); rebuilding from the store", exc)
                 self._faces.clear()
                 self._impostors.clear()
+        return self._rebuild_index(kind), "store"
+
+    def _rebuild_index(self, kind: str) -> FaceIndex:
+        """The index of every stored face (``_faces`` and impostors filled on the way), and a
+        snapshot of it tagged with ``_last_change_id``, which the caller read before."""
         index = FaceIndex(self.dim, kind)
         for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=True):
             vectors = chunk.embeddings
@@ -302,7 +342,41 @@ class Gallery:
                 )
             except OSError as exc:
                 log.warning("could not write the index snapshot: %s", exc)
-        return index, "store"
+        return index
+
+    def _load_replica_snapshot(self, state: StoreState, kind: str) -> FaceIndex:
+        """A replica's snapshot from any earlier change id S, made consistent with the log:
+        faces of the index no longer stored (deleted after S) leave it now; faces stored but not
+        in it (added after S) are left out of the id map, so replaying the log from S adds
+        them. The caller catches up before serving."""
+        assert self._snapshot_path is not None
+        index = FaceIndex.load_snapshot(
+            self._snapshot_path, dim=self.dim, kind=kind, model=self.model_version,
+            count=None, last_change_id=None,
+        )
+        since = int(index.snapshot_change_id or 0)
+        if since > state.last_change_id:
+            raise SnapshotInvalid(f"it reflects change {since}, beyond the store's last change "
+                                  f"{state.last_change_id} (a restored database?)")
+        pruned = int(getattr(self._store, "log_pruned_through", lambda: 0)())
+        if since < pruned:
+            raise SnapshotInvalid(f"it reflects change {since}, but the change log was pruned "
+                                  f"up to change {pruned}")
+        indexed = index.ids()
+        for chunk in self._store.scan_faces(SCAN_CHUNK, with_embeddings=False):
+            keep = np.isin(chunk.row_ids, indexed)
+            self._remember(chunk.row_ids[keep], [f for f, k in zip(chunk.face_ids, keep,
+                                                                   strict=True) if k],
+                           [s for s, k in zip(chunk.subject_ids, keep, strict=True) if k])
+        gone = indexed[~np.isin(indexed, np.fromiter(self._faces, dtype=np.int64))]
+        if len(gone):
+            index.remove(gone)
+            remove_snapshot(self._snapshot_path)  # it holds their vectors; close writes anew
+        self._last_change_id = since
+        log.info("index loaded from snapshot at change %d: %d faces (%d deleted since), %s; "
+                 "catching up to change %d", since, index.ntotal, len(gone), kind,
+                 state.last_change_id)
+        return index
 
     def _remember(self, row_ids: np.ndarray, face_ids: list[str], subject_ids: list[str]) -> None:
         subjects = [sys.intern(s) for s in subject_ids]  # many faces share a subject
@@ -321,7 +395,8 @@ class Gallery:
                 return
             for row, vector, subject in zip(chunk.row_ids.tolist(), chunk.embeddings,
                                             chunk.subject_ids, strict=True):
-                self._impostors.sample(row, vector, subject)
+                if row in self._faces:  # a replica's later faces are sampled as they are added
+                    self._impostors.sample(row, vector, subject)
             if not self._impostors.wants_vectors():
                 return
 
@@ -527,6 +602,9 @@ class Gallery:
         batch_size = limit or CATCH_UP_BATCH
         while True:
             batch = self._store.changes_since(self._last_change_id, batch_size)
+            if batch.pruned_through > self._last_change_id:
+                self._rebuild_behind(batch.pruned_through)
+                continue
             if batch.changes:
                 self._apply(batch)
                 applied += len(batch.changes)
@@ -553,6 +631,8 @@ class Gallery:
             raise GalleryError(f"stored embeddings have {vectors.shape[1]} dimensions, "
                                f"not {self.dim}")
         ids = np.array([c.row_id for c in added], dtype=np.int64)
+        if deleted and self._snapshot_path is not None:
+            remove_snapshot(self._snapshot_path)  # it still holds the erased vectors
 
         def apply() -> None:
             if deleted:
@@ -572,6 +652,39 @@ class Gallery:
         self._subjects = batch.subject_count
         if deleted:
             self._maybe_compact()
+
+    def _rebuild_behind(self, pruned_through: int) -> None:
+        """The log no longer holds every change this replica has not applied (it was not seen
+        as live while the others pruned): rebuild from the store, searches waiting meanwhile
+        (they would be answered from a stale index otherwise). Caller holds the write mutex."""
+        log.warning("replica %s is behind the pruned change log (applied %d, pruned through "
+                    "%d): rebuilding the index from the store", self.replica_id,
+                    self._last_change_id, pruned_through)
+        with self._rw.write():
+            state = self._store.state()
+            self._faces.clear()
+            self._impostors.clear()
+            self._last_change_id = state.last_change_id
+            self._subjects = state.subject_count
+            self._index = self._rebuild_index(self._index.kind)
+            self.index_source = "store"
+            self._sample_impostors()
+        self.rebuilds += 1
+        log.warning("replica %s rebuilt: %d faces at change %d", self.replica_id,
+                    self._index.ntotal, self._last_change_id)
+
+    def heartbeat(self) -> None:
+        """Record in the shared store that this replica has applied up to ``last_change_id``
+        (what pruning waits for); a no-op for a private store."""
+        if self._shared and self.replica_id is not None and not self._closed:
+            self._store.record_applied(self.replica_id, self._last_change_id)  # type: ignore[attr-defined]
+
+    def prune_log(self, live_s: float) -> tuple[int, int]:
+        """Prune the shared change log of what every live replica has applied; (pruned
+        through, entries deleted)."""
+        if not self._shared:
+            return 0, 0
+        return self._store.prune_log(live_s)  # type: ignore[attr-defined,no-any-return]
 
     def log_position(self, after: int | None = None) -> LogPosition:
         """The store's change-log head and how far ``after`` (default: this index) is behind."""

@@ -17,6 +17,17 @@ it read first; replaying is idempotent (an add of a face already indexed, or del
 a delete of a face not indexed are no-ops; row ids are never reused). Errors (database away)
 are logged, reported as the lag grows, and retried with backoff.
 
+Snapshots and pruning (issue 16). A replica keeps an index snapshot in its data directory,
+tagged with the change id it reflects, and at start-up replays the log from there instead of
+rebuilding. Every ``HEARTBEAT_S`` the replicator records in the store how far this replica has
+applied (``replicas`` table), and every ``PRUNE_S`` it deletes the log entries that every live
+replica (heartbeat within ``LIVE_S``) has applied, so the log stays short. A replica that was
+not live meanwhile (stopped, or stalled longer than ``LIVE_S``) can find the log pruned past its
+position, at start-up (its snapshot is then refused) or while following (``ChangeBatch.
+pruned_through``): it rebuilds its index from the store and logs a warning; never a lost change.
+A starting replica records the pruned point as its position before it reads the store, so the
+others do not prune what it is about to replay.
+
 Each batch is applied atomically for searches (one exclusive section of the gallery's
 readers-writer lock); a single transaction with more changes than a batch (erasing a subject
 with more than ``CATCH_UP_BATCH`` faces) can be seen half-applied between two batches.
@@ -51,12 +62,20 @@ class FollowedGallery(Protocol):
 
     def catch_up(self, limit: int = CATCH_UP_BATCH) -> int: ...
 
+    def heartbeat(self) -> None: ...
 
-__all__ = ["CATCH_UP_BATCH", "POLL_S", "FollowedGallery", "ReplicationStatus", "Replicator"]
+    def prune_log(self, live_s: float) -> tuple[int, int]: ...
+
+
+__all__ = ["CATCH_UP_BATCH", "HEARTBEAT_S", "LIVE_S", "POLL_S", "PRUNE_S", "FollowedGallery",
+           "ReplicationStatus", "Replicator"]
 
 log = logging.getLogger("faceserve.replication")
 
 POLL_S = 1.0  # longest sleep without a notification: bounds the lag when notifications are lost
+HEARTBEAT_S = 5.0  # how often a replica records its applied position
+PRUNE_S = 60.0  # how often it prunes the log of what every live replica has applied
+LIVE_S = 600.0  # a replica silent longer no longer holds the log (it rebuilds if pruned past)
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -83,8 +102,13 @@ class Replicator:
         *,
         poll_s: float = POLL_S,
         batch: int = CATCH_UP_BATCH,
+        heartbeat_s: float = HEARTBEAT_S,
+        prune_s: float = PRUNE_S,
+        live_s: float = LIVE_S,
     ) -> None:
         self._gallery = gallery
+        self._heartbeat_s, self._prune_s, self._live_s = heartbeat_s, prune_s, live_s
+        self._last_heartbeat = self._last_prune = time.monotonic()
         self._open_listener = open_listener
         self._poll_s = poll_s
         self._batch = batch
@@ -127,6 +151,18 @@ class Replicator:
                 self._listener.close()
             self._listener = None
 
+    def _housekeeping(self) -> None:
+        """Heartbeat and prune when due (errors go to the retry loop like catch-up's)."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self._heartbeat_s:
+            self._gallery.heartbeat()
+            self._last_heartbeat = now
+        if now - self._last_prune >= self._prune_s:
+            through, removed = self._gallery.prune_log(self._live_s)
+            self._last_prune = now
+            if removed:
+                log.info("change log pruned through change %d (%d entries)", through, removed)
+
     def _run(self) -> None:
         failures = 0
         try:
@@ -141,6 +177,7 @@ class Replicator:
                         log.info("replication resumed: caught up to change %d",
                                  self._gallery.last_change_id)
                     self._error, failures = None, 0
+                    self._housekeeping()
                     self._listener.wait(self._poll_s)
                 except Exception as exc:
                     if self._gallery.closed:

@@ -1,4 +1,5 @@
-"""The FAISS wrapper: exact and HNSW search, removal (tombstones for HNSW), snapshots."""
+"""The FAISS wrapper: exact, HNSW and PQ re-rank search, removal (tombstones for HNSW),
+snapshots."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -14,7 +16,14 @@ from service.gallery.index import FaceIndex, SnapshotInvalid, remove_snapshot, s
 from service.gallery.search_policy import FLAT_MAX_FACES, choose_index_kind
 
 DIM = 32
-KINDS = ["flat", "hnsw"]
+KINDS = ["flat", "hnsw", "pq"]
+# pq trains its codebooks once it holds this many faces: small, so the tests cover the trained
+# form (codes + exact re-rank), not only the flat stage before it.
+PQ_SMALL = {"pq_m": 8, "pq_train_min": 64}
+
+
+def new(kind: str) -> FaceIndex:
+    return FaceIndex(DIM, kind, **(PQ_SMALL if kind == "pq" else {}))
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -26,8 +35,9 @@ def filled(kind: str, n: int = 300, seed: int = 0) -> tuple[FaceIndex, np.ndarra
     rng = np.random.default_rng(seed)
     vectors = unit(rng, n)
     ids = np.arange(1, n + 1, dtype=np.int64) * 7  # not positions
-    index = FaceIndex(DIM, kind)
+    index = new(kind)
     index.add(ids, vectors)
+    assert index.trained == (kind == "pq" and n >= PQ_SMALL["pq_train_min"])
     return index, ids, vectors
 
 
@@ -62,7 +72,7 @@ def test_flat_search_is_exact() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_small_and_empty_indexes_return_what_they_have(kind: str) -> None:
-    empty = FaceIndex(DIM, kind)
+    empty = new(kind)
     probe = unit(np.random.default_rng(3), 2)
     assert [len(ids) for _, ids in empty.search(probe, 5)] == [0, 0]
     index, ids, _ = filled(kind, n=3)
@@ -148,6 +158,62 @@ def test_bad_shapes_are_refused() -> None:
         FaceIndex(DIM, "ivf")
 
 
+def cone(n_ids: int, per_id: int, seed: int, dim: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Face-like unit vectors: a large shared component (strangers at cosine ~0.8), identity
+    offsets and photo noise spread over a power-law spectrum; the row's identity beside."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    scale = np.arange(1, dim + 1) ** -0.4
+    scale /= np.linalg.norm(scale)
+    mu = unit(rng, 1, dim)[0] * np.sqrt(0.8)
+    centres = mu + (rng.standard_normal((n_ids, dim)) * scale * np.sqrt(0.15)) @ basis.T
+    who = np.repeat(np.arange(n_ids), per_id)
+    x = centres[who] + (rng.standard_normal((len(who), dim)) * scale * np.sqrt(0.05)) @ basis.T
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), who
+
+
+def test_pq_finds_the_exact_best_face_in_a_narrow_cone_and_returns_exact_cosines() -> None:
+    """Few candidates (64 of 8,000) re-ranked: the first answer is still the exact one, and
+    every similarity returned is the true cosine (the codes only choose candidates)."""
+    gallery, _ = cone(4000, 2, seed=0)
+    probes, _ = cone(4000, 1, seed=0)  # same identities (same seed), new photos
+    probes = probes[:300] + 0.02 * unit(np.random.default_rng(9), 300, 128)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    assert float(np.mean(gallery[:500] @ gallery[500:1000].T)) > 0.75  # a narrow cone
+    ids = np.arange(len(gallery), dtype=np.int64) * 3 + 5
+    index = FaceIndex(128, "pq", pq_refine=64, pq_train_min=2000)
+    for s in range(0, len(gallery), 1000):  # crosses the training point on the way
+        index.add(ids[s : s + 1000], gallery[s : s + 1000])
+    assert index.trained and index.ntotal == len(gallery)
+    exact = probes @ gallery.T
+    hits = 0
+    for q, (sims, found) in enumerate(index.search(probes, 10)):
+        assert len(found) == 10
+        rows = (found - 5) // 3
+        np.testing.assert_allclose(sims, exact[q, rows], rtol=0, atol=1e-6)
+        assert list(sims) == sorted(sims, reverse=True)
+        hits += int(rows[0] == int(np.argmax(exact[q])))
+    assert hits / len(probes) >= 0.98
+
+
+def test_pq_removal_deletes_codes_and_vectors_and_adds_continue() -> None:
+    index, ids, vectors = filled("pq", n=400)
+    assert index.remove(ids[100:150]) == 50
+    assert index.ntotal == 350
+    assert index.ids().tolist() == sorted(np.r_[ids[:100], ids[150:]].tolist())
+    refine = faiss.downcast_index(index._index.index)
+    assert refine.base_index.ntotal == refine.refine_index.ntotal == 350
+    # Every remaining face is still found as its own best match, at its own position.
+    for q, (_, found) in enumerate(index.search(vectors[150:400], 1)):
+        assert found[0] == ids[150 + q]
+    extra = unit(np.random.default_rng(8), 5)
+    index.add(np.array([9001, 9002, 9003, 9004, 9005]), extra)
+    for q, (sims, found) in enumerate(index.search(extra, 1)):
+        assert found[0] == 9001 + q and sims[0] == pytest.approx(1.0, abs=1e-5)
+    fresh = index.compacted()  # retrained on the live vectors
+    assert fresh.ids().tolist() == index.ids().tolist()
+
+
 # ---------------------------------------------------------------- snapshots
 
 
@@ -180,6 +246,7 @@ def test_a_snapshot_round_trips_with_its_removals(kind: str, tmp_path: Path) -> 
         {"count": 299},
         {"model": "m2"},
         {"kind": "hnsw"},
+        {"kind": "pq"},
         {"dim": DIM * 2},
     ],
     ids=lambda c: next(iter(c)),
@@ -234,11 +301,11 @@ def test_missing_corrupt_and_torn_snapshots_are_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- search policy
 
 
-def test_auto_kind_is_exact_for_small_galleries_and_hnsw_for_large_ones() -> None:
+def test_auto_kind_is_exact_for_small_galleries_and_pq_for_large_ones() -> None:
     assert choose_index_kind(0) == "flat"
     assert choose_index_kind(1000) == "flat"
     assert choose_index_kind(FLAT_MAX_FACES - 1) == "flat"
-    assert choose_index_kind(FLAT_MAX_FACES) == "hnsw"
-    assert choose_index_kind(10 * FLAT_MAX_FACES) == "hnsw"
+    assert choose_index_kind(FLAT_MAX_FACES) == "pq"
+    assert choose_index_kind(10 * FLAT_MAX_FACES) == "pq"
     with pytest.raises(ValueError):
         choose_index_kind(-1)

@@ -179,6 +179,9 @@ class ChangeBatch:
 
     changes: list[Change]
     subject_count: int
+    # Entries up to this id may have been pruned (read in the same transaction): a follower
+    # that has applied less than it cannot trust the batch and must rebuild from the store.
+    pruned_through: int = 0
 
 
 @dataclass(frozen=True)

@@ -511,12 +511,72 @@ class PostgresStore(SqlReads, UnknownPoolSql):
             ).fetchall()
             row = conn.execute("SELECT count(*) FROM subjects").fetchone()
             subjects = int(row[0]) if row else 0
+            pruned = self._pruned_through(conn)
         changes = [
             Change(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
                    None if r[6] is None else from_blob(r[6]))
             for r in rows
         ]
-        return ChangeBatch(changes, subjects)
+        return ChangeBatch(changes, subjects, pruned)
+
+    # ------------------------------------------------------------ replicas and pruning (#16)
+
+    @staticmethod
+    def _pruned_through(conn: psycopg.Connection) -> int:
+        row = conn.execute("SELECT pruned_through FROM change_log").fetchone()
+        return int(row[0]) if row else 0
+
+    def log_pruned_through(self) -> int:
+        """Change-log entries up to this id may be gone: a follower behind it rebuilds."""
+        with self._reader() as conn:
+            return self._pruned_through(conn)
+
+    def record_applied(self, replica_id: str, change_id: int) -> None:
+        """A replica's heartbeat: it has applied every change up to ``change_id``."""
+        with self._plain_write() as conn:
+            conn.execute(
+                "INSERT INTO replicas (replica_id, applied_change_id) VALUES (%s, %s) "
+                "ON CONFLICT (replica_id) DO UPDATE SET applied_change_id = "
+                "excluded.applied_change_id, seen_at = clock_timestamp()",
+                (replica_id, int(change_id)),
+            )
+
+    def replica_positions(self) -> dict[str, tuple[int, float]]:
+        """Each recorded replica's applied change id and seconds since its heartbeat."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT replica_id, applied_change_id, "
+                "extract(epoch FROM clock_timestamp() - seen_at) FROM replicas"
+            ).fetchall()
+        return {str(r[0]): (int(r[1]), float(r[2])) for r in rows}
+
+    def prune_log(self, live_s: float) -> tuple[int, int]:
+        """Delete the change-log entries every live replica (heartbeat within ``live_s``) has
+        applied; (pruned through, entries deleted). Nothing without a live replica, and never
+        the last entry (the head change id is ``max(change_id)``). Replicas silent for ten
+        times ``live_s`` are forgotten."""
+        with self._plain_write() as conn:
+            conn.execute("DELETE FROM replicas WHERE seen_at < clock_timestamp() - "
+                         "make_interval(secs => %s)", (10 * float(live_s),))
+            row = conn.execute(
+                "SELECT min(applied_change_id) FROM replicas "
+                "WHERE seen_at >= clock_timestamp() - make_interval(secs => %s)",
+                (float(live_s),),
+            ).fetchone()
+            bound = None if row is None or row[0] is None else int(row[0])
+            if bound is None:
+                return self._pruned_through(conn), 0
+            row = conn.execute(
+                "WITH gone AS (DELETE FROM changes WHERE change_id <= %s AND change_id < "
+                "(SELECT max(change_id) FROM changes) RETURNING change_id) "
+                "SELECT count(*), max(change_id) FROM gone",
+                (bound,),
+            ).fetchone()
+            removed, through = (int(row[0]), row[1]) if row else (0, None)
+            if through is not None:
+                conn.execute("UPDATE change_log SET pruned_through = "
+                             "greatest(pruned_through, %s)", (int(through),))
+            return self._pruned_through(conn), removed
 
     def log_position(self, after: int) -> LogPosition:
         with self._read_transaction() as conn:

@@ -94,5 +94,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX unknown_faces_gallery ON unknown_faces (gallery, id)",
         "CREATE INDEX unknown_faces_created ON unknown_faces (created_at)",
     ),
+    # 4: replicas' applied positions (heartbeats) and how far the change log was pruned
+    # (issue 16): the log is pruned of what every live replica has applied.
+    (
+        """CREATE TABLE replicas (
+            replica_id text PRIMARY KEY,
+            applied_change_id bigint NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""",
+        "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
+        "INSERT INTO change_log (pruned_through) VALUES (0)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
