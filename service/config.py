@@ -180,8 +180,8 @@ class Settings(BaseSettings):
         "find; replaces `upsample` when set. Above the detector's 80 px window the photo is "
         "scanned from the scale where this size is the window, so cost falls with its "
         "square (120: about half, 200: a sixth); below it the photo is upsampled. Unset: "
-        "80 px (`upsample` 0), which finds every face the hand-labelled group photos have. "
-        "Requests may set their own.",
+        "the reach of `upsample` (80 px at 0), the detector as before; what each value finds "
+        "is in the README (Speed). Requests may set their own.",
     )
     small_image_retry_px: int = Field(
         300,
