@@ -100,9 +100,11 @@ def start_server(data_dir: Path, batching: bool, device: str, log: Path,
     env["FACESERVE_BATCHING"] = "true" if batching else "false"
     env["FACESERVE_DEVICE"] = device
     exe = Path(sys.executable).parent / "faceserve"
+    # Without the installed script (benchmarks/gpu_check.sh runs from a bare checkout).
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "service.cli"]
     out = log.open("ab")
     proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--data-dir", str(data_dir),
+        [*command, "serve", "--port", str(port), "--data-dir", str(data_dir),
          "--log-level", "warning"],
         stdout=out, stderr=subprocess.STDOUT, env=env, cwd=data_dir.parent,
     )

@@ -71,7 +71,9 @@ run() {
     out=${out:-${OUT:-$REPO/benchmarks/results/gpu_check}}
     mkdir -p "$out"
     local report=$out/gpu_check.md
-    export PYTHONPATH=$REPO${STAGE:+:$STAGE/site}
+    # The project and its client package from this checkout (nothing is pip-installed
+    # there but the staged wheels), the dlib model files from the stage.
+    export PYTHONPATH=$REPO:$REPO/clients/python:$STAGE/site
     export FACESERVE_SHARED_DATA=${FACESERVE_SHARED_DATA:-$STAGE/data}
     export FACESERVE_CACHE_DIR=${FACESERVE_CACHE_DIR:-$out/.weights}
     export PYTHONUNBUFFERED=1
