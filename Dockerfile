@@ -26,12 +26,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # .dockerignore lets in only what the install needs (sources, client package, entrypoint).
 COPY . /src
 WORKDIR /src
-# Convert the dlib models now so a container starts without converting.
+# Convert the dlib models now so a container starts without converting. convert writes the
+# weights mode 0600 (atomic temporary files): make them readable by the runtime's user.
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
  && /opt/venv/bin/pip install ./clients/python \
  && /opt/venv/bin/pip install . \
- && /opt/venv/bin/faceserve convert --cache-dir /opt/faceserve/weights
+ && /opt/venv/bin/faceserve convert --cache-dir /opt/faceserve/weights \
+ && chmod -R a+rX /opt/faceserve
 
 FROM ${BASE_IMAGE} AS runtime
 ARG TORCH_VARIANT=cpu

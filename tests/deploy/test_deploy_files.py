@@ -213,6 +213,8 @@ def test_the_image_is_multi_stage_slim_non_root_with_weights_and_a_health_check(
     [install] = [i[1] for i in build if i[0] == "RUN"]
     assert install.startswith("python3 -m venv /opt/venv ")
     assert "faceserve convert --cache-dir /opt/faceserve/weights" in install
+    # convert writes 0600; the runtime user (not root) must read the weights.
+    assert install.endswith("&& chmod -R a+rX /opt/faceserve")
     # The venv and the weights, one layer, last (vfs copies the image for every later step).
     assert runtime[-1] == ("COPY", "--from=build /opt /opt")
     env = " ".join(i[1] for i in runtime if i[0] == "ENV")
