@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -283,9 +284,8 @@ def test_the_build_context_holds_what_the_install_reads() -> None:
 
 def plan(*args: str) -> list[str]:
     out = subprocess.run(
-        ["python3", str(REPO / "docker" / "compose_plan.py"), *args],
-        capture_output=True, text=True, env={"POSTGRES_PASSWORD": "pw", "PATH": "/usr/bin:/bin"},
-        check=True,
+        [sys.executable, str(REPO / "docker" / "compose_plan.py"), *args],
+        capture_output=True, text=True, env={"POSTGRES_PASSWORD": "pw"}, check=True,
     )
     return out.stdout.splitlines()
 
