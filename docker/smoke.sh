@@ -202,9 +202,9 @@ enroll() {  # enroll SUBJECT PHOTO... through the proxy; prints the faces stored
   curl -fsS "${AUTH[@]}" -F "subject_id=$subject" "${form[@]}" "$PROXY/enroll" \
     | json "d['created']"
 }
-identify() {  # identify PORT PHOTO: the matched subjects, sorted
+identify() {  # identify PORT PHOTO: the matched subjects, sorted (unknown faces left out)
   curl -fsS "${AUTH[@]}" -F "image=@$2" "http://127.0.0.1:$1/identify" \
-    | json "' '.join(sorted(f['match']['subject_id'] if f.get('match') else '?' for f in d['faces']))"
+    | json "' '.join(sorted(f['match']['subject_id'] for f in d['faces'] if f.get('match')))"
 }
 check() {  # check LABEL GOT EXPECTED
   if [ "$2" = "$3" ]; then printf '    %-44s %s\n' "$1" "$2"
