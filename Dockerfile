@@ -40,8 +40,13 @@ ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="faceserve" \
       org.opencontainers.image.description="Self-hosted face recognition service" \
       io.faceserve.torch-variant="${TORCH_VARIANT}"
-RUN groupadd --system faceserve && useradd --system --gid faceserve --home /var/lib/faceserve faceserve \
- && mkdir -p /var/lib/faceserve && chown faceserve:faceserve /var/lib/faceserve
+# Fixed ids: docker-compose.yml names them in the replicas' tmpfs options (uid=, gid=).
+# /run/faceserve is the replicas' tmpfs mount point: Docker gives a tmpfs the mode of the
+# directory it covers, so the image's owner-only directory makes the tmpfs owner-only too, on
+# the first start and on every restart (without it, a restart found a root 755 mount point).
+RUN groupadd --system --gid 10001 faceserve \
+ && useradd --system --uid 10001 --gid faceserve --home /var/lib/faceserve faceserve \
+ && install -d -o faceserve -g faceserve -m 0700 /var/lib/faceserve /run/faceserve
 COPY docker/entrypoint.sh /usr/local/bin/faceserve-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     FACESERVE_CACHE_DIR=/opt/faceserve/weights \

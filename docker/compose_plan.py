@@ -3,7 +3,8 @@
 Why: the engine's Debian package ships docker-compose 1.29, older than the compose file, and
 there is no compose v2 plugin there; the smoke test still wants to run exactly what the compose
 file says. Image, environment (with `${VAR}`, `${VAR:-default}` and `${VAR:?message}` taken
-from the environment), env files, volumes, health check and restart policy come from the file.
+from the environment), env files, tmpfs mounts (with their options), volumes, health check and
+restart policy come from the file.
 
 Without a bridge network every container shares the host's (`--network host`), so service
 names resolve to 127.0.0.1 (`--add-host`) and each service that listens needs its own port:
@@ -98,6 +99,9 @@ def run_args(compose: dict[str, Any], service: str, ports: dict[str, int], env: 
         environment["FACESERVE_PORT"] = str(ports[service])
     for key, value in environment.items():
         args += ["-e", f"{key}={interpolate(str(value), env)}"]
+    tmpfs = spec.get("tmpfs") or []
+    for mount in [tmpfs] if isinstance(tmpfs, str) else tmpfs:  # PATH[:OPTIONS], as docker's
+        args += ["--tmpfs", mount]
     for volume in spec.get("volumes") or []:
         if isinstance(volume, dict) and volume["type"] == "tmpfs":
             args += ["--tmpfs", volume["target"]]

@@ -228,6 +228,25 @@ def test_the_image_is_multi_stage_slim_non_root_with_weights_and_a_health_check(
     assert entry and (REPO / entry[0].split()[0]).is_file()
 
 
+def test_the_replica_tmpfs_is_the_image_users_own_on_every_start(compose: dict[str, Any]) -> None:
+    """Docker gives a tmpfs the mode of the directory it covers (absent on a first start, root's
+    755 after a restart: the replica could not write its lock file) and the owner of uid=/gid=.
+    The image's mount point and the compose options must name the same user, mode 0700."""
+    [runtime_user] = [i[1] for i in stages()[-1] if i[0] == "RUN" and "useradd" in i[1]]
+    uid = re.search(r"useradd [^&]*--uid (\d+)", runtime_user)
+    gid = re.search(r"groupadd [^&]*--gid (\d+)", runtime_user)
+    assert uid and gid, runtime_user
+    for name in sorted(healthchecked_image_services(compose)):
+        env = compose["services"][name]["environment"]
+        [mount] = compose["services"][name]["tmpfs"]
+        path, options = mount.split(":", 1)
+        assert path == env["FACESERVE_DATA_DIR"]
+        opts = dict(o.split("=", 1) for o in options.split(","))
+        assert opts == {"uid": uid.group(1), "gid": gid.group(1), "mode": "0700"}, (name, opts)
+        assert re.search(rf"install -d -o faceserve -g faceserve -m 0700 [^&]*{re.escape(path)}\b",
+                         runtime_user), runtime_user
+
+
 def _normalise(command: str, args: dict[str, str]) -> str:
     """A pip command with ARGs expanded and the venv location dropped."""
     for _ in range(3):  # ARG defaults may refer to earlier ARGs
@@ -305,7 +324,7 @@ def test_the_smoke_plan_runs_each_replica_as_compose_describes(compose: dict[str
     assert set(env) == set(spec["environment"])
     assert env["FACESERVE_DATABASE_URL"] == "postgresql://faceserve:pw@postgres:5432/faceserve"
     assert env["FACESERVE_PORT"] == "18001"  # host networking: a port per replica
-    assert pairs(args, "--tmpfs") == [v["target"] for v in spec["volumes"]]
+    assert pairs(args, "--tmpfs") == spec["tmpfs"]  # with their uid=, gid=, mode= options
     assert pairs(args, "--restart") == [spec["restart"]]
     assert pairs(args, "--network") == ["host"]
     assert sorted(pairs(args, "--add-host")) == sorted(f"{s}:127.0.0.1"
