@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docker/smoke.sh: build the CPU image and run the compose stack (docker-compose.yml) on this
 # machine, then drive it with real photos: enroll through the proxy, identify through each
-# replica, kill one replica (the other still answers), restart it (it has caught up), tear
+# replica, kill one replica (the other still answers), restart it (healthy, caught up), tear
 # everything down. Prints each step and the figures. Not part of .ci/run: it takes minutes and
 # needs a Docker engine (and root, for debootstrap, when the base image is missing).
 #
@@ -269,6 +269,10 @@ t0=$(now)
 docker start faceserve-replica-a >/dev/null
 RESTART_S=$(ready_at "$PORT_A" "$t0")
 say "replica-a ready again after ${RESTART_S}s"
+healthy faceserve-replica-a
+RESTART_HEALTHY_S=$(since "$t0")
+say "replica-a healthy (Docker HEALTHCHECK) again after ${RESTART_HEALTHY_S}s; its data dir:" \
+  "$(docker exec faceserve-replica-a stat -c '%n %U:%G mode %a' /run/faceserve)"
 check "$(basename "$NEW_PROBE") via replica-a" "$(identify "$PORT_A" "$NEW_PROBE")" "$NEW_SUBJECT"
 for r in "replica-a $PORT_A" "replica-b $PORT_B"; do
   read -r name port <<<"$r"
@@ -283,7 +287,7 @@ cat <<EOF
     build time:                  ${BUILD_S} s$([ "${NO_CACHE:-}" = 1 ] && echo " (--no-cache)")
     container create (vfs copy): ${CREATE_S} s for both replicas
     cold start to ready:         replica-a ${READY_A} s, replica-b ${READY_B} s (started together)
-    restart to ready:            replica-a ${RESTART_S} s
+    restart to ready:            replica-a ${RESTART_S} s (healthy after ${RESTART_HEALTHY_S} s)
     RSS per replica:             replica-a ${RSS_A} MiB, replica-b ${RSS_B} MiB
     enroll+identify round trip:  ${ROUND_TRIP} through the proxy
 EOF
