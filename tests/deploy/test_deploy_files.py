@@ -5,8 +5,11 @@ checked against each other, the nginx config and the Dockerfile: every service t
 for as healthy has a health check, named volumes are declared, bind-mounted files exist, the
 proxy's upstreams are the replicas on their port, the replicas' database URL names the postgres
 service with its user, database and password variable, and the GPU override reserves NVIDIA
-devices. The Dockerfile must install with the README's commands (same pins as pyproject).
-What this cannot check (building, running, `docker compose config`) the README says.
+devices. The Dockerfile must install with the README's commands (same pins as pyproject), and
+its build context (.dockerignore) must hold what that install reads. docker/compose_plan.py,
+which turns compose services into `docker run` arguments for docker/smoke.sh, must carry the
+file's environment, volumes and health checks. Building and running the stack is
+docker/smoke.sh's job (minutes, a Docker engine): not here, see the README.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,18 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
         word, _, rest = current.partition(" ")
         out.append((word.upper(), rest.strip()))
         current = ""
+    return out
+
+
+def global_args() -> dict[str, str]:
+    """ARGs before the first FROM (usable in FROM lines)."""
+    out: dict[str, str] = {}
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            break
+        if word == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            out[name] = value
     return out
 
 
@@ -188,12 +204,20 @@ def test_the_gpu_override_reserves_nvidia_devices_for_each_replica(
 def test_the_image_is_multi_stage_slim_non_root_with_weights_and_a_health_check() -> None:
     build, runtime = stages()[0], stages()[-1]
     assert len(stages()) >= 2
-    assert all("-slim" in dict([i])["FROM"] for i in (build[0], runtime[0]))
+    # Both stages on one base: a build argument (a local image where Docker Hub is out of
+    # reach), slim Python by default.
+    base = global_args()["BASE_IMAGE"].replace("${PYTHON_VERSION}",
+                                               global_args()["PYTHON_VERSION"])
+    assert base == "python:3.11-slim"
+    assert all(dict([i])["FROM"].startswith("${BASE_IMAGE} AS ") for i in (build[0], runtime[0]))
     assert any(i == ("ARG", "TORCH_VARIANT=cpu") for i in build)
-    assert any(i[0] == "RUN" and "faceserve convert --cache-dir /opt/faceserve/weights" in i[1]
-               for i in build)
-    copies = [i[1] for i in runtime if i[0] == "COPY"]
-    assert "--from=build /opt/faceserve/weights /opt/faceserve/weights" in copies
+    [install] = [i[1] for i in build if i[0] == "RUN"]
+    assert install.startswith("python3 -m venv /opt/venv ")
+    assert "faceserve convert --cache-dir /opt/faceserve/weights" in install
+    # convert writes 0600; the runtime user (not root) must read the weights.
+    assert install.endswith("&& chmod -R a+rX /opt/faceserve")
+    # The venv and the weights, one layer, last (vfs copies the image for every later step).
+    assert runtime[-1] == ("COPY", "--from=build /opt /opt")
     env = " ".join(i[1] for i in runtime if i[0] == "ENV")
     assert "FACESERVE_CACHE_DIR=/opt/faceserve/weights" in env
     users = [i[1] for i in runtime if i[0] == "USER"]
@@ -202,6 +226,25 @@ def test_the_image_is_multi_stage_slim_non_root_with_weights_and_a_health_check(
     assert "/readyz" in health
     entry = [i[1] for i in runtime if i[0] == "COPY" and "entrypoint" in i[1]]
     assert entry and (REPO / entry[0].split()[0]).is_file()
+
+
+def test_the_replica_tmpfs_is_the_image_users_own_on_every_start(compose: dict[str, Any]) -> None:
+    """Docker gives a tmpfs the mode of the directory it covers (absent on a first start, root's
+    755 after a restart: the replica could not write its lock file) and the owner of uid=/gid=.
+    The image's mount point and the compose options must name the same user, mode 0700."""
+    [runtime_user] = [i[1] for i in stages()[-1] if i[0] == "RUN" and "useradd" in i[1]]
+    uid = re.search(r"useradd [^&]*--uid (\d+)", runtime_user)
+    gid = re.search(r"groupadd [^&]*--gid (\d+)", runtime_user)
+    assert uid and gid, runtime_user
+    for name in sorted(healthchecked_image_services(compose)):
+        env = compose["services"][name]["environment"]
+        [mount] = compose["services"][name]["tmpfs"]
+        path, options = mount.split(":", 1)
+        assert path == env["FACESERVE_DATA_DIR"]
+        opts = dict(o.split("=", 1) for o in options.split(","))
+        assert opts == {"uid": uid.group(1), "gid": gid.group(1), "mode": "0700"}, (name, opts)
+        assert re.search(rf"install -d -o faceserve -g faceserve -m 0700 [^&]*{re.escape(path)}\b",
+                         runtime_user), runtime_user
 
 
 def _normalise(command: str, args: dict[str, str]) -> str:
@@ -240,6 +283,79 @@ def test_the_dockerfile_installs_with_the_readme_commands() -> None:
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"\$\(PY\) -m pip install .*-e clients/python\n", makefile)
     assert re.search(r"\$\(PY\) -m pip install .*-e '\.\[test\]'", makefile)
+
+
+def test_the_build_context_holds_what_the_install_reads() -> None:
+    """.dockerignore lets in only listed paths: each one the Dockerfile or pip needs."""
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {line[1:] for line in lines if line.startswith("!")}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", project["project"]["readme"], "clients/python", *packages}
+    needed |= {i[1].split()[0] for stage in stages() for i in stage
+               if i[0] == "COPY" and not i[1].startswith(("--from", "."))}
+    assert needed <= allowed, needed - allowed
+    assert all((REPO / path).exists() for path in allowed)
+    assert ("COPY", ". /src") in stages()[0]
+
+
+def plan(*args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "compose_plan.py"), *args],
+        capture_output=True, text=True, env={"POSTGRES_PASSWORD": "pw"}, check=True,
+    )
+    return out.stdout.splitlines()
+
+
+def pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+
+
+PORTS = ("--port", "replica-a=18001", "--port", "replica-b=18002", "--port", "proxy=18080")
+
+
+def test_the_smoke_plan_runs_each_replica_as_compose_describes(compose: dict[str, Any]) -> None:
+    spec = compose["services"]["replica-a"]
+    args = plan("replica-a", *PORTS)
+    assert args[-1] == spec["image"].replace("${TORCH_VARIANT:-cpu}", "cpu")
+    env = dict(e.split("=", 1) for e in pairs(args, "-e"))
+    assert set(env) == set(spec["environment"])
+    assert env["FACESERVE_DATABASE_URL"] == "postgresql://faceserve:pw@postgres:5432/faceserve"
+    assert env["FACESERVE_PORT"] == "18001"  # host networking: a port per replica
+    assert pairs(args, "--tmpfs") == spec["tmpfs"]  # with their uid=, gid=, mode= options
+    assert pairs(args, "--restart") == [spec["restart"]]
+    assert pairs(args, "--network") == ["host"]
+    assert sorted(pairs(args, "--add-host")) == sorted(f"{s}:127.0.0.1"
+                                                       for s in compose["services"])
+    oneoff = plan("replica-a", "--oneoff", *PORTS)
+    assert oneoff[0] == "--rm" and "--restart" not in oneoff
+    assert pairs(oneoff, "-e") == pairs(args, "-e")
+
+
+def test_the_smoke_plan_points_nginx_at_the_replica_ports(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    conf = tmp_path / "nginx.conf"
+    args = plan("proxy", "--image", "proxy:local", "--nginx-out", str(conf), *PORTS)
+    assert args[-1] == "proxy:local"
+    [mount] = pairs(args, "-v")
+    assert mount == f"{conf}:/etc/nginx/nginx.conf:ro"
+    text, original = conf.read_text(), NGINX.read_text()
+    assert re.findall(r"server\s+(\S+) max_fails", text) == ["127.0.0.1:18001", "127.0.0.1:18002"]
+    assert "listen 18080;" in text
+    assert len(text.splitlines()) == len(original.splitlines())
+    check = compose["services"]["proxy"]["healthcheck"]
+    assert pairs(args, "--health-cmd") == [
+        shlex.join(check["test"][1:]).replace(":8080/", ":18080/")]
+    assert pairs(args, "--health-retries") == [str(check["retries"])]
+
+
+def test_the_smoke_script_is_valid_bash_and_documented() -> None:
+    script = REPO / "docker" / "smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "docker/smoke.sh" in (REPO / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_entrypoint_is_valid_sh() -> None:
