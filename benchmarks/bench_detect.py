@@ -39,6 +39,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from models.boxes import box_iou  # noqa: E402
 from models.detector import build_pyramid  # noqa: E402
 from models.device import resolve_device  # noqa: E402
 from models.imageio import decode_image, decode_reduced  # noqa: E402
@@ -197,13 +198,8 @@ def _labels() -> dict[str, list[tuple[int, int, int, int]]]:
     return out
 
 
-def _iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    inter = max(w, 0) * max(h, 0)
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
+def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
 
 def recall(pipeline: FacePipeline, lfw: int) -> list[dict]:
     """Labelled faces found (IoU >= 0.5) and LFW photos with a face, per ``min_face_px``."""

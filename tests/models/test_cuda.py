@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.boxes import box_iou
 from models.faces import Box
 from models.pipeline import FacePipeline
 from models.self_test import run_self_test
@@ -24,11 +25,7 @@ def pipelines() -> tuple[FacePipeline, FacePipeline]:
 
 
 def _iou(a: Box, b: Box) -> float:
-    w = min(a.right, b.right) - max(a.left, b.left) + 1
-    h = min(a.bottom, b.bottom) - max(a.top, b.top) + 1
-    inter = max(w, 0) * max(h, 0)
-    return inter / (a.area + b.area - inter)
-
+    return float(box_iou(torch.tensor([a.as_tuple()]), torch.tensor([b.as_tuple()]))[0, 0])
 
 def _photos() -> list[np.ndarray]:
     from skimage import data

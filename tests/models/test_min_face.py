@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from models.boxes import box_iou
 from models.detector import WINDOW_PX, detection_scale
 from models.faces import Box, Face
 from models.imageio import decode_image, decode_reduced
@@ -29,11 +31,7 @@ def pipeline() -> FacePipeline:
 
 
 def _iou(a: Box, b: Box) -> float:
-    w = min(a.right, b.right) - max(a.left, b.left) + 1
-    h = min(a.bottom, b.bottom) - max(a.top, b.top) + 1
-    inter = max(w, 0) * max(h, 0)
-    return inter / (a.area + b.area - inter)
-
+    return float(box_iou(torch.tensor([a.as_tuple()]), torch.tensor([b.as_tuple()]))[0, 0])
 
 def _jpeg(image: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()

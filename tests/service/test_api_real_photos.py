@@ -21,6 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from models.boxes import box_iou
 from service.api.app import create_app
 from service.config import Settings
 from tests.service.conftest import wait_ready
@@ -249,12 +250,7 @@ def test_min_face_px_answers_in_the_clients_pixels(
 
 
 def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    inter = max(w, 0) * max(h, 0)
-    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    return inter / (area - inter)
-
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
 
 def test_readyz_reports_the_self_test(real: tuple[TestClient, dict]) -> None:
     client, _ = real
