@@ -106,10 +106,16 @@ class FacePipeline:
         self.small_image_retry_px = small_image_retry_px or 0
         self.min_face_px = min_face_px
 
+    def _scan(self, min_face_px: int | None) -> tuple[int | None, int]:
+        """The minimum face in force (the request's, else the pipeline's; None: neither)
+        and the upsampling it needs (``upsample`` when no minimum is set)."""
+        m = min_face_px if min_face_px is not None else self.min_face_px
+        return m, self.upsample if m is None else upsampling_for(m)
+
     def smallest_face(self, min_face_px: int | None = None) -> float:
         """The smallest face (px) a detection finds with this request's ``min_face_px``."""
-        m = min_face_px if min_face_px is not None else self.min_face_px
-        return float(m) if m is not None else WINDOW_PX / 2**self.upsample
+        m, upsample = self._scan(min_face_px)
+        return float(m) if m is not None else WINDOW_PX / 2**upsample
 
     def decode_reduction(self, width: int, height: int, min_face_px: int | None = None) -> int:
         """How much smaller (1, 2, 4 or 8) a ``width`` x ``height`` photo may be decoded.
@@ -122,9 +128,7 @@ class FacePipeline:
         ``max_side`` 2048) a photo is decoded whole.
         """
         m = self.smallest_face(min_face_px)
-        upsample = self.upsample if min_face_px is None and self.min_face_px is None else (
-            upsampling_for(m)
-        )
+        _, upsample = self._scan(min_face_px)
         need = max(
             detection_scale(height, width, self.max_side, m, upsample) * 2**upsample,
             CHIP_FACE_PX / m,
@@ -150,8 +154,7 @@ class FacePipeline:
     def _boxes(
         self, image: np.ndarray, retry_below: int, min_face_px: int | None = None
     ) -> list[tuple[Box, float]]:
-        m = min_face_px if min_face_px is not None else self.min_face_px
-        upsample = self.upsample if m is None else upsampling_for(m)
+        m, upsample = self._scan(min_face_px)
         extra = {} if m is None else {"min_face_px": m}
         dets = self.detector.detect(image, upsample=upsample, max_side=self.max_side, **extra)
         shrunk = m is not None and m > WINDOW_PX / 2**upsample

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.detector import FaceDetector, build_pyramid
+from models.detector import FaceDetector
 from models.embedder import CHIP_SIZE
 
 __all__ = ["SelfTest", "SelfTestFailed", "run_self_test"]
@@ -78,11 +78,8 @@ def _timed(fn, repeats: int = 3) -> float:
 
 
 def _scores(detector: FaceDetector, photo: np.ndarray) -> np.ndarray:
-    image = torch.from_numpy(photo).to(detector.device)
-    with torch.inference_mode():
-        tensor, _ = build_pyramid(image, detector._avg)
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return detector.net(tensor)[0, 0].float().cpu().numpy()
+    scores, _ = detector.score_map(torch.from_numpy(photo).to(detector.device))
+    return scores.float().cpu().numpy()
 
 
 def run_self_test(pipeline: Any, reference: Any = None) -> SelfTest:
