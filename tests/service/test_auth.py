@@ -318,9 +318,9 @@ def test_the_openapi_schema_declares_both_key_headers(world: World) -> None:
     assert schemes["BearerKey"] == {"type": "http", "scheme": "bearer",
                                     "description": schemes["BearerKey"]["description"]}
     assert schemes["HeaderKey"]["in"] == "header" and schemes["HeaderKey"]["name"] == "X-API-Key"
-    enroll = schema["paths"]["/enroll"]["post"]
+    enroll = schema["paths"]["/v1/enroll"]["post"]
     assert {"BearerKey": []} in enroll["security"] and "401" in enroll["responses"]
-    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert "security" not in schema["paths"]["/v1/healthz"]["get"]
 
 
 def test_every_credential_sent_must_be_valid(world: World) -> None:

@@ -26,9 +26,12 @@ from faceserve_client.errors import (
 )
 from faceserve_client.photos import Photo, photo_file
 
-__all__ = ["DEFAULT_URL", "Call", "RetryPolicy", "calls"]
+__all__ = ["API", "DEFAULT_URL", "Call", "RetryPolicy", "calls"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Every operation is under the API version's prefix (the server also answers the older
+# unversioned paths, deprecated).
+API = "/v1"
 RETRY_STATUSES = frozenset({429, 503})
 USER_AGENT = "faceserve-client/0.1.0"
 
@@ -158,8 +161,8 @@ class calls:
             if not photos:
                 raise ValueError("give at least one photo")
             files = [("images", photo_file(p, f"photo{i}")) for i, p in enumerate(photos)]
-            return Call("POST", "/enroll", m.EnrollBatchResponse, data=form, files=files)
-        return Call("POST", "/enroll", m.EnrollResponse, data=form,
+            return Call("POST", f"{API}/enroll", m.EnrollBatchResponse, data=form, files=files)
+        return Call("POST", f"{API}/enroll", m.EnrollResponse, data=form,
                     files=[("image", photo_file(photos))])
 
     @staticmethod
@@ -178,7 +181,7 @@ class calls:
             files = [("image_a", photo_file(photo, "a")), ("image_b", photo_file(other, "b"))]
         else:
             files = [("image", photo_file(photo))]
-        return Call("POST", "/verify", m.VerifyResponse, data=form, files=files)
+        return Call("POST", f"{API}/verify", m.VerifyResponse, data=form, files=files)
 
     @staticmethod
     def identify(
@@ -198,60 +201,62 @@ class calls:
         if photo is not None:
             form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
                          max_faces=max_faces, face_crop=face_crop)
-            return Call("POST", "/identify", m.IdentifyImageResponse, data=form,
+            return Call("POST", f"{API}/identify", m.IdentifyImageResponse, data=form,
                         files=[("image", photo_file(photo))])
         params = {"face_id": face_id, "k": k, "threshold": threshold,
                   "identify_fpir": identify_fpir,
                   "embedding": None if embedding is None else encode_embedding(embedding)}
-        return Call("GET", "/identify", m.IdentifyResponse, params=params)
+        return Call("GET", f"{API}/identify", m.IdentifyResponse, params=params)
 
     @staticmethod
     def embed(photo: Photo, *, max_faces: int | None = None, face_crop: bool = False) -> Call:
-        return Call("POST", "/embed", m.EmbedResponse,
+        return Call("POST", f"{API}/embed", m.EmbedResponse,
                     data=_form(max_faces=max_faces, face_crop=face_crop),
                     files=[("image", photo_file(photo))])
 
     @staticmethod
     def subject_page(cursor: str | None = None, limit: int = 100) -> Call:
-        return Call("GET", "/subjects", m.SubjectList, params={"cursor": cursor, "limit": limit})
+        return Call("GET", f"{API}/subjects", m.SubjectList,
+                    params={"cursor": cursor, "limit": limit})
 
     @staticmethod
     def subject(subject_id: str) -> Call:
-        return Call("GET", f"/subjects/{_segment(subject_id)}", m.SubjectDetail)
+        return Call("GET", f"{API}/subjects/{_segment(subject_id)}", m.SubjectDetail)
 
     @staticmethod
     def delete_subject(subject_id: str) -> Call:
-        return Call("DELETE", f"/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
+        return Call("DELETE", f"{API}/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
 
     @staticmethod
     def face(face_id: str) -> Call:
-        return Call("GET", f"/faces/{_segment(face_id)}", m.FaceInfo)
+        return Call("GET", f"{API}/faces/{_segment(face_id)}", m.FaceInfo)
 
     @staticmethod
     def delete_face(face_id: str) -> Call:
-        return Call("DELETE", f"/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+        return Call("DELETE", f"{API}/faces/{_segment(face_id)}", m.DeleteFaceResponse)
 
     @staticmethod
     def keys() -> Call:
-        return Call("GET", "/keys", m.KeyList)
+        return Call("GET", f"{API}/keys", m.KeyList)
 
     @staticmethod
     def create_key(name: str, scopes: Sequence[str]) -> Call:
-        return Call("POST", "/keys", m.CreatedKey, json={"name": name, "scopes": list(scopes)})
+        return Call("POST", f"{API}/keys", m.CreatedKey,
+                    json={"name": name, "scopes": list(scopes)})
 
     @staticmethod
     def revoke_key(key_id: str) -> Call:
-        return Call("DELETE", f"/keys/{_segment(key_id)}", m.KeyInfo)
+        return Call("DELETE", f"{API}/keys/{_segment(key_id)}", m.KeyInfo)
 
     @staticmethod
     def audit_page(after: int = 0, limit: int = 100, action: str | None = None) -> Call:
-        return Call("GET", "/audit", m.AuditList,
+        return Call("GET", f"{API}/audit", m.AuditList,
                     params={"after": after, "limit": limit, "action": action})
 
     @staticmethod
     def health() -> Call:
-        return Call("GET", "/healthz", m.HealthResponse)
+        return Call("GET", f"{API}/healthz", m.HealthResponse)
 
     @staticmethod
     def ready() -> Call:
-        return Call("GET", "/readyz", m.ReadyResponse)
+        return Call("GET", f"{API}/readyz", m.ReadyResponse)

@@ -1,0 +1,80 @@
+"""One shape for the whole API (issue 20): versioned paths with unversioned aliases, unknown
+query parameters refused like unknown body fields, one name per concept, opaque cursors,
+request ids and access logs."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import fake_photo
+from tests.service.test_api_errors import assert_error
+from tests.service.test_api_ops import metric
+
+
+def enroll(client: TestClient, subject_id: str, person: int, prefix: str = "/v1") -> dict:
+    r = client.post(f"{prefix}/enroll", data={"subject_id": subject_id},
+                    files={"image": ("p.png", fake_photo(person), "image/png")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+# ---------------------------------------------------------------- /v1 and its aliases
+
+
+def test_every_operation_answers_under_v1_and_at_its_old_path(client: TestClient) -> None:
+    new = enroll(client, "ada", 1, prefix="/v1")
+    old = enroll(client, "bob", 2, prefix="")
+    assert set(new) == set(old)
+    for prefix in ("/v1", ""):
+        assert client.get(f"{prefix}/healthz").json() == {"status": "ok"}
+        listed = client.get(f"{prefix}/subjects").json()["subjects"]
+        assert [s["subject_id"] for s in listed] == ["ada", "bob"]
+        assert client.get(f"{prefix}/subjects/ada").json()["faces"][0]["face_id"] == (
+            new["face_id"])
+        assert client.get(f"{prefix}/faces/{old['face_id']}").json()["subject_id"] == "bob"
+    assert_error(client.get("/v2/subjects"), 404, "not_found")
+
+
+def test_metrics_label_both_paths_by_their_own_template(client: TestClient) -> None:
+    client.get("/v1/subjects/nobody")
+    client.get("/subjects/nobody")
+    client.get("/subjects/nobody")
+    text = client.get("/v1/metrics").text
+    assert metric(text, "faceserve_http_requests_total", route="/v1/subjects/{subject_id}",
+                  status="404") == 1
+    assert metric(text, "faceserve_http_requests_total", route="/subjects/{subject_id}",
+                  status="404") == 2
+    assert "nobody" not in text
+
+
+def test_the_openapi_document_lists_each_operation_once(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert all(path.startswith("/v1/") for path in schema["paths"])
+
+
+# ---------------------------------------------------------------- unknown query parameters
+
+
+@pytest.mark.parametrize("prefix", ["/v1", ""])
+def test_unknown_query_parameters_are_422_like_unknown_fields(
+    client: TestClient, prefix: str
+) -> None:
+    error = assert_error(client.get(f"{prefix}/subjects?limt=5&zeta=1"), 422, "invalid_field")
+    assert [d["field"] for d in error["details"]] == ["query.limt", "query.zeta"]
+    assert {d["type"] for d in error["details"]} == {"extra_forbidden"}
+    assert "limit" in error["details"][0]["message"]  # says what the operation takes
+    # The body check says the same about an unknown form field.
+    r = client.post(f"{prefix}/embed", data={"max_face": "2"},
+                    files={"image": ("p.png", fake_photo(1), "image/png")})
+    body_error = assert_error(r, 422, "invalid_field")
+    assert body_error["details"][0]["type"] == "extra_forbidden"
+    # On an operation without query parameters, and on an image operation.
+    assert_error(client.get(f"{prefix}/healthz?verbose=1"), 422, "invalid_field")
+    r = client.post(f"{prefix}/embed?max_faces=1",
+                    files={"image": ("p.png", fake_photo(1), "image/png")})
+    assert assert_error(r, 422, "invalid_field")["details"][0]["field"] == "query.max_faces"
+    # Known parameters still work.
+    assert client.get(f"{prefix}/subjects?limit=5").status_code == 200
