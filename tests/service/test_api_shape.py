@@ -78,3 +78,51 @@ def test_unknown_query_parameters_are_422_like_unknown_fields(
     assert assert_error(r, 422, "invalid_field")["details"][0]["field"] == "query.max_faces"
     # Known parameters still work.
     assert client.get(f"{prefix}/subjects?limit=5").status_code == 200
+
+
+# ---------------------------------------------------------------- one name per concept
+
+
+def test_matched_is_the_decision_everywhere_and_match_the_candidate(client: TestClient) -> None:
+    face = enroll(client, "ada", 1)
+    photo = {"image": ("p.png", fake_photo(1, variant=1), "image/png")}
+    verify = client.post("/v1/verify", data={"subject_id": "ada"}, files=photo).json()
+    assert verify["matched"] is True and verify["match"] is True  # deprecated alias, same value
+    stranger = client.post("/v1/verify", data={"subject_id": "ada"},
+                           files={"image": ("p.png", fake_photo(9), "image/png")}).json()
+    assert stranger["matched"] is False and stranger["match"] is False
+    found = client.post("/v1/identify", files=photo).json()["faces"][0]
+    assert found["matched"] is True and found["match"]["subject_id"] == "ada"
+    unknown = client.post("/v1/identify", files={"image": ("p.png", fake_photo(9), "image/png")})
+    assert unknown.json()["faces"][0] == {**unknown.json()["faces"][0], "matched": False,
+                                          "match": None}
+    stored = client.get("/v1/identify", params={"face_id": face["face_id"]}).json()
+    assert stored["matched"] is False and stored["match"] is None  # its own face is left out
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["VerifyResponse"]["properties"]["match"]["deprecated"] is True
+
+
+def test_verify_reports_landmarks_of_both_faces(client: TestClient) -> None:
+    enroll(client, "ada", 1)
+    r = client.post("/v1/verify", files={
+        "image_a": ("a.png", fake_photo(1), "image/png"),
+        "image_b": ("b.png", fake_photo(1, variant=2), "image/png")})
+    assert all(len(f["landmarks"]) == 5 for f in r.json()["faces"])
+    r = client.post("/v1/verify", data={"subject_id": "ada"},
+                    files={"image": ("p.png", fake_photo(1, variant=3), "image/png")})
+    probe, template = r.json()["faces"]
+    assert template["source"] == "template" and len(template["landmarks"]) == 5
+    assert len(probe["landmarks"]) == 5
+
+
+def test_the_client_reads_answers_of_servers_without_matched() -> None:
+    from faceserve_client import models as m
+
+    old = {"match": True, "similarity": 0.95, "distance": 0.1, "threshold": 0.9,
+           "operating_point": {"threshold": 0.9, "source": "setting"}, "faces": [],
+           "model": "x"}
+    assert m.VerifyResponse.model_validate(old).matched is True
+    new = {**old, "matched": False}
+    del new["match"]
+    with pytest.warns(DeprecationWarning):
+        assert m.VerifyResponse.model_validate(new).match is False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 __all__ = [
     "AuditEvent",
@@ -53,6 +53,17 @@ __all__ = [
     "VerifiedFace",
     "VerifyResponse",
 ]
+
+
+def _fill_decision(data: Any, boolean_match: bool = False) -> Any:
+    """An answer of a server older than ``matched`` gets it from ``match`` (and the reverse
+    for verify, whose deprecated ``match`` is the same boolean)."""
+    if isinstance(data, dict):
+        if "matched" not in data and "match" in data:
+            data = {**data, "matched": bool(data["match"])}
+        if boolean_match and "match" not in data and "matched" in data:
+            data = {**data, "match": data["matched"]}
+    return data
 
 
 # ---------------------------------------------------------------- errors
@@ -293,6 +304,7 @@ class VerifiedFace(BaseModel):
 
     source: Literal["image_a", "image_b", "image", "template"]
     bbox: BBox | None = Field(None, description="Box of the face used (uploaded images).")
+    landmarks: Landmarks | None = None
     detection_confidence: float | None = None
     faces_detected: int | None = Field(
         None, description="Faces found in that image; the primary one was used."
@@ -308,7 +320,19 @@ class VerifiedFace(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    match: bool = Field(description="similarity >= threshold.")
+    matched: bool = Field(description="The decision: `similarity >= threshold`. Named as in "
+                          "identify, where `matched` is the same decision and `match` the "
+                          "matched candidate.")
+    match: bool = Field(
+        description="Deprecated: the same as `matched` (removed in a later release; `match` "
+        "elsewhere is the matched candidate, not a boolean).",
+        deprecated=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data, boolean_match=True)
     similarity: float = Field(description="Cosine similarity of the two faces (best template).")
     distance: float = Field(description="Squared L2 distance of the unit embeddings: 2 - 2 cos.")
     threshold: float
@@ -332,6 +356,14 @@ class IdentifyResponse(BaseModel):
     match: Candidate | None = Field(
         description="The best candidate if at or above the threshold, else null (unknown)."
     )
+    matched: bool = Field(description="The decision: whether `match` is a candidate (someone "
+                          "at or above the threshold) rather than null (unknown).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data)
+
     threshold: float
     operating_point: OperatingPoint
     model: str
@@ -347,6 +379,14 @@ class IdentifiedFace(BaseModel):
         "better-scoring face of the same photo has taken (one person appears at most once in "
         "a photo), else null (unknown)."
     )
+    matched: bool = Field(description="The decision: whether `match` is a candidate rather "
+                          "than null (unknown).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data)
+
     quality: Quality
     unknown_face_id: str | None = Field(
         None, description="With `remember_unknown`: the id this unmatched face has in the "

@@ -130,9 +130,11 @@ async def _search(
     [candidates] = await run_in_threadpool(
         candidates_for, gallery, query[None, :], k, exclude, principal.namespace.external
     )
+    match = match_of(candidates, point.threshold)
     return IdentifyResponse(
         candidates=candidates,
-        match=match_of(candidates, point.threshold),
+        match=match,
+        matched=match is not None,
         threshold=point.threshold,
         operating_point=point,
         model=services.pipeline.model_version,
@@ -197,6 +199,7 @@ async def identify_image(
             detection_confidence=float(face.confidence),
             candidates=candidates,
             match=match,
+            matched=match is not None,
             quality=quality_model(quality),
             unknown_face_id=pool_id,
         )
