@@ -240,7 +240,7 @@ def test_listing_walks_only_its_gallery_even_between_neighbours(
     first = client.get("/subjects", params={"limit": 1}, headers=bearer(tokens["a"])).json()
     r = client.get("/subjects", params={"cursor": first["next_cursor"]},
                    headers=bearer(tokens["b"]))
-    assert_error(r, 400, "invalid_cursor")
+    assert_error(r, 422, "invalid_cursor")
 
 
 def test_namespace_mapping() -> None:

@@ -249,9 +249,17 @@ class calls:
         return Call("DELETE", f"{API}/keys/{_segment(key_id)}", m.KeyInfo)
 
     @staticmethod
-    def audit_page(after: int = 0, limit: int = 100, action: str | None = None) -> Call:
-        return Call("GET", f"{API}/audit", m.AuditList,
-                    params={"after": after, "limit": limit, "action": action})
+    def audit_page(
+        after: int = 0, limit: int = 100, action: str | None = None, cursor: str | None = None
+    ) -> Call:
+        """A page of the audit log: the first one after event id ``after``, or the one a
+        previous page's ``next_cursor`` points to."""
+        params = {"limit": limit, "action": action}
+        if cursor is not None:
+            params["cursor"] = cursor
+        elif after:
+            params["after"] = after
+        return Call("GET", f"{API}/audit", m.AuditList, params=params)
 
     @staticmethod
     def health() -> Call:

@@ -452,7 +452,7 @@ class SubjectDetail(SubjectSummary):
 class SubjectList(BaseModel):
     subjects: list[SubjectSummary]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null on the last page."
+        description="Pass as `cursor` for the next page (opaque); null on the last page."
     )
 
 
@@ -584,8 +584,13 @@ class AuditEvent(BaseModel):
 
 class AuditList(BaseModel):
     events: list[AuditEvent]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
     next_after: int | None = Field(
-        description="Pass as `after` for the next page; null on the last page."
+        None,
+        description="Deprecated (use `next_cursor`): pass as `after` for the next page.",
+        deprecated=True,
     )
 
 

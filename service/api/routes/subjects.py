@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from service.api.deps import GalleryDep, ServicesDep
-from service.api.errors import BadRequest, SubjectNotFound, error_responses
+from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
+from service.api.errors import ServiceError, SubjectNotFound, error_responses
 from service.api.routes.common import audit_event, landmarks_list, run_in_threadpool, to_bbox
 from service.api.schemas import (
     DeleteSubjectResponse,
@@ -67,13 +68,15 @@ def _summary(record: Any, namespace: Namespace) -> SubjectSummary:
     summary="List subjects",
     description="Subjects of the key's gallery in a stable order, `limit` per page; follow "
     "`next_cursor`. Needs scope `admin`.",
-    responses=error_responses(400, 401, 403, 408, 422, 429, 503),
+    responses=error_responses(401, 403, 408, 422, 429, 503),
 )
 async def list_subjects(
     principal: AdminKey,
     gallery: GalleryDep,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
+              "(opaque; 422 `invalid_cursor` otherwise)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Subjects per page.")] = 100,
 ) -> SubjectList:
@@ -81,21 +84,44 @@ async def list_subjects(
 
     def page() -> tuple[list[Any], str | None]:
         # A gallery's stored ids form one contiguous run (service.security.keys): start at its
-        # beginning, or at a cursor inside it, and stop at the first id outside it.
+        # beginning, or after the cursor's subject, and stop at the first id outside it.
+        start = _encode_cursor(namespace.list_after)
+        if cursor is not None:
+            start = _start_of(cursor, namespace)
         try:
-            if cursor is not None and not namespace.owns(_decode_cursor(cursor)):
-                raise ValueError("cursor of another gallery")
-            start = cursor if cursor is not None else _encode_cursor(namespace.list_after)
-            records, next_cursor = gallery.list_subjects(start, limit)
+            records, more = gallery.list_subjects(start, limit)
         except ValueError:
-            raise BadRequest("cursor is not valid", code="invalid_cursor") from None
+            raise invalid_cursor() from None
         mine = [r for r in records if namespace.owns(r.subject_id)]
-        return mine, next_cursor if len(mine) == len(records) else None
+        if more is None or len(mine) < len(records) or not mine:
+            return mine, None
+        last = namespace.external(mine[-1].subject_id)
+        return mine, encode_cursor("subjects", namespace.gallery, last or "")
 
     records, next_cursor = await run_in_threadpool(page)
     return SubjectList(
         subjects=[_summary(r, namespace) for r in records], next_cursor=next_cursor
     )
+
+
+def _start_of(cursor: str, namespace: Namespace) -> str:
+    """The gallery's own cursor for an API cursor (``service.api.cursors``). The unversioned
+    cursors of earlier releases (which showed the stored id, gallery prefix included) are still
+    taken, for one release, when they point into the caller's gallery."""
+    try:
+        after = decode_cursor("subjects", namespace.gallery, cursor)
+    except ServiceError:
+        try:
+            legacy = _decode_cursor(cursor)
+        except ValueError:
+            legacy = None
+        if legacy is None or not namespace.owns(legacy):
+            raise
+        return cursor
+    try:
+        return _encode_cursor(namespace.internal(after))
+    except ValueError:
+        raise invalid_cursor() from None
 
 
 def _detail(gallery: Gallery, subject_id: str, namespace: Namespace) -> SubjectDetail:
