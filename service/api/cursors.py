@@ -57,7 +57,7 @@ def decode_cursor(kind: str, gallery: str, cursor: str, position: type = str) ->
     if body["g"] != _gallery_tag(gallery):
         raise invalid_cursor("it belongs to another gallery")
     after = body["a"]
-    if type(after) is not position:  # noqa: E721 - bool is not an int position
+    if type(after) is not position:
         raise invalid_cursor()
     if encode_cursor(kind, gallery, after) != cursor:  # one spelling per position
         raise invalid_cursor()

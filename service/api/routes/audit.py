@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import ServicesDep
 from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
+from service.api.deps import ServicesDep
 from service.api.errors import InvalidField, error_responses
 from service.api.routes.common import run_in_threadpool
 from service.api.schemas import AuditEvent, AuditList

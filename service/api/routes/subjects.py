@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from service.api.deps import GalleryDep, ServicesDep
 from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
+from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import ServiceError, SubjectNotFound, error_responses
 from service.api.routes.common import audit_event, landmarks_list, run_in_threadpool, to_bbox
 from service.api.schemas import (
