@@ -195,3 +195,42 @@ def test_tampered_cursors_are_422_invalid_cursor(make_client) -> None:
     for cursor in ("garbage", subjects_cursor, _respell(audit_cursor, a="3"),
                    _respell(audit_cursor, a=True), _respell(audit_cursor, a=-1)):
         assert_error(client.get("/v1/audit", params={"cursor": cursor}), 422, "invalid_cursor")
+
+
+# ---------------------------------------------------------------- request ids and access log
+
+
+def test_access_log_lines_carry_time_request_id_and_key_id_never_the_key(
+    make_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import re
+
+    from service.config import Settings
+    from service.security.keys import KeyRing, open_security_store
+
+    client = make_client()
+    settings: Settings = client.app.state.settings
+    store = open_security_store(settings)
+    record, token = KeyRing(store).create("desk", ["enroll", "recognize", "admin"])
+    store.close()
+    caplog.set_level(logging.INFO, logger="faceserve.access")
+    ok = client.get("/v1/subjects", headers={"Authorization": f"Bearer {token}",
+                                             "X-Request-ID": "trace-0042-abc"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "trace-0042-abc"
+    denied = client.get("/subjects/someone")  # no key: 401, and an id made up for it
+    assert denied.status_code == 401
+    made_up = denied.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", made_up)
+    hostile = client.get("/v1/healthz", headers={"X-Request-ID": "x y\nforged line"})
+    assert hostile.headers["x-request-id"] != "x y\nforged line"  # replaced, not echoed
+    lines = [r.getMessage() for r in caplog.records if r.name == "faceserve.access"]
+    text = "\n".join(lines)
+    assert token not in text and "someone" not in text and "forged" not in text
+    [mine] = [line for line in lines if "id=trace-0042-abc" in line]
+    assert mine.startswith("GET /v1/subjects 200 ")
+    assert f" key={record.key_id} " in mine
+    stamp = re.search(r" at=(\S+)$", mine).group(1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    [anonymous] = [line for line in lines if f"id={made_up}" in line]
+    assert anonymous.startswith("GET /subjects/{subject_id} 401 ") and " key=- " in anonymous
