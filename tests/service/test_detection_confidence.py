@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faceserve_client.models import DetectionConfidence
 from fastapi.testclient import TestClient
 
-from faceserve_client.models import DetectionConfidence
 from models.detector import DETECTION_THRESHOLD
 from service.api.app import create_app
 from service.config import Settings
