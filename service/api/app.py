@@ -27,6 +27,7 @@ from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
 from service.api.docs import docs_router
 from service.api.errors import install_error_handlers
+from service.api.examples import add_examples
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.query import reject_unknown_query
 from service.api.routes import ROUTERS
@@ -202,6 +203,31 @@ def _keyless(app: FastAPI) -> bool:
     return services is None or services.keys is None or not services.keys.enforced()
 
 
+def _finish_schema(schema: dict[str, Any]) -> None:
+    """What FastAPI's generator leaves to do: each operation's examples
+    (``service.api.examples``); a field's description lifted from inside ``anyOf`` (an
+    optional ``Annotated`` type keeps it there) to the field, where documentation renderers
+    show it; and FastAPI's own 422 body (``HTTPValidationError``), which this API never sends
+    (its 422 is an ``ErrorResponse``), replaced."""
+    add_examples(schema)
+    components = schema.get("components", {}).get("schemas", {})
+    for component in components.values():
+        for prop in (component.get("properties") or {}).values():
+            if "description" not in prop:
+                described = [m for m in prop.get("anyOf", ()) if m.get("description")]
+                if len(described) == 1:
+                    prop["description"] = described[0]["description"]
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is not None and "HTTPValidationError" in str(response):
+                response["content"] = {"application/json": {"schema": error}}
+    if "HTTPValidationError" not in str(schema.get("paths")):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -288,6 +314,7 @@ def create_app(
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 defs.get("$defs", {})
             )
+            _finish_schema(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

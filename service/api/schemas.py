@@ -277,10 +277,19 @@ class VerifyForm(_Strict):
     """``multipart/form-data`` fields of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: ImageFile | None = None
-    image_b: ImageFile | None = None
-    image: ImageFile | None = None
-    subject_id: SubjectId | None = None
+    image_a: ImageFile | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: ImageFile | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: ImageFile | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
@@ -290,10 +299,19 @@ class VerifyJSON(_Strict):
     """``application/json`` body of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: Base64Image | None = None
-    image_b: Base64Image | None = None
-    image: Base64Image | None = None
-    subject_id: SubjectId | None = None
+    image_a: Base64Image | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: Base64Image | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: Base64Image | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
@@ -392,7 +410,8 @@ class CreateKeyRequest(_Strict):
               "`(command line)` (the audit log's label for the command line)."),
         AfterValidator(check_key_name),
     ]
-    scopes: list[Scope] = Field(min_length=1, max_length=3)
+    scopes: list[Scope] = Field(min_length=1, max_length=3,
+                                description="What the new key may do.")
 
 
 # Request models that are not parameters of any FastAPI signature (the bodies are parsed by

@@ -84,7 +84,8 @@ async def create_key(
 async def revoke_key(
     principal: AdminKey,
     services: ServicesDep,
-    key_id: Annotated[str, Path(min_length=1, max_length=64)],
+    key_id: Annotated[str, Path(min_length=1, max_length=64,
+                                description="The key's public id (`key_id`).")],
 ) -> KeyInfo:
     record = await run_in_threadpool(_ring(services).revoke, key_id, principal.gallery)
     if record is None:
