@@ -56,7 +56,7 @@ _SUBJECT = {
     "created_at": _CREATED, "face_count": 2,
 }
 _KEY = {
-    "key_id": "k_8f2c41d0", "name": "front-door kiosk", "scopes": ["recognize"],
+    "key_id": "k_8f2c41d0e7a3", "name": "front-door kiosk", "scopes": ["recognize"],
     "gallery": None, "created_at": _CREATED, "revoked_at": None,
 }
 _CLUSTERS = {
@@ -208,7 +208,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "audit_log": {
         "response": {
             "events": [{
-                "id": 41, "at": _CREATED, "key_id": "k_8f2c41d0", "key_name": "reception",
+                "id": 41, "at": _CREATED, "key_id": "k_8f2c41d0e7a3", "key_name": "reception",
                 "action": "enroll", "subject_id": "person-0042", "face_id": "f3a9c2d4e5b6",
                 "detail": {"created": True},
             }],
@@ -219,7 +219,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "list_keys": {"response": {"keys": [_KEY]}},
     "create_key": {
         "request": {"application/json": {"name": "front-door kiosk", "scopes": ["recognize"]}},
-        "response": {**_KEY, "token": "fs_4kT9wq2ZbC7xYv1N3pLr8sHd6uJm0aEf"},
+        "response": {**_KEY, "token": "fsk_4kT9wq2ZbC7xYv1N3pLr8sHd6uJm0aEfQ2wX9yB5nT1"},
     },
     "revoke_key": {"response": {**_KEY, "revoked_at": "2026-06-01T08:00:00.000Z"}},
     "healthz": {"response": {"status": "ok"}},
