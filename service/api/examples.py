@@ -16,6 +16,8 @@ import math
 import struct
 from typing import Any
 
+from service.api.cursors import encode_cursor
+
 __all__ = ["EXAMPLES", "add_examples"]
 
 # ---------------------------------------------------------------- shared parts
@@ -185,7 +187,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "list_subjects": {
         "response": {"subjects": [_SUBJECT],
-                     "next_cursor": "eyJhIjoicGVyc29uLTAwNDIiLCJnIjoiM2I0YyIsImsiOiJzdWJqZWN0cyJ9"},
+                     "next_cursor": encode_cursor("subjects", "", "person-0042")},
     },
     "get_subject": {"response": {**_SUBJECT, "face_count": 1, "faces": [_FACE_INFO]}},
     "delete_subject": {"response": {"subject_id": "person-0042", "faces_deleted": 2}},
@@ -212,7 +214,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
                 "action": "enroll", "subject_id": "person-0042", "face_id": "f3a9c2d4e5b6",
                 "detail": {"created": True},
             }],
-            "next_cursor": "eyJhIjo0MSwiZyI6IjNiNGMiLCJrIjoiYXVkaXQifQ",
+            "next_cursor": encode_cursor("audit", "", 41),
             "next_after": 41,
         },
     },
