@@ -48,6 +48,18 @@ def test_metrics_label_both_paths_by_their_own_template(client: TestClient) -> N
     assert "nobody" not in text
 
 
+def test_requests_refused_before_routing_are_labelled_by_their_prefix(make_client) -> None:
+    """A 413 from the body-size limit never reaches the router: the template is found by
+    matching the app's routes, inside the included routers, for each prefix."""
+    client = make_client(max_upload_bytes=200_000)
+    big = {"image": ("p.jpg", b"\xff\xd8" + bytes(300_000), "image/jpeg")}
+    for prefix in ("/v1", "", "/v1"):
+        assert_error(client.post(f"{prefix}/embed", files=big), 413, "payload_too_large")
+    text = client.get("/v1/metrics").text
+    assert metric(text, "faceserve_http_requests_total", route="/v1/embed", status="413") == 2
+    assert metric(text, "faceserve_http_requests_total", route="/embed", status="413") == 1
+
+
 def test_the_openapi_document_lists_each_operation_once(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
