@@ -22,7 +22,10 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "method_label", "route_template"]
+__all__ = [
+    "CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "flat_routes", "method_label",
+    "route_template",
+]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "<unmatched>"
@@ -36,7 +39,7 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
-def _flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(prefix, route)`` for every route, inside included routers too: FastAPI keeps an
     included router as one entry (``original_router``, its ``include_context.prefix``) and
     puts the *original* route, whose path lacks that prefix, in ``scope["route"]``."""
@@ -44,7 +47,7 @@ def _flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[str,
         inner = getattr(route, "original_router", None)
         if inner is not None:
             context = getattr(route, "include_context", None)
-            yield from _flat_routes(inner.routes, prefix + str(getattr(context, "prefix", "")))
+            yield from flat_routes(inner.routes, prefix + str(getattr(context, "prefix", "")))
         else:
             yield prefix, route
 
@@ -59,7 +62,7 @@ def route_template(scope: Scope, routes: list) -> str:
     method = scope.get("method")
     served = scope.get("route")
     by_path: str | None = None
-    for prefix, route in _flat_routes(routes):
+    for prefix, route in flat_routes(routes):
         if served is not None and route is not served:
             continue
         regex = getattr(route, "path_regex", None)

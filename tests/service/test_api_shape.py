@@ -60,6 +60,15 @@ def test_requests_refused_before_routing_are_labelled_by_their_prefix(make_clien
     assert metric(text, "faceserve_http_requests_total", route="/embed", status="413") == 1
 
 
+@pytest.mark.parametrize("prefix", ["/v1", ""])
+def test_a_wrong_method_lists_every_allowed_one_under_each_prefix(
+    client: TestClient, prefix: str
+) -> None:
+    r = client.options(f"{prefix}/subjects/x")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert client.put(f"{prefix}/identify").headers["allow"] == "GET, POST"
+
+
 def test_the_openapi_document_lists_each_operation_once(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
