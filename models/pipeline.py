@@ -85,7 +85,6 @@ class FacePipeline:
     chip.
     """
 
-
     chip_size = CHIP_SIZE
 
     def __init__(

@@ -56,6 +56,11 @@ class OrtModule(nn.Module):
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self.path = path
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OrtModule:
+        # A session cannot be copied; a new one on the same file is the same function.
+        return OrtModule(self.path, self.anchor.device)
 
     def forward(self, x: torch.Tensor) -> Any:
         feed = {self.input_names[0]: x.detach().float().cpu().numpy()}

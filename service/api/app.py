@@ -97,13 +97,16 @@ def default_pipeline(settings: Settings) -> Pipeline:
         model=settings.model,
         small_image_retry_px=settings.small_image_retry_px,
         min_face_px=settings.min_face_px,
+        detector=settings.detector,
+        model_dir=settings.model_dir_path,
     )
 
 
 def _self_test(pipeline: Pipeline) -> dict[str, Any] | None:
     """``models.self_test`` on the real pipeline: refuses to start on a broken device."""
     if not hasattr(pipeline, "detector"):
-        pipeline.embed_chips(np.zeros((1, 150, 150, 3), dtype=np.uint8))
+        size = getattr(pipeline, "chip_size", 150)
+        pipeline.embed_chips(np.zeros((1, size, size, 3), dtype=np.uint8))
         return None
     from models.self_test import run_self_test
 

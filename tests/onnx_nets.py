@@ -1,0 +1,126 @@
+"""Tiny networks with the contracts of the ArcFace family and SCRFD, exported to ONNX.
+
+No real weights can be downloaded here, so the ONNX path is tested on random-weight
+networks of the same shape: an IResNet-style embedder (conv stem, BN-conv-BN-PReLU-conv-BN
+residual blocks, BN-flatten-linear-BN head: ``(N, 3, 112, 112) -> (N, D)``) and an
+SCRFD-style detector (a strided backbone, a shared head per stride giving 2 anchors' score,
+box distances and five points: nine outputs ``(K, 1)``, ``(K, 4)``, ``(K, 10)`` at strides 8,
+16, 32). Exported with opset 13, as InsightFace's files are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["IResNetTiny", "ScrfdTiny", "export_embedder", "export_scrfd"]
+
+
+class IBlock(nn.Module):
+    """IResNet's block: BN, conv, BN, PReLU, conv (stride), BN, plus a shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.prelu = nn.PReLU(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.down = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + self.down(x)
+
+
+class IResNetTiny(nn.Module):
+    """112x112 -> 7x7 through four stride-2 stages, then the ArcFace head."""
+
+    def __init__(self, embedding_size: int = 64, width: int = 8, size: int = 112) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.PReLU(width))
+        chans = [width, width, 2 * width, 2 * width, 4 * width]
+        self.stages = nn.Sequential(*[IBlock(chans[i], chans[i + 1], 2) for i in range(4)])
+        self.bn = nn.BatchNorm2d(chans[-1])
+        side = size // 16
+        self.fc = nn.Linear(chans[-1] * side * side, embedding_size)
+        self.features = nn.BatchNorm1d(embedding_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.stages(self.stem(x)))
+        return self.features(self.fc(torch.flatten(x, 1)))
+
+
+class ScrfdTiny(nn.Module):
+    """Feature maps at strides 8, 16, 32 and a head per stride: 2 anchors x (1, 4, 10)."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.s8 = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(),
+                                nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(),
+                                nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.s16 = nn.Sequential(nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.s32 = nn.Sequential(nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.score = nn.ModuleList(nn.Conv2d(width, 2, 3, 1, 1) for _ in self.strides)
+        self.box = nn.ModuleList(nn.Conv2d(width, 8, 3, 1, 1) for _ in self.strides)
+        self.kps = nn.ModuleList(nn.Conv2d(width, 20, 3, 1, 1) for _ in self.strides)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f8 = self.s8(x)
+        f16 = self.s16(f8)
+        f32 = self.s32(f16)
+        scores, boxes, kps = [], [], []
+        for i, f in enumerate((f8, f16, f32)):
+            # (1, C*2, H, W) -> (H*W*2, C): each location's two anchors together, as SCRFD.
+            scores.append(torch.sigmoid(self.score[i](f)).permute(0, 2, 3, 1).reshape(-1, 1))
+            boxes.append(torch.relu(self.box[i](f)).permute(0, 2, 3, 1).reshape(-1, 4))
+            kps.append(self.kps[i](f).permute(0, 2, 3, 1).reshape(-1, 10))
+        return (*scores, *boxes, *kps)
+
+
+def _randomise_bn(net: nn.Module, seed: int) -> None:
+    """BN statistics away from identity, so a conversion that mishandles them shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def export_embedder(
+    out: Path, embedding_size: int = 64, seed: int = 0, size: int = 112,
+    dynamic_batch: bool = True, opset: int = 13,
+) -> tuple[Path, IResNetTiny]:
+    torch.manual_seed(seed)
+    net = IResNetTiny(embedding_size, size=size)
+    _randomise_bn(net, seed)
+    net.eval()
+    x = torch.randn(2, 3, size, size)
+    axes = {"input.1": {0: "None"}, "embedding": {0: "None"}} if dynamic_batch else None
+    if not dynamic_batch:
+        x = x[:1]
+    torch.onnx.export(net, (x,), str(out), input_names=["input.1"],
+                      output_names=["embedding"], dynamic_axes=axes, opset_version=opset,
+                      dynamo=False)
+    return out, net
+
+
+def export_scrfd(out: Path, seed: int = 0, size: int = 640) -> tuple[Path, ScrfdTiny]:
+    torch.manual_seed(seed)
+    net = ScrfdTiny().eval()
+    names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in ScrfdTiny.strides]
+    torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(out), input_names=["input.1"],
+                      output_names=names, opset_version=13, dynamo=False)
+    return out, net
