@@ -119,13 +119,22 @@ def _settings(args: argparse.Namespace, prog: str, *names: str) -> Settings | No
         return None
 
 
-def model_identity(spec: str | None) -> tuple[str, int, dict[str, Any]]:
+def model_identity(
+    spec: str | None, model_dir: Path | None = None
+) -> tuple[str, int, dict[str, Any]]:
     """(version label, embedding size, manifest) of the ``model`` setting, without loading
     its weights: what stored embeddings of that model are labelled with."""
     if spec is None or str(spec) in ("", "dlib"):
         from models.embedder import DLIB_V1
 
         return DLIB_V1.version, DLIB_V1.embedding_size, {}
+    from models.embedding_model import _is_onnx
+
+    if _is_onnx(spec, model_dir):
+        from models.backends.onnx_file import read_onnx_manifest, resolve_model_file
+
+        manifest = read_onnx_manifest(resolve_model_file(spec, model_dir, "embedder"))
+        return str(manifest["version"]), int(manifest["embedding_size"]), manifest
     from models.model_file import read_manifest
 
     manifest = read_manifest(spec)
@@ -164,7 +173,7 @@ def _operating_point(settings: Settings, models: dict[str, int]) -> dict[str, An
     from service.config import ProfileError, resolve_operating_point
 
     try:
-        version, _, manifest = model_identity(settings.model)
+        version, _, manifest = model_identity(settings.model, settings.model_dir_path)
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         return {"error": f"model {settings.model!r}: {exc}"}
     if set(models) - {version}:
@@ -243,7 +252,7 @@ def _import(args: argparse.Namespace) -> int:
     from models.model_file import ModelFileError
 
     try:
-        version, dim, _ = model_identity(settings.model)
+        version, dim, _ = model_identity(settings.model, settings.model_dir_path)
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"faceserve import-gallery: model {settings.model!r}: {exc}", file=sys.stderr)
         return 2
@@ -315,7 +324,8 @@ def _load_embedder(settings: Settings) -> Any:
     from models.embedding_model import load_embedding_model
 
     model = load_embedding_model(
-        settings.model, None if settings.device == "auto" else settings.device
+        settings.model, None if settings.device == "auto" else settings.device,
+        model_dir=settings.model_dir_path,
     )
 
     def embed(chips: Any) -> Any:

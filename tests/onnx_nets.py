@@ -10,6 +10,7 @@ box distances and five points: nine outputs ``(K, 1)``, ``(K, 4)``, ``(K, 10)`` 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,9 +112,11 @@ def export_embedder(
     axes = {"input.1": {0: "None"}, "embedding": {0: "None"}} if dynamic_batch else None
     if not dynamic_batch:
         x = x[:1]
-    torch.onnx.export(net, (x,), str(out), input_names=["input.1"],
-                      output_names=["embedding"], dynamic_axes=axes, opset_version=opset,
-                      dynamo=False)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; opset 13 needs it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (x,), str(out), input_names=["input.1"],
+                          output_names=["embedding"], dynamic_axes=axes, opset_version=opset,
+                          dynamo=False)
     return out, net
 
 
@@ -121,6 +124,9 @@ def export_scrfd(out: Path, seed: int = 0, size: int = 640) -> tuple[Path, Scrfd
     torch.manual_seed(seed)
     net = ScrfdTiny().eval()
     names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in ScrfdTiny.strides]
-    torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(out), input_names=["input.1"],
-                      output_names=names, opset_version=13, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(out),
+                          input_names=["input.1"], output_names=names, opset_version=13,
+                          dynamo=False)
     return out, net

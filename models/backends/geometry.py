@@ -203,10 +203,18 @@ def face_region(geometry: ChipGeometry, inset: float = 0.05) -> tuple[slice, sli
     exactly its own square (pixels 30..119 of 150), for ArcFace's about 26..87 x 40..101 of
     112: the same part of the face, so quality measures mean the same under both."""
     right, left = eye_centres(geometry.template_array[None], geometry.landmarks)
-    dst = np.stack([left[0], right[0]])[None]
-    m, t = similarity_transform(_DLIB_UNIT_EYES, dst)
-    lo = m[0] @ np.array([inset, inset]) + t[0]
-    hi = m[0] @ np.array([1 - inset, 1 - inset]) + t[0]
+    # The similarity through two point pairs, as complex numbers (Umeyama is ambiguous for
+    # two points: it may pick the mirror image).
+    s0, s1 = (complex(*p) for p in _DLIB_UNIT_EYES)
+    d0, d1 = complex(*left[0]), complex(*right[0])
+    z = (d1 - d0) / (s1 - s0)
+
+    def to_chip(x: float, y: float) -> tuple[float, float]:
+        c = d0 + z * (complex(x, y) - s0)
+        return c.real, c.imag
+
+    lo = to_chip(inset, inset)
+    hi = to_chip(1 - inset, 1 - inset)
     size = geometry.size
 
     def span(a: float, b: float) -> slice:
