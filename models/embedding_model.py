@@ -20,7 +20,9 @@ from torch import nn
 
 from models.backends.geometry import DLIB, ChipGeometry
 
-__all__ = ["DLIB_MODEL", "EmbeddingModel", "chip_geometry_of", "load_embedding_model"]
+__all__ = [
+    "DLIB_MODEL", "EmbeddingModel", "chip_geometry_of", "is_onnx_spec", "load_embedding_model",
+]
 
 DLIB_MODEL = "dlib"
 
@@ -74,7 +76,7 @@ def load_embedding_model(
 
         module = load_embedder(device=dev, cache_dir=cache_dir)
         return EmbeddingModel(module, DLIB_V1.version, DLIB_V1.embedding_size, DLIB_MODEL)
-    if _is_onnx(spec, model_dir):
+    if is_onnx_spec(spec, model_dir):
         from models.backends.onnx_embedder import load_onnx_embedder
         from models.backends.onnx_file import resolve_model_file
 
@@ -94,7 +96,7 @@ def load_embedding_model(
     )
 
 
-def _is_onnx(spec: str | Path, model_dir: str | Path | None) -> bool:
+def is_onnx_spec(spec: str | Path, model_dir: str | Path | None) -> bool:
     """An ``.onnx`` path, or a bare name (no suffix, no directory) of an added model."""
     text = str(spec)
     if text.endswith(".onnx"):

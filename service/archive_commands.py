@@ -128,9 +128,9 @@ def model_identity(
         from models.embedder import DLIB_V1
 
         return DLIB_V1.version, DLIB_V1.embedding_size, {}
-    from models.embedding_model import _is_onnx
+    from models.embedding_model import is_onnx_spec
 
-    if _is_onnx(spec, model_dir):
+    if is_onnx_spec(spec, model_dir):
         from models.backends.onnx_file import read_onnx_manifest, resolve_model_file
 
         manifest = read_onnx_manifest(resolve_model_file(spec, model_dir, "embedder"))
