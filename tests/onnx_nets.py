@@ -14,7 +14,12 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from models.backends.geometry import ARCFACE_TEMPLATE_112
+
+ARCFACE_TEMPLATE = ARCFACE_TEMPLATE_112.reshape(-1).astype("float32")
 
 __all__ = ["IResNetTiny", "ScrfdTiny", "export_embedder", "export_scrfd"]
 
@@ -60,12 +65,30 @@ class IResNetTiny(nn.Module):
 
 
 class ScrfdTiny(nn.Module):
-    """Feature maps at strides 8, 16, 32 and a head per stride: 2 anchors x (1, 4, 10)."""
+    """Feature maps at strides 8, 16, 32 and a head per stride: 2 anchors x (1, 4, 10).
+
+    ``bright=True`` (for service runs, where the test must know where the faces are): the
+    heads read the input's mean brightness per stride-32 cell instead of the features, so a
+    bright 32x32 square on the 32-pixel grid of the letterboxed input is one face, its box
+    that square and its five points ArcFace's template scaled into it; nothing else scores.
+    """
 
     strides = (8, 16, 32)
 
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 8, bright: bool = False) -> None:
         super().__init__()
+        self.bright = bright
+        if bright:
+            self.bright_score = nn.Conv2d(1, 2, 1)
+            self.bright_box = nn.Conv2d(1, 8, 1)
+            self.bright_kps = nn.Conv2d(1, 20, 1)
+            with torch.no_grad():
+                self.bright_score.weight.fill_(40.0)
+                self.bright_score.bias.fill_(-12.0)  # mean above 0.3 normalised (~166): a face
+                self.bright_box.weight.zero_()
+                self.bright_box.bias.copy_(torch.tensor([0.0, 0, 1, 1] * 2))
+                self.bright_kps.weight.zero_()
+                self.bright_kps.bias.copy_(torch.tensor(ARCFACE_TEMPLATE / 112.0).repeat(2))
         self.s8 = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(),
                                 nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(),
                                 nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
@@ -76,6 +99,8 @@ class ScrfdTiny(nn.Module):
         self.kps = nn.ModuleList(nn.Conv2d(width, 20, 3, 1, 1) for _ in self.strides)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.bright:
+            return self._bright(x)
         f8 = self.s8(x)
         f16 = self.s16(f8)
         f32 = self.s32(f16)
@@ -85,6 +110,20 @@ class ScrfdTiny(nn.Module):
             scores.append(torch.sigmoid(self.score[i](f)).permute(0, 2, 3, 1).reshape(-1, 1))
             boxes.append(torch.relu(self.box[i](f)).permute(0, 2, 3, 1).reshape(-1, 4))
             kps.append(self.kps[i](f).permute(0, 2, 3, 1).reshape(-1, 10))
+        return (*scores, *boxes, *kps)
+
+
+    def _bright(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grey = x.mean(dim=1, keepdim=True)
+        scores, boxes, kps = [], [], []
+        for stride in self.strides:
+            cells = F.avg_pool2d(grey, stride)
+            score = torch.sigmoid(self.bright_score(cells))
+            if stride != 32:
+                score = score * 0.0
+            scores.append(score.permute(0, 2, 3, 1).reshape(-1, 1))
+            boxes.append(self.bright_box(cells).permute(0, 2, 3, 1).reshape(-1, 4))
+            kps.append(self.bright_kps(cells).permute(0, 2, 3, 1).reshape(-1, 10))
         return (*scores, *boxes, *kps)
 
 
@@ -120,9 +159,11 @@ def export_embedder(
     return out, net
 
 
-def export_scrfd(out: Path, seed: int = 0, size: int = 640) -> tuple[Path, ScrfdTiny]:
+def export_scrfd(
+    out: Path, seed: int = 0, size: int = 640, bright: bool = False
+) -> tuple[Path, ScrfdTiny]:
     torch.manual_seed(seed)
-    net = ScrfdTiny().eval()
+    net = ScrfdTiny(bright=bright).eval()
     names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in ScrfdTiny.strides]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -15,6 +15,7 @@ on the pipeline's device; ONNX Runtime is the fallback.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,12 @@ class ScrfdDetector:
 
         Keyword arguments of the MMOD detector (``upsample``, ``max_side``, ``min_face_px``)
         are accepted and ignored: SCRFD always sees the photo letterboxed to its input."""
-        img = torch.as_tensor(np.asarray(image)) if not isinstance(image, Tensor) else image
+        if isinstance(image, Tensor):
+            img = image
+        else:
+            with warnings.catch_warnings():  # read-only arrays are fine: never written
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                img = torch.as_tensor(np.asarray(image))
         if img.ndim == 2:
             img = img.unsqueeze(-1).expand(-1, -1, 3)
         outs, scale = self._forward(img)
