@@ -98,7 +98,9 @@ class Settings(BaseSettings):
         ">= threshold), or `far=1e-3` to use the calibrated operating point for that false "
         "accept rate from the profile. Unset with an exported `model`: the model's own "
         "operating point (TAR at its validation FAR, measured on identities held out of its "
-        "training). Responses report which one was used.",
+        "training). An ONNX model (`faceserve models add`) has no operating point of its "
+        "own: unset, the service refuses to start rather than apply dlib's number to it. "
+        "Responses report which one was used.",
     )
     identify_fpir: float | None = Field(
         0.01,
