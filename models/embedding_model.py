@@ -21,7 +21,12 @@ from torch import nn
 from models.backends.geometry import DLIB, ChipGeometry
 
 __all__ = [
-    "DLIB_MODEL", "EmbeddingModel", "chip_geometry_of", "is_onnx_spec", "load_embedding_model",
+    "DLIB_MODEL",
+    "EmbeddingModel",
+    "chip_geometry_of",
+    "chip_mismatch",
+    "is_onnx_spec",
+    "load_embedding_model",
 ]
 
 DLIB_MODEL = "dlib"
@@ -117,4 +122,28 @@ def chip_geometry_of(version: str, model_dir: str | Path | None = None) -> ChipG
     for info in list_models(model_dir):
         if info.version == version and info.kind == "embedder":
             return ChipGeometry.from_dict(info.manifest["chip"])
+    return None
+
+
+def chip_mismatch(
+    source: str, model: EmbeddingModel, model_dir: str | Path | None
+) -> str | None:
+    """Why chips stored for model ``source`` cannot be embedded by ``model``, or None.
+
+    A chip is cut for one model (size, 5-point template, which points): embedding a 150x150
+    dlib chip with an ArcFace model, or the reverse, gives vectors that match nothing."""
+    stored = chip_geometry_of(source, model_dir)
+    want = model.geometry
+    if stored is None:
+        return (f"the gallery holds faces of {source!r}, whose chip geometry is unknown here "
+                f"(its ONNX model is not in {model_dir}); add that model's file with `faceserve "
+                "models add` so its chips can be checked, or re-enroll those faces from their "
+                "photos; nothing was changed")
+    if stored.chip_key != want.chip_key:
+        return (f"the stored chips of {source!r} are {stored.size}x{stored.size} "
+                f"{stored.name} chips ({stored.landmarks} points), but {model.version} needs "
+                f"{want.size}x{want.size} {want.name} chips ({want.landmarks} points): they "
+                "cannot be re-embedded. Re-enroll the faces from their photos with "
+                f"FACESERVE_MODEL={model.name} (and FACESERVE_DETECTOR for its points), "
+                "or keep serving this gallery with its model; nothing was changed")
     return None

@@ -392,7 +392,7 @@ def _reembed(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"faceserve reembed: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    from models.embedding_model import chip_geometry_of, load_embedding_model
+    from models.embedding_model import chip_mismatch, load_embedding_model
     from models.model_file import ModelFileError
 
     try:
@@ -411,8 +411,7 @@ def _reembed(args: argparse.Namespace) -> int:
         with exclusive_store(settings.data_dir, settings.database_url) as store:
             plan = plan_reembed(store, model.version)
             for source in sorted(set(plan.models) - {model.version}):
-                if (why := _chips_unusable(source, model, settings.model_dir_path,
-                                           chip_geometry_of)) is not None:
+                if (why := chip_mismatch(source, model, settings.model_dir_path)) is not None:
                     print(f"faceserve reembed: {why}", file=sys.stderr)
                     return 1
             models = ", ".join(f"{n} x {m}" for m, n in sorted(plan.models.items())) or "none"
@@ -451,24 +450,3 @@ def _reembed(args: argparse.Namespace) -> int:
     return 0
 
 
-
-def _chips_unusable(source: str, model: Any, model_dir: Path, geometry_of: Any) -> str | None:
-    """Why the chips stored by model ``source`` cannot be re-embedded by ``model``, or None.
-
-    A chip is cut for one model (size, 5-point template, which points): embedding a 150x150
-    dlib chip with an ArcFace model, or the reverse, gives vectors that match nothing."""
-    stored = geometry_of(source, model_dir)
-    want = model.geometry
-    if stored is None:
-        return (f"the gallery holds faces of {source!r}, whose chip geometry is unknown here "
-                f"(its ONNX model is not in {model_dir}); add that model's file with `faceserve "
-                "models add` so its chips can be checked, or re-enroll those faces from their "
-                "photos; nothing was changed")
-    if stored.chip_key != want.chip_key:
-        return (f"the stored chips of {source!r} are {stored.size}x{stored.size} "
-                f"{stored.name} chips ({stored.landmarks} points), but {model.version} needs "
-                f"{want.size}x{want.size} {want.name} chips ({want.landmarks} points): they "
-                "cannot be re-embedded. Re-enroll the faces from their photos with "
-                f"FACESERVE_MODEL={model.name} (and FACESERVE_DETECTOR for its points), "
-                "or keep serving this gallery with its model; nothing was changed")
-    return None

@@ -78,9 +78,10 @@ class ReembedResult:
         return self.reembedded / self.seconds if self.seconds > 0 else 0.0
 
 
-def decode_chip(data: bytes, face_id: str = "?", side: int = CHIP_SIDE) -> np.ndarray:
+def decode_chip(data: bytes, face_id: str = "?", side: int | None = CHIP_SIDE) -> np.ndarray:
     """A stored chip as ``(side, side, 3)`` uint8 RGB (150 for dlib's chips, 112 for the
-    ArcFace family's); ``ReembedError`` when it is not one."""
+    ArcFace family's; None: any size, for a caller that checks it); ``ReembedError`` when it
+    is not one."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -88,7 +89,7 @@ def decode_chip(data: bytes, face_id: str = "?", side: int = CHIP_SIDE) -> np.nd
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ReembedError(f"face {face_id}: stored chip cannot be decoded ({exc})") from None
     chip = np.asarray(rgb, dtype=np.uint8)
-    if chip.shape != (side, side, 3):
+    if side is not None and chip.shape != (side, side, 3):
         raise ReembedError(f"face {face_id}: stored chip is {chip.shape[1]}x{chip.shape[0]}, "
                            f"not {side}x{side}")
     return chip

@@ -156,6 +156,12 @@ def test_enroll_identify_restart_and_refusals(
     assert face["match"]["subject_id"] == "alice", face
     assert face["bbox"]["left"] == 96 and face["bbox"]["top"] == 96
     assert identify(client, photo(3, background=4))["faces"][0]["match"] is None
+    for other, same in ((1, True), (2, False)):  # 1:1 on two photos
+        r = client.post("/verify", files={
+            "image_a": ("a.png", photo(1, background=9), "image/png"),
+            "image_b": ("b.png", photo(other, background=10, cell=(12, 4)), "image/png")})
+        assert r.status_code == 200, r.text
+        assert r.json()["match"] is same, r.json()
     chip = client.get(f"/faces/{alice['face_id']}/chip")
     assert chip.status_code == 200
     assert Image.open(io.BytesIO(chip.content)).size == (112, 112)  # ArcFace chips stored
@@ -178,6 +184,25 @@ def test_enroll_identify_restart_and_refusals(
     err = capsys.readouterr().err
     assert "112x112 arcface chips" in err and "150x150 dlib chips" in err
     assert "Re-enroll" in err
+
+    # The same through an archive: refused into a dlib gallery, re-embedded into tiny_arc2's.
+    archive = tmp_path / "gallery.fsa"
+    assert main(["export-gallery", str(archive), "--data-dir", str(data_dir), "--model",
+                 "tiny_arc", "--model-dir", str(model_dir), "--threshold", str(THRESHOLD),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["import-gallery", str(archive), "--data-dir", str(tmp_path / "dlib-copy"),
+                 "--model", "dlib", "--reembed", "--device", "cpu", "--model-dir",
+                 str(model_dir), "--quiet"]) == 2
+    assert "112x112 arcface chips" in capsys.readouterr().err
+    copy_dir = tmp_path / "arc2-copy"
+    assert main(["import-gallery", str(archive), "--data-dir", str(copy_dir), "--model",
+                 "tiny_arc2", "--reembed", "--device", "cpu", "--model-dir", str(model_dir),
+                 "--quiet"]) == 0
+    imported = serve(settings(copy_dir, model_dir, model="tiny_arc2"))
+    body = identify(imported, photo(2, background=8, cell=(1, 1)))
+    assert body["faces"][0]["match"]["subject_id"] == "bob"
+    imported.__exit__(None, None, None)
 
     # An ArcFace-geometry model re-embeds the stored chips, and serves the gallery.
     assert main(["reembed", "--model", "tiny_arc2", "--data-dir", str(data_dir),
