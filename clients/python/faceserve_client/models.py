@@ -92,7 +92,9 @@ class BBox(BaseModel):
 
 Landmarks = Annotated[
     list[list[float]],
-    Field(description="Five landmarks [x, y] in image pixels (eye corners and nose base)."),
+    Field(description="Five landmarks [x, y] in image pixels: with dlib's detector (the "
+          "default) eye corners and nose base; with an SCRFD detector eye centres, nose tip and "
+          "mouth corners."),
 ]
 
 
