@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.backends.options import add_detector_options
+
 __all__ = ["add_parsers"]
 
 
@@ -56,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "ONNX model added with `faceserve models add` (name or path); the "
                         "profile is then for that model's version. Leave out the people it "
                         "was trained on: see `faceserve heldout-pairs`")
-    _model_options(q)
+    add_detector_options(q)
     q.add_argument("--detections-from", type=Path, action="append", default=[],
                    metavar="FILE",
                    help="another model's embedding cache to take detections from (repeatable; "
@@ -123,7 +125,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--model", default="dlib",
                    help="`dlib` (default), an exported .safetensors or an added ONNX model; a "
                         "model without a shipped impostor reference needs --write-reference")
-    _model_options(o)
+    add_detector_options(o)
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.set_defaults(func=_eval_openset)
 
@@ -400,25 +402,6 @@ def _eval_quality(args: argparse.Namespace) -> int:
     print((args.out / "quality.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'quality.json'}, {args.out / 'quality.md'}")
     return 0
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", default="dlib",
-                   help="`dlib` (default: MMOD and dlib's 5 points), or an SCRFD model added "
-                        "with `faceserve models add --preset scrfd` (name or path); ArcFace-"
-                        "family models need it")
-    p.add_argument("--model-dir", type=Path, default=_default_model_dir(),
-                   help="where names of added ONNX models are looked up (default: "
-                        "$FACESERVE_MODEL_DIR, else $FACESERVE_DATA_DIR/models, else "
-                        "./data/models)")
-
-
-def _default_model_dir() -> Path:
-    import os
-
-    if env := os.environ.get("FACESERVE_MODEL_DIR"):
-        return Path(env)
-    return Path(os.environ.get("FACESERVE_DATA_DIR", "./data")) / "models"
 
 
 def _onnx_spec(spec: str, model_dir: Path | None) -> bool:
