@@ -62,7 +62,8 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 PRESETS = (*EMBEDDER_PRESETS, *DETECTOR_PRESETS)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# No dots: a name is told from a file path by having no suffix.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class OnnxModelError(ValueError):
@@ -229,9 +230,9 @@ def add_model(
         raise FileNotFoundError(f"no file at {src}")
     if preset not in PRESETS:
         raise OnnxModelError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    name = name or src.stem
+    name = name or re.sub(r"[^A-Za-z0-9_-]", "-", src.stem)
     if not _NAME.match(name) or name == "dlib":
-        raise OnnxModelError(f"model name {name!r}: use letters, digits, '.', '_' or '-' "
+        raise OnnxModelError(f"model name {name!r}: use letters, digits, '_' or '-' "
                              "(not 'dlib')")
     try:
         model = onnx.load(str(src), load_external_data=False)
