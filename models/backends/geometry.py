@@ -232,10 +232,10 @@ def warp_chips(
     """``(N, S, S, 3)`` uint8 chips: each face's points moved onto ``geometry``'s template by
     the least-squares similarity (Umeyama), bilinear, black outside the image.
 
-    Chip pixel ``(j, i)`` is image point ``M @ (j, i) + t`` where ``(M, t)`` takes the
-    template to the landmarks: the inverse of InsightFace's ``norm_crop`` matrix, the same
-    sampling grid (pixel centres on integers), so the chips match what the ArcFace family
-    was trained on up to interpolation rounding.
+    Chip pixel ``(j, i)`` is image point ``M @ (j, i) + t``, the inverse of the similarity
+    fitted from the landmarks to the template: InsightFace's ``norm_crop`` matrix, inverted
+    as OpenCV's ``warpAffine`` does, on the same sampling grid (pixel centres on integers),
+    so the chips match what the ArcFace family was trained on up to interpolation rounding.
     """
     pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     img = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
@@ -246,7 +246,12 @@ def warp_chips(
     if img.ndim == 2:
         img = img.unsqueeze(-1).expand(-1, -1, 3)
     h, w = int(img.shape[0]), int(img.shape[1])
-    m, t = similarity_transform(geometry.template_array, pts)  # chip -> image
+    # InsightFace's norm_crop fits landmarks -> template (least squares, Umeyama) and lets
+    # warpAffine invert it; fitting the inverse direction would weigh the points otherwise.
+    template = np.broadcast_to(geometry.template_array, pts.shape)
+    m_fit, t_fit = similarity_transform(pts, template)  # image -> chip
+    m = np.linalg.inv(m_fit)  # chip -> image
+    t = -np.einsum("nij,nj->ni", m, t_fit)
     j = np.arange(size, dtype=np.float64)
     jj, ii = np.meshgrid(j, j)  # (S, S): column, row
     grid_pts = np.stack([jj, ii], axis=-1)  # (S, S, 2) x, y

@@ -242,3 +242,25 @@ def test_an_arcface_model_behind_dlibs_detector_is_refused(tmp_path: Path) -> No
     add_model(export_embedder(tmp_path / "r.onnx")[0], tmp_path / "m", "arcface", name="r")
     with pytest.raises(GeometryError, match="FACESERVE_DETECTOR"):
         FacePipeline(device="cpu", model="r", model_dir=tmp_path / "m")
+
+
+def test_arcface_chips_equal_an_independent_norm_crop() -> None:
+    """InsightFace's norm_crop (skimage's SimilarityTransform fitted landmarks -> template,
+    warped bilinearly, black outside) done with scikit-image, on points that no similarity
+    fits exactly: the same chips, up to rounding."""
+    skimage_transform = pytest.importorskip("skimage.transform")
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    a = math.radians(12.0)
+    rot = 1.6 * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    points = ARCFACE_TEMPLATE_112 @ rot.T + np.array([90.0, 30.0]) + rng.normal(0, 2.0, (5, 2))
+    ours = warp_chips(image, points[None], ARCFACE)[0].numpy().astype(int)
+    similarity = skimage_transform.SimilarityTransform
+    if hasattr(similarity, "from_estimate"):  # scikit-image >= 0.26
+        tform = similarity.from_estimate(points, ARCFACE_TEMPLATE_112)
+    else:
+        tform = similarity()
+        assert tform.estimate(points, ARCFACE_TEMPLATE_112)
+    ref = skimage_transform.warp(image.astype(np.float64), tform.inverse, output_shape=(112, 112),
+                                 order=1, mode="constant", cval=0.0, preserve_range=True)
+    assert np.abs(ours - np.round(ref)).max() <= 1
