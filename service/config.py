@@ -166,7 +166,8 @@ class Settings(BaseSettings):
         "below 100,000 faces, then `pq`).",
     )
     store_chips: bool = Field(
-        True, description="Keep the aligned 150x150 face chip (JPEG) of each enrolled face."
+        True, description="Keep the aligned face chip (JPEG) of each enrolled face: 150x150 "
+        "for dlib's model, 112x112 for the ArcFace family; `faceserve reembed` needs them."
     )
     remember_unknown: bool = Field(
         False,

@@ -62,7 +62,8 @@ as `multipart/form-data` (images as file parts, `metadata` as a JSON string) or 
 `application/json` (images as base64 strings, `metadata` as an object), chosen by the
 `Content-Type` header.
 
-**Similarity.** Embeddings are L2-normalised 128-d vectors; `similarity` is their cosine and
+**Similarity.** Embeddings are L2-normalised vectors (128-d with the default dlib model;
+`/readyz` gives the served model's `embedding_size`); `similarity` is their cosine and
 `distance` the squared L2 distance (2 - 2 cos). A face matches when `similarity >= threshold`;
 every response says which operating point supplied the threshold.
 
