@@ -264,3 +264,29 @@ def test_arcface_chips_equal_an_independent_norm_crop() -> None:
     ref = skimage_transform.warp(image.astype(np.float64), tform.inverse, output_shape=(112, 112),
                                  order=1, mode="constant", cval=0.0, preserve_range=True)
     assert np.abs(ours - np.round(ref)).max() <= 1
+
+
+def test_without_the_optional_packages_the_service_imports_and_says_what_to_install(
+    tmp_path: Path,
+) -> None:
+    """In a fresh interpreter where onnx, onnx2torch and onnxruntime cannot be imported."""
+    import subprocess
+    import sys
+
+    src, _ = export_embedder(tmp_path / "r.onnx")
+    code = (
+        "import sys\n"
+        "for m in ('onnx', 'onnx2torch', 'onnxruntime'): sys.modules[m] = None\n"
+        "import models.pipeline, service.api.app, service.model_commands, models.quality\n"
+        "from models.backends.onnx_file import OnnxModelError, add_model\n"
+        "try:\n"
+        f"    add_model({str(src)!r}, {str(tmp_path / 'm')!r}, 'arcface')\n"
+        "except OnnxModelError as exc:\n"
+        "    print(exc)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env={"PYTHONPATH": f"{root}:{root / 'clients/python'}",
+                                        "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+                         timeout=300, check=True)
+    assert "pip install 'faceserve[onnx]'" in out.stdout, out.stdout + out.stderr
