@@ -53,6 +53,7 @@ class OrtModule(nn.Module):
             providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = torch.get_num_threads()  # the CPU share torch was given
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
