@@ -290,3 +290,22 @@ def test_without_the_optional_packages_the_service_imports_and_says_what_to_inst
                                         "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
                          timeout=300, check=True)
     assert "pip install 'faceserve[onnx]'" in out.stdout, out.stdout + out.stderr
+
+
+def test_dlibs_model_behind_scrfd_gets_dlibs_points_from_its_boxes(tmp_path: Path) -> None:
+    from models.pipeline import FacePipeline
+
+    add_model(export_scrfd(tmp_path / "d.onnx", bright=True)[0], tmp_path / "m", "scrfd",
+              name="det")
+    pipeline = FacePipeline(device="cpu", detector="det", model_dir=tmp_path / "m")
+    assert pipeline.landmark_scheme == "dlib5" and pipeline.chip_size == 150
+    image = np.random.default_rng(0).integers(0, 40, (640, 640, 3), dtype=np.uint8)
+    image[160:192, 224:256] = 230  # the detector's one face: this square
+    faces = pipeline.embed_image(image)
+    assert len(faces) == 1 and faces[0].box.as_tuple() == (224, 160, 255, 191)
+    assert faces[0].chip.shape == (150, 150, 3) and faces[0].embedding.shape == (128,)
+    # dlib's predictor placed its points near the box, and they are not SCRFD's.
+    points = np.asarray(faces[0].landmarks)
+    assert np.all((points >= (200, 136)) & (points <= (280, 216)))
+    scrfd_points = np.array([224.0, 160.0]) + ARCFACE_TEMPLATE_112 * 32 / 112
+    assert not np.allclose(points, scrfd_points, atol=1.0)
