@@ -47,7 +47,8 @@ def _decode_segment(segment: str) -> str:
 
 
 class EncodedSlashMiddleware:
-    """Keeps ``%2F`` inside a path segment from splitting it (see the module docstring)."""
+    """Keeps ``%2F`` inside a path segment after ``/subjects/`` from splitting it (see the
+    module docstring); every other path is left as the server decoded it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,9 +61,14 @@ class EncodedSlashMiddleware:
                     text = raw.decode("ascii")
                 except UnicodeDecodeError:
                     text = None
-                if text is not None:
+                segments = [] if text is None else text.split("/")
+                if "subjects" in segments:  # other paths keep the server's decoding
+                    first = segments.index("subjects")
+                    path = "/".join(
+                        unquote(s) if i <= first else _decode_segment(s)
+                        for i, s in enumerate(segments)
+                    )
                     root = scope.get("root_path", "")
-                    path = "/".join(_decode_segment(s) for s in text.split("/"))
                     if root and not path.startswith(root) and scope["path"].startswith(root):
                         path = root + path  # servers that strip the root from raw_path
                     scope["path"] = path
