@@ -408,7 +408,7 @@ def _merge(
             "subject_id": "rose-tyler", "merged_subject_id": "rose-t", "faces_moved": 2,
             "faces_dropped": 0, "face_count": 5,
         }}}},
-        **error_responses(401, 403, 404, 408, 422, 429, 503),
+        **error_responses(400, 401, 403, 404, 408, 422, 429, 503),
     },
 )
 async def merge_subject(
