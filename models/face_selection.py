@@ -60,8 +60,9 @@ MIN_IOU = 0.3
 
 # Which step of the rule settled the choice: "confidence" and "centre" mean faces of about the
 # same size competed, which a client enrolling a group photo should know. "request": the
-# client chose the face (``requested_face``), the rule was not applied.
-DecidedBy = Literal["only_face", "visible_area", "confidence", "centre", "request"]
+# client chose the face (``requested_face``), the rule was not applied; "best_match": verify
+# compared every face with the claimed subject and took the most similar (``on_multiple=any``).
+DecidedBy = Literal["only_face", "visible_area", "confidence", "centre", "request", "best_match"]
 
 
 class FaceNotDetected(ValueError):

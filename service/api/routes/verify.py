@@ -73,7 +73,7 @@ def _best_of(found: EmbeddedFaces, scores: np.ndarray) -> EmbeddedFaces:
               f"the face most similar to the subject of the {n} compared "
               f"({best[i]:.3f}; next best {np.sort(best)[-2]:.3f})")
     selection = Selection(i, found.faces[i], RULE if n == 1 else "best-match",
-                          "only_face" if n == 1 else "best_match", reason,  # type: ignore[arg-type]
+                          "only_face" if n == 1 else "best_match", reason,
                           found.faces_detected)
     return EmbeddedFaces([found.faces[i]], found.embeddings[i:i + 1], found.chips[i:i + 1],
                          found.faces_detected, found.image_sha256, selection,
