@@ -33,6 +33,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "FaceInfo",
+    "FaceList",
     "FaceSelection",
     "HealthResponse",
     "IdentifiedFace",
@@ -41,6 +42,7 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "MergeSubjectResponse",
     "NameClusterResponse",
     "OperatingPoint",
     "Quality",
@@ -51,6 +53,7 @@ __all__ = [
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
+    "UpdateSubjectResponse",
     "VerifiedFace",
     "VerifyResponse",
 ]
@@ -104,7 +107,9 @@ class BBox(BaseModel):
 
 Landmarks = Annotated[
     list[list[float]],
-    Field(description="Five landmarks [x, y] in image pixels (eye corners and nose base)."),
+    Field(description="Five landmarks [x, y] in image pixels: with dlib's detector (the "
+          "default) eye corners and nose base; with an SCRFD detector eye centres, nose tip and "
+          "mouth corners."),
 ]
 
 
@@ -216,9 +221,13 @@ class FaceSelection(BaseModel):
         "detection (scores within 0.1 tie), then the face nearest the photo's centre.",
         examples=["visible-area>confidence>centre"],
     )
-    decided_by: Literal["only_face", "visible_area", "confidence", "centre"] = Field(
+    decided_by: Literal[
+        "only_face", "visible_area", "confidence", "centre", "request", "best_match"
+    ] = Field(
         description="The step that settled it. `confidence` or `centre`: several faces of "
-        "about the same size competed; check `bbox` is the intended person."
+        "about the same size competed; check `bbox` is the intended person. `request`: the "
+        "request's `face` chose it (POST /enroll). `best_match`: verify with "
+        "`on_multiple=any` took the face most similar to the subject."
     )
     reason: str = Field(description="The choice in words.")
     faces_detected: int = Field(description="Faces found in the photo.")
@@ -231,6 +240,18 @@ class Candidate(BaseModel):
 
 
 # ---------------------------------------------------------------- enroll
+
+MetadataStatus = Annotated[
+    Literal["set", "replaced", "unchanged", "kept"],
+    Field(
+        description="What became of the request's `metadata` (absent when none was sent): "
+        "`set` on the new subject; `replaced` the existing subject's (`replace_metadata=true`); "
+        "`unchanged`: equal to what the subject had; `kept`: the subject already existed with "
+        "other metadata, which was kept (send `replace_metadata=true`, or PATCH "
+        "/subjects/{id}, to change it)."
+    ),
+]
+
 
 
 class EnrollResponse(BaseModel):
@@ -256,6 +277,7 @@ class EnrollResponse(BaseModel):
         description="Another subject this face already matches at the identify decision (its "
         "best face and similarity): the same person enrolled twice, or a mislabelled photo.",
     )
+    metadata_status: MetadataStatus | None = None
 
 
 class EnrollImageOutcome(BaseModel):
@@ -313,6 +335,7 @@ class EnrollBatchResponse(BaseModel):
         description="Which threshold decided, and where it came from."
     )
     model: str = Field(description="Embedding model version.")
+    metadata_status: MetadataStatus | None = None
 
 
 # ---------------------------------------------------------------- verify
@@ -437,6 +460,15 @@ class IdentifyImageResponse(BaseModel):
         description="The identified faces, most confident detection first."
     )
     faces_detected: int = Field(description="Faces found; at most max_faces are identified.")
+    truncated: bool = Field(
+        False,
+        description="True when the photo has more faces (`faces_detected`) than were "
+        "identified (`max_faces`): the most confident ones are in `faces`, the rest were left out.",
+    )
+    max_faces: int | None = Field(
+        None, description="The cap that applied: the request's `max_faces`, at most the "
+        "server's setting."
+    )
     threshold: float = Field(
         description="The similarity threshold of the decision (`operating_point.threshold`)."
     )
@@ -465,8 +497,15 @@ class EmbedResponse(BaseModel):
     faces: list[EmbeddedFace] = Field(
         description="The faces found, most confident first (at most `max_faces`)."
     )
-    faces_detected: int = Field(
-        description="Faces found in the photo; at most `max_faces` are embedded."
+    faces_detected: int = Field(description="Faces found; at most max_faces are embedded.")
+    truncated: bool = Field(
+        False,
+        description="True when the photo has more faces (`faces_detected`) than were "
+        "embedded (`max_faces`): the most confident ones are in `faces`, the rest were left out.",
+    )
+    max_faces: int | None = Field(
+        None, description="The cap that applied: the request's `max_faces`, at most the "
+        "server's setting."
     )
     model: str = Field(description="Embedding model version.")
 
@@ -505,6 +544,44 @@ class SubjectList(BaseModel):
     )
 
 
+class FaceList(BaseModel):
+    """GET /subjects/{id}/faces: one page of a subject's faces, oldest first."""
+
+    faces: list[FaceInfo] = Field(description="The faces of this page, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class UpdateSubjectResponse(SubjectSummary):
+    """PATCH /subjects/{id}: the subject as it is now (under its new id after a rename)."""
+
+    renamed_from: str | None = Field(
+        None, description="The id the subject had before this request, when it was renamed."
+    )
+    faces_moved: int = Field(
+        0, description="Faces that moved to the new id with the rename (all of them)."
+    )
+    metadata_replaced: bool = Field(
+        description="Whether this request replaced the subject's metadata."
+    )
+
+
+class MergeSubjectResponse(BaseModel):
+    """POST /subjects/{id}/merge: the subject that received the faces, as it is now."""
+
+    subject_id: str = Field(description="The subject that received the faces (`into`).")
+    merged_subject_id: str = Field(
+        description="The subject merged away: it no longer exists, its metadata is erased."
+    )
+    faces_moved: int = Field(description="Faces moved to `subject_id`, with their face ids.")
+    faces_dropped: int = Field(
+        description="Faces of the merged subject erased instead of moved, because "
+        "`subject_id` already had a face from the same image (one face per image)."
+    )
+    face_count: int = Field(description="Faces `subject_id` has now.")
+
+
 class DeleteSubjectResponse(BaseModel):
     subject_id: str = Field(description="The erased subject.")
     faces_deleted: int = Field(description="Templates removed from storage and index.")
@@ -514,6 +591,11 @@ class DeleteFaceResponse(BaseModel):
     face_id: str = Field(description="The deleted face.")
     subject_id: str = Field(description="The subject it belonged to.")
     deleted: bool = Field(description="Always true: an unknown face is 404.")
+    subject_deleted: bool = Field(
+        False,
+        description="The face was its subject's last, so the subject (and its metadata) was "
+        "erased with it: a subject never stays without faces.",
+    )
 
 
 # ---------------------------------------------------------------- health
@@ -562,6 +644,17 @@ class ReadyResponse(BaseModel):
         description="`ready` once models and gallery are loaded (503 before)."
     )
     model: str = Field(description="Embedding model version.")
+    embedding_size: int | None = Field(
+        None, description="Length of the model's embeddings (128 for dlib's ResNet, 512 for "
+        "most ArcFace-family models)."
+    )
+    model_licence: str | None = Field(
+        None, description="The model's licence: CC0-1.0 for dlib's; for an ONNX model the "
+        "text its user gave to `faceserve models add --licence` (not checked by faceserve)."
+    )
+    detector: str | None = Field(
+        None, description="The face detector: `dlib-mmod`, or the version of an SCRFD model."
+    )
     device: str = Field(description="The torch device the models run on (`cpu`, `cuda:0`).")
     index_kind: str = Field(description="The FAISS index kind (`flat`, `hnsw`, ...).")
     index_source: Literal["snapshot", "store"] = Field(
@@ -632,7 +725,7 @@ class AuditEvent(BaseModel):
     )
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-        "name_cluster", "delete_cluster",
+        "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
     ] = Field(description="What was done.")
     subject_id: str | None = Field(description="The subject concerned, if any.")
     face_id: str | None = Field(description="The face concerned, if any.")

@@ -105,5 +105,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
         "INSERT INTO change_log (pruned_through) VALUES (0)",
     ),
+    # 5: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces, as SQLite's version 4.
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
