@@ -103,15 +103,20 @@ def test_every_parameter_and_operation_is_described() -> None:
     assert not missing, f"without a description: {missing}"
 
 
-def _has_example(media: dict[str, Any]) -> bool:
-    return "example" in media or bool(media.get("examples"))
+def _has_example(media: dict[str, Any], schema: dict[str, Any] = SCHEMA) -> bool:
+    """An example on the media type, or on the model it refers to (``json_schema_extra``)."""
+    if "example" in media or media.get("examples"):
+        return True
+    ref = (media.get("schema") or {}).get("$ref", "")
+    component = schema.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[-1])
+    return bool(component and (component.get("examples") or "example" in component))
 
 
 def missing_examples(schema: dict[str, Any]) -> list[str]:
     missing = []
     for path, method, operation in _operations(schema):
         for media_type, media in operation.get("requestBody", {}).get("content", {}).items():
-            if not _has_example(media):
+            if not _has_example(media, schema):
                 missing.append(f"{method} {path} request {media_type}")
         success = [r for s, r in operation["responses"].items() if s.startswith("2")]
         assert success, f"{method} {path} documents no success response"
@@ -120,7 +125,7 @@ def missing_examples(schema: dict[str, Any]) -> list[str]:
             if not content:
                 missing.append(f"{method} {path} response (no content)")
             for media_type, media in content.items():
-                if not _has_example(media):
+                if not _has_example(media, schema):
                     missing.append(f"{method} {path} response {media_type}")
     return missing
 
@@ -145,7 +150,11 @@ def test_verify_shows_its_two_modes_as_alternatives() -> None:
 def _values(media: dict[str, Any]) -> list[Any]:
     if "example" in media:
         return [media["example"]]
-    return [e["value"] for e in media.get("examples", {}).values()]
+    if media.get("examples"):
+        return [e["value"] for e in media["examples"].values()]
+    ref = (media.get("schema") or {}).get("$ref", "")
+    component = SCHEMA["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {})
+    return list(component.get("examples", ()))
 
 
 def _routes() -> Iterator[APIRoute]:
