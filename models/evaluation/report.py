@@ -124,6 +124,11 @@ def _describe(x: np.ndarray) -> dict[str, float]:
             "median": float(q[2]), "p99": float(q[3]), "max": float(q[4])}
 
 
+def _folds_label(folds: int) -> str:
+    """"ten-fold" only when it was: a ``--limit-folds 2`` run must not read as the protocol."""
+    return "ten-fold" if folds == 10 else f"{folds}-fold"
+
+
 def write_json(report: dict[str, Any], path: Path) -> Path:
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return path
@@ -142,7 +147,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| accuracy (ten-fold, mean ± std) | {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f}"
+        f"| accuracy ({_folds_label(len(acc['folds']))}, mean ± std) | "
+        f"{100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f}"
         f" (standard error {100 * acc['sem']:.2f}) |",
         f"| ROC AUC | {report['auc']:.5f} |",
         f"| EER | {100 * report['eer']['rate']:.2f}% "

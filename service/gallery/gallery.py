@@ -139,8 +139,9 @@ def lock_data_dir(data_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise GalleryLocked(
-            f"the gallery in {data_dir} is already open in another process (or another "
-            "Gallery object); run one faceserve process per data directory"
+            f"the gallery in {data_dir} is already open in another process: stop the server "
+            "(`faceserve serve`) or the other faceserve command using this data directory "
+            "first, then run this again (one faceserve process per data directory)"
         ) from None
     return fd
 
