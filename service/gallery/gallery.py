@@ -46,6 +46,7 @@ import numpy as np
 
 from service.gallery.impostors import GalleryImpostors, GalleryView
 from service.gallery.index import FaceIndex, SnapshotInvalid, remove_snapshot
+from service.gallery.private import private_dir
 from service.gallery.replication import CATCH_UP_BATCH, Replicator
 from service.gallery.rwlock import RWLock
 from service.gallery.search_policy import choose_index_kind
@@ -133,7 +134,7 @@ def _decode_cursor(cursor: str) -> str:
 def lock_data_dir(data_dir: Path) -> int:
     """Hold the data directory for this process (``GalleryLocked`` if another holds it); the
     descriptor to pass to :func:`unlock_data_dir`."""
-    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -254,8 +255,7 @@ class Gallery:
         with ``database_url``, the shared PostgreSQL store, followed by a background
         ``Replicator`` unless ``follow`` is False (then only ``catch_up`` calls apply others'
         changes)."""
-        data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = private_dir(Path(data_dir))
         lock_fd = lock_data_dir(data_dir)
         try:
             store = open_store(data_dir, database_url)

@@ -532,7 +532,7 @@ class AuditEvent(BaseModel):
     key_name: str
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-        "name_cluster", "delete_cluster",
+        "name_cluster", "delete_cluster", "restore",
     ]
     subject_id: str | None
     face_id: str | None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -39,6 +39,8 @@ __all__ = [
     "StoreSnapshot",
     "StoreState",
     "SubjectRecord",
+    "Tombstone",
+    "TombstoneKind",
 ]
 
 
@@ -312,6 +314,24 @@ class KeyRecord:
     gallery: str  # "" is the default gallery
     created_at: str
     revoked_at: str | None = None
+
+
+TombstoneKind = Literal["subject", "face", "key"]
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """Something that happened and must not be undone by restoring an older backup: a subject
+    or face erased, an API key revoked (``service.gallery.backup``).
+
+    ``ref`` identifies it without personal data: a subject by the random erasure token it was
+    given at creation (not its id, which may be a name), a face by its random face id, a key
+    by its key id. Once the subject is erased, its token links to nothing but the copies of it
+    in older backups, which is exactly what a restore must find."""
+
+    kind: TombstoneKind
+    ref: str
+    at: str  # when it happened (ISO 8601 UTC); a re-applied revocation keeps this time
 
 
 @dataclass(frozen=True)
