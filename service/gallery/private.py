@@ -54,10 +54,24 @@ def private_dir(path: Path) -> Path:
 
 def create_private_file(path: Path, *, exist_ok: bool = True) -> Path:
     """Create ``path`` empty with mode ``0o600`` unless it exists (then tighten it), so that
-    whatever writes into it afterwards (SQLite, FAISS, tar) writes into an owner-only file."""
+    whatever writes into it afterwards (SQLite, FAISS, tar) writes into an owner-only file.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, and SQLite's locks on an open database are such locks (a
+    second store opened in the same process would otherwise let another process delete the
+    first one's WAL under it)."""
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (0 if exist_ok else os.O_EXCL)
-    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    if path.exists():
+        if not exist_ok:
+            raise FileExistsError(path)
+        tighten(path)
+        return path
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        tighten(path)  # created meanwhile by another thread or process
+        return path
     os.close(fd)
-    tighten(path)
     return path

@@ -384,3 +384,35 @@ def test_an_older_gallery_is_made_owner_only_when_opened(tmp_path: Path) -> None
     (data_dir / FILENAME).chmod(0o644)
     SqliteStore.open(data_dir).close()
     assert mode(data_dir) == 0o700 and mode(data_dir / FILENAME) == 0o600
+
+
+def test_a_backup_from_another_process_leaves_the_servers_wal_alone(tmp_path: Path) -> None:
+    """A server opens the database twice (gallery and key stores). Opening the file by any
+    other descriptor in that process would drop SQLite's locks, and the backup process's
+    connection, closing last as far as the locks say, would then delete the WAL the server
+    still writes to."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "g"
+    gallery_store, key_store = SqliteStore.open(data_dir), SqliteStore.open(data_dir)
+    try:
+        gallery_store.add_face(face("alice", 1), None)
+        wal = data_dir / (FILENAME + "-wal")
+        assert wal.exists()
+        out = subprocess.run(
+            [sys.executable, "-m", "service.cli", "backup", str(tmp_path / "b.sqlite3"),
+             "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert wal.exists() and (data_dir / (FILENAME + "-shm")).exists()
+        gallery_store.add_face(face("bob", 1), None)
+        assert key_store.get_subject("bob") is not None
+    finally:
+        key_store.close()
+        gallery_store.close()
+    store = SqliteStore.open(data_dir)
+    try:
+        assert store.get_subject("bob") is not None and store.get_subject("alice") is not None
+    finally:
+        store.close()
