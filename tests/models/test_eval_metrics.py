@@ -239,5 +239,9 @@ def test_report_names_the_folds_it_used(tmp_path: Path, n_folds: int, label: str
     text = write_markdown(report_dict(summarise(scores, labels, folds)),
                           tmp_path / "report.md").read_text()
     assert f"accuracy ({label}, mean" in text
+    # The similarity scale users read thresholds against: percentiles of both distributions.
+    genuine = next(line for line in text.splitlines() if line.startswith("| genuine similarity"))
+    values = [float(v) for v in genuine.split("|")[2].split("/")]
+    assert values == sorted(values) and 0.8 < values[3] < 1.0
     if n_folds != 10:
         assert "ten-fold" not in text
