@@ -55,6 +55,47 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(func=_restore)
 
+    t = sub.add_parser(
+        "tombstones",
+        help="export or re-apply the record of erasures and key revocations",
+        description=(
+            "Tombstones record every erasure (subject, face) and key revocation with random "
+            "ids only. `faceserve restore` re-applies them by itself; these commands do it by "
+            "hand, for a PostgreSQL gallery restored with pg_restore: export them from the "
+            "live database before restoring, apply them after (see the README, Backup and "
+            "restore)."
+        ),
+    )
+    actions = t.add_subparsers(dest="tombstones_command", metavar="ACTION")
+    actions.required = True
+
+    def gallery_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data-dir", type=Path,
+                       help="gallery directory (FACESERVE_DATA_DIR; default ./data)")
+        q.add_argument("--database-url",
+                       help="PostgreSQL gallery (FACESERVE_DATABASE_URL)")
+
+    e = actions.add_parser(
+        "export", help="write the gallery's tombstones to a file (JSON lines, mode 0600)",
+        description="Write every tombstone of the gallery to FILE, one JSON object a line "
+        "(kind, ref, at). Reads only: replicas may keep running.",
+    )
+    e.add_argument("file", type=Path, metavar="FILE", help="file to write")
+    gallery_options(e)
+    e.set_defaults(func=_tombstones_export)
+
+    a = actions.add_parser(
+        "apply", help="erase and revoke again what a tombstone file names",
+        description="Erase again the subjects and faces, and revoke again the keys, that the "
+        "tombstones in FILE name and the gallery holds (as after restoring an older backup), "
+        "and record the tombstones. Needs the gallery to itself: stop the server or every "
+        "replica first.",
+    )
+    a.add_argument("file", type=Path, metavar="FILE",
+                   help="a file from `faceserve tombstones export` (or tombstones.jsonl)")
+    gallery_options(a)
+    a.set_defaults(func=_tombstones_apply)
+
 
 def _settings(args: argparse.Namespace, command: str) -> Any:
     from pydantic import ValidationError
@@ -76,6 +117,63 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
         )
         return None
     return settings
+
+
+def _gallery_settings(args: argparse.Namespace, command: str) -> Any:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    overrides = {k: v for k, v in (("data_dir", args.data_dir),
+                                   ("database_url", args.database_url)) if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        print(f"faceserve tombstones {command}: invalid settings:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _tombstones_export(args: argparse.Namespace) -> int:
+    from service.gallery.backup import write_tombstones
+    from service.gallery.store import StoreError, open_store
+    from service.gallery.store.sqlite import FILENAME
+
+    settings = _gallery_settings(args, "export")
+    if settings is None:
+        return 2
+    if not settings.database_url and not (Path(settings.data_dir) / FILENAME).is_file():
+        print(f"faceserve tombstones export: no gallery in {settings.data_dir}",
+              file=sys.stderr)
+        return 1
+    try:
+        store: Any = open_store(settings.data_dir, settings.database_url)
+    except StoreError as exc:
+        print(f"faceserve tombstones export: {exc}", file=sys.stderr)
+        return 1
+    try:
+        items = store.tombstones()
+    finally:
+        store.close()
+    write_tombstones(args.file, items)
+    print(f"{len(items)} tombstones written to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _tombstones_apply(args: argparse.Namespace) -> int:
+    from service.gallery.backup import BackupError, apply_tombstone_file
+    from service.gallery.gallery import GalleryLocked
+    from service.gallery.store import StoreError
+
+    settings = _gallery_settings(args, "apply")
+    if settings is None:
+        return 2
+    try:
+        undone = apply_tombstone_file(settings.data_dir, settings.database_url, args.file)
+    except (BackupError, GalleryLocked, StoreError, OSError, ValueError) as exc:
+        print(f"faceserve tombstones apply: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(undone))
+    return 0
 
 
 def _backup(args: argparse.Namespace) -> int:

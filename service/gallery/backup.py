@@ -27,17 +27,21 @@ the restored database.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from service.gallery.gallery import SNAPSHOT_NAME, lock_data_dir, unlock_data_dir
 from service.gallery.index import remove_snapshot
 from service.gallery.private import create_private_file, private_dir
+from service.gallery.store import open_store
 from service.gallery.store.base import NewAuditEvent, StoreError, Tombstone
 from service.gallery.store.sqlite import (
     FILENAME,
@@ -52,8 +56,10 @@ __all__ = [
     "BackupError",
     "BackupResult",
     "RestoreResult",
+    "apply_tombstone_file",
     "backup_sqlite",
     "restore_sqlite",
+    "write_tombstones",
 ]
 
 log = logging.getLogger("faceserve.backup")
@@ -211,10 +217,9 @@ def _current_tombstones(data_dir: Path) -> tuple[list[Tombstone], bool]:
     return items, False
 
 
-def _write_journal(path: Path, items: list[Tombstone]) -> None:
-    """Replace the journal with ``items`` (atomically, 0600)."""
-    import json
-
+def write_tombstones(path: Path, items: Sequence[Tombstone]) -> None:
+    """Write ``items`` to ``path`` as JSON lines, replacing it atomically (mode 0600)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     create_private_file(tmp, exist_ok=False)
@@ -283,7 +288,7 @@ def restore_sqlite(data_dir: Path, backup: Path, *, keep_replaced: bool = True) 
                     os.replace(leftover, Path(str(replaced) + suffix))
         os.replace(restoring, current)
         _fsync(data_dir, directory=True)
-        _write_journal(data_dir / JOURNAL_NAME, unique)
+        write_tombstones(data_dir / JOURNAL_NAME, unique)
         remove_snapshot(data_dir / SNAPSHOT_NAME)  # the server rebuilds its index
         if replaced is not None and not keep_replaced:
             for suffix in ("", "-wal", "-shm"):
@@ -293,3 +298,26 @@ def restore_sqlite(data_dir: Path, backup: Path, *, keep_replaced: bool = True) 
         unlock_data_dir(fd)
     return RestoreResult(backup, version, state.subject_count, state.face_count, len(unique),
                          undone, replaced, journal_only)
+
+
+def apply_tombstone_file(data_dir: Path, database_url: str | None, path: Path) -> dict[str, int]:
+    """Re-apply the tombstones of a file (``faceserve tombstones apply``) to the gallery, held
+    exclusively: the data directory's lock (SQLite), or every replica kept out (PostgreSQL).
+    The index snapshot of ``data_dir`` is removed, since it describes the gallery before."""
+    if not Path(path).is_file():
+        raise BackupError(f"no tombstone file {path}")
+    items = read_journal(Path(path))
+    data_dir = private_dir(Path(data_dir))
+    if not database_url and not (data_dir / FILENAME).is_file():
+        raise BackupError(f"no gallery in {data_dir.resolve()} (no {FILENAME})")
+    fd = lock_data_dir(data_dir)
+    try:
+        store: Any = open_store(data_dir, database_url, exclusive=True)
+        try:
+            undone = store.apply_tombstones(items)
+        finally:
+            store.close()
+        remove_snapshot(data_dir / SNAPSHOT_NAME)
+    finally:
+        unlock_data_dir(fd)
+    return {"tombstones": len(items), **undone}

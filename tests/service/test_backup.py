@@ -416,3 +416,56 @@ def test_a_backup_from_another_process_leaves_the_servers_wal_alone(tmp_path: Pa
         assert store.get_subject("bob") is not None and store.get_subject("alice") is not None
     finally:
         store.close()
+
+
+def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented PostgreSQL procedure: pg_dump; later erase and revoke; export the
+    tombstones; pg_restore the dump (the erased subject is back); apply them (gone again)."""
+    import shutil
+    import subprocess
+
+    from service.gallery.store.base import KeyRecord
+    from service.gallery.store.postgres import PostgresStore
+
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.skip("pg_dump and pg_restore are not installed")
+    data_dir = tmp_path / "replica"
+    with postgres_util.fresh_schema() as (url, schema):
+        store = PostgresStore.open(url)
+        store.add_face(face("alice", 1), None)
+        store.add_face(face("bob", 1), None)
+        store.add_key(KeyRecord("k_1", "app", "h1", ("enroll",), "", "2026-01-01T00:00:00Z"))
+        store.close()
+        dump = tmp_path / "gallery.dump"
+        subprocess.run(["pg_dump", "--format=custom", f"--schema={schema}", f"--file={dump}",
+                        postgres_util.PG_URL], check=True, timeout=60)
+        store = PostgresStore.open(url)
+        store.delete_subject("alice")
+        store.revoke_key("k_1", "2026-02-02T00:00:00.000Z")
+        store.close()
+
+        saved = tmp_path / "tombstones.jsonl"
+        capsys.readouterr()
+        assert cli(["tombstones", "export", str(saved), "--database-url", url,
+                    "--data-dir", str(data_dir)]) == 0
+        assert mode(saved) == 0o600
+        subprocess.run(["pg_restore", "--clean", "--if-exists",
+                        f"--dbname={postgres_util.PG_URL}", str(dump)], check=True, timeout=60)
+        store = PostgresStore.open(url)
+        assert store.get_subject("alice") is not None  # the dump brought it back
+        store.close()
+
+        undone = run(capsys, "tombstones", "apply", str(saved), "--database-url", url,
+                     "--data-dir", str(data_dir))
+        assert undone == {"tombstones": 2, "subjects_erased": 1, "faces_erased": 1,
+                          "keys_revoked": 1}
+        store = PostgresStore.open(url)
+        try:
+            assert store.get_subject("alice") is None
+            assert store.get_subject("bob") is not None
+            assert store.list_keys()[0].revoked_at == "2026-02-02T00:00:00.000Z"
+            assert len(store.tombstones()) == 2
+        finally:
+            store.close()
