@@ -101,15 +101,37 @@ def test_applying_tombstones_erases_by_token_and_revokes(store: Any) -> None:
         Tombstone("key", "k_1", "2026-05-05T00:00:00.000Z"),
         Tombstone("subject", "f" * 32, "t"),  # a subject this store never had
     ])
-    assert undone == {"subjects_erased": 1, "faces_erased": 2, "keys_revoked": 1}
+    assert undone == {"subjects_erased": 1, "faces_erased": 2, "unknown_faces_erased": 0,
+                      "keys_revoked": 1}
     assert store.get_subject("alice") is None
     assert [f.face_id for f in store.subject_faces("bob")] == ["face-bob-1"]
     assert store.list_keys()[0].revoked_at == "2026-05-05T00:00:00.000Z"
     assert len(store.tombstones()) == 4
     # Applying them again changes nothing and records nothing twice.
     assert store.apply_tombstones(store.tombstones()) == {
-        "subjects_erased": 0, "faces_erased": 0, "keys_revoked": 0}
+        "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0, "keys_revoked": 0}
     assert len(store.tombstones()) == 4
+
+
+def test_an_erased_unknown_face_is_erased_again(store: Any) -> None:
+    from service.gallery.store.base import Tombstone
+    from service.gallery.store.unknown import UnknownFace
+
+    def unknown(face_id: str) -> UnknownFace:
+        f = face("x", 1)
+        return UnknownFace(
+            face_id=face_id, gallery="", photo="p" * 64, source=None, bbox=f.bbox,
+            landmarks=f.landmarks, detection_confidence=0.9, model="m1",
+            created_at="2026-01-01T00:00:00.000Z", embedding=f.embedding)
+
+    store.add_unknown([unknown("u1"), unknown("u2")])
+    assert store.delete_unknown("", ["u1", "nope"]) == 1
+    assert store.tombstones()[-1].kind == "unknown_face"
+    assert [t.ref for t in store.tombstones()] == ["u1"]
+    store.add_unknown([unknown("u1")])  # as if an older backup were restored
+    undone = store.apply_tombstones([Tombstone("unknown_face", "u1", "t")])
+    assert undone["unknown_faces_erased"] == 1
+    assert [f.face_id for f in store.unknown_faces("")] == ["u2"]
 
 
 def test_a_subject_keeps_its_token_and_a_new_one_gets_another(tmp_path: Path) -> None:
@@ -460,7 +482,7 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
         undone = run(capsys, "tombstones", "apply", str(saved), "--database-url", url,
                      "--data-dir", str(data_dir))
         assert undone == {"tombstones": 2, "subjects_erased": 1, "faces_erased": 1,
-                          "keys_revoked": 1}
+                          "unknown_faces_erased": 0, "keys_revoked": 1}
         store = PostgresStore.open(url)
         try:
             assert store.get_subject("alice") is None

@@ -316,7 +316,7 @@ class KeyRecord:
     revoked_at: str | None = None
 
 
-TombstoneKind = Literal["subject", "face", "key"]
+TombstoneKind = Literal["subject", "face", "unknown_face", "key"]
 
 
 @dataclass(frozen=True)
@@ -325,9 +325,10 @@ class Tombstone:
     or face erased, an API key revoked (``service.gallery.backup``).
 
     ``ref`` identifies it without personal data: a subject by the random erasure token it was
-    given at creation (not its id, which may be a name), a face by its random face id, a key
-    by its key id. Once the subject is erased, its token links to nothing but the copies of it
-    in older backups, which is exactly what a restore must find."""
+    given at creation (not its id, which may be a name), a face (or a face of the unknown-face
+    pool, ``unknown_face``) by its random face id, a key by its key id. Once the subject is
+    erased, its token links to nothing but the copies of it in older backups, which is
+    exactly what a restore must find."""
 
     kind: TombstoneKind
     ref: str

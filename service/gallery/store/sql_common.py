@@ -249,6 +249,9 @@ class TombstoneSql:
     def _write_transaction(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def _journal(self, items: Sequence[Tombstone]) -> None:
+        """Copy committed tombstones outside the database (SQLite: a file beside it)."""
+
     def _tombstone(self, conn: Any, item: Tombstone) -> None:
         p = self._P
         conn.execute(
@@ -292,7 +295,7 @@ class TombstoneSql:
     def apply_tombstones(self, items: Sequence[Tombstone]) -> dict[str, int]:
         """Erase and revoke again what ``items`` name and this store still holds (as after
         restoring an older backup), then record the tombstones; counts of what was undone."""
-        refs: dict[str, list[str]] = {"subject": [], "face": [], "key": []}
+        refs: dict[str, list[str]] = {"subject": [], "face": [], "unknown_face": [], "key": []}
         revoked_at: dict[str, str] = {}
         for item in items:
             refs[item.kind].append(item.ref)
@@ -313,12 +316,20 @@ class TombstoneSql:
         faces = self._matching("face_id", "faces", refs["face"])
         for face_id in faces:
             self.delete_face(face_id)  # type: ignore[attr-defined]
+        unknown = 0
+        for face_id in self._matching("face_id", "unknown_faces", refs["unknown_face"]):
+            with self._reader() as conn:
+                row = conn.execute(
+                    f"SELECT gallery FROM unknown_faces WHERE face_id = {self._P}", (face_id,)
+                ).fetchone()
+            if row is not None:
+                unknown += self.delete_unknown(str(row[0]), [face_id])  # type: ignore[attr-defined]
         keys = self._matching("key_id", "api_keys", refs["key"], " AND revoked_at IS NULL")
         for key_id in keys:
             self.revoke_key(key_id, revoked_at[key_id])  # type: ignore[attr-defined]
         self.add_tombstones(items)
         return {"subjects_erased": len(subjects), "faces_erased": len(faces) + erased_faces,
-                "keys_revoked": len(keys)}
+                "unknown_faces_erased": unknown, "keys_revoked": len(keys)}
 
 
 class SqlSnapshot:

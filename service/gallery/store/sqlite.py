@@ -176,7 +176,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX subjects_erasure_token ON subjects(erasure_token)",
         """CREATE TABLE tombstones (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL CHECK (kind IN ('subject', 'face', 'key')),
+            kind TEXT NOT NULL CHECK (kind IN ('subject', 'face', 'unknown_face', 'key')),
             ref TEXT NOT NULL,
             at TEXT NOT NULL,
             UNIQUE (kind, ref)

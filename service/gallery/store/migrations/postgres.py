@@ -114,7 +114,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX subjects_erasure_token ON subjects (erasure_token)",
         """CREATE TABLE tombstones (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            kind text NOT NULL CHECK (kind IN ('subject', 'face', 'key')),
+            kind text NOT NULL CHECK (kind IN ('subject', 'face', 'unknown_face', 'key')),
             ref text NOT NULL,
             at text NOT NULL,
             UNIQUE (kind, ref)
