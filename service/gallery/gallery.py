@@ -60,6 +60,7 @@ from service.gallery.store.base import (
     StoreState,
     SubjectRecord,
 )
+from service.gallery.store.sqlite import FILENAME as SQLITE_FILENAME
 
 __all__ = [
     "SNAPSHOT_NAME",
@@ -255,7 +256,8 @@ class Gallery:
         with ``database_url``, the shared PostgreSQL store, followed by a background
         ``Replicator`` unless ``follow`` is False (then only ``catch_up`` calls apply others'
         changes)."""
-        data_dir = private_dir(Path(data_dir))
+        data_dir = Path(data_dir)
+        private_dir(data_dir, tighten_existing=(data_dir / SQLITE_FILENAME).exists())
         lock_fd = lock_data_dir(data_dir)
         try:
             store = open_store(data_dir, database_url)

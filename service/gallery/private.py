@@ -42,13 +42,21 @@ def tighten(path: Path) -> None:
                     "this process cannot change its permissions", path, current)
 
 
-def private_dir(path: Path) -> Path:
-    """``path`` as a directory only its owner can enter (created ``0o700`` with its parents if
-    missing; an existing one loses its group and other permissions)."""
+def private_dir(path: Path, *, tighten_existing: bool = False) -> Path:
+    """``path`` as a directory: created ``0o700`` (with its parents) if missing. An existing
+    directory open to other users loses those permissions only with ``tighten_existing``
+    (one known to hold a gallery); otherwise it is left as it is with a warning, since it may
+    be a directory others rely on (``--data-dir /srv``, a backup folder)."""
     path = Path(path)
     if not path.is_dir():
         path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    tighten(path)
+        return path
+    if tighten_existing:
+        tighten(path)
+    elif stat.S_IMODE(path.stat().st_mode) & 0o077:
+        log.warning("%s is open to other users (mode %o); faceserve's files in it are "
+                    "owner-only, but consider `chmod 700 %s`", path,
+                    stat.S_IMODE(path.stat().st_mode), path)
     return path
 
 

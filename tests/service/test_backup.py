@@ -491,3 +491,22 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
             assert len(store.tombstones()) == 2
         finally:
             store.close()
+
+
+def test_a_shared_directory_is_not_tightened_but_what_goes_in_it_is_private(
+    tmp_path: Path,
+) -> None:
+    """A backup folder or data directory that others use (``/srv``, ``/tmp``) keeps its mode:
+    only faceserve's own files in it are owner-only."""
+    data_dir = tmp_path / "g"
+    SqliteStore.open(data_dir).close()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o1777)
+    result = backup_sqlite(data_dir, shared)
+    assert mode(shared) == 0o1777 and mode(result.path) == 0o600
+    other = tmp_path / "other"
+    other.mkdir()
+    other.chmod(0o755)
+    SqliteStore.open(other).close()  # a new gallery in an existing directory
+    assert mode(other) == 0o755 and mode(other / FILENAME) == 0o600

@@ -249,7 +249,8 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
         """The gallery in ``data_dir``; the directory and the database file are created
         owner-only (``service.gallery.private``), and SQLite gives its ``-wal`` and ``-shm``
         files the database file's permissions."""
-        data_dir = private_dir(Path(data_dir))
+        data_dir = Path(data_dir)
+        private_dir(data_dir, tighten_existing=(data_dir / FILENAME).exists())
         path = create_private_file(data_dir / FILENAME)
         for suffix in ("-wal", "-shm"):
             tighten(path.with_name(path.name + suffix))
