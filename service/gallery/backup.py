@@ -66,7 +66,7 @@ log = logging.getLogger("faceserve.backup")
 
 # The SQLite schema version that gave subjects their erasure tokens: an older backup's
 # subjects would get new random tokens when migrated, which no tombstone can name.
-FIRST_VERSION_WITH_TOMBSTONES = 4
+FIRST_VERSION_WITH_TOMBSTONES = 5
 
 
 class BackupError(RuntimeError):

@@ -77,11 +77,12 @@ def test_erasures_and_revocations_leave_tombstones_without_personal_data(
     store.delete_subject("nobody")
 
     items = store.tombstones()
-    assert [t.kind for t in items] == ["subject", "face", "key"]
-    assert items[1].ref == "face-bob-1" and items[2].ref == "k_1"
-    assert items[2].at == "2026-02-02T00:00:00.000Z"
-    text = json.dumps([t.__dict__ for t in items])
-    assert "Alice" not in text and "alice" not in text
+    assert [t.kind for t in items] == ["subject", "face", "face", "face", "key"]
+    assert [t.ref for t in items[1:]] == [
+        "face-Alice Example-1", "face-Alice Example-2", "face-bob-1", "k_1"]
+    assert items[4].at == "2026-02-02T00:00:00.000Z"
+    text = json.dumps([t.__dict__ for t in items[:1]] + [t.__dict__ for t in items[3:]])
+    assert "Alice" not in text and "alice" not in text  # (the test's face ids contain names)
     assert len(items[0].ref) == 32  # a random token, not the id or a hash of it
 
 
@@ -106,11 +107,11 @@ def test_applying_tombstones_erases_by_token_and_revokes(store: Any) -> None:
     assert store.get_subject("alice") is None
     assert [f.face_id for f in store.subject_faces("bob")] == ["face-bob-1"]
     assert store.list_keys()[0].revoked_at == "2026-05-05T00:00:00.000Z"
-    assert len(store.tombstones()) == 4
+    assert len(store.tombstones()) == 5  # and alice's face, recorded by erasing her
     # Applying them again changes nothing and records nothing twice.
     assert store.apply_tombstones(store.tombstones()) == {
         "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0, "keys_revoked": 0}
-    assert len(store.tombstones()) == 4
+    assert len(store.tombstones()) == 5
 
 
 def test_an_erased_unknown_face_is_erased_again(store: Any) -> None:
@@ -199,7 +200,8 @@ def test_a_backup_taken_while_the_gallery_is_written_is_consistent(tmp_path: Pat
             orphans = conn.execute("SELECT count(*) FROM faces f LEFT JOIN subjects s "
                                    "ON f.subject_id = s.subject_id WHERE s.subject_id IS NULL")
             assert orphans.fetchone()[0] == 0
-            erased = conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
+            erased = conn.execute(
+                "SELECT count(*) FROM tombstones WHERE kind = 'subject'").fetchone()[0]
             assert (deletes or 0) == 2 * erased  # each erased subject had two faces
             no_second = conn.execute("SELECT count(*) FROM subjects s WHERE (SELECT count(*) "
                                      "FROM faces f WHERE f.subject_id = s.subject_id) <> 2")
@@ -252,6 +254,32 @@ def test_restore_keeps_erasures_and_revocations_made_after_the_backup(
     assert replaced.is_file() and mode(replaced) == 0o600
 
 
+def test_a_renamed_or_merged_subject_erased_after_the_backup_stays_erased(
+    tmp_path: Path,
+) -> None:
+    """Renames and merges keep face ids, and a rename keeps the subject's token: erasing the
+    subject under its new id still finds it in a backup made under the old one."""
+    data_dir = tmp_path / "g"
+    store = SqliteStore.open(data_dir)
+    for subject in ("bob", "carol", "dave", "erin"):
+        store.add_face(face(subject, 1), {"name": subject})
+    store.close()
+    backup = backup_sqlite(data_dir, tmp_path / "b.sqlite3")
+    store = SqliteStore.open(data_dir)
+    assert store.rename_subject("bob", "robert").status == "ok"
+    assert store.merge_subjects("carol", "dave").status == "ok"
+    store.delete_subject("robert")
+    store.delete_subject("dave")
+    store.close()
+    result = restore_sqlite(data_dir, backup.path)
+    store = SqliteStore.open(data_dir)
+    try:
+        assert [s.subject_id for s in store.list_subjects(None, 10)] == ["erin"]
+    finally:
+        store.close()
+    assert result.faces == 1
+
+
 def test_restore_without_the_current_database_uses_the_journal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,7 +323,7 @@ def test_restore_refuses_while_the_gallery_is_open_and_bad_backups(tmp_path: Pat
     old = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(old)
     conn.execute("CREATE TABLE schema_version (version INTEGER)")
-    conn.execute("INSERT INTO schema_version VALUES (3)")
+    conn.execute("INSERT INTO schema_version VALUES (4)")
     conn.execute("CREATE TABLE subjects (subject_id TEXT)")
     conn.execute("CREATE TABLE faces (id INTEGER)")
     conn.commit()
@@ -481,14 +509,14 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
 
         undone = run(capsys, "tombstones", "apply", str(saved), "--database-url", url,
                      "--data-dir", str(data_dir))
-        assert undone == {"tombstones": 2, "subjects_erased": 1, "faces_erased": 1,
+        assert undone == {"tombstones": 3, "subjects_erased": 1, "faces_erased": 1,
                           "unknown_faces_erased": 0, "keys_revoked": 1}
         store = PostgresStore.open(url)
         try:
             assert store.get_subject("alice") is None
             assert store.get_subject("bob") is not None
             assert store.list_keys()[0].revoked_at == "2026-02-02T00:00:00.000Z"
-            assert len(store.tombstones()) == 2
+            assert len(store.tombstones()) == 3  # alice, her face, the key
         finally:
             store.close()
 

@@ -160,7 +160,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX unknown_faces_gallery ON unknown_faces(gallery, id)",
         "CREATE INDEX unknown_faces_created ON unknown_faces(created_at)",
     ),
-    # 4: tombstones of erasures and key revocations, which a restore from a backup re-applies
+    # 4: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces (listed, but never found by identify or verify).
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
+    # 5: tombstones of erasures and key revocations, which a restore from a backup re-applies
     # (service/gallery/backup.py). A subject is named in its tombstone by a random erasure
     # token given at creation (its id may be a person's name); the trigger gives one to every
     # new subject whichever statement inserts it.
@@ -389,25 +395,32 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
 
     # ------------------------------------------------------------ writes
 
-    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
-        result = self._add_face(face, metadata)
-        if metadata is not None and not result.subject_created:
+    def add_face(
+        self, face: NewFace, metadata: dict[str, Any] | None, replace_metadata: bool = True
+    ) -> AddResult:
+        result = self._add_face(face, metadata if replace_metadata else None, metadata)
+        if result.metadata_replaced:
             # The subject's metadata was replaced: its old value (personal data) is still in
             # the WAL or, until the next checkpoint, in the main file. Erase it as a deletion.
             with self._write_lock:
                 self._erase_wal()
         return result
 
-    def _add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
-        meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
+    def _add_face(
+        self, face: NewFace, replacement: dict[str, Any] | None,
+        initial: dict[str, Any] | None,
+    ) -> AddResult:
+        """``initial``: a new subject's metadata; ``replacement``: an existing one's."""
+        initial_json = None if initial is None else json.dumps(initial, ensure_ascii=False)
+        meta_json = None if replacement is None else json.dumps(replacement, ensure_ascii=False)
         with self._write_transaction() as conn:
-            subject_created = False
+            subject_created = replaced = False
             if conn.execute(
                 "SELECT 1 FROM subjects WHERE subject_id = ?", (face.subject_id,)
             ).fetchone() is None:
                 conn.execute(
                     "INSERT INTO subjects (subject_id, metadata, created_at) VALUES (?, ?, ?)",
-                    (face.subject_id, meta_json or "{}", face.created_at),
+                    (face.subject_id, initial_json or "{}", face.created_at),
                 )
                 subject_created = True
             elif meta_json is not None:
@@ -415,6 +428,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
                     "UPDATE subjects SET metadata = ? WHERE subject_id = ?",
                     (meta_json, face.subject_id),
                 )
+                replaced = True
             existing = conn.execute(
                 f"SELECT {FACE_COLUMNS}, embedding FROM faces "
                 "WHERE subject_id = ? AND image_sha256 = ?",
@@ -423,7 +437,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
             if existing is not None:
                 return AddResult(
                     self._face_record(existing, True), int(existing[0]), False, False,
-                    self._last_change(conn),
+                    self._last_change(conn), replaced,
                 )
             cur = conn.execute(
                 "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
@@ -458,7 +472,8 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
                 created_at=face.created_at,
                 embedding=from_blob(to_blob(face.embedding)),
             )
-            return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0))
+            return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0),
+                             replaced)
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
@@ -497,19 +512,25 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
             return ImportBatchResult(subjects_added, len(row_ids), self._last_change(conn))
 
     def _delete(self, conn: sqlite3.Connection, row_ids: list[int]) -> None:
+        self._log_changes(conn, "delete", row_ids)
+
+    def _log_changes(self, conn: sqlite3.Connection, op: str, row_ids: list[int]) -> int:
         at = _now()
         conn.executemany(
-            "INSERT INTO changes (op, face_row_id, at) VALUES ('delete', ?, ?)",
-            [(r, at) for r in row_ids],
+            "INSERT INTO changes (op, face_row_id, at) VALUES (?, ?, ?)",
+            [(op, r, at) for r in row_ids],
         )
+        return self._last_change(conn)
+
+    def _after_move(self) -> None:
+        with self._write_lock:
+            self._erase_wal()
 
     def delete_subject(self, subject_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            token = self._subject_token(conn, subject_id)
-            if token is None:
+            tombstones = self._erasure_tombstones(conn, subject_id, _now())
+            if tombstones is None:
                 return DeleteResult([], False, self._last_change(conn))
-            tombstone = Tombstone("subject", token, _now())
-            self._tombstone(conn, tombstone)
             row_ids = [
                 int(r[0])
                 for r in conn.execute(
@@ -519,14 +540,16 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
             self._delete(conn, row_ids)
             conn.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))  # cascades
             change_id = self._last_change(conn)
-        self._journal([tombstone])
+        self._journal(tombstones)
         with self._write_lock:
             self._erase_wal()
         return DeleteResult(row_ids, True, change_id)
 
     def delete_face(self, face_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            row = conn.execute("SELECT id FROM faces WHERE face_id = ?", (face_id,)).fetchone()
+            row = conn.execute(
+                "SELECT id, subject_id FROM faces WHERE face_id = ?", (face_id,)
+            ).fetchone()
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
@@ -534,11 +557,16 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql):
             self._tombstone(conn, tombstone)
             self._delete(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = ?", (row_ids[0],))
+            # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
+            gone = conn.execute(
+                "DELETE FROM subjects WHERE subject_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM faces WHERE subject_id = ?)", (row[1], row[1]),
+            ).rowcount > 0
             change_id = self._last_change(conn)
         self._journal([tombstone])
         with self._write_lock:
             self._erase_wal()
-        return DeleteResult(row_ids, True, change_id)
+        return DeleteResult(row_ids, True, change_id, gone)
 
     # ------------------------------------------------------------ reads
 

@@ -105,8 +105,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
         "INSERT INTO change_log (pruned_through) VALUES (0)",
     ),
-    # 5: tombstones of erasures and key revocations, re-applied by a restore (as SQLite's
-    # version 4; service/gallery/backup.py). Each subject gets a random erasure token (the
+    # 5: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces, as SQLite's version 4.
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
+    # 6: tombstones of erasures and key revocations, re-applied by a restore (as SQLite's
+    # version 5; service/gallery/backup.py). Each subject gets a random erasure token (the
     # volatile default is evaluated per row, existing rows included).
     (
         "ALTER TABLE subjects ADD COLUMN erasure_token text NOT NULL "
