@@ -20,6 +20,7 @@ SUBCOMMANDS: list[str] = [
     "service.bulk_commands",
     "service.archive_commands",
     "service.backup_commands",
+    "service.model_commands",
 ]
 
 
