@@ -628,6 +628,7 @@ class AuditEvent(BaseModel):
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
         "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
+        "restore",
     ]
     subject_id: str | None
     face_id: str | None
