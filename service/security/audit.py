@@ -24,7 +24,7 @@ log = logging.getLogger("faceserve.audit")
 # that existed before the request: taking over an existing identity is its own kind of event.
 ACTIONS: tuple[str, ...] = (
     "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-    "name_cluster", "delete_cluster",
+    "name_cluster", "delete_cluster", "create_gallery", "delete_gallery",
 )
 
 

@@ -38,7 +38,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,7 @@ from service.gallery.store.base import (
     StoreError,
     SubjectRecord,
 )
+from service.gallery.store.galleries import GalleryRegistrySql
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
@@ -125,7 +126,7 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads, UnknownPoolSql):
+class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"
@@ -639,6 +640,9 @@ class PostgresStore(SqlReads, UnknownPoolSql):
                 (key_id, gallery, gallery),
             ).fetchone()
         return None if row is None else key_record(row)
+
+    def _gallery_write(self) -> AbstractContextManager[psycopg.Connection]:
+        return self._plain_write()
 
     def key_count(self, *, active_only: bool) -> int:
         where = " WHERE revoked_at IS NULL" if active_only else ""

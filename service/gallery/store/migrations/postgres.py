@@ -105,5 +105,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
         "INSERT INTO change_log (pruned_through) VALUES (0)",
     ),
+    # 5: scopes split by role and galleries created over HTTP (issue 20), as SQLite's 4.
+    (
+        "UPDATE api_keys SET scopes = replace(scopes, 'admin', 'read,erase,metrics,audit,admin') "
+        "WHERE ',' || scopes || ',' LIKE '%,admin,%'",
+        """CREATE TABLE galleries (
+            name text PRIMARY KEY,
+            created_at text NOT NULL
+        )""",
+        "INSERT INTO galleries (name, created_at) SELECT gallery, min(created_at) "
+        "FROM api_keys WHERE gallery <> '' GROUP BY gallery ON CONFLICT (name) DO NOTHING",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
