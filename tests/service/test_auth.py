@@ -199,6 +199,50 @@ def test_the_right_scope_is_let_in_by_either_header(
     assert 200 <= r.status_code < 300, r.text
 
 
+# ---------------------------------------------------------------- identify's subject metadata
+
+
+def test_identify_adds_subject_metadata_only_for_keys_that_may_read(world: World) -> None:
+    c = world.client
+    r = c.post("/enroll", data={"subject_id": "carol", "metadata": '{"name": "Carol C."}'},
+               files=files(fake_photo(3)), headers=bearer(world.tokens["all"]))
+    assert r.status_code == 201, r.text
+    _, both = world.ring.create("app", ["recognize", "read"])
+    calls: list[Callable[[dict[str, str], bool], Any]] = [
+        lambda h, m: c.post("/identify", files=files(fake_photo(3, variant=2)),
+                            data={"include_metadata": str(m).lower(), "k": "2"}, headers=h),
+        lambda h, m: c.post("/identify", json={
+            "image": base64.b64encode(fake_photo(3, variant=2)).decode(),
+            "include_metadata": m, "k": 2}, headers=h),
+        lambda h, m: c.get("/identify", params={"embedding": b64(fake_embedding(3)), "k": 2,
+                                                "include_metadata": str(m).lower()}, headers=h),
+        lambda h, m: c.post("/identify/search", json={  # every face but alice's: carol's
+            "face_id": world.alice_face, "k": 2, "include_metadata": m}, headers=h),
+    ]
+    for call in calls:
+        r = call(bearer(both), True)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        candidates = body["faces"][0]["candidates"] if "faces" in body else body["candidates"]
+        found = {cand["subject_id"]: cand["metadata"] for cand in candidates}
+        assert found["carol"] == {"name": "Carol C."}, body
+        assert all(meta == {} for subject, meta in found.items() if subject != "carol")
+        assert "bob" not in found  # another gallery's, never
+        if "faces" in body and body["faces"][0].get("match"):
+            assert body["faces"][0]["match"]["metadata"] == found[
+                body["faces"][0]["match"]["subject_id"]]
+        # Without the request: no metadata, for any key.
+        r = call(bearer(both), False)
+        assert r.status_code == 200, r.text
+        assert "metadata" not in r.text
+        # recognize alone: asking is refused, before anything is searched.
+        r = call(bearer(world.tokens["recognize"]), True)
+        assert_error(r, 403, "insufficient_scope")
+        assert "read" in r.json()["error"]["message"]
+        assert call(bearer(world.tokens["recognize"]), False).status_code == 200
+        assert_error(call(bearer(world.tokens["read"]), True), 403, "insufficient_scope")
+
+
 # ---------------------------------------------------------------- galleries
 
 

@@ -209,7 +209,8 @@ class Candidate(BaseModel):
     similarity: float = Field(description="Cosine similarity with the query, in [-1, 1].")
     metadata: dict[str, Any] | None = Field(
         None, description="The subject's metadata, when the request asked for it with "
-        "`include_metadata` (needs scope `read`)."
+        "`include_metadata` (needs scope `read`); absent otherwise.",
+        exclude_if=lambda value: value is None,  # identify answers keep their other nulls
     )
 
 
