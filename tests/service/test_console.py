@@ -154,3 +154,16 @@ def test_readyz_gives_the_operating_points_to_known_keys_only(world: World) -> N
     assert "identify_operating_point" not in body  # admin alone may not identify
     body = c.get("/readyz", headers=bearer(world.tokens["recognize"])).json()
     assert body["identify_operating_point"]["source"] in ("setting", "fpir", "profile", "model")
+
+
+def test_the_console_offers_every_scope_the_server_knows() -> None:
+    """The key form of the status page lists the scopes itself (no endpoint for the page)."""
+    import json
+    import re
+
+    from service.security.keys import SCOPES
+
+    source = (STATIC_DIR / "pages" / "status.js").read_text()
+    match = re.search(r"^const SCOPES = (\[.*?\]);", source, re.MULTILINE)
+    assert match is not None
+    assert tuple(json.loads(match.group(1))) == SCOPES

@@ -192,7 +192,7 @@ def test_the_console_end_to_end(
         shots.take(page, "signin")
         page.fill("#api-key", token)
         page.click("form.signin button[type=submit]")
-        page.wait_for_selector("#who:has-text('admin key')")
+        page.wait_for_selector("#who:has-text('may read the gallery')")
         assert page.evaluate("sessionStorage.getItem('faceserve.apiKey')") == token
         assert context.cookies() == [] and token not in page.url
 
