@@ -112,7 +112,7 @@ async def list_galleries(
         "create --gallery`). 409 `gallery_exists` when a gallery of that name exists. Needs "
         "scope `admin` of the default gallery."
     ),
-    responses=error_responses(401, 403, 408, 409, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 408, 409, 422, 429, 503),
 )
 async def create_gallery(
     body: CreateGalleryRequest, principal: AdminKey, services: ServicesDep, gallery: GalleryDep
