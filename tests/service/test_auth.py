@@ -670,3 +670,42 @@ def test_a_tenants_audit_ids_have_no_gaps_for_other_galleries(world: World) -> N
     assert [e["id"] for e in events] == [1, 2, 3, 4]
     page = c.get("/audit", params={"after": 2, "limit": 1}, headers=other).json()
     assert [e["subject_id"] for e in page["events"]] == ["t1"] and page["next_after"] == 3
+
+
+def test_naming_a_cluster_into_an_existing_subject_follows_add_faces_scope(
+    make_client: AppFactory,
+) -> None:
+    """Naming enrolls the cluster's faces: into a subject that exists, it is adding faces to
+    it, which such a deployment reserves to another scope, as POST /enroll does."""
+    client = make_client(add_faces_scope="admin", rate_limit_per_s=0, remember_unknown=True)
+    ring: KeyRing = client.app.state.services.keys
+    _, kiosk = ring.create("kiosk", ["enroll", "recognize"])
+    _, operator = ring.create("operator", ["enroll", "admin"])
+    r = client.post("/enroll", data={"subject_id": "obama"}, files=files(fake_photo(5)),
+                    headers=bearer(kiosk))
+    assert r.status_code == 201, r.text
+    for v in range(2):
+        r = client.post("/identify", files=files(fake_photo(6, variant=v)),
+                        data={"remember_unknown": "true", "threshold": "0.99"},
+                        headers=bearer(kiosk))
+        assert r.json()["faces"][0]["unknown_face_id"], r.text
+    [cluster] = client.post("/clusters", json={}, headers=bearer(kiosk)).json()["clusters"]
+    path = f"/clusters/{cluster['cluster_id']}/name"
+    r = client.post(path, json={"subject_id": "obama"}, headers=bearer(kiosk))
+    assert_error(r, 403, "insufficient_scope")
+    assert "already exists" in r.json()["error"]["message"]
+    r = client.post(path, json={"subject_id": "obama"}, headers=bearer(operator))
+    assert r.status_code == 200 and len(r.json()["face_ids"]) == 2, r.text
+
+
+def test_an_admin_of_the_default_gallery_revokes_any_gallerys_key(world: World) -> None:
+    c = world.client
+    other_key = world.key_ids["other"]  # gallery b
+    r = c.delete(f"/keys/{other_key}", headers=bearer(world.tokens["admin"]))
+    assert r.status_code == 200 and r.json()["gallery"] == "b", r.text
+    assert_error(c.get("/subjects", headers=bearer(world.tokens["other"])), 401,
+                 "revoked_api_key")
+    # The revocation is in gallery b's log, where its tenant reads its keys' history.
+    events = c.get("/audit", params={"gallery": "b", "action": "revoke_key"},
+                   headers=bearer(world.tokens["audit"])).json()["events"]
+    assert [e["detail"]["key_id"] for e in events] == [other_key]
