@@ -233,3 +233,18 @@ def test_a_key_stored_with_the_old_admin_scope_still_does_everything_it_did(
     assert new["scopes"] == ["admin"]
     error(c.get("/subjects", headers=bearer(new["token"])), 403, "insufficient_scope")
     assert c.get("/keys", headers=bearer(new["token"])).status_code == 200
+
+
+def test_a_server_without_keys_acts_with_every_scope(client: TestClient) -> None:
+    """No key configured (loopback only): the operator, who may do everything."""
+    assert client.post("/galleries", json={"name": "local"}).status_code == 201
+    assert [g.get("name") for g in client.get("/galleries").json()["galleries"]] == [
+        None, "local"]
+    r = client.post("/enroll", data={"subject_id": "ann", "metadata": '{"name": "Ann"}'},
+                    files=photo(3))
+    assert r.status_code == 201, r.text
+    r = client.post("/identify", files=photo(3, 1), data={"include_metadata": "true"})
+    assert r.json()["faces"][0]["candidates"][0]["metadata"] == {"name": "Ann"}
+    for path in ("/subjects", "/audit", "/metrics", "/keys", "/clusters"):
+        assert client.get(path).status_code == 200, path
+    assert client.delete("/galleries/local").status_code == 200
