@@ -24,7 +24,13 @@ log = logging.getLogger("faceserve.audit")
 # that existed before the request: taking over an existing identity is its own kind of event.
 ACTIONS: tuple[str, ...] = (
     "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-    "name_cluster", "delete_cluster", "create_gallery", "delete_gallery",
+    "name_cluster", "delete_cluster",
+    # Issue 20: metadata replaced (``update_subject``), a subject and its faces moved to a new
+    # id (``rename_subject``, the old id in ``detail``), one merged into another
+    # (``merge_subject``, on the receiving subject; the merged one in ``detail``).
+    "update_subject", "rename_subject", "merge_subject",
+    # Galleries created and deleted over HTTP (issue 20), in the default gallery's log.
+    "create_gallery", "delete_gallery",
 )
 
 

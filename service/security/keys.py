@@ -20,7 +20,7 @@ Scopes, one per role a client plays (README: API keys and scopes):
 A key holds any set of them; none implies another (an admin can of course mint itself a key
 with more). Before scopes were split, ``admin`` covered reading, erasure, the audit log and
 metrics as well: keys stored then are given ``LEGACY_ADMIN`` when the store migrates (SQLite
-schema 4, PostgreSQL 5), so every key keeps every power it had, while a key created now with
+schema 5, PostgreSQL 6), so every key keeps every power it had, while a key created now with
 ``admin`` alone manages keys and galleries only.
 
 Galleries (namespaces). Every key belongs to one gallery: ``""`` (the default) or a name. A

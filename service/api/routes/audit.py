@@ -39,7 +39,8 @@ async def audit_log(
     action: Annotated[
         Literal[
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-            "name_cluster", "delete_cluster", "create_gallery", "delete_gallery",
+            "name_cluster", "delete_cluster", "update_subject", "rename_subject",
+            "merge_subject", "create_gallery", "delete_gallery",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Body, Path, Response
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
 from service.api.errors import Forbidden, InvalidField, ServiceError, error_responses
+from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
     ClusterFace,
@@ -238,8 +239,12 @@ async def name_cluster(
                 f"cluster {cluster_id!r} holds embeddings of {sorted(others)}, the gallery "
                 f"is {gallery.model_version}; discard it")
         stored = principal.namespace.internal(body.subject_id)
-        if (settings.add_faces_scope not in principal.scopes
-                and gallery.get_subject(stored) is not None):
+        if gallery.get_subject(stored) is None:
+            try:
+                check_new_subject_id(body.subject_id)  # no "/" in a new id (issue 20)
+            except ValueError as exc:
+                raise InvalidField(str(exc)) from None
+        elif settings.add_faces_scope not in principal.scopes:
             raise Forbidden(
                 f"subject {body.subject_id!r} already exists; adding faces to an existing "
                 f"subject needs a key with scope {settings.add_faces_scope!r} on this server")

@@ -68,14 +68,14 @@ async def get_face_chip(principal: ReadKey, face_id: FacePath, gallery: GalleryD
 
 def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceResponse:
     record = gallery.get_face(face_id)
-    if (
-        record is None
-        or not principal.namespace.owns(record.subject_id)
-        or not gallery.delete_face(face_id)
-    ):
+    if record is None or not principal.namespace.owns(record.subject_id):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    result = gallery.remove_face(face_id)
+    if not result.row_ids:
         raise FaceNotFound(f"face {face_id!r} does not exist")
     subject_id = principal.namespace.external(record.subject_id) or record.subject_id
-    return DeleteFaceResponse(face_id=face_id, subject_id=subject_id, deleted=True)
+    return DeleteFaceResponse(face_id=face_id, subject_id=subject_id, deleted=True,
+                              subject_deleted=result.subject_deleted)
 
 
 @router.delete(
@@ -83,7 +83,10 @@ def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceR
     response_model=DeleteFaceResponse,
     summary="Delete one template",
     description="Removes the face from storage and from the search index before answering "
-    "(erased on disk as for subjects). Needs scope `erase`; a face of another gallery is 404.",
+    "(erased on disk as for subjects). A subject never stays without faces: deleting its "
+    "last face erases the subject and its metadata too (`subject_deleted: true`; afterwards "
+    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `erase`; a "
+    "face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_face(
@@ -91,5 +94,5 @@ async def delete_face(
 ) -> DeleteFaceResponse:
     result = await run_in_threadpool(_delete, gallery, face_id, principal)
     await audit_event(services, principal, "delete_face", subject_id=result.subject_id,
-                      face_id=face_id)
+                      face_id=face_id, detail={"subject_deleted": result.subject_deleted})
     return result

@@ -185,7 +185,8 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
         "appears at most once in a photo: when two faces would match the same subject, the "
         "better-scoring face keeps it and the other takes its next candidate at or above "
         "the threshold, or none (unknown). A photo without faces gives an empty `faces` "
-        "list. Needs scope `recognize`; only the key's gallery "
+        "list; one with more faces than `max_faces` says so (`truncated: true`, "
+        "`faces_detected` counts them all). Needs scope `recognize`; only the key's gallery "
         "is searched. `include_metadata` adds each candidate's subject metadata and needs "
         "scope `read` as well."
     ),
@@ -236,6 +237,8 @@ async def identify_image(
     return IdentifyImageResponse(
         faces=faces,
         faces_detected=found.faces_detected,
+        truncated=found.faces_detected > len(found.faces),
+        max_faces=limit,
         threshold=point.threshold,
         operating_point=point,
         model=services.pipeline.model_version,

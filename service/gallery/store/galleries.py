@@ -3,7 +3,7 @@
 A gallery is a prefix of stored subject ids (``service.security.keys``), so it needs no table
 to exist: a key bound to it, its subjects or its pool faces are enough (that is how
 ``keys create --gallery`` and ``import-gallery`` make one). The ``galleries`` table (SQLite
-migration 4, PostgreSQL 5) adds what nothing else records: a gallery created empty over HTTP,
+migration 5, PostgreSQL 6) adds what nothing else records: a gallery created empty over HTTP,
 and when a gallery was created. Listing is the union of the table, the galleries of unrevoked
 keys, of pool faces, and of subjects; the last is a skip scan on the subjects' primary key
 (one index probe per gallery, whatever the number of subjects).

@@ -325,7 +325,14 @@ class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
 
     # ------------------------------------------------------------ writes
 
-    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
+    _JSON_CAST = "::json"
+
+    def _log_changes(self, conn: psycopg.Connection, op: str, row_ids: list[int]) -> int:
+        return (self._log_adds if op == "add" else self._log_deletes)(conn, row_ids)
+
+    def add_face(
+        self, face: NewFace, metadata: dict[str, Any] | None, replace_metadata: bool = True
+    ) -> AddResult:
         meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
         with self._write_transaction() as conn:
             inserted = conn.execute(
@@ -334,7 +341,8 @@ class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
                 (face.subject_id, meta_json or "{}", face.created_at),
             ).fetchone()
             subject_created = inserted is not None
-            if not subject_created and meta_json is not None:
+            replaced = not subject_created and meta_json is not None and replace_metadata
+            if replaced:
                 conn.execute(
                     "UPDATE subjects SET metadata = %s::json WHERE subject_id = %s",
                     (meta_json, face.subject_id),
@@ -347,7 +355,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
             if existing is not None:
                 return AddResult(
                     self._face_record(existing, True), int(existing[0]), False, False,
-                    self._last_change(conn),
+                    self._last_change(conn), replaced,
                 )
             bbox = [int(v) for v in face.bbox]
             landmarks = [[float(c) for c in point] for point in face.landmarks]
@@ -388,7 +396,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
             created_at=face.created_at,
             embedding=from_blob(to_blob(face.embedding)),
         )
-        return AddResult(record, row_id, True, subject_created, change_id)
+        return AddResult(record, row_id, True, subject_created, change_id, replaced)
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
@@ -474,13 +482,20 @@ class PostgresStore(SqlReads, UnknownPoolSql, GalleryRegistrySql):
 
     def delete_face(self, face_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            row = conn.execute("SELECT id FROM faces WHERE face_id = %s", (face_id,)).fetchone()
+            row = conn.execute(
+                "SELECT id, subject_id FROM faces WHERE face_id = %s", (face_id,)
+            ).fetchone()
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
             change_id = self._log_deletes(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = %s", (row_ids[0],))
-        return DeleteResult(row_ids, True, change_id)
+            # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
+            gone = conn.execute(
+                "DELETE FROM subjects WHERE subject_id = %s AND NOT EXISTS "
+                "(SELECT 1 FROM faces WHERE subject_id = %s)", (row[1], row[1]),
+            ).rowcount > 0
+        return DeleteResult(row_ids, True, change_id, gone)
 
     # ------------------------------------------------------------ reads
 

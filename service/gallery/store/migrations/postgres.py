@@ -105,11 +105,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
         "INSERT INTO change_log (pruned_through) VALUES (0)",
     ),
-    # 5: scopes split by role and galleries created over HTTP (issue 20), as SQLite's 4.
+    # 5: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces, as SQLite's version 4.
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
+    # 6: scopes split by role and galleries created over HTTP (issue 20), as SQLite's 5.
     (
         "UPDATE api_keys SET scopes = replace(scopes, 'admin', 'read,erase,metrics,audit,admin') "
-        "WHERE ',' || scopes || ',' LIKE '%,admin,%'",
-        """CREATE TABLE galleries (
+        "WHERE ',' || scopes || ',' LIKE '%,admin,%' "
+        "AND ',' || scopes || ',' NOT LIKE '%,read,%'",
+        """CREATE TABLE IF NOT EXISTS galleries (
             name text PRIMARY KEY,
             created_at text NOT NULL
         )""",
