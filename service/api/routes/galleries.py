@@ -38,6 +38,21 @@ from service.security.keys import GALLERY_PATTERN, Namespace
 
 router = APIRouter(prefix="/galleries", tags=["security"])
 
+_ACME = {"name": "acme", "default": False, "subjects": 40, "faces": 96, "unknown_faces": 0,
+         "active_keys": 2, "created_at": "2026-03-01T09:30:00.000Z"}
+_LIST_EXAMPLE = {"galleries": [
+    {"default": True, "subjects": 1250, "faces": 3710, "unknown_faces": 12, "active_keys": 3},
+    _ACME,
+]}
+_DELETE_EXAMPLE = {"name": "acme", "subjects_deleted": 40, "faces_deleted": 96,
+                   "unknown_faces_deleted": 0,
+                   "keys_revoked": ["k_3f9a1c2b7d10", "k_8e21aa04c9f3"]}
+
+
+def _example(status: int, example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"content": {"application/json": {"example": example}}}}
+
+
 GalleryPath = Annotated[str, Path(pattern=GALLERY_PATTERN, description="The gallery's name.")]
 ERASE_PAGE = 200
 
@@ -85,7 +100,7 @@ def _info(registry: SecurityStore, name: str, created_at: str | None) -> Gallery
         "gallery first, then the named ones (created over HTTP, or implied by a key, subjects "
         "or pool faces). Needs scope `admin` of the default gallery."
     ),
-    responses=error_responses(401, 403, 408, 429, 503),
+    responses={**_example(200, _LIST_EXAMPLE), **error_responses(401, 403, 408, 429, 503)},
 )
 async def list_galleries(
     principal: AdminKey, services: ServicesDep, gallery: GalleryDep
@@ -112,7 +127,8 @@ async def list_galleries(
         "create --gallery`). 409 `gallery_exists` when a gallery of that name exists. Needs "
         "scope `admin` of the default gallery."
     ),
-    responses=error_responses(400, 401, 403, 408, 409, 422, 429, 503),
+    responses={**_example(201, {**_ACME, "subjects": 0, "faces": 0, "active_keys": 0}),
+               **error_responses(400, 401, 403, 408, 409, 422, 429, 503)},
 )
 async def create_gallery(
     body: CreateGalleryRequest, principal: AdminKey, services: ServicesDep, gallery: GalleryDep
@@ -188,7 +204,8 @@ def _erase(
         "faces too. An empty gallery's keys are revoked as well. The default gallery cannot be "
         "deleted. Needs scope `admin` of the default gallery."
     ),
-    responses=error_responses(401, 403, 404, 408, 409, 422, 429, 503),
+    responses={**_example(200, _DELETE_EXAMPLE),
+               **error_responses(401, 403, 404, 408, 409, 422, 429, 503)},
 )
 async def delete_gallery(
     principal: AdminKey,
