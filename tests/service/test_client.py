@@ -161,7 +161,8 @@ def test_keys_and_authentication_errors(server: LiveServer, client: fc.Client) -
 
 def test_galleries_and_identify_metadata(server: LiveServer, client: fc.Client,
                                          people: Path) -> None:
-    client.enroll(people / PEOPLE_ENROLL["obama"], "obama", metadata={"name": "Barack Obama"})
+    client.enroll(people / PEOPLE_ENROLL["obama"], "obama", metadata={"name": "Barack Obama"},
+                  replace_metadata=True)  # obama may exist already (the module's server)
     result = client.identify(people / "test/obama1.jpg", include_metadata=True)
     assert result.faces[0].match.metadata == {"name": "Barack Obama"}
     assert client.identify(people / "test/obama1.jpg").faces[0].match.metadata is None
