@@ -362,7 +362,12 @@ def _add_reembed_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True,
-                   help="`dlib`, or the .safetensors file written by `faceserve export`")
+                   help="`dlib`, the .safetensors file written by `faceserve export`, or an "
+                   "ONNX model added with `faceserve models add` (name or path); the stored "
+                   "chips must have been cut the way it wants (dlib's 150x150 chips for dlib's "
+                   "and exported models, 112x112 ArcFace chips for the ArcFace family)")
+    p.add_argument("--model-dir", type=Path,
+                   help="ONNX model directory (FACESERVE_MODEL_DIR, else DATA_DIR/models)")
     p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
     p.add_argument("--database-url", help="PostgreSQL gallery (FACESERVE_DATABASE_URL)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
@@ -384,18 +389,19 @@ def _reembed(args: argparse.Namespace) -> int:
     from service.gallery.reembed import ReembedError, exclusive_store, plan_reembed, reembed
     from service.gallery.store.base import StoreError
 
-    overrides = _given(args, "data_dir", "database_url", "device")
+    overrides = _given(args, "data_dir", "database_url", "device", "model_dir")
     try:
         settings = Settings(**overrides, model=args.model)
     except ValidationError as exc:
         print(f"faceserve reembed: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    from models.embedding_model import load_embedding_model
+    from models.embedding_model import chip_mismatch, load_embedding_model
     from models.model_file import ModelFileError
 
     try:
         model = load_embedding_model(
-            settings.model, None if settings.device == "auto" else settings.device
+            settings.model, None if settings.device == "auto" else settings.device,
+            model_dir=settings.model_dir_path,
         )
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"faceserve reembed: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
@@ -407,6 +413,10 @@ def _reembed(args: argparse.Namespace) -> int:
     try:
         with exclusive_store(settings.data_dir, settings.database_url) as store:
             plan = plan_reembed(store, model.version)
+            for source in sorted(set(plan.models) - {model.version}):
+                if (why := chip_mismatch(source, model, settings.model_dir_path)) is not None:
+                    print(f"faceserve reembed: {why}", file=sys.stderr)
+                    return 1
             models = ", ".join(f"{n} x {m}" for m, n in sorted(plan.models.items())) or "none"
             print(f"gallery: {plan.faces} faces ({models}); target {model.version} "
                   f"({model.embedding_size}-d, flip={settings.flip}); to re-embed: "
@@ -420,6 +430,7 @@ def _reembed(args: argparse.Namespace) -> int:
                 delete_without_chip=args.delete_faces_without_chips,
                 snapshot_dir=None if settings.database_url else settings.data_dir,
                 progress=not args.quiet,
+                chip_side=model.geometry.size,
             )
     except (GalleryLocked, StoreError, ReembedError, ValueError) as exc:
         print(f"faceserve reembed: {exc}", file=sys.stderr)
@@ -440,4 +451,5 @@ def _reembed(args: argparse.Namespace) -> int:
         return 1
     print(f"done: start the service with FACESERVE_MODEL={settings.model}", file=sys.stderr)
     return 0
+
 

@@ -98,7 +98,9 @@ class BBox(BaseModel):
 
 Landmarks = Annotated[
     list[list[float]],
-    Field(description="Five landmarks [x, y] in image pixels (eye corners and nose base)."),
+    Field(description="Five landmarks [x, y] in image pixels: with dlib's detector (the "
+          "default) eye corners and nose base; with an SCRFD detector eye centres, nose tip and "
+          "mouth corners."),
 ]
 
 
@@ -558,6 +560,17 @@ class SelfTestReport(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     model: str
+    embedding_size: int | None = Field(
+        None, description="Length of the model's embeddings (128 for dlib's ResNet, 512 for "
+        "most ArcFace-family models)."
+    )
+    model_licence: str | None = Field(
+        None, description="The model's licence: CC0-1.0 for dlib's; for an ONNX model the "
+        "text its user gave to `faceserve models add --licence` (not checked by faceserve)."
+    )
+    detector: str | None = Field(
+        None, description="The face detector: `dlib-mmod`, or the version of an SCRFD model."
+    )
     device: str
     index_kind: str
     index_source: Literal["snapshot", "store"] = Field(
