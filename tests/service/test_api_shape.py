@@ -228,12 +228,12 @@ def test_access_log_lines_carry_time_request_id_and_key_id_never_the_key(
     import re
 
     from service.config import Settings
-    from service.security.keys import KeyRing, open_security_store
+    from service.security.keys import SCOPES, KeyRing, open_security_store
 
     client = make_client()
     settings: Settings = client.app.state.settings
     store = open_security_store(settings)
-    record, token = KeyRing(store).create("desk", ["enroll", "recognize", "admin"])
+    record, token = KeyRing(store).create("desk", list(SCOPES))
     store.close()
     caplog.set_level(logging.INFO, logger="faceserve.access")
     ok = client.get("/v1/subjects", headers={"Authorization": f"Bearer {token}",
