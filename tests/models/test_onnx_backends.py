@@ -145,7 +145,8 @@ def test_scrfd_equals_the_pytorch_original(tmp_path: Path) -> None:
     image = torch.from_numpy(
         np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8))
     det.input_size = 320
-    outs, scale = det._forward(image)
+    outs, (_, scale), canvas = det._forward(image)
+    assert canvas == (320, 320)  # the graph's input is fixed
     blob, _ = letterbox(image, 320)
     with torch.no_grad():
         expected = net((blob - 127.5) / 128.0)
