@@ -302,12 +302,17 @@ class ScrfdDetector:
         return out
 
 
-def _fixed_input(model: Any) -> bool:
-    """Whether the graph's image input has a fixed height and width."""
+def _fixed_input(model: Any, path: Path) -> int | None:
+    """The side of the graph's image input when its height and width are fixed (such a
+    graph's canvas, whatever the preset's ``input_size``), else None."""
     from models.backends.onnx_file import graph_io
 
-    shape = graph_io(model)[0][0][1]
-    return all(isinstance(d, int) and d > 0 for d in shape[2:4])
+    h, w = graph_io(model)[0][0][1][2:4]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        return None
+    if h != w:
+        raise OnnxModelError(f"{path}: a fixed SCRFD input must be square, this one is {w}x{h}")
+    return h
 
 
 def load_scrfd(path: str | Path, device: torch.device) -> ScrfdDetector:
@@ -323,5 +328,9 @@ def load_scrfd(path: str | Path, device: torch.device) -> ScrfdDetector:
     model = onnx.load(str(path))
     check_detector_graph(model, path)
     net, _ = convert_graph(path, model, device)
-    return ScrfdDetector(net, manifest["detector"], device, str(manifest["version"]),
-                         fixed_input=_fixed_input(model))
+    settings = dict(manifest["detector"])
+    side = _fixed_input(model, path)
+    if side is not None:
+        settings["input_size"] = side
+    return ScrfdDetector(net, settings, device, str(manifest["version"]),
+                         fixed_input=side is not None)
