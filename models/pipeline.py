@@ -211,14 +211,14 @@ class FacePipeline:
         """
         image = _as_rgb(image)
         if self.detector_name != "dlib":
-            return self._scrfd_faces(image, min_face_px)
+            return self._scrfd_faces(image, self._scan(min_face_px)[0])
         boxes = self._boxes(image, self.small_image_retry_px, min_face_px)
         return self._with_landmarks(image, boxes)
 
-    def _scrfd_faces(self, image: np.ndarray, min_face_px: int | None = None) -> list[Face]:
-        m, _ = self._scan(min_face_px)
+    def _scrfd_faces(self, image: np.ndarray, min_face_px: int | None) -> list[Face]:
+        """SCRFD's faces, scanned for ``min_face_px`` (None: the letterbox default)."""
         dets = self.detector.detect(image, upsample=self.upsample, max_side=self.max_side,
-                                    min_face_px=m)
+                                    min_face_px=min_face_px)
         if self.landmark_scheme == "arcface5":
             return [Face(box=b, confidence=c, landmarks=p) for b, c, p in dets]
         return self._with_landmarks(image, [(b, c) for b, c, _ in dets])
@@ -275,8 +275,9 @@ class FacePipeline:
     def _scrfd_face_crop(self, image: np.ndarray) -> list[Face]:
         """SCRFD on a face crop: the photo as it is, then (a crop can be too tight for the
         detector) on a canvas with a 35% black margin on every side, mapped back; the
-        largest face wins."""
-        faces = self.detect(image)
+        largest face wins. Both at the letterbox scale whatever the minimum face in force:
+        the crop's face fills it, so a minimum meant for photos would only lose it."""
+        faces = self._scrfd_faces(image, None)
         if not faces:
             h, w = image.shape[:2]
             py, px = round(0.35 * h), round(0.35 * w)
@@ -289,7 +290,7 @@ class FacePipeline:
                     confidence=f.confidence,
                     landmarks=np.asarray(f.landmarks) - (px, py),
                 )
-                for f in self.detect(canvas)
+                for f in self._scrfd_faces(canvas, None)
             ]
         return [max(faces, key=lambda f: (f.box.area, f.confidence))] if faces else []
 

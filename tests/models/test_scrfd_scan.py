@@ -201,3 +201,13 @@ def test_face_crop_with_scrfd_retries_a_tight_crop_on_a_margin(model_dir: Path) 
     faces = pipeline.detect_face_crop(crop)
     assert [f.box.as_tuple() for f in faces] == [(10, 0, 119, 149)]
     np.testing.assert_allclose(faces[0].landmarks, _expected_points(10, 0, 110), atol=1e-9)
+
+
+def test_face_crop_ignores_a_minimum_face_meant_for_photos(model_dir: Path) -> None:
+    """A server minimum of 200 px scans a 640 px photo at 16/200: its 32 px face is lost;
+    a face crop is scanned at the letterbox scale, where the face fills what it should."""
+    pipeline = FacePipeline(device="cpu", model="arc", detector="dyn", model_dir=model_dir,
+                            min_face_px=200)
+    crop = _photo(640, 640, (288, 160, 32))
+    assert pipeline.detect(crop) == []
+    assert [f.box.as_tuple() for f in pipeline.detect_face_crop(crop)] == [(288, 160, 319, 191)]
