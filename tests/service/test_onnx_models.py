@@ -257,3 +257,22 @@ def test_face_crop_with_scrfd(model_dir: Path, tmp_path: Path, serve: Any) -> No
                     files={"image": ("n.png", buf.getvalue(), "image/png")})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "not_a_face"
+
+
+def test_the_servers_minimum_face_is_kept_when_the_decode_is_reduced(
+    model_dir: Path, tmp_path: Path, serve: Any
+) -> None:
+    """FACESERVE_MIN_FACE_PX=256 lets a 2048x1536 JPEG be decoded at half size; the
+    minimum is the photo's pixels, so the detector must look for 128 px faces in the
+    decoded image, and the 512 px face is found (scanned at 16/256, it is SCRFD's 32 px)."""
+    img = np.full((1536, 2048, 3), 20, np.uint8)
+    img[512:1024, 1024:1536] = 230
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    client = serve(settings(tmp_path / "gallery", model_dir, min_face_px=256))
+    r = client.post("/identify", files={"image": ("big.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    faces = r.json()["faces"]
+    assert len(faces) == 1, r.json()
+    box = faces[0]["bbox"]
+    assert (box["left"], box["top"]) == (1024, 512), box
