@@ -44,7 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "inclusive), detection confidence, landmarks and the L2-normalised embedding."
         ),
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="image files (JPEG, PNG, WebP, BMP)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
     p.add_argument("--upsample", type=int, default=0, help="upsample photos N times (small faces)")
@@ -56,7 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="each image is one cropped or aligned face: no search (an image that "
                         "is not a face gets an error record)")
     p.add_argument("--no-embedding", action="store_true", help="detect and landmark only")
-    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--cache-dir", type=Path, help="converted weights cache "
+                   "(default: $FACESERVE_CACHE_DIR or ~/.cache/faceserve)")
     p.add_argument("--model", default="dlib",
                    help="`dlib` (default), an exported .safetensors or an added ONNX model")
     add_detector_options(p)

@@ -149,6 +149,7 @@ def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[
     replicas may serve meanwhile) or exclusive (import: no replica on it), like ``reembed``."""
     from service.gallery.archive import ArchiveError
     from service.gallery.gallery import lock_data_dir, unlock_data_dir
+    from service.gallery.private import private_dir
     from service.gallery.store import open_store
     from service.gallery.store.sqlite import FILENAME
 
@@ -156,7 +157,7 @@ def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[
     if must_exist and not settings.database_url and not (data_dir / FILENAME).is_file():
         raise ArchiveError(f"no gallery in {data_dir.resolve()} (no {FILENAME}); pass "
                            "--data-dir, or --database-url for a PostgreSQL gallery")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     # A shared PostgreSQL read needs no data directory (a replica here may hold its lock).
     fd = lock_data_dir(data_dir) if exclusive or not settings.database_url else None
     try:

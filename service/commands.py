@@ -51,25 +51,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "GET /healthz answers immediately, GET /readyz answers 200 once the models and "
             "the gallery are loaded (503 before). OpenAPI docs are served at /docs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", help="bind address (FACESERVE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one (FACESERVE_PORT, 8000)")
+
+    from service.config import setting_default
+
+    def env(name: str) -> str:
+        """Where the flag's value comes from when it is not given, and the built-in default."""
+        default = setting_default(name)
+        return f"FACESERVE_{name.upper()}" + (f"; default {default}" if default else "")
+
+    p.add_argument("--host", help=f"bind address ({env('host')})")
+    p.add_argument("--port", type=int, help=f"TCP port; 0 picks a free one ({env('port')})")
     p.add_argument("--workers", type=int, help="server processes; only 1 is supported with the "
-                   "SQLite gallery (FACESERVE_WORKERS)")
-    p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
+                   f"SQLite gallery ({env('workers')})")
+    p.add_argument("--data-dir", type=Path, help=f"gallery directory ({env('data_dir')})")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:1 or auto ({env('device')})")
     p.add_argument("--model", help="`dlib`, or a .safetensors file from `faceserve export` "
-                   "(FACESERVE_MODEL)")
+                   f"({env('model')})")
     p.add_argument("--threshold", help="cosine threshold, or far=1e-3 for a calibrated "
-                   "operating point (FACESERVE_THRESHOLD)")
+                   f"operating point ({env('threshold')})")
     p.add_argument("--no-batching", action="store_true",
                    help="embed each request on its own (FACESERVE_BATCHING=false)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host although the gallery has no API key: "
                    "anyone who reaches the port can enroll, search and erase faces")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default: %(default)s)")
     p.add_argument("--settings-table", action="store_true",
                    help="print every setting as a Markdown table (for the README) and exit")
     p.set_defaults(func=_serve)
@@ -222,9 +230,11 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
         description=(
             "API keys of the gallery in --data-dir (FACESERVE_DATA_DIR). A key is a random "
             "256-bit token, shown once at creation and stored only as its SHA-256. Clients "
-            "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: enroll "
-            "(POST /enroll), recognize (verify, identify, embed), admin (subjects, faces, "
-            "audit log, keys, metrics). Once any key exists, every request needs one; a "
+            "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes, one per "
+            "role: enroll (POST /enroll, naming clusters), recognize (verify, identify, "
+            "embed), read (list and read subjects, faces, clusters; metadata in identify), "
+            "erase (delete subjects, faces, clusters), metrics (/metrics), audit (/audit), "
+            "admin (keys and galleries only). Once any key exists, every request needs one; a "
             "running server sees new and revoked keys at once."
         ),
     )
@@ -236,22 +246,40 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
                        help="gallery directory (FACESERVE_DATA_DIR, ./data)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
 
-    c = keys.add_parser("create", help="create a key and print its token (shown once)")
+    c = keys.add_parser(
+        "create", help="create a key and print its token (shown once)",
+        description=(
+            "Create an API key with the given scopes and print its token on stdout (the "
+            "details go to stderr). The token is shown this once: only its SHA-256 is stored, "
+            "so a lost token cannot be recovered; revoke the key and create another. The "
+            "creation is recorded in the audit log as done from the command line."
+        ),
+    )
     c.add_argument("--name", required=True, help="who or what uses the key (in the audit log)")
     c.add_argument("--scope", action="append", required=True, metavar="SCOPE",
-                   help="enroll, recognize or admin; repeat (or comma-separate) for several")
+                   help="enroll, recognize, read, erase, metrics, audit or admin; repeat (or "
+                   "comma-separate) for several")
     c.add_argument("--gallery", default=None,
                    help="tie the key to this gallery (namespace): it sees only its subjects; "
                    "default: the default gallery")
     common(c)
     c.set_defaults(func=_keys_create)
 
-    ls = keys.add_parser("list", help="list keys (never their tokens)")
+    ls = keys.add_parser(
+        "list", help="list keys (never their tokens)",
+        description="List the keys of the gallery: id, name, scopes, gallery, creation time "
+        "and whether (and when) each was revoked. Tokens are never stored, so never shown.",
+    )
     ls.add_argument("--gallery", default=None, help="only this gallery's keys")
     common(ls)
     ls.set_defaults(func=_keys_list)
 
-    r = keys.add_parser("revoke", help="revoke a key at once and for good")
+    r = keys.add_parser(
+        "revoke", help="revoke a key at once and for good",
+        description="Revoke a key by its id: a running server refuses it from its next "
+        "request. A revoked key stays listed (for the audit log) and cannot be re-activated; "
+        "a restore from a backup keeps it revoked.",
+    )
     r.add_argument("key_id", help="the key's id (from `keys list`), not its token")
     common(r)
     r.set_defaults(func=_keys_revoke)

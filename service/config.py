@@ -26,6 +26,7 @@ __all__ = [
     "Settings",
     "resolve_fpir_rule",
     "resolve_operating_point",
+    "setting_default",
     "settings_table",
 ]
 
@@ -552,22 +553,27 @@ def _manifest_operating_point(manifest: dict[str, Any], model_version: str) -> O
     )
 
 
+def setting_default(name: str) -> str:
+    """A setting's default as the README and ``--help`` show it ("" when it has none)."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        default: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        default = field.default
+    if default is None:
+        return ""
+    if isinstance(default, list):
+        return ",".join(default)
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"  # str(Path("./data")) drops the "./"
+    return str(default)
+
+
 def settings_table() -> str:
     """The README's settings table, in Markdown, generated from the field descriptions."""
     rows = ["| Variable | Default | Description |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
-            default: Any = field.default_factory()  # type: ignore[call-arg]
-        else:
-            default = field.default
-        if default is None:
-            shown = ""
-        elif isinstance(default, list):
-            shown = ",".join(default)
-        elif isinstance(default, Path) and not default.is_absolute():
-            shown = f"./{default}"  # str(Path("./data")) drops the "./"
-        else:
-            shown = str(default)
+        shown = setting_default(name)
         rows.append(
             f"| `FACESERVE_{name.upper()}` | `{shown}` | {field.description or ''} |"
             if shown

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from service.gallery.gallery import SNAPSHOT_NAME, lock_data_dir, unlock_data_dir
 from service.gallery.index import remove_snapshot
+from service.gallery.private import private_dir
 from service.gallery.store import GalleryStore, open_store
 from service.gallery.store.sqlite import FILENAME as SQLITE_FILENAME
 
@@ -106,7 +107,7 @@ def exclusive_store(data_dir: Path, database_url: str | None) -> Iterator[Galler
     if not database_url and not (data_dir / SQLITE_FILENAME).is_file():
         raise ReembedError(f"no gallery in {data_dir.resolve()} (no {SQLITE_FILENAME}); "
                            "pass --data-dir, or --database-url for a PostgreSQL gallery")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     fd = lock_data_dir(data_dir)  # GalleryLocked when a server has this data directory
     try:
         store = open_store(data_dir, database_url, exclusive=True)

@@ -29,6 +29,10 @@ ACTIONS: tuple[str, ...] = (
     # id (``rename_subject``, the old id in ``detail``), one merged into another
     # (``merge_subject``, on the receiving subject; the merged one in ``detail``).
     "update_subject", "rename_subject", "merge_subject",
+    # ``faceserve restore``: a backup replaced the gallery, erasures since re-applied.
+    "restore",
+    # Galleries created and deleted over HTTP (issue 20), in the default gallery's log.
+    "create_gallery", "delete_gallery",
 )
 
 

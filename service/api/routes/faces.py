@@ -12,7 +12,7 @@ from service.api.routes.common import audit_event, run_in_threadpool
 from service.api.routes.subjects import face_info
 from service.api.schemas import DeleteFaceResponse, FaceInfo
 from service.gallery.gallery import Gallery
-from service.security.auth import AdminKey, Principal
+from service.security.auth import EraseKey, Principal, ReadKey
 
 router = APIRouter(prefix="/faces", tags=["gallery"])
 
@@ -30,10 +30,10 @@ def _get(gallery: Gallery, face_id: str, principal: Principal) -> FaceInfo:
     "/{face_id}",
     response_model=FaceInfo,
     summary="A stored face",
-    description="Needs scope `admin`; a face of another gallery is 404.",
+    description="Needs scope `read`; a face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
-async def get_face(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
+async def get_face(principal: ReadKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
     return await run_in_threadpool(_get, gallery, face_id, principal)
 
 
@@ -51,7 +51,7 @@ def _chip(gallery: Gallery, face_id: str, principal: Principal) -> bytes:
     summary="A stored face's aligned chip",
     response_class=Response,
     description="The aligned 150x150 face chip stored at enrollment, as JPEG (what re-embedding "
-    "uses; the web console shows it as the face's thumbnail). Needs scope `admin`, as GET "
+    "uses; the web console shows it as the face's thumbnail). Needs scope `read`, as GET "
     "/faces/{id}; a face of another gallery is 404, and so is a face stored without a chip "
     "(`chip_not_found`, when `store_chips` is off).",
     responses={
@@ -59,7 +59,7 @@ def _chip(gallery: Gallery, face_id: str, principal: Principal) -> bytes:
         **error_responses(401, 403, 404, 408, 422, 429, 503),
     },
 )
-async def get_face_chip(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> Response:
+async def get_face_chip(principal: ReadKey, face_id: FacePath, gallery: GalleryDep) -> Response:
     chip = await run_in_threadpool(_chip, gallery, face_id, principal)
     # Private: a face image must not stay in a shared cache.
     return Response(chip, media_type="image/jpeg",
@@ -85,12 +85,12 @@ def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceR
     description="Removes the face from storage and from the search index before answering "
     "(erased on disk as for subjects). A subject never stays without faces: deleting its "
     "last face erases the subject and its metadata too (`subject_deleted: true`; afterwards "
-    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `admin`; a "
+    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `erase`; a "
     "face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_face(
-    principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep
+    principal: EraseKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep
 ) -> DeleteFaceResponse:
     result = await run_in_threadpool(_delete, gallery, face_id, principal)
     await audit_event(services, principal, "delete_face", subject_id=result.subject_id,

@@ -50,7 +50,8 @@ router = APIRouter(tags=["recognition"])
         "its subject are not) or `embedding`. Candidates are subjects, each once with its "
         "best-scoring face, most similar first; `match` is the first candidate if its "
         "similarity reaches the threshold, else null (unknown person). Needs scope "
-        "`recognize`; only the key's gallery is searched."
+        "`recognize`; only the key's gallery is searched. `include_metadata=true` adds each "
+        "candidate's subject metadata and needs scope `read` as well."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
 )
@@ -81,9 +82,13 @@ async def identify_stored(
         Query(gt=0.0, lt=1.0, description="Target false positive identification rate for "
               "this request (default: the server's `identify_fpir`); ignored with `threshold`."),
     ] = None,
+    include_metadata: Annotated[
+        bool,
+        Query(description="Add each candidate's subject metadata; needs scope `read` too."),
+    ] = False,
 ) -> IdentifyResponse:
     return await _search(principal, services, gallery, face_id, embedding, k, threshold,
-                         identify_fpir)
+                         identify_fpir, include_metadata)
 
 
 @router.post(
@@ -104,7 +109,7 @@ async def identify_search(
     body: IdentifySearchJSON,
 ) -> IdentifyResponse:
     return await _search(principal, services, gallery, body.face_id, body.embedding, body.k,
-                         body.threshold, body.identify_fpir)
+                         body.threshold, body.identify_fpir, body.include_metadata)
 
 
 async def _search(
@@ -116,7 +121,10 @@ async def _search(
     k: int,
     threshold: float | None,
     identify_fpir: float | None,
+    include_metadata: bool = False,
 ) -> IdentifyResponse:
+    if include_metadata:
+        principal.require("read", "include_metadata")
     if (face_id is None) == (embedding is None):
         raise InvalidField("give exactly one of face_id or embedding")
     point = identify_point(services, threshold, identify_fpir, principal.namespace)
@@ -130,6 +138,8 @@ async def _search(
     [candidates] = await run_in_threadpool(
         candidates_for, gallery, query[None, :], k, exclude, principal.namespace.external
     )
+    if include_metadata:
+        await run_in_threadpool(with_metadata, gallery, [candidates], principal)
     return IdentifyResponse(
         candidates=candidates,
         match=match_of(candidates, point.threshold),
@@ -137,6 +147,20 @@ async def _search(
         operating_point=point,
         model=services.pipeline.model_version,
     )
+
+
+def with_metadata(gallery: Gallery, per_face: list[list[Any]], principal: Principal) -> None:
+    """Set each candidate's ``metadata`` (blocking): one store read per distinct subject."""
+    cache: dict[str, dict[str, Any]] = {}
+    for candidates in per_face:
+        for candidate in candidates:
+            subject = candidate.subject_id
+            if subject not in cache:
+                record = gallery.store.get_subject(
+                    principal.namespace.internal(subject), with_faces=False)
+                # Erased since the search: no metadata left to show.
+                cache[subject] = record.metadata if record is not None else {}
+            candidate.metadata = cache[subject]
 
 
 def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> np.ndarray:
@@ -163,7 +187,8 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
         "the threshold, or none (unknown). A photo without faces gives an empty `faces` "
         "list; one with more faces than `max_faces` says so (`truncated: true`, "
         "`faces_detected` counts them all). Needs scope `recognize`; only the key's gallery "
-        "is searched."
+        "is searched. `include_metadata` adds each candidate's subject metadata and needs "
+        "scope `read` as well."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(IdentifyForm, IdentifyJSON),
@@ -177,6 +202,8 @@ async def identify_image(
     inference: InferenceDep,
 ) -> IdentifyImageResponse:
     body = await parse_body(request, IdentifyForm, IdentifyJSON)
+    if body.include_metadata:  # before the photo is decoded and searched
+        principal.require("read", "include_metadata")
     data = await image_bytes(body.image, "image")
     point = identify_point(services, body.threshold, body.identify_fpir, principal.namespace)
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
@@ -187,6 +214,8 @@ async def identify_image(
         candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
     )
     matches = one_subject_per_photo(per_face, point.threshold)
+    if body.include_metadata:
+        await run_in_threadpool(with_metadata, gallery, per_face, principal)
     pool_ids: list[str | None] = [None] * len(matches)
     if body.remember_unknown:
         pool_ids = await _remember_unknown(

@@ -40,6 +40,8 @@ __all__ = [
     "StoreSnapshot",
     "StoreState",
     "SubjectRecord",
+    "Tombstone",
+    "TombstoneKind",
 ]
 
 
@@ -365,6 +367,25 @@ class KeyRecord:
     revoked_at: str | None = None
 
 
+TombstoneKind = Literal["subject", "face", "unknown_face", "key"]
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """Something that happened and must not be undone by restoring an older backup: a subject
+    or face erased, an API key revoked (``service.gallery.backup``).
+
+    ``ref`` identifies it without personal data: a subject by the random erasure token it was
+    given at creation (not its id, which may be a name), a face (or a face of the unknown-face
+    pool, ``unknown_face``) by its random face id, a key by its key id. Once the subject is
+    erased, its token links to nothing but the copies of it in older backups, which is
+    exactly what a restore must find."""
+
+    kind: TombstoneKind
+    ref: str
+    at: str  # when it happened (ISO 8601 UTC); a re-applied revocation keeps this time
+
+
 @dataclass(frozen=True)
 class NewAuditEvent:
     """Who did what, when: never an image, embedding, chip or metadata."""
@@ -405,6 +426,23 @@ class SecurityStore(Protocol):
         ...
 
     def key_count(self, *, active_only: bool) -> int: ...
+
+    # Galleries (service/gallery/store/galleries.py).
+
+    def add_gallery(self, name: str, created_at: str) -> bool:
+        """Record a named gallery; False when it was recorded already."""
+        ...
+
+    def remove_gallery(self, name: str) -> bool: ...
+
+    def list_galleries(self) -> dict[str, str | None]:
+        """Every named gallery (recorded, or implied by keys, subjects or pool faces) and
+        when it was created where known, sorted by name."""
+        ...
+
+    def gallery_counts(self, name: str) -> Any:
+        """A ``GalleryCounts`` of one gallery ("" the default one)."""
+        ...
 
     def add_audit(self, event: NewAuditEvent) -> int:
         """Append an event (its own transaction, committed on return); its id."""

@@ -111,5 +111,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DELETE FROM subjects WHERE NOT EXISTS "
         "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
     ),
+    # 6: tombstones of erasures and key revocations, re-applied by a restore (as SQLite's
+    # version 5; service/gallery/backup.py). Each subject gets a random erasure token (the
+    # volatile default is evaluated per row, existing rows included).
+    (
+        "ALTER TABLE subjects ADD COLUMN erasure_token text NOT NULL "
+        "DEFAULT replace(gen_random_uuid()::text, '-', '')",
+        "CREATE UNIQUE INDEX subjects_erasure_token ON subjects (erasure_token)",
+        """CREATE TABLE tombstones (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind text NOT NULL CHECK (kind IN ('subject', 'face', 'unknown_face', 'key')),
+            ref text NOT NULL,
+            at text NOT NULL,
+            UNIQUE (kind, ref)
+        )""",
+    ),
+    # 7: scopes split by role and galleries created over HTTP (issue 20), as SQLite's 6.
+    (
+        "UPDATE api_keys SET scopes = replace(scopes, 'admin', 'read,erase,metrics,audit,admin') "
+        "WHERE ',' || scopes || ',' LIKE '%,admin,%' "
+        "AND ',' || scopes || ',' NOT LIKE '%,read,%'",
+        """CREATE TABLE IF NOT EXISTS galleries (
+            name text PRIMARY KEY,
+            created_at text NOT NULL
+        )""",
+        "INSERT INTO galleries (name, created_at) SELECT gallery, min(created_at) "
+        "FROM api_keys WHERE gallery <> '' GROUP BY gallery ON CONFLICT (name) DO NOTHING",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
