@@ -124,7 +124,9 @@ DetectionConfidence = Annotated[
         "upper bound. Faces found in ordinary photos score about 0.95-1.15 (67 faces of the "
         "test photos: 0.97-1.11; the training margin is 1), so values above 1 are normal; "
         "blurred, dark or turned faces score lower (the default enrollment limit is 0.5). "
-        "Comparable between faces and photos of this model, not across detectors.",
+        "With an SCRFD detector (`detector` in GET /readyz) it is that model's face "
+        "probability instead, from its score threshold (0.5 by default) to 1. Comparable "
+        "between faces and photos of one detector, not across detectors.",
         examples=[1.04],
     ),
 ]
