@@ -22,6 +22,7 @@ from service.api.routes.common import (
     face_selection_of,
     image_bytes,
     image_request_body,
+    landmarks_list,
     operating_point_for,
     parse_body,
     run_in_threadpool,
@@ -85,6 +86,7 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     return VerifiedFace(
         source=source,  # type: ignore[arg-type]
         bbox=to_bbox(face.box),
+        landmarks=landmarks_list(face.landmarks),
         detection_confidence=float(face.confidence),
         faces_detected=found.faces_detected,
         quality=quality_model(found.quality[0]),
@@ -102,7 +104,8 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         "of the subject; the best score counts. The primary face is the largest visible one "
         "(box clipped to the photo); faces of about the same size go to the most confident "
         "detection, then to the one nearest the centre; each uploaded face's "
-        "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
+        "`face_selection` says which rule step chose it. `matched` is "
+        "`similarity >= threshold` (`match`, the same boolean, is deprecated); "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
         "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
         "in the key's gallery.\n\n"
@@ -176,13 +179,16 @@ async def verify(
                 face_id=templates[best].face_id,
                 subject_id=subject_id,
                 bbox=to_bbox(templates[best].bbox),
+                landmarks=landmarks_list(templates[best].landmarks),
                 detection_confidence=float(templates[best].detection_confidence),
             ),
         ]
         templates_compared = len(templates)
     similarity = max(-1.0, min(1.0, similarity))
+    decision = similarity >= point.threshold
     return VerifyResponse(
-        match=similarity >= point.threshold,
+        matched=decision,
+        match=decision,
         similarity=similarity,
         distance=max(0.0, 2.0 - 2.0 * similarity),
         threshold=point.threshold,
