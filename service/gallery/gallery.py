@@ -55,6 +55,7 @@ from service.gallery.store.base import (
     FaceRecord,
     GalleryStore,
     LogPosition,
+    MoveResult,
     NewFace,
     StoreState,
     SubjectRecord,
@@ -584,6 +585,39 @@ class Gallery:
             if result.row_ids:
                 self._forget(result.row_ids, result.change_id)
             return bool(result.row_ids)
+
+    def move_face(self, face_id: str, subject_id: str) -> MoveResult:
+        """Give a face to another subject (created when new), in the store and the index at
+        once: a search sees the face under its old subject or its new one, never both or
+        neither. Nothing changes when the face is unknown or the target subject already has a
+        face of the same image (``MoveResult.conflict``)."""
+        if not subject_id:
+            raise ValueError("subject_id must not be empty")
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.move_face(face_id, subject_id, _now())
+            if result.record is None or result.conflict is not None:
+                return result
+            if self._shared:
+                self._catch_up_locked(None)
+                return result
+            if result.subject_created:
+                self._subjects += 1
+            vector = np.asarray(result.record.embedding, np.float32).reshape(1, -1)
+            entry = (face_id, sys.intern(subject_id))
+
+            def move() -> None:
+                self._index.remove([result.old_row_id])
+                old = self._faces.pop(result.old_row_id, None)
+                if old is not None:
+                    self._impostors.remove(result.old_row_id, old[1])
+                self._index.add(np.array([result.new_row_id], dtype=np.int64), vector)
+                self._faces[result.new_row_id] = entry
+                self._impostors.add(result.new_row_id, vector[0], entry[1])
+
+            self._mutate_index(move, result.change_id, 2)
+            self._maybe_compact()
+            return result
 
     # ------------------------------------------------------------ following the change log
 

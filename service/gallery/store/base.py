@@ -30,6 +30,7 @@ __all__ = [
     "ImportBatchResult",
     "KeyRecord",
     "LogPosition",
+    "MoveResult",
     "NewAuditEvent",
     "NewFace",
     "SchemaTooNew",
@@ -102,6 +103,22 @@ class DeleteResult:
     row_ids: list[int]  # FAISS ids of the faces removed
     subject_existed: bool
     change_id: int
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """A face moved to another subject: one transaction that logs a 'delete' of its old row and
+    an 'add' of its new one, so every follower's index moves it too (row ids are never reused;
+    the face keeps its face id, embedding, chip and enrollment time)."""
+
+    record: FaceRecord | None  # the face as now stored; None: no such face
+    from_subject: str | None  # its subject before the move
+    old_row_id: int
+    new_row_id: int
+    subject_created: bool
+    change_id: int
+    # The target subject already has a face of the same image (nothing was changed): its id
+    conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,11 @@ class GalleryStore(Protocol):
 
     def delete_face(self, face_id: str) -> DeleteResult:
         """Remove one face (its subject stays, possibly with no faces)."""
+        ...
+
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
+        """Give the face to ``subject_id`` (created, with ``created_at`` and no metadata, when
+        new), atomically; see ``MoveResult``."""
         ...
 
     def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None: ...

@@ -57,6 +57,7 @@ from service.gallery.store.base import (
     ImportBatchResult,
     KeyRecord,
     LogPosition,
+    MoveResult,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
@@ -72,6 +73,7 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
@@ -125,7 +127,7 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads, UnknownPoolSql):
+class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"
@@ -480,6 +482,38 @@ class PostgresStore(SqlReads, UnknownPoolSql):
             change_id = self._log_deletes(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = %s", (row_ids[0],))
         return DeleteResult(row_ids, True, change_id)
+
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
+        with self._write_transaction() as conn:
+            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces "
+                               "WHERE face_id = %s", (face_id,)).fetchone()
+            if row is None:
+                return MoveResult(None, None, 0, 0, False, self._last_change(conn))
+            record, old_row = self._face_record(row, True), int(row[0])
+            same = conn.execute("SELECT face_id FROM faces WHERE subject_id = %s AND "
+                                "image_sha256 = %s", (subject_id, record.image_sha256)
+                                ).fetchone()
+            if same is not None:
+                return MoveResult(record, record.subject_id, old_row, old_row, False,
+                                  self._last_change(conn), conflict=same[0])
+            created = conn.execute(
+                "INSERT INTO subjects (subject_id, metadata, created_at) VALUES (%s, '{}', %s) "
+                "ON CONFLICT (subject_id) DO NOTHING RETURNING 1", (subject_id, created_at)
+            ).fetchone() is not None
+            self._log_deletes(conn, [old_row])
+            conn.execute("DELETE FROM faces WHERE id = %s", (old_row,))
+            new = conn.execute(
+                "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
+                "model, image_sha256, created_at, embedding, chip) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (face_id, subject_id, row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                 row[10])).fetchone()
+            assert new is not None
+            new_row = int(new[0])
+            change_id = self._log_adds(conn, [new_row])
+        from_subject = record.subject_id
+        record.subject_id = subject_id
+        return MoveResult(record, from_subject, old_row, new_row, created, change_id)
 
     # ------------------------------------------------------------ reads
 

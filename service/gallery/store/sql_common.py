@@ -304,3 +304,47 @@ class SqlSnapshot:
                 ))
             yield page
             after = int(rows[-1][0])
+
+    def unknown_pages(
+        self, size: int, gallery: str | None = None, created_after: str | None = None
+    ) -> Iterator[list[Any]]:
+        """The unknown-face pool (of one gallery, "" the default, or all when None; created
+        after ``created_after`` when given: the faces within their retention limit), with
+        embeddings and chips, in insertion order, ``size`` at a time."""
+        from service.gallery.store.unknown import UNKNOWN_COLUMNS, unknown_record
+
+        p, after = self._store._P, 0
+        where, args = "", []
+        if gallery is not None:
+            where += f" AND gallery = {p}"
+            args.append(gallery)
+        if created_after is not None:
+            where += f" AND created_at >= {p}"
+            args.append(created_after)
+        while True:
+            rows = self._conn.execute(
+                f"SELECT id, {UNKNOWN_COLUMNS}, embedding, chip FROM unknown_faces "
+                f"WHERE id > {p}{where} ORDER BY id LIMIT {p}",
+                (after, *args, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            yield [unknown_record(r[1:], r[12], r[13]) for r in rows]
+            after = int(rows[-1][0])
+
+    def negative_pages(self, size: int) -> Iterator[list[Any]]:
+        """The negatives of the snapshot's subjects with embeddings and chips, in insertion
+        order, ``size`` at a time."""
+        from service.gallery.store.negatives import NEGATIVE_COLUMNS, negative_record
+
+        p, after = self._store._P, 0
+        while True:
+            rows = self._conn.execute(
+                f"SELECT id, {NEGATIVE_COLUMNS}, embedding, chip FROM negatives "
+                f"WHERE id > {p} AND {self._where} ORDER BY id LIMIT {p}",
+                (after, *self._bounds, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            yield [negative_record(r[1:], r[7], r[8]) for r in rows]
+            after = int(rows[-1][0])

@@ -38,6 +38,7 @@ from service.gallery.store.base import (
     ImportBatchResult,
     KeyRecord,
     LogPosition,
+    MoveResult,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
@@ -52,6 +53,7 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
@@ -136,6 +138,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX unknown_faces_gallery ON unknown_faces(gallery, id)",
         "CREATE INDEX unknown_faces_created ON unknown_faces(created_at)",
     ),
+    # 4: negative examples of subjects, "not this person" (issue 17;
+    # service/gallery/store/negatives.py). Erased with their subject (the cascade); a subject
+    # whose id changes takes them along.
+    (
+        """CREATE TABLE negatives (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            negative_id TEXT NOT NULL UNIQUE,
+            subject_id TEXT NOT NULL REFERENCES subjects(subject_id)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            source TEXT NOT NULL,
+            source_id TEXT,
+            model TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            chip BLOB
+        )""",
+        "CREATE INDEX negatives_subject ON negatives(subject_id, id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,7 +166,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(SqlReads, UnknownPoolSql):
+class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
 
     _P = "?"
@@ -458,6 +478,37 @@ class SqliteStore(SqlReads, UnknownPoolSql):
         with self._write_lock:
             self._erase_wal()
         return DeleteResult(row_ids, True, change_id)
+
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
+        with self._write_transaction() as conn:
+            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces "
+                               "WHERE face_id = ?", (face_id,)).fetchone()
+            if row is None:
+                return MoveResult(None, None, 0, 0, False, self._last_change(conn))
+            record, old_row = self._face_record(row, True), int(row[0])
+            same = conn.execute("SELECT face_id FROM faces WHERE subject_id = ? AND "
+                                "image_sha256 = ?", (subject_id, record.image_sha256)).fetchone()
+            if same is not None:
+                return MoveResult(record, record.subject_id, old_row, old_row, False,
+                                  self._last_change(conn), conflict=same[0])
+            created = conn.execute(
+                "INSERT OR IGNORE INTO subjects (subject_id, metadata, created_at) "
+                "VALUES (?, '{}', ?)", (subject_id, created_at)).rowcount > 0
+            self._delete(conn, [old_row])
+            conn.execute("DELETE FROM faces WHERE id = ?", (old_row,))
+            cur = conn.execute(
+                "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
+                "model, image_sha256, created_at, embedding, chip) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (face_id, subject_id, row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                 row[10]))
+            new_row = int(cur.lastrowid or 0)
+            change = conn.execute("INSERT INTO changes (op, face_row_id, at) "
+                                  "VALUES ('add', ?, ?)", (new_row, _now()))
+            from_subject = record.subject_id
+            record.subject_id = subject_id
+            return MoveResult(record, from_subject, old_row, new_row, created,
+                              int(change.lastrowid or 0))
 
     # ------------------------------------------------------------ reads
 

@@ -21,10 +21,10 @@ import numpy as np
 
 from service.gallery.store.sql_common import from_blob, to_blob
 
-__all__ = ["UnknownFace", "UnknownPoolSql"]
+__all__ = ["UNKNOWN_COLUMNS", "UnknownFace", "UnknownPoolSql", "unknown_record"]
 
-_COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, model, "
-            "created_at, cluster_id, pinned")
+UNKNOWN_COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, "
+                   "model, created_at, cluster_id, pinned")
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,14 @@ class UnknownFace:
     pinned: bool = False  # placed by a user's correction: reclustering leaves it where it is
 
 
-def _record(row: Sequence[Any], embedding: Any = None) -> UnknownFace:
+def unknown_record(row: Sequence[Any], embedding: Any = None, chip: Any = None) -> UnknownFace:
     return UnknownFace(
         face_id=row[0], gallery=row[1], photo=row[2], source=row[3],
         bbox=tuple(json.loads(row[4])), landmarks=json.loads(row[5]),
         detection_confidence=float(row[6]), model=row[7], created_at=row[8],
         cluster_id=row[9], pinned=bool(row[10]),
         embedding=None if embedding is None else from_blob(embedding),
+        chip_jpeg=None if chip is None else bytes(chip),
     )
 
 
@@ -68,14 +69,17 @@ class UnknownPoolSql:
     def _after_erasure(self) -> None:
         """Erase deleted bytes the database still holds elsewhere (a no-op by default)."""
 
-    def add_unknown(self, faces: Sequence[UnknownFace]) -> None:
+    def add_unknown(self, faces: Sequence[UnknownFace], *, skip_present: bool = False) -> None:
+        """Store these pool faces; ``skip_present`` (an import): leave out face ids the pool
+        already holds instead of failing."""
         if not faces:
             return
         p = self._P
+        conflict = " ON CONFLICT (face_id) DO NOTHING" if skip_present else ""
         with self._write_transaction() as conn:
             conn.cursor().executemany(
-                f"INSERT INTO unknown_faces ({_COLUMNS}, embedding, chip) "
-                f"VALUES ({', '.join([p] * 13)})",
+                f"INSERT INTO unknown_faces ({UNKNOWN_COLUMNS}, embedding, chip) "
+                f"VALUES ({', '.join([p] * 13)}){conflict}",
                 [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
                   json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
                   f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
@@ -89,11 +93,11 @@ class UnknownPoolSql:
         p = self._P
         extra = f" AND cluster_id = {p}" if cluster_id is not None else ""
         args: tuple[Any, ...] = (gallery,) if cluster_id is None else (gallery, cluster_id)
-        cols = _COLUMNS + (", embedding" if with_embeddings else "")
+        cols = UNKNOWN_COLUMNS + (", embedding" if with_embeddings else "")
         with self._read_transaction() as conn:
             rows = list(conn.execute(
                 f"SELECT {cols} FROM unknown_faces WHERE gallery = {p}{extra} ORDER BY id", args))
-        return [_record(r, r[11] if with_embeddings else None) for r in rows]
+        return [unknown_record(r, r[11] if with_embeddings else None) for r in rows]
 
     def unknown_chip(self, gallery: str, face_id: str) -> bytes | None:
         p = self._P
