@@ -65,6 +65,7 @@ from service.gallery.store.base import (
     SubjectRecord,
 )
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
@@ -73,7 +74,6 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
-from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["NOTIFY_CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]

@@ -45,6 +45,7 @@ from service.gallery.store.base import (
     StoreError,
     SubjectRecord,
 )
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
@@ -53,7 +54,6 @@ from service.gallery.store.sql_common import (
     key_record,
     to_blob,
 )
-from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.unknown import UnknownPoolSql
 
 __all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
