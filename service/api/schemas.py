@@ -20,12 +20,14 @@ from faceserve_client.models import (
     AuditList,
     BBox,
     Candidate,
+    ClusterChip,
     ClusterFace,
     ClusterInfo,
     ClusterList,
     CreatedKey,
     DeleteClusterResponse,
     DeleteFaceResponse,
+    DeleteNegativeResponse,
     DeleteSubjectResponse,
     EmbeddedFace,
     EmbedResponse,
@@ -43,7 +45,11 @@ from faceserve_client.models import (
     KeyInfo,
     KeyList,
     Landmarks,
+    MoveFaceResponse,
     NameClusterResponse,
+    NegativeInfo,
+    NegativeList,
+    NegativeMatch,
     OperatingPoint,
     Quality,
     ReadyResponse,
@@ -66,6 +72,7 @@ __all__ = [
     "AuditList",
     "BBox",
     "Candidate",
+    "ClusterChip",
     "ClusterFace",
     "ClusterInfo",
     "ClusterList",
@@ -74,6 +81,7 @@ __all__ = [
     "CreatedKey",
     "DeleteClusterResponse",
     "DeleteFaceResponse",
+    "DeleteNegativeResponse",
     "DeleteSubjectResponse",
     "EmbedForm",
     "EmbedJSON",
@@ -99,8 +107,14 @@ __all__ = [
     "KeyList",
     "Landmarks",
     "MergeClusterRequest",
+    "MoveFaceRequest",
+    "MoveFaceResponse",
     "NameClusterRequest",
     "NameClusterResponse",
+    "NegativeInfo",
+    "NegativeList",
+    "NegativeMatch",
+    "NegativeRequest",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -308,6 +322,9 @@ RememberUnknown = Annotated[bool, Field(
 UnknownSource = Annotated[str | None, Field(
     max_length=512, description="Your own reference to the photo (an id, a path), stored with "
     "each remembered face and returned by GET /clusters.")]
+ReturnEmbedding = Annotated[bool, Field(
+    description="Return each face's embedding (`embedding_b64`): what POST "
+    "/subjects/{id}/negatives takes to mark a face of this result \"not this person\".")]
 
 
 class IdentifyForm(_Strict):
@@ -324,6 +341,7 @@ class IdentifyForm(_Strict):
     min_face_px: MinFacePx = None
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
+    return_embedding: ReturnEmbedding = False
 
 
 class IdentifyJSON(_Strict):
@@ -340,6 +358,7 @@ class IdentifyJSON(_Strict):
     min_face_px: MinFacePx = None
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
+    return_embedding: ReturnEmbedding = False
 
 
 class IdentifySearchJSON(_Strict):
@@ -445,6 +464,42 @@ class MergeClusterRequest(_Strict):
 
     into: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
                       description="The cluster that receives the faces.")
+
+
+# ---------------------------------------------------------------- corrections
+
+
+class NegativeRequest(_Strict):
+    """``application/json`` body of POST /subjects/{id}/negatives: exactly one face."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"unknown_face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b"},
+        {"face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"},
+        {"embedding": "q0Z3vQ..."},
+    ]})
+
+    face_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="An enrolled face of another subject of the key's gallery (a face of the "
+        "subject itself is refused: move it out or delete it first).")
+    unknown_face_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="A face of the unknown-face pool or of a cluster (`unknown_face_id` of an "
+        "identify result, `face_id` of GET /clusters); it stays in the pool.")
+    embedding: str | None = Field(
+        None, max_length=1024,
+        description="URL-safe base64 of 128 little-endian float32: `embedding_b64` of a face "
+        "of an identify result (`return_embedding`) or of POST /embed.")
+
+
+class MoveFaceRequest(_Strict):
+    """``application/json`` body of POST /faces/{face_id}/move."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"subject_id": "person-0043"}]})
+
+    subject_id: SubjectId = Field(description="The subject to give the face to: an existing "
+                                  "one, or a new one (created with no metadata).")
 
 
 class SplitClusterRequest(_Strict):

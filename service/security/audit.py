@@ -25,6 +25,7 @@ log = logging.getLogger("faceserve.audit")
 ACTIONS: tuple[str, ...] = (
     "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
     "name_cluster", "delete_cluster",
+    "move_face", "add_negative", "delete_negative",
 )
 
 

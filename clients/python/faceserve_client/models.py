@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "AuditEvent",
     "AuditList",
     "BBox",
     "Candidate",
+    "ClusterChip",
     "ClusterFace",
     "ClusterInfo",
     "ClusterList",
     "CreatedKey",
     "DeleteClusterResponse",
     "DeleteFaceResponse",
+    "DeleteNegativeResponse",
     "DeleteSubjectResponse",
     "EmbedResponse",
     "EmbeddedFace",
@@ -40,7 +42,11 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "MoveFaceResponse",
     "NameClusterResponse",
+    "NegativeInfo",
+    "NegativeList",
+    "NegativeMatch",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -200,10 +206,31 @@ class FaceSelection(BaseModel):
     faces_detected: int = Field(description="Faces found in the photo.")
 
 
+class NegativeMatch(BaseModel):
+    """Why a candidate cannot be the match: a face marked "not this person" for its subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "similarity": 0.962}]})
+
+    negative_id: str = Field(
+        description="The subject's negative example (POST /subjects/{id}/negatives) nearest "
+        "to the face.")
+    similarity: float = Field(
+        description="Cosine similarity of the face with that negative: at or above the "
+        "candidate's own `similarity` (its best enrolled face), so the nearest example of this "
+        "subject says \"not this person\" (README, Clustering: the negatives rule).")
+
+
 class Candidate(BaseModel):
     subject_id: str
     face_id: str = Field(description="The subject's template that scored best.")
     similarity: float = Field(description="Cosine similarity with the query, in [-1, 1].")
+    suppressed_by: NegativeMatch | None = Field(
+        None,
+        description="Present when the subject is refused for this face by one of its negative "
+        "examples: the face is at least as similar to that negative as to the subject's best "
+        "enrolled face. A suppressed candidate is never the `match`; it stays in the list so "
+        "the decision can be explained. Only candidates at or above the threshold are checked.")
 
 
 # ---------------------------------------------------------------- enroll
@@ -330,7 +357,8 @@ class IdentifyResponse(BaseModel):
         description="Best subjects, most similar first; each subject once, with its best face."
     )
     match: Candidate | None = Field(
-        description="The best candidate if at or above the threshold, else null (unknown)."
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`), else null (unknown)."
     )
     threshold: float
     operating_point: OperatingPoint
@@ -343,14 +371,18 @@ class IdentifiedFace(BaseModel):
     detection_confidence: float
     candidates: list[Candidate]
     match: Candidate | None = Field(
-        description="The best candidate at or above the threshold whose subject no "
-        "better-scoring face of the same photo has taken (one person appears at most once in "
-        "a photo), else null (unknown)."
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`) and whose subject no better-scoring face of the same "
+        "photo has taken (one person appears at most once in a photo), else null (unknown)."
     )
     quality: Quality
     unknown_face_id: str | None = Field(
         None, description="With `remember_unknown`: the id this unmatched face has in the "
         "unknown-face pool.")
+    embedding_b64: str | None = Field(
+        None, description="With `return_embedding`: the face's embedding as URL-safe base64 of "
+        "128 little-endian float32 (what POST /subjects/{id}/negatives takes as `embedding` to "
+        "mark this face \"not this person\", and GET /identify as `embedding`).")
 
 
 class IdentifyImageResponse(BaseModel):
@@ -533,6 +565,7 @@ class AuditEvent(BaseModel):
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
         "name_cluster", "delete_cluster",
+        "move_face", "add_negative", "delete_negative",
     ]
     subject_id: str | None
     face_id: str | None
@@ -559,6 +592,18 @@ class ClusterFace(BaseModel):
     created_at: str
 
 
+class ClusterChip(BaseModel):
+    """A representative face of a cluster with its chip inline (GET /clusters?include=chips)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b", "jpeg_b64": "/9j/4AAQSkZJRgABAQAAAQ..."}]})
+
+    face_id: str = Field(description="The pool face.")
+    jpeg_b64: str = Field(
+        description="Its aligned 150x150 face chip, JPEG, standard base64 (a few kB; "
+        "`data:image/jpeg;base64,` + this is an image URL).")
+
+
 class ClusterInfo(BaseModel):
     """One group of the unknown-face pool: probably one person."""
 
@@ -568,6 +613,11 @@ class ClusterInfo(BaseModel):
         description="The face most similar to the rest; its chip is at "
         "GET /clusters/faces/{face_id}/chip.")
     faces: list[ClusterFace]
+    chips: list[ClusterChip] | None = Field(
+        None,
+        description="With `include=chips`: the chips of the cluster's most representative "
+        "faces (most similar to the rest first, at most `chips_per_cluster`); faces without a "
+        "stored chip are left out. Absent for clusters past the response's chip budget.")
 
 
 class ClusterList(BaseModel):
@@ -577,6 +627,68 @@ class ClusterList(BaseModel):
     unclustered: int = Field(description="Pool faces in no group (seen once so far).")
     pending: int = Field(description="Pool faces not clustered yet (POST /clusters does).")
     threshold: float | None = None
+
+
+# ---------------------------------------------------------------- corrections
+
+
+class NegativeInfo(BaseModel):
+    """A face marked "not this person" for a subject: a negative example of it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "source": "unknown_face", "source_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b",
+        "model": "dlib-resnet-v1", "created_at": "2026-12-04T10:15:30.123Z"}]})
+
+    negative_id: str = Field(description="Id of the negative (DELETE it to undo).")
+    subject_id: str = Field(description="The subject the face is not.")
+    source: Literal["face", "unknown_face", "embedding"] = Field(
+        description="What was marked: an enrolled face (`face_id`), a pool or cluster face "
+        "(`unknown_face_id`), or an embedding the client sent (e.g. `embedding_b64` of an "
+        "identify result).")
+    source_id: str | None = Field(
+        None, description="The face or pool face it was taken from (absent for an embedding). "
+        "Its embedding was copied: erasing that face later keeps the negative.")
+    model: str = Field(description="Embedding model of the stored vector; negatives of another "
+                       "model than the server's are not used.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+
+
+class NegativeList(BaseModel):
+    """GET /subjects/{id}/negatives."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "subject_id": "person-0042", "negatives": [NegativeInfo.model_config[
+            "json_schema_extra"]["examples"][0]]}]})  # type: ignore[index]
+
+    subject_id: str = Field(description="The subject.")
+    negatives: list[NegativeInfo] = Field(description="Its negative examples, oldest first.")
+
+
+class DeleteNegativeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "deleted": True}]})
+
+    negative_id: str = Field(description="The negative erased.")
+    subject_id: str = Field(description="Its subject.")
+    deleted: bool = Field(description="Always true (an unknown negative is 404).")
+
+
+class MoveFaceResponse(BaseModel):
+    """POST /faces/{face_id}/move: the face now belongs to another subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "from_subject_id": "person-0042",
+        "subject_id": "person-0043", "subject_created": True}]})
+
+    face_id: str = Field(description="The face moved; its id, embedding, chip and enrollment "
+                         "time are kept.")
+    from_subject_id: str = Field(description="The subject it was taken from (which stays, "
+                                 "possibly without faces).")
+    subject_id: str = Field(description="The subject it now belongs to.")
+    subject_created: bool = Field(description="True when that subject was created by the "
+                                  "move (with no metadata).")
 
 
 class NameClusterResponse(BaseModel):

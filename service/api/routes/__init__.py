@@ -13,6 +13,7 @@ from service.api.routes import (
     health,
     identify,
     keys,
+    negatives,
     subjects,
     verify,
 )
@@ -24,6 +25,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     verify.router,
     identify.router,
     embed.router,
+    # Before subjects: its /subjects/{id:path} would take /subjects/{id}/negatives as an id.
+    negatives.router,
     subjects.router,
     faces.router,
     clusters.router,

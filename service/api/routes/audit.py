@@ -38,6 +38,7 @@ async def audit_log(
         Literal[
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
             "name_cluster", "delete_cluster",
+            "move_face", "add_negative", "delete_negative",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,

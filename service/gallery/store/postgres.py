@@ -553,6 +553,23 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
         ]
         return ChangeBatch(changes, subjects, pruned)
 
+    # ------------------------------------------------------------ clustering (#17)
+
+    @contextmanager
+    def clustering_lock(self, gallery: str) -> Iterator[bool]:
+        """A session advisory lock per schema and gallery, on a pooled connection held for the
+        whole run: every replica's POST /clusters of that gallery excludes the others'. A
+        replica that dies while holding it loses its session, and the lock with it."""
+        with self._reader() as conn:
+            key = ("faceserve.clusters." + self.schema + "." + gallery,)
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", key).fetchone()
+            taken = bool(row and row[0])
+            try:
+                yield taken
+            finally:
+                if taken and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
+
     # ------------------------------------------------------------ replicas and pruning (#16)
 
     @staticmethod

@@ -12,8 +12,9 @@ of each store.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ __all__ = ["UNKNOWN_COLUMNS", "UnknownFace", "UnknownPoolSql", "unknown_record"]
 
 UNKNOWN_COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, "
                    "model, created_at, cluster_id, pinned")
+
+
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,23 @@ class UnknownPoolSql:
     def _after_erasure(self) -> None:
         """Erase deleted bytes the database still holds elsewhere (a no-op by default)."""
 
+    @contextmanager
+    def clustering_lock(self, gallery: str) -> Iterator[bool]:
+        """Hold the right to cluster ``gallery``'s pool: True when taken, False when another
+        clustering of it is running (the caller answers 409 rather than queue: a second run
+        would redo the same work on the same faces). Here a lock of this process, which is
+        enough for SQLite: one process per data directory (``gallery.lock_data_dir``). The
+        PostgreSQL store overrides it with an advisory lock, which replicas share."""
+        with _LOCKS_GUARD:
+            locks = self.__dict__.setdefault("_clustering_locks", {})
+            lock = locks.setdefault(gallery, threading.Lock())
+        taken = lock.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                lock.release()
+
     def add_unknown(self, faces: Sequence[UnknownFace], *, skip_present: bool = False) -> None:
         """Store these pool faces; ``skip_present`` (an import): leave out face ids the pool
         already holds instead of failing."""
@@ -98,6 +119,15 @@ class UnknownPoolSql:
             rows = list(conn.execute(
                 f"SELECT {cols} FROM unknown_faces WHERE gallery = {p}{extra} ORDER BY id", args))
         return [unknown_record(r, r[11] if with_embeddings else None) for r in rows]
+
+    def unknown_face(self, gallery: str, face_id: str) -> UnknownFace | None:
+        """One pool face of the gallery, with its embedding and chip, or None."""
+        p = self._P
+        with self._read_transaction() as conn:
+            row = conn.execute(
+                f"SELECT {UNKNOWN_COLUMNS}, embedding, chip FROM unknown_faces "
+                f"WHERE gallery = {p} AND face_id = {p}", (gallery, face_id)).fetchone()
+        return None if row is None else unknown_record(row, row[11], row[12])
 
     def unknown_chip(self, gallery: str, face_id: str) -> bytes | None:
         p = self._P
