@@ -73,6 +73,14 @@ def b64(vector: Any) -> str:
     return base64.urlsafe_b64encode(vector.astype("<f4").tobytes()).decode().rstrip("=")
 
 
+def new_negative(w: World) -> str:
+    """A negative of alice, made with the all-scopes key (for the DELETE's own call)."""
+    r = w.client.post("/subjects/alice/negatives", json={"embedding": b64(fake_embedding(5))},
+                      headers=bearer(w.tokens["all"]))
+    assert r.status_code == 201, r.text
+    return str(r.json()["negative_id"])
+
+
 # Each protected endpoint: (name, scope, request). The request must succeed (2xx) with a key
 # of the default gallery holding the scope.
 Request = Callable[[World, dict[str, str]], Any]
@@ -101,6 +109,17 @@ ENDPOINTS: list[tuple[str, str, Request]] = [
     ("DELETE /keys/{id}", "admin", lambda w, h: w.client.delete(
         f"/keys/{w.key_ids['enroll']}", headers=h)),
     ("GET /metrics", "admin", lambda w, h: w.client.get("/metrics", headers=h)),
+    ("POST /subjects/{id}/negatives", "admin", lambda w, h: w.client.post(
+        "/subjects/alice/negatives", json={"embedding": b64(fake_embedding(5))}, headers=h)),
+    ("GET /subjects/{id}/negatives", "admin", lambda w, h: w.client.get(
+        "/subjects/alice/negatives", headers=h)),
+    ("DELETE /subjects/{id}/negatives/{id}", "admin", lambda w, h: w.client.delete(
+        f"/subjects/alice/negatives/{new_negative(w)}", headers=h)),
+    ("POST /faces/{id}/move", "admin", lambda w, h: w.client.post(
+        f"/faces/{w.alice_face}/move", json={"subject_id": "alice-2"}, headers=h)),
+    ("POST /clusters", "admin", lambda w, h: w.client.post("/clusters", headers=h)),
+    ("GET /clusters", "admin", lambda w, h: w.client.get(
+        "/clusters", params={"include": "chips"}, headers=h)),
 ]
 IDS = [e[0] for e in ENDPOINTS]
 
@@ -197,6 +216,22 @@ def test_a_key_of_another_gallery_never_sees_this_gallerys_subjects(world: World
     assert {k["name"] for k in c.get("/keys", headers=other).json()["keys"]} == {"other"}
     assert_error(c.delete(f"/keys/{world.key_ids['all']}", headers=other), 404, "key_not_found")
     assert c.get("/subjects", headers=mine).status_code == 200  # still valid
+
+
+def test_corrections_never_reach_another_gallery(world: World) -> None:
+    c, mine, other = world.client, bearer(world.tokens["all"]), bearer(world.tokens["other"])
+    vector = {"embedding": b64(fake_embedding(5))}
+    assert_error(c.post("/subjects/alice/negatives", json=vector, headers=other), 404,
+                 "subject_not_found")
+    assert_error(c.post("/subjects/bob/negatives", json={"face_id": world.alice_face},
+                        headers=other), 404, "face_not_found")
+    assert_error(c.post(f"/faces/{world.alice_face}/move", json={"subject_id": "x"},
+                        headers=other), 404, "face_not_found")
+    # Within its own gallery a move works, and the new subject is that gallery's.
+    r = c.post(f"/faces/{world.bob_face}/move", json={"subject_id": "bobby"}, headers=other)
+    assert r.status_code == 200 and r.json()["from_subject_id"] == "bob"
+    assert_error(c.get("/subjects/bobby", headers=mine), 404, "subject_not_found")
+    assert c.get("/subjects/bobby", headers=other).json()["face_count"] == 1
 
 
 def test_control_characters_cannot_reach_another_gallery(world: World) -> None:
