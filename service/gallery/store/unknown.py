@@ -90,22 +90,24 @@ class UnknownPoolSql:
             if taken:
                 lock.release()
 
-    def add_unknown(self, faces: Sequence[UnknownFace], *, skip_present: bool = False) -> None:
+    def add_unknown(self, faces: Sequence[UnknownFace], *, skip_present: bool = False) -> int:
         """Store these pool faces; ``skip_present`` (an import): leave out face ids the pool
-        already holds instead of failing."""
+        already holds instead of failing. How many were added."""
         if not faces:
-            return
+            return 0
         p = self._P
         conflict = " ON CONFLICT (face_id) DO NOTHING" if skip_present else ""
+        sql = (f"INSERT INTO unknown_faces ({UNKNOWN_COLUMNS}, embedding, chip) "
+               f"VALUES ({', '.join([p] * 13)}){conflict}")
+        rows = [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
+                 json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
+                 f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
+                for f in faces]
         with self._write_transaction() as conn:
-            conn.cursor().executemany(
-                f"INSERT INTO unknown_faces ({UNKNOWN_COLUMNS}, embedding, chip) "
-                f"VALUES ({', '.join([p] * 13)}){conflict}",
-                [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
-                  json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
-                  f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
-                 for f in faces],
-            )
+            if not skip_present:
+                conn.cursor().executemany(sql, rows)
+                return len(rows)
+            return sum(max(conn.execute(sql, row).rowcount, 0) for row in rows)
 
     def unknown_faces(
         self, gallery: str, *, with_embeddings: bool = True, cluster_id: str | None = None
