@@ -175,9 +175,13 @@ def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
                         "(default: out/eval-lfw)")
     q.add_argument("--cache", type=Path, metavar="FILE",
                    help="embedding cache (default: OUT/embeddings-<model>.npz)")
-    q.add_argument("--thresholds", default="0.915,0.93",
+    q.add_argument("--thresholds", default="0.915",
                    help="cosine match thresholds, comma-separated (default: the service's "
-                        "verify threshold, which identify uses with identify_fpir off, and 0.93)")
+                        "verify threshold, which identify uses with identify_fpir off)")
+    q.add_argument("--fpir", default="0.01,0.05",
+                   help="also the thresholds at which these shares of the strangers match "
+                        "someone before any negative, comma-separated (default 0.01,0.05; the "
+                        "service's identify_fpir is 0.01)")
     q.add_argument("--enroll-per-person", default="1,3",
                    help="photos enrolled per subject, comma-separated (default 1,3)")
     q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -207,6 +211,7 @@ def _eval_negatives(args: argparse.Namespace) -> int:
     evaluate_negatives(
         emb.vectors, [p.parent.name for p in paths], args.out,
         thresholds=[float(x) for x in args.thresholds.split(",") if x],
+        fpirs=[float(x) for x in args.fpir.split(",") if x],
         enroll_per_person=[int(x) for x in args.enroll_per_person.split(",") if x],
         seed=args.seed,
         dataset={"source": str(image_dir), "images": len(paths),

@@ -133,6 +133,9 @@ def run_rule(vectors: np.ndarray, split: Split, threshold: float, rule: Rule,
         neg = {name: _best_per_subject(p, negatives, owner, n_subjects)
                for name, p in sets.items()}
     after = {name: _decide(pos[name], neg[name], threshold, rule) for name in pos}
+    # By construction (rule "nearest"): a marked photo is never again given to the subject it
+    # was marked for (it may still match another subject after the last round).
+    still = sum(int(after["marking"][i] == s) for i, s in marked_pairs)
 
     truth = split["genuine_subject"]
     right_before = before["genuine"] == truth
@@ -155,6 +158,7 @@ def run_rule(vectors: np.ndarray, split: Split, threshold: float, rule: Rule,
         "negatives": len(neg_rows), "subjects_with_negatives": len(set(neg_subject)),
         "marking_false_matches": {"before": rate(before["marking"] >= 0),
                                   "after": rate(after["marking"] >= 0)},
+        "marked_photos_matched_to_the_same_subject": still,
         "later_similar_false_matches": {"before": rate(later_fm_before[similar]),
                                         "after": rate(later_fm_after[similar])},
         "later_other_false_matches": {"before": rate(later_fm_before[~similar]),
@@ -166,27 +170,41 @@ def run_rule(vectors: np.ndarray, split: Split, threshold: float, rule: Rule,
     }
 
 
+def fpir_threshold(vectors: np.ndarray, split: Split, fpir: float) -> float:
+    """The threshold at which ``fpir`` of the strangers' marking photos match someone in this
+    gallery (before any negative): the operating point the service's ``identify_fpir`` aims
+    at, read off the data."""
+    v = np.asarray(vectors, np.float32)
+    best = _best_per_subject(v[split["marking"]], v[split["gallery"]], split["gallery_subject"],
+                             split["subjects"]).max(axis=1)
+    return round(float(np.quantile(best, 1.0 - fpir)), 4)
+
+
 def evaluate_negatives(
     vectors: np.ndarray,
     labels: Sequence[str],
     out_dir: Path | None = None,
     *,
     thresholds: Sequence[float] = (0.915,),
+    fpirs: Sequence[float] = (),
     seed: int = 0,
     enroll_per_person: Sequence[int] = (1, 3),
     rounds: int = 5,
     dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every rule at every threshold and gallery depth; ``negatives.json`` and
-    ``negatives.md`` in ``out_dir`` when given."""
+    """Every rule at every threshold (given, and read off the data for each ``fpirs``) and
+    gallery depth; ``negatives.json`` and ``negatives.md`` in ``out_dir`` when given."""
     results = []
     for depth in enroll_per_person:
         split = split_people(labels, seed=seed, enroll_per_person=depth)
         sizes = {k: len(split[k]) for k in ("gallery", "genuine", "marking", "later")}
-        for t in thresholds:
+        points = [(float(t), None) for t in thresholds] + [
+            (fpir_threshold(vectors, split, f), f) for f in fpirs]
+        for t, fpir in points:
             for rule in RULES:
-                r = run_rule(vectors, split, float(t), rule, rounds)  # type: ignore[arg-type]
+                r = run_rule(vectors, split, t, rule, rounds)  # type: ignore[arg-type]
                 results.append({"enroll_per_person": depth, "subjects": split["subjects"],
+                                "fpir": fpir,
                                 **{f"{k}_photos": n for k, n in sizes.items()}, **r})
     report = {"dataset": dataset or {}, "seed": seed, "rounds": rounds, "results": results}
     if out_dir is not None:
@@ -202,16 +220,19 @@ def markdown(report: dict[str, Any]) -> str:
 
     lines = [
         "| photos enrolled per subject | threshold | rule | negatives (subjects) | marked photos "
-        "matched | later photos of the mistaken strangers matched | other strangers' later "
-        "photos matched | genuine true matches | true matches lost |",
+        "matched (to their subject) | later photos of the mistaken strangers matched | other "
+        "strangers' later photos matched | genuine true matches | true matches lost |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         g = r["genuine_true_matches"]
         lines.append(
-            f"| {r['enroll_per_person']} | {r['threshold']} | {r['rule']} | {r['negatives']} "
+            f"| {r['enroll_per_person']} | {r['threshold']}"
+            + (f" (FPIR {r['fpir']})" if r.get("fpir") else "")
+            + f" | {r['rule']} | {r['negatives']} "
             f"({r['subjects_with_negatives']}) | {ba(r['marking_false_matches'])} of "
-            f"{r['marking_false_matches']['before']['of']} | "
+            f"{r['marking_false_matches']['before']['of']} "
+            f"({r['marked_photos_matched_to_the_same_subject']}) | "
             f"{ba(r['later_similar_false_matches'])} of "
             f"{r['later_similar_false_matches']['before']['of']} | "
             f"{ba(r['later_other_false_matches'])} of "

@@ -63,6 +63,7 @@ def test_the_protocol_removes_false_matches_and_counts_what_it_costs() -> None:
     # By construction: no marked photo is matched to anyone once the marking is done.
     assert r["marking_false_matches"]["after"]["count"] == 0
     assert r["marking_false_matches"]["before"]["count"] > 0
+    assert r["marked_photos_matched_to_the_same_subject"] == 0
     similar = r["later_similar_false_matches"]
     assert similar["after"]["count"] < similar["before"]["count"]
     # Counts are consistent: lost true matches are the difference.
@@ -70,5 +71,10 @@ def test_the_protocol_removes_false_matches_and_counts_what_it_costs() -> None:
     assert g["before"]["count"] - g["after"]["count"] == r["genuine_true_matches_lost"]
     t = run_rule(vectors, split, 0.9, "threshold")
     assert t["genuine_true_matches_lost"] >= r["genuine_true_matches_lost"]
-    report = evaluate_negatives(vectors, labels, thresholds=[0.9], enroll_per_person=[1, 2])
-    assert len(report["results"]) == 4
+    report = evaluate_negatives(vectors, labels, thresholds=[0.9], fpirs=[0.05],
+                                enroll_per_person=[1, 2])
+    assert len(report["results"]) == 8
+    at_fpir = [r for r in report["results"] if r["fpir"] == 0.05]
+    for r in at_fpir:  # the threshold read off the data holds that share of strangers
+        before = r["marking_false_matches"]["before"]
+        assert before["count"] <= 0.05 * before["of"] + 1
