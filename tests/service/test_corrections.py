@@ -127,6 +127,12 @@ def test_a_face_of_an_identify_result_is_marked_by_its_embedding(any_client: Any
     face = client.post("/identify", files=png(photo)).json()["faces"][0]
     assert face["match"] is None and face["candidates"][0]["suppressed_by"]
     assert face.get("embedding_b64") is None  # only when asked for
+    # Verify against alice agrees: the similarity is there, the match is not.
+    r = client.post("/verify", files=png(photo), data={"subject_id": "alice"}).json()
+    assert r["similarity"] == pytest.approx(1.0, abs=1e-5) and r["match"] is False
+    assert r["suppressed_by"]["similarity"] >= r["similarity"]
+    r = client.post("/verify", files=png(fake_photo(2)), data={"subject_id": "alice"}).json()
+    assert r.get("suppressed_by") is None
 
 
 def test_a_pool_face_can_be_marked_and_bad_requests_are_refused(any_client: Any) -> None:

@@ -335,7 +335,8 @@ class VerifiedFace(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    match: bool = Field(description="similarity >= threshold.")
+    match: bool = Field(description="similarity >= threshold, and (against a subject) no "
+                        "negative example of the subject refuses the face (`suppressed_by`).")
     similarity: float = Field(description="Cosine similarity of the two faces (best template).")
     distance: float = Field(description="Squared L2 distance of the unit embeddings: 2 - 2 cos.")
     threshold: float
@@ -345,6 +346,9 @@ class VerifyResponse(BaseModel):
         None, description="Templates of the subject compared (subject mode)."
     )
     model: str
+    suppressed_by: NegativeMatch | None = Field(
+        None, description="Subject mode: the subject's negative example (\"not this person\") "
+        "at least as similar to the face as its best template; `match` is then false.")
 
 
 # ---------------------------------------------------------------- identify

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 
+from models.negatives import nearest_negative, refused
 from service.api.deps import GalleryDep, InferenceDep, ServicesDep
 from service.api.errors import InvalidField, NoFace, SubjectNotFound, error_responses
 from service.api.routes.common import (
@@ -18,7 +20,13 @@ from service.api.routes.common import (
     run_in_threadpool,
     to_bbox,
 )
-from service.api.schemas import VerifiedFace, VerifyForm, VerifyJSON, VerifyResponse
+from service.api.schemas import (
+    NegativeMatch,
+    VerifiedFace,
+    VerifyForm,
+    VerifyJSON,
+    VerifyResponse,
+)
 from service.inference.inference import EmbeddedFaces, Inference
 from service.inference.quality import quality_model
 from service.security.auth import RecognizeImageKey
@@ -51,6 +59,20 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     )
 
 
+def _negative_against(
+    gallery: Any, stored: str, probe: np.ndarray, similarity: float, threshold: float
+) -> NegativeMatch | None:
+    """The subject's negative that refuses ``probe`` (``models.negatives``), or None."""
+    records = [n for n in gallery.store.negatives([stored])
+               if n.model == gallery.model_version and n.embedding is not None]
+    if not records:
+        return None
+    hit = nearest_negative(probe, np.stack([n.embedding for n in records]))
+    if hit is None or not refused(similarity, hit.similarity, threshold):
+        return None
+    return NegativeMatch(negative_id=records[hit.index].negative_id, similarity=hit.similarity)
+
+
 @router.post(
     "/verify",
     response_model=VerifyResponse,
@@ -63,8 +85,10 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         "detection, then to the one nearest the centre; each uploaded face's "
         "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
-        "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
-        "in the key's gallery."
+        "without a face is 422 `no_face`. Against a subject, `match` is also false when the "
+        "face is at least as similar to one of the subject's negative examples (\"not this "
+        "person\", POST /subjects/{id}/negatives) as to its best template (`suppressed_by`). "
+        "Needs scope `recognize`; `subject_id` is looked up in the key's gallery."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(VerifyForm, VerifyJSON),
@@ -83,6 +107,7 @@ async def verify(
         raise InvalidField("send either image_a and image_b, or image and subject_id")
     point = operating_point_for(services.operating_point, body.threshold)
     templates_compared = None
+    suppressed: NegativeMatch | None = None
     if pair:
         if body.image_a is None or body.image_b is None:
             raise InvalidField("image_a and image_b must both be given")
@@ -121,9 +146,14 @@ async def verify(
             ),
         ]
         templates_compared = len(templates)
+        if similarity >= point.threshold:
+            suppressed = await run_in_threadpool(
+                _negative_against, gallery, principal.namespace.internal(subject_id),
+                probe.embeddings[0], similarity, point.threshold)
     similarity = max(-1.0, min(1.0, similarity))
     return VerifyResponse(
-        match=similarity >= point.threshold,
+        match=similarity >= point.threshold and suppressed is None,
+        suppressed_by=suppressed,
         similarity=similarity,
         distance=max(0.0, 2.0 - 2.0 * similarity),
         threshold=point.threshold,
