@@ -191,13 +191,15 @@ class calls:
         identify_fpir: float | None = None,
         max_faces: int | None = None,
         face_crop: bool = False,
+        return_embedding: bool = False,
     ) -> Call:
         given = sum(x is not None for x in (photo, face_id, embedding))
         if given != 1:
             raise ValueError("give exactly one of a photo, face_id or embedding")
         if photo is not None:
             form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
-                         max_faces=max_faces, face_crop=face_crop)
+                         max_faces=max_faces, face_crop=face_crop,
+                         return_embedding=return_embedding or None)
             return Call("POST", "/identify", m.IdentifyImageResponse, data=form,
                         files=[("image", photo_file(photo))])
         params = {"face_id": face_id, "k": k, "threshold": threshold,
@@ -230,6 +232,53 @@ class calls:
     @staticmethod
     def delete_face(face_id: str) -> Call:
         return Call("DELETE", f"/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+
+    @staticmethod
+    def move_face(face_id: str, subject_id: str) -> Call:
+        return Call("POST", f"/faces/{_segment(face_id)}/move", m.MoveFaceResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def add_negative(
+        subject_id: str, *, face_id: str | None = None, unknown_face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+    ) -> Call:
+        if sum(x is not None for x in (face_id, unknown_face_id, embedding)) != 1:
+            raise ValueError("give exactly one of face_id, unknown_face_id or embedding")
+        body = {"face_id": face_id, "unknown_face_id": unknown_face_id,
+                "embedding": None if embedding is None else encode_embedding(embedding)}
+        return Call("POST", f"/subjects/{_segment(subject_id)}/negatives", m.NegativeInfo,
+                    json={k: v for k, v in body.items() if v is not None})
+
+    @staticmethod
+    def negatives(subject_id: str) -> Call:
+        return Call("GET", f"/subjects/{_segment(subject_id)}/negatives", m.NegativeList)
+
+    @staticmethod
+    def delete_negative(subject_id: str, negative_id: str) -> Call:
+        return Call("DELETE", f"/subjects/{_segment(subject_id)}/negatives/"
+                    f"{_segment(negative_id)}", m.DeleteNegativeResponse)
+
+    @staticmethod
+    def clusters(*, chips: bool = False, chips_per_cluster: int = 3) -> Call:
+        params = {"include": "chips", "chips_per_cluster": chips_per_cluster} if chips else None
+        return Call("GET", "/clusters", m.ClusterList, params=params)
+
+    @staticmethod
+    def run_clustering(mode: str = "incremental", threshold: float | None = None) -> Call:
+        body: dict[str, Any] = {"mode": mode}
+        if threshold is not None:
+            body["threshold"] = threshold
+        return Call("POST", "/clusters", m.ClusterList, json=body)
+
+    @staticmethod
+    def name_cluster(cluster_id: str, subject_id: str) -> Call:
+        return Call("POST", f"/clusters/{_segment(cluster_id)}/name", m.NameClusterResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def delete_cluster(cluster_id: str) -> Call:
+        return Call("DELETE", f"/clusters/{_segment(cluster_id)}", m.DeleteClusterResponse)
 
     @staticmethod
     def keys() -> Call:
