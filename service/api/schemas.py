@@ -324,7 +324,7 @@ UnknownSource = Annotated[str | None, Field(
     "each remembered face and returned by GET /clusters.")]
 ReturnEmbedding = Annotated[bool, Field(
     description="Return each face's embedding (`embedding_b64`): what POST "
-    "/subjects/{id}/negatives takes to mark a face of this result \"not this person\".")]
+    "/negatives takes to mark a face of this result \"not this person\".")]
 
 
 class IdentifyForm(_Strict):
@@ -470,14 +470,15 @@ class MergeClusterRequest(_Strict):
 
 
 class NegativeRequest(_Strict):
-    """``application/json`` body of POST /subjects/{id}/negatives: exactly one face."""
+    """``application/json`` body of POST /negatives: a subject and exactly one face."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"unknown_face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b"},
-        {"face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"},
-        {"embedding": "q0Z3vQ..."},
+        {"subject_id": "person-0042", "unknown_face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b"},
+        {"subject_id": "person-0042", "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"},
+        {"subject_id": "person-0042", "embedding": "q0Z3vQ..."},
     ]})
 
+    subject_id: SubjectId = Field(description="The subject the face is not (it must exist).")
     face_id: str | None = Field(
         None, min_length=1, max_length=64,
         description="An enrolled face of another subject of the key's gallery (a face of the "

@@ -75,7 +75,8 @@ def b64(vector: Any) -> str:
 
 def new_negative(w: World) -> str:
     """A negative of alice, made with the all-scopes key (for the DELETE's own call)."""
-    r = w.client.post("/subjects/alice/negatives", json={"embedding": b64(fake_embedding(5))},
+    r = w.client.post("/negatives", json={"subject_id": "alice",
+                                          "embedding": b64(fake_embedding(5))},
                       headers=bearer(w.tokens["all"]))
     assert r.status_code == 201, r.text
     return str(r.json()["negative_id"])
@@ -109,12 +110,13 @@ ENDPOINTS: list[tuple[str, str, Request]] = [
     ("DELETE /keys/{id}", "admin", lambda w, h: w.client.delete(
         f"/keys/{w.key_ids['enroll']}", headers=h)),
     ("GET /metrics", "admin", lambda w, h: w.client.get("/metrics", headers=h)),
-    ("POST /subjects/{id}/negatives", "admin", lambda w, h: w.client.post(
-        "/subjects/alice/negatives", json={"embedding": b64(fake_embedding(5))}, headers=h)),
-    ("GET /subjects/{id}/negatives", "admin", lambda w, h: w.client.get(
-        "/subjects/alice/negatives", headers=h)),
-    ("DELETE /subjects/{id}/negatives/{id}", "admin", lambda w, h: w.client.delete(
-        f"/subjects/alice/negatives/{new_negative(w)}", headers=h)),
+    ("POST /negatives", "admin", lambda w, h: w.client.post(
+        "/negatives", json={"subject_id": "alice", "embedding": b64(fake_embedding(5))},
+        headers=h)),
+    ("GET /negatives", "admin", lambda w, h: w.client.get(
+        "/negatives", params={"subject_id": "alice"}, headers=h)),
+    ("DELETE /negatives/{id}", "admin", lambda w, h: w.client.delete(
+        f"/negatives/{new_negative(w)}", headers=h)),
     ("POST /faces/{id}/move", "admin", lambda w, h: w.client.post(
         f"/faces/{w.alice_face}/move", json={"subject_id": "alice-2"}, headers=h)),
     ("POST /clusters", "admin", lambda w, h: w.client.post("/clusters", headers=h)),
@@ -220,11 +222,16 @@ def test_a_key_of_another_gallery_never_sees_this_gallerys_subjects(world: World
 
 def test_corrections_never_reach_another_gallery(world: World) -> None:
     c, mine, other = world.client, bearer(world.tokens["all"]), bearer(world.tokens["other"])
-    vector = {"embedding": b64(fake_embedding(5))}
-    assert_error(c.post("/subjects/alice/negatives", json=vector, headers=other), 404,
-                 "subject_not_found")
-    assert_error(c.post("/subjects/bob/negatives", json={"face_id": world.alice_face},
+    vector = {"subject_id": "alice", "embedding": b64(fake_embedding(5))}
+    assert_error(c.post("/negatives", json=vector, headers=other), 404, "subject_not_found")
+    assert_error(c.post("/negatives", json={"subject_id": "bob", "face_id": world.alice_face},
                         headers=other), 404, "face_not_found")
+    mine_negative = new_negative(world)
+    assert_error(c.delete(f"/negatives/{mine_negative}", headers=other), 404,
+                 "negative_not_found")
+    assert_error(c.get("/negatives", params={"subject_id": "alice"}, headers=other), 404,
+                 "subject_not_found")
+    assert c.delete(f"/negatives/{mine_negative}", headers=mine).status_code == 200
     assert_error(c.post(f"/faces/{world.alice_face}/move", json={"subject_id": "x"},
                         headers=other), 404, "face_not_found")
     # Within its own gallery a move works, and the new subject is that gallery's.

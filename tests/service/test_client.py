@@ -215,9 +215,9 @@ def test_corrections_and_clusters(server: LiveServer, client: fc.Client, lfw: Pa
     assert [(c.subject_id, c.suppressed_by.negative_id) for c in refused] == [
         ("joe", negative.negative_id)]
     assert [n.negative_id for n in client.negatives("joe")] == [negative.negative_id]
-    assert client.delete_negative("joe", negative.negative_id).deleted
+    assert client.delete_negative(negative.negative_id).deleted
     with pytest.raises(fc.NotFoundError):
-        client.delete_negative("joe", negative.negative_id)
+        client.delete_negative(negative.negative_id)
 
     moved = client.move_face(b.face_id, "joe-2")
     assert (moved.from_subject_id, moved.subject_created) == ("joe", True)
@@ -229,7 +229,7 @@ def test_corrections_and_clusters(server: LiveServer, client: fc.Client, lfw: Pa
         async with fc.AsyncClient(server.url, api_key=admin, timeout=120) as c:
             n = await c.add_negative("joe", face_id=b.face_id)
             assert [x.source for x in await c.negatives("joe")] == ["face"]
-            assert (await c.delete_negative("joe", n.negative_id)).deleted
+            assert (await c.delete_negative(n.negative_id)).deleted
             assert (await c.move_face(b.face_id, "joe")).subject_created is False
             assert (await c.clusters()).pending == 0
 

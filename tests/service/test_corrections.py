@@ -75,7 +75,7 @@ def test_a_negative_refuses_the_face_and_similar_faces_not_the_subject(any_clien
     impostor = near(alice, 0, 0.3)  # a stranger who looks like alice
     assert search(client, impostor)["match"]["subject_id"] == "alice"
 
-    r = client.post("/subjects/alice/negatives", json={"embedding": b64(impostor)})
+    r = client.post("/negatives", json={"subject_id": "alice", "embedding": b64(impostor)})
     assert r.status_code == 201, r.text
     negative = r.json()
     assert negative["source"] == "embedding" and negative["subject_id"] == "alice"
@@ -102,14 +102,15 @@ def test_a_negative_refuses_the_face_and_similar_faces_not_the_subject(any_clien
     assert r.json()["faces"][0]["match"]["subject_id"] == "alice"
 
     # An enrolled face of another subject as the negative; listing; undo.
-    r = client.post("/subjects/alice/negatives", json={"face_id": bob_face})
+    r = client.post("/negatives", json={"subject_id": "alice", "face_id": bob_face})
     assert r.status_code == 201 and r.json()["source_id"] == bob_face
-    listed = client.get("/subjects/alice/negatives").json()
+    listed = client.get("/negatives", params={"subject_id": "alice"}).json()
     assert [n["source"] for n in listed["negatives"]] == ["embedding", "face"]
-    r = client.delete(f"/subjects/alice/negatives/{negative['negative_id']}")
+    r = client.delete(f"/negatives/{negative['negative_id']}")
     assert r.status_code == 200 and r.json()["deleted"] is True
+    assert r.json()["subject_id"] == "alice"
     assert search(client, impostor)["match"]["subject_id"] == "alice"
-    r = client.delete(f"/subjects/alice/negatives/{negative['negative_id']}")
+    r = client.delete(f"/negatives/{negative['negative_id']}")
     assert r.status_code == 404 and r.json()["error"]["code"] == "negative_not_found"
     assert client.get("/audit").json()["events"][-1]["action"] == "delete_negative"
 
@@ -122,7 +123,8 @@ def test_a_face_of_an_identify_result_is_marked_by_its_embedding(any_client: Any
     r = client.post("/identify", files=png(photo), data={"return_embedding": "true"})
     face = r.json()["faces"][0]
     assert face["match"]["subject_id"] == "alice" and face["embedding_b64"]
-    r = client.post("/subjects/alice/negatives", json={"embedding": face["embedding_b64"]})
+    r = client.post("/negatives", json={"subject_id": "alice",
+                                        "embedding": face["embedding_b64"]})
     assert r.status_code == 201, r.text
     face = client.post("/identify", files=png(photo)).json()["faces"][0]
     assert face["match"] is None and face["candidates"][0]["suppressed_by"]
@@ -140,12 +142,12 @@ def test_a_pool_face_can_be_marked_and_bad_requests_are_refused(any_client: Any)
     alice_face = enroll(client, "alice", 1)
     r = client.post("/identify", files=png(fake_photo(9)), data={"remember_unknown": "true"})
     pooled = r.json()["faces"][0]["unknown_face_id"]
-    r = client.post("/subjects/alice/negatives", json={"unknown_face_id": pooled})
+    r = client.post("/negatives", json={"subject_id": "alice", "unknown_face_id": pooled})
     assert r.status_code == 201 and r.json()["source"] == "unknown_face"
     assert client.get("/clusters").json()["pending"] == 1  # it stays in the pool
 
     def refused(subject: str, body: dict[str, Any], status: int, code: str) -> None:
-        r = client.post(f"/subjects/{subject}/negatives", json=body)
+        r = client.post("/negatives", json={"subject_id": subject, **body})
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code
 
@@ -157,7 +159,7 @@ def test_a_pool_face_can_be_marked_and_bad_requests_are_refused(any_client: Any)
     refused("alice", {"face_id": "f" * 32}, 404, "face_not_found")
     refused("alice", {"unknown_face_id": "f" * 32}, 404, "face_not_found")
     refused("alice", {"embedding": "AAAA"}, 400, "invalid_embedding")
-    assert client.get("/subjects/nobody/negatives").status_code == 404
+    assert client.get("/negatives", params={"subject_id": "nobody"}).status_code == 404
 
 
 def test_erasing_the_subject_erases_its_negatives(make_client: AppFactory, tmp_path: Path
@@ -165,8 +167,8 @@ def test_erasing_the_subject_erases_its_negatives(make_client: AppFactory, tmp_p
     client = make_client(data_dir=tmp_path / "g")
     enroll(client, "alice", 1)
     marked = near(fake_embedding(1), 3, 0.2)
-    assert client.post("/subjects/alice/negatives",
-                       json={"embedding": b64(marked)}).status_code == 201
+    r = client.post("/negatives", json={"subject_id": "alice", "embedding": b64(marked)})
+    assert r.status_code == 201
     assert client.delete("/subjects/alice").status_code == 200
     files = b"".join(p.read_bytes() for p in (tmp_path / "g").glob("gallery.sqlite3*"))
     assert np.asarray(marked, "<f4").tobytes() not in files
@@ -177,7 +179,7 @@ def test_erasing_the_subject_erases_its_negatives(make_client: AppFactory, tmp_p
         conn.close()
     # A new subject of the same name starts without them.
     enroll(client, "alice", 1)
-    assert client.get("/subjects/alice/negatives").json()["negatives"] == []
+    assert client.get("/negatives", params={"subject_id": "alice"}).json()["negatives"] == []
 
 
 # ---------------------------------------------------------------- moving a face

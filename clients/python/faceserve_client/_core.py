@@ -245,19 +245,18 @@ class calls:
     ) -> Call:
         if sum(x is not None for x in (face_id, unknown_face_id, embedding)) != 1:
             raise ValueError("give exactly one of face_id, unknown_face_id or embedding")
-        body = {"face_id": face_id, "unknown_face_id": unknown_face_id,
+        body = {"subject_id": subject_id, "face_id": face_id, "unknown_face_id": unknown_face_id,
                 "embedding": None if embedding is None else encode_embedding(embedding)}
-        return Call("POST", f"/subjects/{_segment(subject_id)}/negatives", m.NegativeInfo,
+        return Call("POST", "/negatives", m.NegativeInfo,
                     json={k: v for k, v in body.items() if v is not None})
 
     @staticmethod
     def negatives(subject_id: str) -> Call:
-        return Call("GET", f"/subjects/{_segment(subject_id)}/negatives", m.NegativeList)
+        return Call("GET", "/negatives", m.NegativeList, params={"subject_id": subject_id})
 
     @staticmethod
-    def delete_negative(subject_id: str, negative_id: str) -> Call:
-        return Call("DELETE", f"/subjects/{_segment(subject_id)}/negatives/"
-                    f"{_segment(negative_id)}", m.DeleteNegativeResponse)
+    def delete_negative(negative_id: str) -> Call:
+        return Call("DELETE", f"/negatives/{_segment(negative_id)}", m.DeleteNegativeResponse)
 
     @staticmethod
     def clusters(*, chips: bool = False, chips_per_cluster: int = 3) -> Call:

@@ -238,8 +238,8 @@ class AsyncClient:
         """The subject's negative examples, oldest first."""
         return (await self.send(calls.negatives(subject_id))).negatives
 
-    async def delete_negative(self, subject_id: str, negative_id: str) -> m.DeleteNegativeResponse:
-        return await self.send(calls.delete_negative(subject_id, negative_id))
+    async def delete_negative(self, negative_id: str) -> m.DeleteNegativeResponse:
+        return await self.send(calls.delete_negative(negative_id))
 
     async def clusters(self, *, chips: bool = False, chips_per_cluster: int = 3) -> m.ClusterList:
         """The unknown-face pool's clusters; ``chips``: with representative chips inline."""

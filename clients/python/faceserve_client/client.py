@@ -232,8 +232,8 @@ class Client:
         """The subject's negative examples, oldest first."""
         return (self.send(calls.negatives(subject_id))).negatives
 
-    def delete_negative(self, subject_id: str, negative_id: str) -> m.DeleteNegativeResponse:
-        return self.send(calls.delete_negative(subject_id, negative_id))
+    def delete_negative(self, negative_id: str) -> m.DeleteNegativeResponse:
+        return self.send(calls.delete_negative(negative_id))
 
     def clusters(self, *, chips: bool = False, chips_per_cluster: int = 3) -> m.ClusterList:
         """The unknown-face pool's clusters; ``chips``: with representative chips inline."""

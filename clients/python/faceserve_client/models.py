@@ -213,7 +213,7 @@ class NegativeMatch(BaseModel):
         {"negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "similarity": 0.962}]})
 
     negative_id: str = Field(
-        description="The subject's negative example (POST /subjects/{id}/negatives) nearest "
+        description="The subject's negative example (POST /negatives) nearest "
         "to the face.")
     similarity: float = Field(
         description="Cosine similarity of the face with that negative: at or above the "
@@ -385,7 +385,7 @@ class IdentifiedFace(BaseModel):
         "unknown-face pool.")
     embedding_b64: str | None = Field(
         None, description="With `return_embedding`: the face's embedding as URL-safe base64 of "
-        "128 little-endian float32 (what POST /subjects/{id}/negatives takes as `embedding` to "
+        "128 little-endian float32 (what POST /negatives takes as `embedding` to "
         "mark this face \"not this person\", and GET /identify as `embedding`).")
 
 
@@ -659,7 +659,7 @@ class NegativeInfo(BaseModel):
 
 
 class NegativeList(BaseModel):
-    """GET /subjects/{id}/negatives."""
+    """GET /negatives?subject_id=..."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "subject_id": "person-0042", "negatives": [NegativeInfo.model_config[

@@ -25,9 +25,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     verify.router,
     identify.router,
     embed.router,
-    # Before subjects: its /subjects/{id:path} would take /subjects/{id}/negatives as an id.
-    negatives.router,
     subjects.router,
+    negatives.router,
     faces.router,
     clusters.router,
     audit.router,

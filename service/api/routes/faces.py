@@ -132,7 +132,7 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
     "its id, embedding, chip and enrollment time; the old subject stays, possibly without "
     "faces. Refused (409 `duplicate_face`) when the target already has a face of the same "
     "image. Needs scope `admin`; audited as `move_face`.",
-    responses=error_responses(401, 403, 404, 408, 409, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def move_face(
     principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep,

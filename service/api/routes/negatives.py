@@ -1,4 +1,5 @@
-"""POST, GET and DELETE /subjects/{id}/negatives: faces marked "not this person" (issue 17).
+"""POST /negatives, GET /negatives?subject_id=, DELETE /negatives/{id}: faces marked "not this
+person" for a subject (issue 17).
 
 A negative is a copy of a face's embedding (and chip, when it has one) kept as a counter-example
 of one subject; identify then refuses that subject for any face at least as similar to one of
@@ -7,8 +8,9 @@ marked face can be an enrolled face of another subject, a pool or cluster face, 
 embedding of a face of an identify result (``return_embedding``), which a face that matched is
 (it never reached the pool). Negatives are erased with their subject.
 
-Subject ids may contain ``/``: these routes are matched before GET/DELETE /subjects/{id}, so
-``/subjects/a/b/negatives`` is the negatives of subject ``a/b``.
+A resource of its own rather than ``/subjects/{id}/negatives``: subject ids may contain ``/``
+(``/subjects/{id}`` takes the rest of the path), so ``/subjects/a/negatives`` would also be
+subject ``a/negatives``, and DELETE on it that subject's erasure.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import (
@@ -29,7 +31,6 @@ from service.api.errors import (
     error_responses,
 )
 from service.api.routes.common import audit_event, decode_embedding, run_in_threadpool
-from service.api.routes.subjects import SubjectPath
 from service.api.schemas import (
     DeleteNegativeResponse,
     NegativeInfo,
@@ -40,7 +41,7 @@ from service.gallery.gallery import Gallery
 from service.gallery.store.negatives import NegativeRecord, SubjectMissing
 from service.security.auth import AdminKey, Principal
 
-router = APIRouter(prefix="/subjects", tags=["gallery"])
+router = APIRouter(prefix="/negatives", tags=["gallery"])
 
 NegativePath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
                                    description="A negative's id.")]
@@ -75,13 +76,14 @@ def _check_subject(gallery: Gallery, stored: str, subject_id: str) -> None:
 
 
 def _negative_of(
-    gallery: Gallery, principal: Principal, subject_id: str, body: NegativeRequest
+    gallery: Gallery, principal: Principal, body: NegativeRequest
 ) -> NegativeRecord:
     """The negative ``body`` describes, for the stored subject id (read, not yet written)."""
     given = [x for x in (body.face_id, body.unknown_face_id, body.embedding) if x is not None]
     if len(given) != 1:
         raise InvalidField("give exactly one of face_id, unknown_face_id or embedding")
     namespace = principal.namespace
+    subject_id = body.subject_id
     stored = namespace.internal(subject_id)
     _check_subject(gallery, stored, subject_id)
     chip: bytes | None = None
@@ -116,15 +118,16 @@ def _negative_of(
 
 
 @router.post(
-    "/{subject_id:path}/negatives",
+    "",
     response_model=NegativeInfo,
     status_code=201,
     summary="Mark a face \"not this person\"",
     description=(
         "Stores the face as a negative example of the subject: from then on identify never "
         "gives the subject to a face at least as similar to one of its negatives as to its "
-        "best enrolled face (the candidate is reported with `suppressed_by`), so the marked "
-        "face, and other photos nearer to it than to the subject, stop matching. Give exactly "
+        "best enrolled face (the candidate is reported with `suppressed_by`; verify against the "
+        "subject says no match), so the marked face, and other photos nearer to it than to "
+        "the subject, stop matching. Give `subject_id` and exactly "
         "one of `face_id` (an enrolled face of another subject), `unknown_face_id` (a pool or "
         "cluster face) or `embedding` (`embedding_b64` of an identify result with "
         "`return_embedding`). The embedding is copied; the face itself is not changed. Needs "
@@ -133,11 +136,12 @@ def _negative_of(
     responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def add_negative(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep,
-    subject_id: SubjectPath, body: NegativeRequest,
+    principal: AdminKey, services: ServicesDep, gallery: GalleryDep, body: NegativeRequest,
 ) -> NegativeInfo:
+    subject_id = body.subject_id
+
     def add() -> NegativeRecord:
-        negative = _negative_of(gallery, principal, subject_id, body)
+        negative = _negative_of(gallery, principal, body)
         try:
             gallery.store.add_negative(negative)  # type: ignore[attr-defined]
         except SubjectMissing:  # erased since it was checked
@@ -152,7 +156,7 @@ async def add_negative(
 
 
 @router.get(
-    "/{subject_id:path}/negatives",
+    "",
     response_model=NegativeList,
     summary="A subject's negative examples",
     description="The faces marked \"not this person\" for the subject, oldest first. Needs "
@@ -160,7 +164,10 @@ async def add_negative(
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def list_negatives(
-    principal: AdminKey, gallery: GalleryDep, subject_id: SubjectPath
+    principal: AdminKey, gallery: GalleryDep,
+    subject_id: Annotated[str, Query(min_length=1, max_length=128,
+                                     pattern=r"^[^\x00-\x1f\x7f]+$",
+                                     description="The subject whose negatives to list.")],
 ) -> NegativeList:
     def read() -> NegativeList:
         stored = principal.namespace.internal(subject_id)
@@ -174,7 +181,7 @@ async def list_negatives(
 
 
 @router.delete(
-    "/{subject_id:path}/negatives/{negative_id}",
+    "/{negative_id}",
     response_model=DeleteNegativeResponse,
     summary="Delete a negative example",
     description="Erases the negative (its embedding and chip; with SQLite, from the database "
@@ -182,14 +189,20 @@ async def list_negatives(
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_negative(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep,
-    subject_id: SubjectPath, negative_id: NegativePath,
+    principal: AdminKey, services: ServicesDep, gallery: GalleryDep, negative_id: NegativePath,
 ) -> DeleteNegativeResponse:
-    stored = principal.namespace.internal(subject_id)
-    deleted = await run_in_threadpool(
-        gallery.store.delete_negative, stored, negative_id)  # type: ignore[attr-defined]
-    if not deleted:
-        raise NegativeNotFound(f"subject {subject_id!r} has no negative {negative_id!r}")
+    namespace = principal.namespace
+
+    def delete() -> str:
+        record = gallery.store.negative(negative_id)  # type: ignore[attr-defined]
+        # Keyed by its subject too: a negative of another gallery is never touched.
+        if (record is None or not namespace.owns(record.subject_id)
+                or not gallery.store.delete_negative(  # type: ignore[attr-defined]
+                    record.subject_id, negative_id)):
+            raise NegativeNotFound(f"negative {negative_id!r} does not exist")
+        return namespace.external(record.subject_id) or record.subject_id
+
+    subject_id = await run_in_threadpool(delete)
     await audit_event(services, principal, "delete_negative", subject_id=subject_id,
                       detail={"negative_id": negative_id})
     return DeleteNegativeResponse(negative_id=negative_id, subject_id=subject_id, deleted=True)

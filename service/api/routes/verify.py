@@ -87,7 +87,7 @@ def _negative_against(
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
         "without a face is 422 `no_face`. Against a subject, `match` is also false when the "
         "face is at least as similar to one of the subject's negative examples (\"not this "
-        "person\", POST /subjects/{id}/negatives) as to its best template (`suppressed_by`). "
+        "person\", POST /negatives) as to its best template (`suppressed_by`). "
         "Needs scope `recognize`; `subject_id` is looked up in the key's gallery."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503),

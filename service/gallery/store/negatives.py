@@ -102,6 +102,14 @@ class NegativesSql:
                 out += [negative_record(r, r[6] if with_embeddings else None) for r in rows]
         return out
 
+    def negative(self, negative_id: str) -> NegativeRecord | None:
+        """One negative, without its embedding, or None."""
+        p = self._P
+        with self._read_transaction() as conn:
+            row = conn.execute(f"SELECT {NEGATIVE_COLUMNS} FROM negatives "
+                               f"WHERE negative_id = {p}", (negative_id,)).fetchone()
+        return None if row is None else negative_record(row)
+
     def delete_negative(self, subject_id: str, negative_id: str) -> bool:
         """Erase one negative of ``subject_id``; False when it has no such negative."""
         p = self._P
