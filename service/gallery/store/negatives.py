@@ -122,6 +122,30 @@ class NegativesSql:
             self._after_erasure()
         return removed
 
+    def negatives_to_reembed(
+        self, model: str, after: int, limit: int
+    ) -> list[tuple[int, str, bytes | None]]:
+        """``(row id, negative id, chip or None)`` of up to ``limit`` negatives not of
+        ``model``, row ids above ``after``, in row order (``faceserve reembed``)."""
+        p = self._P
+        with self._read_transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id, negative_id, chip FROM negatives WHERE model <> {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}", (model, int(after), int(limit))).fetchall()
+        return [(int(r[0]), r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def set_negative_embeddings(self, updates: Sequence[tuple[str, np.ndarray]],
+                                model: str) -> int:
+        p = self._P
+        changed = 0
+        with self._write_transaction() as conn:
+            for negative_id, vector in updates:
+                cur = conn.execute(f"UPDATE negatives SET embedding = {p}, model = {p} "
+                                   f"WHERE negative_id = {p}", (to_blob(vector), model,
+                                                                negative_id))
+                changed += max(cur.rowcount, 0)
+        return changed
+
     def import_negatives(self, negatives: Sequence[NegativeRecord]) -> int:
         """Insert these negatives (ids and times as given) in one transaction, skipping ids
         already present and negatives of subjects the store does not hold; how many were

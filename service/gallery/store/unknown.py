@@ -152,6 +152,29 @@ class UnknownPoolSql:
                 [(c, gallery, f) for f, c in clusters.items()],
             )
 
+    def unknown_to_reembed(
+        self, model: str, after: int, limit: int
+    ) -> list[tuple[int, str, bytes | None]]:
+        """``(row id, face id, chip or None)`` of up to ``limit`` pool faces (any gallery)
+        not of ``model``, row ids above ``after``, in row order (``faceserve reembed``)."""
+        p = self._P
+        with self._read_transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id, face_id, chip FROM unknown_faces WHERE model <> {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}", (model, int(after), int(limit))).fetchall()
+        return [(int(r[0]), r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def set_unknown_embeddings(self, updates: Sequence[tuple[str, np.ndarray]],
+                               model: str) -> int:
+        p = self._P
+        changed = 0
+        with self._write_transaction() as conn:
+            for face_id, vector in updates:
+                cur = conn.execute(f"UPDATE unknown_faces SET embedding = {p}, model = {p} "
+                                   f"WHERE face_id = {p}", (to_blob(vector), model, face_id))
+                changed += max(cur.rowcount, 0)
+        return changed
+
     def delete_unknown(self, gallery: str, face_ids: Sequence[str]) -> int:
         """Erase these faces of the gallery's pool; returns how many there were."""
         p = self._P
