@@ -30,6 +30,7 @@ from service.api.schemas import (
     ClusterList,
     ClusterRequest,
     DeleteClusterResponse,
+    ErrorResponse,
     MergeClusterRequest,
     NameClusterRequest,
     NameClusterResponse,
@@ -171,7 +172,9 @@ def recluster(faces: list[UnknownFace], mode: str, threshold: float) -> dict[str
         "(try again when it has finished; its result is then in GET /clusters). Needs scope "
         "`admin`."
     ),
-    responses=error_responses(400, 401, 403, 408, 409, 422, 429, 503),
+    responses={**error_responses(400, 401, 403, 408, 409, 422, 429, 503), 409: {
+        "model": ErrorResponse, "description": "`clustering_running`: another "
+        "POST /clusters of this gallery is running (any replica); retry when it is done."}},
 )
 async def run_clustering(
     principal: AdminKey, gallery: GalleryDep, settings: SettingsDep,

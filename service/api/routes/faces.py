@@ -11,7 +11,13 @@ from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import FaceNotFound, InvalidField, ServiceError, error_responses
 from service.api.routes.common import audit_event, run_in_threadpool
 from service.api.routes.subjects import face_info
-from service.api.schemas import DeleteFaceResponse, FaceInfo, MoveFaceRequest, MoveFaceResponse
+from service.api.schemas import (
+    DeleteFaceResponse,
+    ErrorResponse,
+    FaceInfo,
+    MoveFaceRequest,
+    MoveFaceResponse,
+)
 from service.gallery.gallery import Gallery
 from service.security.auth import AdminKey, Principal
 
@@ -132,7 +138,9 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
     "its id, embedding, chip and enrollment time; the old subject stays, possibly without "
     "faces. Refused (409 `duplicate_face`) when the target already has a face of the same "
     "image. Needs scope `admin`; audited as `move_face`.",
-    responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
+    responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
+        "model": ErrorResponse, "description": "`duplicate_face`: the target "
+        "subject already has a face of the same image."}},
 )
 async def move_face(
     principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep,

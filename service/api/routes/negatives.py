@@ -33,6 +33,7 @@ from service.api.errors import (
 from service.api.routes.common import audit_event, decode_embedding, run_in_threadpool
 from service.api.schemas import (
     DeleteNegativeResponse,
+    ErrorResponse,
     NegativeInfo,
     NegativeList,
     NegativeRequest,
@@ -133,7 +134,9 @@ def _negative_of(
         "`return_embedding`). The embedding is copied; the face itself is not changed. Needs "
         "scope `admin`."
     ),
-    responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
+    responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
+        "model": ErrorResponse, "description": "`face_of_subject`: the face is "
+        "enrolled as that subject itself; `model_mismatch`: its embedding is of another model."}},
 )
 async def add_negative(
     principal: AdminKey, services: ServicesDep, gallery: GalleryDep, body: NegativeRequest,
