@@ -29,17 +29,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
+from models.boxes import box_iou
 from models.faces import Box, Face
 
 __all__ = [
     "AREA_RATIO",
     "CONFIDENCE_TOLERANCE",
+    "MIN_IOU",
     "RULE",
     "DecidedBy",
+    "FaceNotDetected",
     "Selection",
     "off_centre",
     "primary_face",
+    "requested_face",
     "visible_area",
 ]
 
@@ -47,9 +52,21 @@ RULE = "visible-area>confidence>centre"
 AREA_RATIO = 1.5  # visible areas within this factor of the largest tie (one MMOD step)
 CONFIDENCE_TOLERANCE = 0.1  # MMOD scores (about 0..1.2) within this tie
 
+# A box the client drew must overlap the detector's box of the face this much (intersection
+# over union). Detector boxes of one face drift by a pyramid step between runs of different
+# sizes (1.2x: IoU 0.69) and a hand-drawn box is looser still; two faces side by side overlap
+# far less than 0.3, so the bound tells faces apart without asking for pixel-exact boxes.
+MIN_IOU = 0.3
+
 # Which step of the rule settled the choice: "confidence" and "centre" mean faces of about the
-# same size competed, which a client enrolling a group photo should know.
-DecidedBy = Literal["only_face", "visible_area", "confidence", "centre"]
+# same size competed, which a client enrolling a group photo should know. "request": the
+# client chose the face (``requested_face``), the rule was not applied; "best_match": verify
+# compared every face with the claimed subject and took the most similar (``on_multiple=any``).
+DecidedBy = Literal["only_face", "visible_area", "confidence", "centre", "request", "best_match"]
+
+
+class FaceNotDetected(ValueError):
+    """The face a client asked for (an index, a box) is not among the detections."""
 
 
 @dataclass(frozen=True)
@@ -128,3 +145,42 @@ def primary_face(
 def _cut_off(faces: Sequence[Face], areas: Sequence[int]) -> bool:
     """Whether some face loses part of its box to the border."""
     return any(a < f.box.area for f, a in zip(faces, areas, strict=True))
+
+
+def requested_face(
+    faces: Sequence[Face],
+    *,
+    box: Sequence[float] | None = None,
+    index: int | None = None,
+    min_iou: float = MIN_IOU,
+) -> Selection | None:
+    """The face a client chose, instead of the rule: ``index`` in the detector's order (most
+    confident first: the order of POST /embed and POST /identify for the same photo and
+    settings), or the detection that best overlaps ``box`` (left, top, right, bottom in the
+    photo's pixels, inclusive like every box of the API) with IoU at least ``min_iou``.
+    ``FaceNotDetected`` when there is no such face; None when the photo has no face at all."""
+    if (box is None) == (index is None):
+        raise ValueError("give box or index")
+    n = len(faces)
+    if n == 0:
+        return None
+    if index is not None:
+        if not 0 <= index < n:
+            raise FaceNotDetected(
+                f"face index {index} does not exist: {n} face(s) detected (indices 0-{n - 1}, "
+                "in the order POST /embed and POST /identify list them)"
+            )
+        return Selection(index, faces[index], "request", "request",
+                         f"face {index} of {n}, as the request asked", n)
+    wanted = torch.tensor([[float(v) for v in box]], dtype=torch.float64)
+    found = torch.tensor([f.box.as_tuple() for f in faces], dtype=torch.float64)
+    ious = box_iou(wanted, found)[0]
+    best = int(torch.argmax(ious))
+    iou = float(ious[best])
+    if iou < min_iou:
+        raise FaceNotDetected(
+            f"no detected face matches the box: the best of {n} overlaps it with IoU {iou:.2f}, "
+            f"below {min_iou} (boxes are [left, top, right, bottom] in the photo's pixels)"
+        )
+    return Selection(best, faces[best], "request", "request",
+                     f"the face of {n} that best overlaps the requested box (IoU {iou:.2f})", n)

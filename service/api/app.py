@@ -30,6 +30,7 @@ from service.api.errors import install_error_handlers
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import ROUTERS
 from service.api.schemas import REQUEST_MODELS
+from service.api.subject_paths import EncodedSlashMiddleware
 from service.config import Settings, resolve_fpir_rule, resolve_operating_point
 from service.console import router as console_router
 from service.gallery.gallery import Gallery
@@ -251,6 +252,8 @@ def create_app(
     app.include_router(console_router)  # the web console at /ui: static files only
     if settings.docs:
         app.include_router(docs_router(app))
+    # Innermost: routing sees %2F inside a subject id as part of it (service.api.subject_paths).
+    app.add_middleware(EncodedSlashMiddleware)
     # Added last = outermost: metrics see every request, including 413s from the limit.
     app.add_middleware(MinUploadRateMiddleware, bytes_per_s=settings.min_upload_bytes_per_s,
                        grace_s=settings.upload_grace_s)

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["RESERVED_KEY_NAMES", "check_key_name", "check_subject_id", "spoofing_character"]
+__all__ = [
+    "RESERVED_KEY_NAMES",
+    "check_key_name",
+    "check_new_subject_id",
+    "check_subject_id",
+    "spoofing_character",
+]
 
 # The audit log's labels for actions without a key: a key must not be mistaken for them.
 RESERVED_KEY_NAMES = frozenset({"(command line)", "(no key)"})
@@ -46,6 +52,18 @@ def check_subject_id(value: str) -> str:
     if problem is not None:
         raise ValueError(f"a subject id must not contain {problem}")
     return value
+
+
+def check_new_subject_id(value: str) -> str:
+    """``check_subject_id`` for an id being created: ``/`` is refused as well, since
+    ``/subjects/{id}/faces`` could not be told from a subject named ``x/faces``. Ids with
+    ``/`` enrolled by older versions stay usable (written ``%2F`` in URLs)."""
+    if "/" in value:
+        raise ValueError(
+            "a new subject id must not contain '/' (it would read as a path in "
+            "/subjects/{id}/...); use another separator such as '-' or ':'"
+        )
+    return check_subject_id(value)
 
 
 def check_key_name(value: str) -> str:

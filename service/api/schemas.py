@@ -37,6 +37,7 @@ from faceserve_client.models import (
     ErrorBody,
     ErrorResponse,
     FaceInfo,
+    FaceList,
     FaceSelection,
     HealthResponse,
     IdentifiedFace,
@@ -45,6 +46,7 @@ from faceserve_client.models import (
     KeyInfo,
     KeyList,
     Landmarks,
+    MergeSubjectResponse,
     MoveFaceResponse,
     NameClusterResponse,
     NegativeInfo,
@@ -59,12 +61,13 @@ from faceserve_client.models import (
     SubjectDetail,
     SubjectList,
     SubjectSummary,
+    UpdateSubjectResponse,
     VerifiedFace,
     VerifyResponse,
 )
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from service.api.identifiers import check_key_name, check_subject_id
+from service.api.identifiers import check_key_name, check_new_subject_id, check_subject_id
 
 __all__ = [
     "REQUEST_MODELS",
@@ -94,7 +97,9 @@ __all__ = [
     "EnrollResponse",
     "ErrorBody",
     "ErrorResponse",
+    "FaceChoice",
     "FaceInfo",
+    "FaceList",
     "FaceSelection",
     "HealthResponse",
     "IdentifiedFace",
@@ -107,6 +112,8 @@ __all__ = [
     "KeyList",
     "Landmarks",
     "MergeClusterRequest",
+    "MergeSubjectRequest",
+    "MergeSubjectResponse",
     "MoveFaceRequest",
     "MoveFaceResponse",
     "NameClusterRequest",
@@ -124,6 +131,8 @@ __all__ = [
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
+    "UpdateSubjectRequest",
+    "UpdateSubjectResponse",
     "VerifiedFace",
     "VerifyForm",
     "VerifyJSON",
@@ -146,6 +155,19 @@ SubjectId = Annotated[
         examples=["person-0042"],
     ),
     AfterValidator(check_subject_id),
+]
+# An id a request creates (a new subject, a rename's target): as SubjectId, without "/".
+NewSubjectId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="A new id for the person (1-128 characters; no `/`, control characters, "
+        "line separators, bidi overrides or zero-width characters).",
+        examples=["person-0042"],
+    ),
+    AfterValidator(check_new_subject_id),
 ]
 Threshold = Annotated[
     float,
@@ -225,6 +247,53 @@ class _Strict(BaseModel):
 # ---------------------------------------------------------------- enroll
 
 
+class FaceChoice(_Strict):
+    """Which face of the photo to enroll, instead of the primary-face rule: exactly one of
+    ``box`` and ``index``. For a photo where the person to enroll is not the largest face
+    (the receptionist enrolling Rose from a photo where Kit is nearer the camera)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"box": [412, 80, 520, 188]}, {"index": 1}]},
+    )
+
+    box: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="[left, top, right, bottom] in the photo's pixels (right and bottom "
+        "inclusive, as every `bbox` of the API): the detected face that overlaps it best is "
+        "taken, if its intersection over union reaches 0.3 (else 422 `face_not_detected`). "
+        "A `bbox` from POST /embed or POST /identify fits, and so does a box drawn by hand.",
+    )
+    index: int | None = Field(
+        None,
+        ge=0,
+        le=10000,
+        description="Position of the face in the `faces` list POST /embed or POST /identify "
+        "returned for the same photo (most confident first; send the same `min_face_px` and "
+        "`face_crop`). Out of range: 422 `face_not_detected`.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> FaceChoice:
+        if (self.box is None) == (self.index is None):
+            raise ValueError("give exactly one of box or index")
+        return self
+
+
+ReplaceMetadata = Annotated[
+    bool,
+    Field(
+        description="When the subject already exists, replace its metadata with `metadata` "
+        "(the old value is erased). Default false: an existing subject keeps its metadata and "
+        "the response's `metadata_status` says `kept` when the given metadata differed, so "
+        "re-sending a photo never overwrites data silently. PATCH /subjects/{id} changes "
+        "metadata without a photo."
+    ),
+]
+
+
 class EnrollForm(_Strict):
     """``multipart/form-data`` fields of POST /enroll: ``image`` (one photo) or ``images``
     (one part per photo, the field repeated)."""
@@ -241,9 +310,10 @@ class EnrollForm(_Strict):
     subject_id: SubjectId
     metadata: str | None = Field(
         None,
-        description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with the "
-        "subject; replaces the subject's metadata when given.",
+        description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with a "
+        "new subject; an existing subject's is replaced only with `replace_metadata=true`.",
     )
+    replace_metadata: ReplaceMetadata = False
     on_multiple: OnMultiple = "primary"
     on_duplicate: OnDuplicate = "warn"
     force: bool = Field(
@@ -253,6 +323,12 @@ class EnrollForm(_Strict):
     )
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    face: str | None = Field(
+        None,
+        max_length=256,
+        description="Which face to enroll, as the JSON text of a `FaceChoice`: "
+        "`{\"box\": [left, top, right, bottom]}` or `{\"index\": n}` (`image` only).",
+    )
 
 
 class EnrollJSON(_Strict):
@@ -270,9 +346,10 @@ class EnrollJSON(_Strict):
     subject_id: SubjectId
     metadata: dict[str, Any] | None = Field(
         None,
-        description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with the "
-        "subject; replaces the subject's metadata when given.",
+        description="A JSON object (at most 4 KB serialised, 32 levels deep) stored with a "
+        "new subject; an existing subject's is replaced only with `replace_metadata=true`.",
     )
+    replace_metadata: ReplaceMetadata = False
     on_multiple: OnMultiple = "primary"
     on_duplicate: OnDuplicate = "warn"
     force: bool = Field(
@@ -282,9 +359,27 @@ class EnrollJSON(_Strict):
     )
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    face: FaceChoice | None = Field(
+        None,
+        description="Which face of the photo to enroll (`image` only), instead of the primary "
+        "face; `face_selection.decided_by` is then `request`.",
+    )
 
 
 # ---------------------------------------------------------------- verify
+
+
+VerifyOnMultiple = Annotated[
+    Literal["primary", "reject", "any"],
+    Field(
+        description="Which face of a photo with several faces is compared. `primary` (the "
+        "default): the primary face (largest visible, then most confident, then nearest the "
+        "centre), as enrollment takes it. `reject`: refuse a photo with a second face (422 "
+        "`multiple_faces`): for a kiosk, where nobody should stand behind the claimant. "
+        "`any` (with `subject_id` only): every face of the photo is compared with the "
+        "subject and the best-matching one answers: the claimed person anywhere in the frame."
+    ),
+]
 
 
 class VerifyForm(_Strict):
@@ -298,6 +393,7 @@ class VerifyForm(_Strict):
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    on_multiple: VerifyOnMultiple = "primary"
 
 
 class VerifyJSON(_Strict):
@@ -311,6 +407,7 @@ class VerifyJSON(_Strict):
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
+    on_multiple: VerifyOnMultiple = "primary"
 
 
 # ---------------------------------------------------------------- identify
@@ -426,6 +523,47 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     EmbedForm,
     EmbedJSON,
 )
+
+
+# ---------------------------------------------------------------- subjects
+
+
+class UpdateSubjectRequest(_Strict):
+    """``application/json`` body of PATCH /subjects/{id}: a new id, new metadata, or both
+    (applied in one transaction)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"subject_id": "rose-tyler", "metadata": {"name": "Rose Tyler", "team": "desk"}},
+        ]},
+    )
+
+    subject_id: NewSubjectId | None = Field(
+        None,
+        description="Rename: the subject's new id. Its faces move with it (same face ids) and "
+        "identify answers with the new id at once. 409 `subject_exists` when the id is taken: "
+        "to combine two subjects, POST /subjects/{id}/merge.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        None,
+        description="Replaces the subject's metadata as a whole (at most 4 KB serialised, 32 "
+        "levels deep); `{}` clears it. Absent: the metadata is kept.",
+    )
+
+
+class MergeSubjectRequest(_Strict):
+    """``application/json`` body of POST /subjects/{id}/merge: the path's subject is merged
+    *into* ``into``, and goes."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"into": "rose-tyler"}]},
+    )
+
+    into: SubjectId = Field(
+        description="The subject that receives every face of the path's subject and keeps its "
+        "own id and metadata; the path's subject is removed."
+    )
 
 
 # ---------------------------------------------------------------- clusters

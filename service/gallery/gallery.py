@@ -52,6 +52,8 @@ from service.gallery.search_policy import choose_index_kind
 from service.gallery.store import open_store
 from service.gallery.store.base import (
     ChangeBatch,
+    DeleteResult,
+    FaceMoveResult,
     FaceRecord,
     GalleryStore,
     LogPosition,
@@ -495,10 +497,32 @@ class Gallery:
         image_sha256: str,
         chip_jpeg: bytes | None = None,
         metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = True,
     ) -> tuple[FaceRecord, bool]:
         """Store a face (durable and searchable on return); ``created`` is False when this subject
-        already has a face from the same image bytes, which is returned unchanged. ``metadata``,
-        when given, replaces the subject's metadata."""
+        already has a face from the same image bytes, which is returned unchanged. ``metadata``
+        is a new subject's, and replaces an existing subject's with ``replace_metadata``."""
+        record, created, _ = self.add(
+            subject_id, embedding, bbox=bbox, landmarks=landmarks,
+            detection_confidence=detection_confidence, image_sha256=image_sha256,
+            chip_jpeg=chip_jpeg, metadata=metadata, replace_metadata=replace_metadata,
+        )
+        return record, created
+
+    def add(
+        self,
+        subject_id: str,
+        embedding: np.ndarray,
+        *,
+        bbox: Sequence[int],
+        landmarks: Sequence[Sequence[float]] | np.ndarray,
+        detection_confidence: float,
+        image_sha256: str,
+        chip_jpeg: bytes | None = None,
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = True,
+    ) -> tuple[FaceRecord, bool, bool]:
+        """``enroll``, also saying whether the subject's metadata was replaced."""
         if not subject_id:
             raise ValueError("subject_id must not be empty")
         if len(bbox) != 4:
@@ -517,10 +541,10 @@ class Gallery:
         )
         with self._write_mutex:
             self._check_writable()
-            result = self._store.add_face(face, metadata)
+            result = self._store.add_face(face, metadata, replace_metadata)
             if self._shared:
                 self._catch_up_locked(None)
-                return result.record, result.created
+                return result.record, result.created, result.metadata_replaced
             if result.subject_created:
                 self._subjects += 1
             if result.created:
@@ -533,7 +557,7 @@ class Gallery:
                     self._impostors.add(result.row_id, vector[0], entry[1])
 
                 self._mutate_index(add, result.change_id, 1)
-            return result.record, result.created
+            return result.record, result.created, result.metadata_replaced
 
     def _forget(self, row_ids: list[int], change_id: int) -> None:
         if self._snapshot_path is not None:
@@ -575,48 +599,69 @@ class Gallery:
             return len(result.row_ids)
 
     def delete_face(self, face_id: str) -> bool:
-        """Erase one face (its subject stays); False if unknown."""
+        """Erase one face (and its subject with its last face); False if unknown."""
+        return bool(self.remove_face(face_id).row_ids)
+
+    def remove_face(self, face_id: str) -> DeleteResult:
+        """``delete_face``, saying also whether the subject went with it."""
         with self._write_mutex:
             self._check_writable()
             result = self._store.delete_face(face_id)
             if self._shared:
                 self._catch_up_locked(None)
-                return bool(result.row_ids)
+                return result
+            if result.subject_deleted:
+                self._subjects -= 1
             if result.row_ids:
                 self._forget(result.row_ids, result.change_id)
-            return bool(result.row_ids)
+            return result
 
-    def move_face(self, face_id: str, subject_id: str) -> MoveResult:
-        """Give a face to another subject (created when new), in the store and the index at
-        once: a search sees the face under its old subject or its new one, never both or
-        neither. Nothing changes when the face is unknown or the target subject already has a
-        face of the same image (``MoveResult.conflict``)."""
+    def rename_subject(
+        self, subject_id: str, new_id: str, metadata: dict[str, Any] | None = None
+    ) -> MoveResult:
+        """Give a subject and its faces a new id in one store transaction (see
+        ``GalleryStore.rename_subject``); searchable under the new id on return."""
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.rename_subject(subject_id, new_id, metadata)
+            self._follow_move(result)
+            return result
+
+    def merge_subjects(self, source: str, target: str) -> MoveResult:
+        """Move every face of ``source`` to ``target`` and remove ``source``, atomically in
+        the store; the index follows before this returns."""
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.merge_subjects(source, target)
+            self._follow_move(result)
+            return result
+
+    def _follow_move(self, result: MoveResult) -> None:
+        """A move is a delete and an add per face in the change log: apply it to the index
+        the way replicas do, by reading the log (caller holds the write mutex)."""
+        if result.status == "ok" and result.removed_row_ids:
+            self._catch_up_locked(None)
+        elif result.status == "ok":
+            self._subjects = self._store.state().subject_count
+
+    def update_metadata(self, subject_id: str, metadata: dict[str, Any]) -> bool:
+        """Replace a subject's metadata; False when it does not exist."""
+        with self._write_mutex:
+            self._check_writable()
+            return self._store.update_metadata(subject_id, metadata)
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceMoveResult:
+        """Give a face to another subject (created when new; the old one goes with its last
+        face), in the store and the index at once: a search sees the face under its old
+        subject or its new one, never both or neither. Nothing changes when the face is
+        unknown or the target subject already has a face of the same image (``conflict``)."""
         if not subject_id:
             raise ValueError("subject_id must not be empty")
         with self._write_mutex:
             self._check_writable()
             result = self._store.move_face(face_id, subject_id, _now())
-            if result.record is None or result.conflict is not None:
-                return result
-            if self._shared:
-                self._catch_up_locked(None)
-                return result
-            if result.subject_created:
-                self._subjects += 1
-            vector = np.asarray(result.record.embedding, np.float32).reshape(1, -1)
-            entry = (face_id, sys.intern(subject_id))
-
-            def move() -> None:
-                self._index.remove([result.old_row_id])
-                old = self._faces.pop(result.old_row_id, None)
-                if old is not None:
-                    self._impostors.remove(result.old_row_id, old[1])
-                self._index.add(np.array([result.new_row_id], dtype=np.int64), vector)
-                self._faces[result.new_row_id] = entry
-                self._impostors.add(result.new_row_id, vector[0], entry[1])
-
-            self._mutate_index(move, result.change_id, 2)
-            self._maybe_compact()
+            if result.record is not None and result.conflict is None:
+                self._catch_up_locked(None)  # a delete and an add, as for a merge
             return result
 
     # ------------------------------------------------------------ following the change log
@@ -773,6 +818,14 @@ class Gallery:
         with self._rw.read():
             self._check_open()
             return self._store.subject_faces(subject_id, with_embeddings=True)
+
+    def face_page(
+        self, subject_id: str, after_row: int, limit: int
+    ) -> list[tuple[int, FaceRecord]]:
+        """One page of the subject's faces, oldest first, each with its row id (the keyset)."""
+        with self._rw.read():
+            self._check_open()
+            return self._store.face_page(subject_id, after_row, limit)
 
     def list_subjects(
         self, cursor: str | None, limit: int

@@ -29,11 +29,14 @@ from service.inference.batcher import Embedder
 from service.inference.memory import PixelBudget
 
 __all__ = [
-    "EmbeddedFaces", "Inference", "Pipeline", "RequestGone", "keep_all", "most_confident",
+    "EmbeddedFaces", "FacePicker", "Inference", "Pipeline", "RequestGone", "keep_all",
+    "most_confident",
 ]
 
 # Chooses which detected faces to embed; may raise a ServiceError (e.g. several faces).
 FaceSelector = Callable[[list[Face]], list[Face]]
+# Chooses the one face (faces in the client's pixels, image height, width); None: no face.
+FacePicker = Callable[[list[Face], int, int], Selection | None]
 
 
 class Pipeline(Protocol):
@@ -130,12 +133,13 @@ class Inference:
         face_crop: bool = False,
         min_face_px: int | None = None,
         gone: threading.Event | None = None,
+        pick: FacePicker | None = None,
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         _check(gone)  # cancelled while it waited for a thread
         held: list[int] = []
         try:
             return self._detect_and_align_held(
-                data, select, primary, face_crop, min_face_px, gone, held
+                data, select, primary, face_crop, min_face_px, gone, held, pick
             )
         finally:
             if held and self.pixel_budget is not None:
@@ -150,6 +154,7 @@ class Inference:
         min_face_px: int | None,
         gone: threading.Event | None,
         held: list[int],
+        pick: FacePicker | None = None,
     ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
         digest = hashlib.sha256(data).hexdigest()
         decoded = self._decode(data, None if face_crop else min_face_px, held)
@@ -174,7 +179,7 @@ class Inference:
         chosen = select(told)
         selection = None
         if primary:
-            selection = primary_face(chosen, decoded.height, decoded.width)
+            selection = (pick or primary_face)(chosen, decoded.height, decoded.width)
             chosen = [selection.face] if selection is not None else []
         if reduced:  # selection returns the very objects it was given
             where = {id(f): i for i, f in enumerate(told)}
@@ -209,12 +214,14 @@ class Inference:
         check: FaceSelector = keep_all,
         face_crop: bool = False,
         min_face_px: int | None = None,
+        pick: FacePicker | None = None,
     ) -> EmbeddedFaces:
         """Like ``faces``, for the photo's one primary face (``models.face_selection``):
         ``faces`` holds it (or nothing) and ``selection`` says why it was chosen. ``check``
-        sees every detection first (it may refuse the photo)."""
+        sees every detection first (it may refuse the photo). ``pick`` replaces the primary
+        face rule (a face the client chose, ``models.face_selection.requested_face``)."""
         return await self._embed(data, check, primary=True, face_crop=face_crop,
-                                 min_face_px=min_face_px)
+                                 min_face_px=min_face_px, pick=pick)
 
     async def _embed(
         self,
@@ -224,6 +231,7 @@ class Inference:
         primary: bool,
         face_crop: bool,
         min_face_px: int | None = None,
+        pick: FacePicker | None = None,
     ) -> EmbeddedFaces:
         # Cancelling the awaits below (the request timeout, a client gone) drops work still
         # queued (the executor's and the batcher's futures are cancelled with them); ``gone``
@@ -231,7 +239,8 @@ class Inference:
         gone = threading.Event()
         try:
             chosen, chips, detected, digest, selection, quality = await self._run(
-                self._detect_and_align, data, select, primary, face_crop, min_face_px, gone
+                self._detect_and_align, data, select, primary, face_crop, min_face_px, gone,
+                pick,
             )
             embeddings = await self.embedder.embed(chips)
         except asyncio.CancelledError:

@@ -25,6 +25,11 @@ log = logging.getLogger("faceserve.audit")
 ACTIONS: tuple[str, ...] = (
     "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
     "name_cluster", "delete_cluster",
+    # Issue 20: metadata replaced (``update_subject``), a subject and its faces moved to a new
+    # id (``rename_subject``, the old id in ``detail``), one merged into another
+    # (``merge_subject``, on the receiving subject; the merged one in ``detail``).
+    "update_subject", "rename_subject", "merge_subject",
+    # Issue 17: a face given to another subject; a negative example added or deleted.
     "move_face", "add_negative", "delete_negative",
 )
 

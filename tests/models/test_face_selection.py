@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.face_selection import RULE, primary_face, visible_area
+from models.face_selection import (
+    MIN_IOU,
+    RULE,
+    FaceNotDetected,
+    primary_face,
+    requested_face,
+    visible_area,
+)
 from models.faces import Box, Face
 
 H, W = 250, 250  # an LFW-sized photo
@@ -87,3 +94,38 @@ def test_one_mmod_size_step_is_a_tie_two_steps_are_not(side: int) -> None:
     larger = face(120, 120, 115, confidence=0.3)
     chosen = primary_face([larger, face(0, 0, 80, confidence=1.1)], H, W)
     assert chosen is not None and chosen.face is larger and chosen.decided_by == "visible_area"
+
+
+# ---------------------------------------------------------------- a face the client chose
+
+
+def test_requested_face_by_index_and_by_box() -> None:
+    faces = [face(0, 0, 100), face(200, 0, 60)]  # the first is the larger, the primary
+    chosen = requested_face(faces, index=1)
+    assert chosen is not None and chosen.face is faces[1] and chosen.decided_by == "request"
+    # A loose hand-drawn box over the second face: about 0.5 IoU.
+    chosen = requested_face(faces, box=[190, -10, 270, 70])
+    assert chosen is not None and chosen.index == 1 and "IoU" in chosen.reason
+    assert requested_face([], index=0) is None  # no face at all: the caller's no_face
+
+
+@pytest.mark.parametrize(("box", "index"), [
+    (None, 2), (None, -1),
+    ([120, 0, 180, 60], None),  # between the two faces, overlapping neither
+    ([0, 0, 299, 299], None),  # around both: IoU 1/9 with the larger
+])
+def test_requested_face_that_is_not_there(box: list[float] | None, index: int | None) -> None:
+    faces = [face(0, 0, 100), face(200, 0, 60)]
+    with pytest.raises(FaceNotDetected):
+        requested_face(faces, box=box, index=index)
+
+
+def test_min_iou_separates_neighbours_but_forgives_a_pyramid_step() -> None:
+    """Two faces side by side overlap far less than MIN_IOU; one face's box at the next
+    detector scale (1.2x) overlaps itself well above it."""
+    one, step = face(100, 100, 80), face(92, 92, 96)
+    assert requested_face([one], box=list(step.box.as_tuple())) is not None
+    neighbour = face(170, 100, 80)  # touching, overlapping by 10 px
+    with pytest.raises(FaceNotDetected):
+        requested_face([neighbour], box=list(one.box.as_tuple()))
+    assert 0.0 < MIN_IOU < 0.69

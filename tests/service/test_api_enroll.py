@@ -131,8 +131,10 @@ def test_metadata_up_to_4kb_is_kept(client: TestClient) -> None:
     assert client.get("/subjects/meta").json()["metadata"] == metadata
 
 
-def test_subject_ids_with_slashes_and_unicode_round_trip(client: TestClient) -> None:
-    for subject in ("org/42", "Zoë Ångström"):
+def test_subject_ids_with_unicode_and_url_characters_round_trip(client: TestClient) -> None:
+    # "/" is refused in new ids (issue 20; tests/service/test_api_subjects.py); the other
+    # characters a URL gives meaning to are plain characters of an id.
+    for subject in ("org:42?x=1#top", "Zoë Ångström", "50% off"):
         assert enroll(client, subject, fake_photo(10)).status_code == 201
         from urllib.parse import quote
 

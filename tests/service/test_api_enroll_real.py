@@ -76,3 +76,46 @@ def test_a_persons_photos_in_one_request_and_duplicates_under_other_ids(
                          part(train / "kit_harington/john2.jpeg")])
     assert r.status_code == 201, r.text
     assert [o["possible_duplicate"] for o in r.json()["images"]] == [None, None]
+
+
+def test_rose_is_enrolled_from_the_photo_where_kit_is_larger(
+    real: TestClient, people: Path
+) -> None:
+    """Issue 20's receptionist: ``kit_with_rose.jpg`` shows Kit larger (the primary face);
+    Rose is enrolled from it by naming her face, and then verifies against her own portrait
+    while Kit's does not. Verify's ``any`` finds her in the two-person photo too."""
+    group = people / "test" / "kit_with_rose.jpg"
+    photo = {"image": (group.name, group.read_bytes(), "image/jpeg")}
+    faces = real.post("/embed", files=photo).json()["faces"]
+    assert len(faces) == 2
+    primary = real.post("/enroll", files=photo, data={"subject_id": "kit-from-group"}).json()
+    other = next(i for i, f in enumerate(faces) if f["bbox"] != primary["bbox"])
+    r = real.post("/enroll", files=photo, data={"subject_id": "rose-from-group",
+                                                "face": f'{{"index": {other}}}'})
+    assert r.status_code == 201, r.text
+    assert r.json()["bbox"] == faces[other]["bbox"]
+    r = real.post("/enroll", files=photo, data={
+        "subject_id": "rose-by-box", "face": '{"box": %s}' % [
+            faces[other]["bbox"][k] for k in ("left", "top", "right", "bottom")]})
+    assert r.status_code == 201 and r.json()["bbox"] == faces[other]["bbox"], r.text
+
+    def verify(portrait: str, subject: str, **fields: str) -> dict[str, Any]:
+        path = people / portrait
+        r = real.post("/verify", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                      data={"subject_id": subject, **fields})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    rose, kit = "train/rose_leslie/img1.jpg", "train/kit_harington/john1.jpeg"
+    assert verify(rose, "rose-from-group")["match"] is True
+    assert verify(kit, "rose-from-group")["match"] is False
+    assert verify(kit, "kit-from-group")["match"] is True
+    # The group photo against Rose: the primary face (Kit) does not match, `any` finds her.
+    real.post("/enroll", files={"image": ("r.jpg", (people / rose).read_bytes(), "image/jpeg")},
+              data={"subject_id": "rose-portrait"})
+    r = real.post("/verify", files=photo, data={"subject_id": "rose-portrait"}).json()
+    assert r["match"] is False
+    r = real.post("/verify", files=photo,
+                  data={"subject_id": "rose-portrait", "on_multiple": "any"}).json()
+    assert r["match"] is True and r["faces"][0]["bbox"] == faces[other]["bbox"]
+    print(f"rose in the group photo against her portrait: {r['similarity']:.3f}")

@@ -6,6 +6,7 @@ a test knows which face a similarity came from.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 
 import numpy as np
@@ -176,3 +177,89 @@ def test_identify_gives_a_subject_to_one_face_of_a_photo_at_most(scripted: TestC
     r = scripted.post("/identify", files={"image": photo(4)}, data={"threshold": "0.5"})
     first, second = r.json()["faces"]
     assert first["match"] is None and second["match"]["subject_id"] == "ann"
+
+
+# ---------------------------------------------------------------- the client chooses (issue 20)
+
+
+def test_enroll_a_chosen_face_by_index_or_box_instead_of_the_primary(
+    scripted: TestClient,
+) -> None:
+    """Scene 3: bob cut off by the border (face 0), ann in the centre (face 1, the primary).
+    The receptionist enrolls bob from it by naming his face."""
+    listed = scripted.post("/embed", files={"image": photo(3)}).json()["faces"]
+    assert [f["bbox"]["left"] for f in listed] == [CUT_OFF.left, CENTRE.left]
+    r = scripted.post("/enroll", files={"image": photo(3)},
+                      data={"subject_id": "bob", "face": '{"index": 0}'})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["bbox"] == listed[0]["bbox"]
+    assert body["face_selection"]["decided_by"] == "request"
+    assert body["face_selection"]["faces_detected"] == 2
+    # The stored template is bob's: a photo of bob alone verifies, one of ann does not.
+    r = scripted.post("/verify", files={"image": photo(2)}, data={"subject_id": "bob"})
+    assert r.json()["similarity"] == pytest.approx(1.0, abs=1e-6)
+    # A hand-drawn box, a few pixels off, over ann's face (JSON body this time).
+    image = base64.b64encode(fake_photo(1, faces=3, variant=1)).decode()
+    r = scripted.post("/enroll", json={"image": image, "subject_id": "ann",
+                                       "face": {"box": [165, 25, 245, 105]}})
+    assert r.status_code == 201, r.text
+    assert r.json()["bbox"]["left"] == CENTRE.left
+    assert "IoU" in r.json()["face_selection"]["reason"]
+
+
+@pytest.mark.parametrize(("face", "code"), [
+    ('{"index": 2}', "face_not_detected"),  # two faces: indices 0 and 1
+    ('{"box": [300, 0, 399, 20]}', "face_not_detected"),  # overlaps nobody
+    ('{"box": [1, 2, 3]}', "invalid_field"),
+    ('{"index": 0, "box": [0, 0, 9, 9]}', "invalid_field"),
+    ('not json', "invalid_field"),
+])
+def test_a_face_that_is_not_detected_is_refused_and_nothing_is_stored(
+    scripted: TestClient, face: str, code: str
+) -> None:
+    r = scripted.post("/enroll", files={"image": photo(3)},
+                      data={"subject_id": "bob", "face": face})
+    assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    assert scripted.get("/subjects/bob").status_code == 404
+
+
+def test_face_goes_with_one_image_and_not_with_on_multiple_reject(scripted: TestClient) -> None:
+    r = scripted.post("/enroll", files=[("images", photo(3)), ("images", photo(1))],
+                      data={"subject_id": "bob", "face": '{"index": 0}'})
+    assert r.status_code == 422 and "image, not images" in r.json()["error"]["message"]
+    r = scripted.post("/enroll", files={"image": photo(3)},
+                      data={"subject_id": "bob", "face": '{"index": 0}', "on_multiple": "reject"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"
+
+
+def test_verify_on_multiple_any_finds_the_claimed_person_anywhere(scripted: TestClient) -> None:
+    """Scene 3 shows bob cut off at the border beside ann: by the primary-face rule ann is
+    compared (no match for bob); with ``any`` bob is found; ``reject`` refuses the photo."""
+    assert scripted.post("/enroll", files={"image": photo(2)},
+                         data={"subject_id": "bob"}).status_code == 201
+    primary = scripted.post("/verify", files={"image": photo(3)},
+                            data={"subject_id": "bob"}).json()
+    assert primary["match"] is False and primary["faces"][0]["bbox"]["left"] == CENTRE.left
+    r = scripted.post("/verify", files={"image": photo(3)},
+                      data={"subject_id": "bob", "on_multiple": "any"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["match"] is True and body["similarity"] == pytest.approx(1.0, abs=1e-6)
+    probe = body["faces"][0]
+    assert probe["bbox"]["left"] == CUT_OFF.left and probe["faces_detected"] == 2
+    assert probe["face_selection"]["decided_by"] == "best_match"
+    r = scripted.post("/verify", files={"image": photo(3)},
+                      data={"subject_id": "bob", "on_multiple": "reject"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "multiple_faces"
+    # One face: reject lets it through, any answers with it.
+    for policy in ("reject", "any"):
+        r = scripted.post("/verify", files={"image": photo(2, variant=1)},
+                          data={"subject_id": "bob", "on_multiple": policy})
+        assert r.status_code == 200 and r.json()["match"] is True, r.text
+    r = scripted.post("/verify", files={"image_a": photo(3), "image_b": photo(1)},
+                      data={"on_multiple": "reject"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "multiple_faces"
+    r = scripted.post("/verify", files={"image_a": photo(3), "image_b": photo(1)},
+                      data={"on_multiple": "any"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_field"

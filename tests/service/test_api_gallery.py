@@ -96,7 +96,8 @@ def test_deleting_a_face_removes_only_that_template(client: TestClient) -> None:
     enroll(client, "two", fake_photo(6))  # another look, another vector
     r = client.delete(f"/faces/{first['face_id']}")
     assert r.status_code == 200
-    assert r.json() == {"face_id": first["face_id"], "subject_id": "two", "deleted": True}
+    assert r.json() == {"face_id": first["face_id"], "subject_id": "two", "deleted": True,
+                        "subject_deleted": False}
     assert client.get(f"/faces/{first['face_id']}").status_code == 404
     assert client.get("/subjects/two").json()["face_count"] == 1
     assert identify(client, 5)["match"] is None or identify(client, 5)["match"]["face_id"] != (

@@ -73,6 +73,13 @@ def b64(vector: Any) -> str:
     return base64.urlsafe_b64encode(vector.astype("<f4").tobytes()).decode().rstrip("=")
 
 
+def merge_dave_into_alice(w: World, h: dict[str, str]) -> Any:
+    """POST /subjects/dave/merge into alice, dave enrolled first with the all-scopes key."""
+    w.client.post("/enroll", data={"subject_id": "dave"}, files=files(fake_photo(11)),
+                  headers=bearer(w.tokens["all"]))
+    return w.client.post("/subjects/dave/merge", json={"into": "alice"}, headers=h)
+
+
 def new_negative(w: World) -> str:
     """A negative of alice, made with the all-scopes key (for the DELETE's own call)."""
     r = w.client.post("/negatives", json={"subject_id": "alice",
@@ -100,6 +107,12 @@ ENDPOINTS: list[tuple[str, str, Request]] = [
     ("GET /subjects/{id}", "admin", lambda w, h: w.client.get("/subjects/alice", headers=h)),
     ("DELETE /subjects/{id}", "admin", lambda w, h: w.client.delete(
         "/subjects/alice", headers=h)),
+    # Issue 20: once the `read` scope exists, GET /subjects/{id}/faces belongs to it.
+    ("GET /subjects/{id}/faces", "admin", lambda w, h: w.client.get(
+        "/subjects/alice/faces", headers=h)),
+    ("PATCH /subjects/{id}", "enroll", lambda w, h: w.client.patch(
+        "/subjects/alice", json={"metadata": {"desk": 4}}, headers=h)),
+    ("POST /subjects/{id}/merge", "enroll", lambda w, h: merge_dave_into_alice(w, h)),
     ("GET /faces/{id}", "admin", lambda w, h: w.client.get(f"/faces/{w.alice_face}", headers=h)),
     ("DELETE /faces/{id}", "admin", lambda w, h: w.client.delete(
         f"/faces/{w.alice_face}", headers=h)),
@@ -218,6 +231,25 @@ def test_a_key_of_another_gallery_never_sees_this_gallerys_subjects(world: World
     assert {k["name"] for k in c.get("/keys", headers=other).json()["keys"]} == {"other"}
     assert_error(c.delete(f"/keys/{world.key_ids['all']}", headers=other), 404, "key_not_found")
     assert c.get("/subjects", headers=mine).status_code == 200  # still valid
+
+
+def test_another_gallerys_subject_cannot_be_renamed_merged_or_paged(world: World) -> None:
+    c, other, mine = world.client, bearer(world.tokens["other"]), bearer(world.tokens["all"])
+    assert_error(c.get("/subjects/alice/faces", headers=other), 404, "subject_not_found")
+    assert_error(c.patch("/subjects/alice", json={"subject_id": "eve"}, headers=other),
+                 404, "subject_not_found")
+    assert_error(c.post("/subjects/alice/merge", json={"into": "bob"}, headers=other),
+                 404, "subject_not_found")
+    assert_error(c.post("/subjects/bob/merge", json={"into": "alice"}, headers=other),
+                 404, "target_not_found")  # alice is not in gallery b
+    assert_error(c.post("/subjects/alice/merge", json={"into": "bob"}, headers=mine),
+                 404, "target_not_found")  # nor bob in the default one
+    # A rename stays in the key's gallery: "bob" is free in the default gallery.
+    r = c.patch("/subjects/alice", json={"subject_id": "bob"}, headers=mine)
+    assert r.status_code == 200, r.text
+    assert c.get("/subjects/bob", headers=other).json()["faces"][0]["face_id"] == world.bob_face
+    assert c.get("/subjects/bob", headers=mine).json()["faces"][0]["face_id"] == (
+        world.alice_face)
 
 
 def test_corrections_never_reach_another_gallery(world: World) -> None:
@@ -549,7 +581,8 @@ def test_adding_a_face_to_an_existing_subject_is_its_own_audited_action(world: W
     audit says ``add_face``, by which key, and which metadata keys were replaced."""
     c, enroll_key = world.client, bearer(world.tokens["enroll"])
     admin = bearer(world.tokens["admin"])
-    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"badge": "x"}'},
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"badge": "x"}',
+                                "replace_metadata": "true"},
                files=files(fake_photo(99)), headers=enroll_key)
     assert r.status_code == 201, r.text
     events = c.get("/audit", headers=admin).json()["events"]
@@ -560,7 +593,8 @@ def test_adding_a_face_to_an_existing_subject_is_its_own_audited_action(world: W
     assert last["detail"] == {"created": True, "metadata_replaced": True,
                               "metadata_keys_before": [], "metadata_keys_after": ["badge"]}
     # A replay replaces the metadata again: audited again, with the keys before and after.
-    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"name": "y"}'},
+    r = c.post("/enroll", data={"subject_id": "alice", "metadata": '{"name": "y"}',
+                                "replace_metadata": "true"},
                files=files(fake_photo(99)), headers=enroll_key)
     assert r.status_code == 200, r.text
     last = c.get("/audit", headers=admin).json()["events"][-1]

@@ -182,6 +182,24 @@ def test_erasing_the_subject_erases_its_negatives(make_client: AppFactory, tmp_p
     assert client.get("/negatives", params={"subject_id": "alice"}).json()["negatives"] == []
 
 
+def test_a_renamed_or_merged_subject_keeps_its_negatives(any_client: Any) -> None:
+    client, _ = any_client
+    enroll(client, "alice", 1)
+    enroll(client, "bob", 2)
+    impostor = near(fake_embedding(1), 0, 0.3)
+    r = client.post("/negatives", json={"subject_id": "alice", "embedding": b64(impostor)})
+    negative_id = r.json()["negative_id"]
+    assert client.patch("/subjects/alice", json={"subject_id": "alicia"}).status_code == 200
+    listed = client.get("/negatives", params={"subject_id": "alicia"}).json()["negatives"]
+    assert [n["negative_id"] for n in listed] == [negative_id]
+    top = search(client, impostor)["candidates"][0]
+    assert top["subject_id"] == "alicia" and top["suppressed_by"]["negative_id"] == negative_id
+    r = client.post("/subjects/alicia/merge", json={"into": "bob"})
+    assert r.status_code == 200, r.text
+    listed = client.get("/negatives", params={"subject_id": "bob"}).json()["negatives"]
+    assert [(n["negative_id"], n["subject_id"]) for n in listed] == [(negative_id, "bob")]
+
+
 # ---------------------------------------------------------------- moving a face
 
 
@@ -202,9 +220,9 @@ def test_a_face_moves_to_a_new_subject_and_back(any_client: Any) -> None:
     assert event["action"] == "move_face" and event["face_id"] == wrong
 
     r = client.post(f"/faces/{wrong}/move", json={"subject_id": "alice"})
-    assert r.json()["subject_created"] is False
+    assert r.json()["subject_created"] is False and r.json()["from_subject_deleted"] is True
     assert client.get("/subjects/alice").json()["face_count"] == 2
-    assert client.get("/subjects/carol").json()["face_count"] == 0  # the subject stays
+    assert client.get("/subjects/carol").status_code == 404  # it went with its last face
 
     r = client.post(f"/faces/{wrong}/move", json={"subject_id": "alice"})
     assert r.status_code == 422
@@ -234,7 +252,7 @@ def test_a_move_reaches_every_replica(tmp_path: Path) -> None:
             b.catch_up()
             hits = b.search(v[None, :], 5)[0]
             assert [(h.face_id, h.subject_id) for h in hits] == [(record.face_id, "y")]
-            assert b.size == 1 and b.subject_count == 2
+            assert b.size == 1 and b.subject_count == 1  # "x" went with its only face
         finally:
             a.close()
             b.close()

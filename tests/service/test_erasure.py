@@ -162,3 +162,33 @@ def test_audit_pages_and_filters(client: TestClient) -> None:
         assert set(event) == {"id", "at", "key_id", "key_name", "action", "subject_id",
                               "face_id", "detail"}
         assert set(event["detail"]) <= {"created", "faces_deleted"}
+
+
+def test_replaced_metadata_and_dropped_faces_leave_the_files(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    """PATCH (metadata, rename) and merge erase what they replace as a deletion does (SQLite:
+    secure_delete, WAL truncated): the old metadata, a dropped duplicate face. (Subject ids,
+    old ones included, stay in the audit log, by design: see README "Audit log".)"""
+    data_dir = tmp_path / "g"
+    client = make_client(NoisyChips(), data_dir=data_dir)
+    gallery: Gallery = client.app.state.services.gallery
+    client.post("/enroll", data={"subject_id": "old-name", "metadata": '{"n": "meta-19283"}'},
+                files={"image": ("a.png", fake_photo(31, variant=1), "image/png")})
+    r = client.patch("/subjects/old-name", json={"subject_id": "new-name",
+                                                      "metadata": {"n": "other"}})
+    assert r.status_code == 200, r.text
+    files = b"".join(disk(data_dir).values())
+    assert b"meta-19283" not in files
+    # A merge whose source shares a photo with the target: that face is erased, not moved.
+    same = fake_photo(32, variant=1)
+    client.post("/enroll", data={"subject_id": "dup-src-5521"},
+                files={"image": ("b.png", same, "image/png")})
+    dropped = gallery.get_subject("dup-src-5521").faces[0].face_id  # type: ignore[union-attr]
+    vector = gallery.get_face(dropped).embedding.astype("<f4").tobytes()  # type: ignore[union-attr]
+    client.post("/enroll", data={"subject_id": "new-name"},
+                files={"image": ("b.png", same, "image/png")})
+    r = client.post("/subjects/dup-src-5521/merge", json={"into": "new-name"})
+    assert r.json()["faces_dropped"] == 1
+    files = b"".join(disk(data_dir).values())
+    assert vector not in files

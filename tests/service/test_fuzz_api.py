@@ -115,6 +115,6 @@ def test_a_wrong_method_lists_every_allowed_one(running: None) -> None:
     named only the first one's method in Allow."""
     client = TestClient(APP)  # no `with`: the module fixture owns the lifespan
     r = client.options("/subjects/x")
-    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, PATCH"
     assert client.put("/keys").headers["allow"] == "GET, POST"
     assert client.post("/healthz").headers["allow"] == "GET"

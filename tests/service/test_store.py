@@ -223,11 +223,54 @@ def test_deleting_a_subject_deletes_its_faces(store: GalleryStore) -> None:
     assert not unknown.subject_existed and unknown.row_ids == []
 
 
-def test_deleting_a_face_keeps_its_subject(store: GalleryStore) -> None:
+def test_a_subject_goes_with_its_last_face(store: GalleryStore) -> None:
     store.add_face(face("alice", 0), {"k": 1})
-    assert store.delete_face("face-alice-0").row_ids
+    store.add_face(face("alice", 1), None)
+    first = store.delete_face("face-alice-0")
+    assert first.row_ids and not first.subject_deleted
     subject = store.get_subject("alice")
-    assert subject is not None and subject.face_count == 0 and subject.metadata == {"k": 1}
+    assert subject is not None and subject.face_count == 1 and subject.metadata == {"k": 1}
+    last = store.delete_face("face-alice-1")
+    assert last.row_ids and last.subject_deleted
+    assert store.get_subject("alice") is None and store.state().subject_count == 0
+
+
+def test_metadata_is_kept_unless_replacement_is_asked_for(store: GalleryStore) -> None:
+    assert not store.add_face(face("alice", 0), {"v": 1}, False).metadata_replaced
+    kept = store.add_face(face("alice", 1), {"v": 2}, replace_metadata=False)
+    assert kept.created and not kept.metadata_replaced
+    assert store.get_subject("alice").metadata == {"v": 1}  # type: ignore[union-attr]
+    replaced = store.add_face(face("alice", 1), {"v": 3}, replace_metadata=True)
+    assert not replaced.created and replaced.metadata_replaced
+    assert store.get_subject("alice").metadata == {"v": 3}  # type: ignore[union-attr]
+
+
+def test_rename_and_merge_move_faces_in_the_change_log(
+    backend: Backend, store: GalleryStore
+) -> None:
+    for n in range(2):
+        store.add_face(face("alice", n), {"a": 1})
+    store.add_face(face("bob", 0), {"b": 1})
+    assert store.rename_subject("alice", "bob").status == "target_exists"
+    assert store.rename_subject("nobody", "x").status == "no_source"
+    assert store.state().last_change_id == 3  # refused: nothing logged
+    renamed = store.rename_subject("alice", "carol", {"c": 1})
+    assert renamed.status == "ok" and renamed.faces_moved == 2
+    assert store.get_subject("alice") is None
+    carol = store.get_subject("carol")
+    assert carol is not None and carol.metadata == {"c": 1}
+    assert [f.face_id for f in carol.faces] == ["face-alice-0", "face-alice-1"]
+    ops = backend.query("SELECT op, face_row_id FROM changes WHERE change_id > 3 "
+                        "ORDER BY change_id")
+    assert [op for op, _ in ops] == ["delete", "delete", "add", "add"]
+    assert [r for _, r in ops] == renamed.removed_row_ids + renamed.added_row_ids
+    assert store.merge_subjects("carol", "nobody").status == "no_target"
+    merged = store.merge_subjects("carol", "bob")
+    assert (merged.status, merged.faces_moved, merged.faces_dropped) == ("ok", 2, 0)
+    assert store.get_subject("carol") is None
+    bob = store.get_subject("bob")
+    assert bob is not None and bob.face_count == 3 and bob.metadata == {"b": 1}
+    assert store.state().subject_count == 1
 
 
 def test_metadata_is_replaced_only_when_given(store: GalleryStore) -> None:
@@ -512,3 +555,24 @@ def test_postgres_notifies_listeners_at_commit() -> None:
         finally:
             listener.close()
             store.close()
+
+
+def test_opening_removes_subjects_older_versions_left_without_faces(backend: Backend) -> None:
+    """Before issue 20 a subject stayed (listed, never found) after its last face was
+    deleted; the migration to this version removes such subjects."""
+    store = backend.open()
+    store.add_face(face("alice", 0), {"k": 1})
+    store.add_face(face("bob", 0), None)
+    store.close()
+    # As an older version leaves it: bob without faces, the schema one version back.
+    backend.execute("DELETE FROM faces WHERE subject_id = 'bob'")
+    backend.execute(f"UPDATE schema_version SET version = {backend.schema_version - 1}")
+    assert backend.query("SELECT count(*) FROM subjects") == [(2,)]
+    store = backend.open()
+    try:
+        assert store.get_subject("bob") is None
+        assert [s.subject_id for s in store.list_subjects(None, 10)] == ["alice"]
+        assert backend.query("SELECT max(version) FROM schema_version") == [
+            (backend.schema_version,)]
+    finally:
+        store.close()

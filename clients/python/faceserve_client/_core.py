@@ -26,7 +26,7 @@ from faceserve_client.errors import (
 )
 from faceserve_client.photos import Photo, photo_file
 
-__all__ = ["DEFAULT_URL", "Call", "RetryPolicy", "calls"]
+__all__ = ["DEFAULT_URL", "Call", "FaceChoice", "RetryPolicy", "calls", "face_choice"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 503})
@@ -127,6 +127,22 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+# Which face of a photo to enroll: its index in POST /embed's list, a box [left, top, right,
+# bottom] in the photo's pixels, or the server's own form ({"index": n} or {"box": [...]}).
+FaceChoice = int | Sequence[float] | dict[str, Any]
+
+
+def face_choice(face: FaceChoice | None) -> dict[str, Any] | None:
+    if face is None or isinstance(face, dict):
+        return face
+    if isinstance(face, int) and not isinstance(face, bool):
+        return {"index": face}
+    box = [float(v) for v in face]  # type: ignore[union-attr]
+    if len(box) != 4:
+        raise ValueError("a face box is [left, top, right, bottom]")
+    return {"box": box}
+
+
 def encode_embedding(embedding: str | Sequence[float] | Any) -> str:
     """URL-safe base64 of little-endian float32 (what GET /identify takes); a string is taken
     as already encoded (``EmbeddedFace.embedding_b64``)."""
@@ -150,10 +166,15 @@ class calls:
         on_duplicate: str = "warn",
         force: bool = False,
         face_crop: bool = False,
+        replace_metadata: bool = False,
+        face: FaceChoice | None = None,
     ) -> Call:
         several = isinstance(photos, list | tuple)
+        if face is not None and several:
+            raise ValueError("face chooses a face of one photo: give one photo")
         form = _form(subject_id=subject_id, metadata=metadata, on_multiple=on_multiple,
-                     on_duplicate=on_duplicate, force=force, face_crop=face_crop)
+                     on_duplicate=on_duplicate, force=force, face_crop=face_crop,
+                     replace_metadata=replace_metadata or None, face=face_choice(face))
         if several:
             if not photos:
                 raise ValueError("give at least one photo")
@@ -170,10 +191,12 @@ class calls:
         subject_id: str | None = None,
         threshold: float | None = None,
         face_crop: bool = False,
+        on_multiple: str = "primary",
     ) -> Call:
         if (other is None) == (subject_id is None):
             raise ValueError("give a second photo or a subject_id, not both")
-        form = _form(subject_id=subject_id, threshold=threshold, face_crop=face_crop)
+        form = _form(subject_id=subject_id, threshold=threshold, face_crop=face_crop,
+                     on_multiple=None if on_multiple == "primary" else on_multiple)
         if other is not None:
             files = [("image_a", photo_file(photo, "a")), ("image_b", photo_file(other, "b"))]
         else:
@@ -224,6 +247,30 @@ class calls:
     @staticmethod
     def delete_subject(subject_id: str) -> Call:
         return Call("DELETE", f"/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
+
+    @staticmethod
+    def subject_faces_page(subject_id: str, cursor: str | None = None, limit: int = 100) -> Call:
+        return Call("GET", f"/subjects/{_segment(subject_id)}/faces", m.FaceList,
+                    params={"cursor": cursor, "limit": limit})
+
+    @staticmethod
+    def update_subject(
+        subject_id: str, *, new_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Call:
+        if new_id is None and metadata is None:
+            raise ValueError("give new_id, metadata, or both")
+        body: dict[str, Any] = {}
+        if new_id is not None:
+            body["subject_id"] = new_id
+        if metadata is not None:
+            body["metadata"] = metadata
+        return Call("PATCH", f"/subjects/{_segment(subject_id)}", m.UpdateSubjectResponse,
+                    json=body)
+
+    @staticmethod
+    def merge_subject(subject_id: str, into: str) -> Call:
+        return Call("POST", f"/subjects/{_segment(subject_id)}/merge", m.MergeSubjectResponse,
+                    json={"into": into})
 
     @staticmethod
     def face(face_id: str) -> Call:

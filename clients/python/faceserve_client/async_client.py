@@ -19,6 +19,7 @@ from faceserve_client import models as m
 from faceserve_client._core import (
     DEFAULT_URL,
     Call,
+    FaceChoice,
     RetryPolicy,
     calls,
     headers,
@@ -95,14 +96,15 @@ class AsyncClient:
     async def enroll(
         self, photos: list[Photo] | tuple[Photo, ...], subject_id: str, *,
         metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
-        force: bool = ..., face_crop: bool = ...,
+        force: bool = ..., face_crop: bool = ..., replace_metadata: bool = ...,
     ) -> m.EnrollBatchResponse: ...
 
     @overload
     async def enroll(
         self, photos: Photo, subject_id: str, *,
         metadata: dict[str, Any] | None = ..., on_multiple: str = ..., on_duplicate: str = ...,
-        force: bool = ..., face_crop: bool = ...,
+        force: bool = ..., face_crop: bool = ..., replace_metadata: bool = ...,
+        face: FaceChoice | None = ...,
     ) -> m.EnrollResponse: ...
 
     async def enroll(
@@ -115,13 +117,19 @@ class AsyncClient:
         on_duplicate: str = "warn",
         force: bool = False,
         face_crop: bool = False,
+        replace_metadata: bool = False,
+        face: FaceChoice | None = None,
     ) -> m.EnrollResponse | m.EnrollBatchResponse:
         """Enroll one photo (an ``EnrollResponse``) or a list of photos of one subject (an
         ``EnrollBatchResponse`` with each photo's outcome). The same bytes again for the same
-        subject return the existing face (``created`` false): safe to repeat."""
+        subject return the existing face (``created`` false): safe to repeat. ``metadata`` is
+        a new subject's; an existing one keeps its own unless ``replace_metadata``. ``face``
+        (one photo): the face to enroll, its index in ``embed``'s list or a box
+        ``[left, top, right, bottom]``, instead of the primary face."""
         return await self.send(calls.enroll(
             photos, subject_id, metadata=metadata, on_multiple=on_multiple,
             on_duplicate=on_duplicate, force=force, face_crop=face_crop,
+            replace_metadata=replace_metadata, face=face,
         ))
 
     async def verify(
@@ -132,10 +140,14 @@ class AsyncClient:
         subject_id: str | None = None,
         threshold: float | None = None,
         face_crop: bool = False,
+        on_multiple: str = "primary",
     ) -> m.VerifyResponse:
-        """1:1: ``photo`` against ``other`` (another photo) or against ``subject_id``."""
+        """1:1: ``photo`` against ``other`` (another photo) or against ``subject_id``;
+        ``on_multiple``: ``primary``, ``reject`` (nobody else in the frame) or ``any`` (the
+        subject anywhere in the photo)."""
         return await self.send(calls.verify(
-            photo, other, subject_id=subject_id, threshold=threshold, face_crop=face_crop
+            photo, other, subject_id=subject_id, threshold=threshold, face_crop=face_crop,
+            on_multiple=on_multiple,
         ))
 
     @overload
@@ -204,13 +216,36 @@ class AsyncClient:
     ) -> AsyncIterator[m.FaceInfo]:
         """The faces of one subject, or of every subject of the gallery (subject by subject)."""
         if subject_id is not None:
-            for face in (await self.subject(subject_id)).faces:
-                yield face
-            return
+            cursor: str | None = None
+            while True:
+                page: m.FaceList = await self.send(
+                    calls.subject_faces_page(subject_id, cursor, page_size))
+                for face in page.faces:
+                    yield face
+                if page.next_cursor is None:
+                    return
+                cursor = page.next_cursor
         async for summary in self.subjects(page_size=page_size):
             if summary.face_count:
-                for face in (await self.subject(summary.subject_id)).faces:
+                async for face in self.faces(summary.subject_id, page_size=page_size):
                     yield face
+
+    async def update_subject(
+        self, subject_id: str, *, new_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> m.UpdateSubjectResponse:
+        """Rename a subject (``new_id``: its faces move with it, in one transaction) and/or
+        replace its metadata. A taken ``new_id`` raises a 409 ``subject_exists``: see
+        ``merge_subject``."""
+        return await self.send(calls.update_subject(subject_id, new_id=new_id,
+                                                    metadata=metadata))
+
+    async def rename_subject(self, subject_id: str, new_id: str) -> m.UpdateSubjectResponse:
+        return await self.update_subject(subject_id, new_id=new_id)
+
+    async def merge_subject(self, subject_id: str, into: str) -> m.MergeSubjectResponse:
+        """Move every face of ``subject_id`` to ``into`` and remove ``subject_id``."""
+        return await self.send(calls.merge_subject(subject_id, into))
 
     async def face(self, face_id: str) -> m.FaceInfo:
         return await self.send(calls.face(face_id))

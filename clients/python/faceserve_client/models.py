@@ -34,6 +34,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "FaceInfo",
+    "FaceList",
     "FaceSelection",
     "HealthResponse",
     "IdentifiedFace",
@@ -42,6 +43,7 @@ __all__ = [
     "KeyInfo",
     "KeyList",
     "Landmarks",
+    "MergeSubjectResponse",
     "MoveFaceResponse",
     "NameClusterResponse",
     "NegativeInfo",
@@ -56,6 +58,7 @@ __all__ = [
     "SubjectDetail",
     "SubjectList",
     "SubjectSummary",
+    "UpdateSubjectResponse",
     "VerifiedFace",
     "VerifyResponse",
 ]
@@ -198,9 +201,13 @@ class FaceSelection(BaseModel):
         "detection (scores within 0.1 tie), then the face nearest the photo's centre.",
         examples=["visible-area>confidence>centre"],
     )
-    decided_by: Literal["only_face", "visible_area", "confidence", "centre"] = Field(
+    decided_by: Literal[
+        "only_face", "visible_area", "confidence", "centre", "request", "best_match"
+    ] = Field(
         description="The step that settled it. `confidence` or `centre`: several faces of "
-        "about the same size competed; check `bbox` is the intended person."
+        "about the same size competed; check `bbox` is the intended person. `request`: the "
+        "request's `face` chose it (POST /enroll). `best_match`: verify with "
+        "`on_multiple=any` took the face most similar to the subject."
     )
     reason: str = Field(description="The choice in words.")
     faces_detected: int = Field(description="Faces found in the photo.")
@@ -235,6 +242,18 @@ class Candidate(BaseModel):
 
 # ---------------------------------------------------------------- enroll
 
+MetadataStatus = Annotated[
+    Literal["set", "replaced", "unchanged", "kept"],
+    Field(
+        description="What became of the request's `metadata` (absent when none was sent): "
+        "`set` on the new subject; `replaced` the existing subject's (`replace_metadata=true`); "
+        "`unchanged`: equal to what the subject had; `kept`: the subject already existed with "
+        "other metadata, which was kept (send `replace_metadata=true`, or PATCH "
+        "/subjects/{id}, to change it)."
+    ),
+]
+
+
 
 class EnrollResponse(BaseModel):
     face_id: str = Field(description="Id of the stored template (new, or the existing one).")
@@ -259,6 +278,7 @@ class EnrollResponse(BaseModel):
         description="Another subject this face already matches at the identify decision (its "
         "best face and similarity): the same person enrolled twice, or a mislabelled photo.",
     )
+    metadata_status: MetadataStatus | None = None
 
 
 class EnrollImageOutcome(BaseModel):
@@ -310,6 +330,7 @@ class EnrollBatchResponse(BaseModel):
                              "counts as a possible duplicate (the identify decision).")
     operating_point: OperatingPoint
     model: str = Field(description="Embedding model version.")
+    metadata_status: MetadataStatus | None = None
 
 
 # ---------------------------------------------------------------- verify
@@ -394,6 +415,15 @@ class IdentifyImageResponse(BaseModel):
 
     faces: list[IdentifiedFace]
     faces_detected: int = Field(description="Faces found; at most max_faces are identified.")
+    truncated: bool = Field(
+        False,
+        description="True when the photo has more faces (`faces_detected`) than were "
+        "identified (`max_faces`): the most confident ones are in `faces`, the rest were left out.",
+    )
+    max_faces: int | None = Field(
+        None, description="The cap that applied: the request's `max_faces`, at most the "
+        "server's setting."
+    )
     threshold: float
     operating_point: OperatingPoint
     model: str
@@ -416,7 +446,16 @@ class EmbeddedFace(BaseModel):
 
 class EmbedResponse(BaseModel):
     faces: list[EmbeddedFace]
-    faces_detected: int
+    faces_detected: int = Field(description="Faces found; at most max_faces are embedded.")
+    truncated: bool = Field(
+        False,
+        description="True when the photo has more faces (`faces_detected`) than were "
+        "embedded (`max_faces`): the most confident ones are in `faces`, the rest were left out.",
+    )
+    max_faces: int | None = Field(
+        None, description="The cap that applied: the request's `max_faces`, at most the "
+        "server's setting."
+    )
     model: str
 
 
@@ -452,6 +491,44 @@ class SubjectList(BaseModel):
     )
 
 
+class FaceList(BaseModel):
+    """GET /subjects/{id}/faces: one page of a subject's faces, oldest first."""
+
+    faces: list[FaceInfo] = Field(description="The faces of this page, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class UpdateSubjectResponse(SubjectSummary):
+    """PATCH /subjects/{id}: the subject as it is now (under its new id after a rename)."""
+
+    renamed_from: str | None = Field(
+        None, description="The id the subject had before this request, when it was renamed."
+    )
+    faces_moved: int = Field(
+        0, description="Faces that moved to the new id with the rename (all of them)."
+    )
+    metadata_replaced: bool = Field(
+        description="Whether this request replaced the subject's metadata."
+    )
+
+
+class MergeSubjectResponse(BaseModel):
+    """POST /subjects/{id}/merge: the subject that received the faces, as it is now."""
+
+    subject_id: str = Field(description="The subject that received the faces (`into`).")
+    merged_subject_id: str = Field(
+        description="The subject merged away: it no longer exists, its metadata is erased."
+    )
+    faces_moved: int = Field(description="Faces moved to `subject_id`, with their face ids.")
+    faces_dropped: int = Field(
+        description="Faces of the merged subject erased instead of moved, because "
+        "`subject_id` already had a face from the same image (one face per image)."
+    )
+    face_count: int = Field(description="Faces `subject_id` has now.")
+
+
 class DeleteSubjectResponse(BaseModel):
     subject_id: str
     faces_deleted: int = Field(description="Templates removed from storage and index.")
@@ -461,6 +538,11 @@ class DeleteFaceResponse(BaseModel):
     face_id: str
     subject_id: str
     deleted: bool
+    subject_deleted: bool = Field(
+        False,
+        description="The face was its subject's last, so the subject (and its metadata) was "
+        "erased with it: a subject never stays without faces.",
+    )
 
 
 # ---------------------------------------------------------------- health
@@ -568,7 +650,7 @@ class AuditEvent(BaseModel):
     key_name: str
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-        "name_cluster", "delete_cluster",
+        "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
         "move_face", "add_negative", "delete_negative",
     ]
     subject_id: str | None
@@ -684,15 +766,17 @@ class MoveFaceResponse(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "from_subject_id": "person-0042",
-        "subject_id": "person-0043", "subject_created": True}]})
+        "subject_id": "person-0043", "subject_created": True, "from_subject_deleted": False}]})
 
     face_id: str = Field(description="The face moved; its id, embedding, chip and enrollment "
                          "time are kept.")
-    from_subject_id: str = Field(description="The subject it was taken from (which stays, "
-                                 "possibly without faces).")
+    from_subject_id: str = Field(description="The subject it was taken from.")
     subject_id: str = Field(description="The subject it now belongs to.")
     subject_created: bool = Field(description="True when that subject was created by the "
                                   "move (with no metadata).")
+    from_subject_deleted: bool = Field(
+        False, description="True when the face was its old subject's last: that subject is "
+        "gone with it (with its metadata and negatives), as after DELETE /faces/{id}.")
 
 
 class NameClusterResponse(BaseModel):

@@ -37,8 +37,8 @@ async def audit_log(
     action: Annotated[
         Literal[
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
-            "name_cluster", "delete_cluster",
-            "move_face", "add_negative", "delete_negative",
+            "name_cluster", "delete_cluster", "update_subject", "rename_subject",
+            "merge_subject", "move_face", "add_negative", "delete_negative",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,

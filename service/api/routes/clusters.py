@@ -22,6 +22,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
 from service.api.errors import InvalidField, ServiceError, error_responses
+from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
     ClusterChip,
@@ -284,6 +285,11 @@ async def name_cluster(
                 f"cluster {cluster_id!r} holds embeddings of {sorted(others)}, the gallery "
                 f"is {gallery.model_version}; discard it")
         stored = principal.namespace.internal(body.subject_id)
+        if gallery.get_subject(stored) is None:
+            try:
+                check_new_subject_id(body.subject_id)  # no "/" in a new id (issue 20)
+            except ValueError as exc:
+                raise InvalidField(str(exc)) from None
         enrolled = []
         for f in faces:
             record, _ = gallery.enroll(

@@ -30,7 +30,9 @@ router = APIRouter(tags=["recognition"])
         "Every face (most confident first, at most `max_faces`, itself capped by the server's "
         "setting) with its box, landmarks and L2-normalised 128-d embedding, as floats and "
         "as URL-safe base64 of little-endian float32 (`embedding_b64`, accepted by GET "
-        "/identify). Nothing is stored. A photo without faces gives an empty list. Needs "
+        "/identify). Nothing is stored. A photo without faces gives an empty list. A photo "
+        "with more faces than `max_faces` says so: `truncated: true`, and `faces_detected` "
+        "counts them all. Needs "
         "scope `recognize`."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
@@ -64,5 +66,7 @@ async def embed(
             )
         ],
         faces_detected=found.faces_detected,
+        truncated=found.faces_detected > len(found.faces),
+        max_faces=limit,
         model=services.pipeline.model_version,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
+from models.face_selection import FaceNotDetected, Selection, requested_face
 from models.faces import Face
 from models.imageio import ImageError
 from service.api.deps import GalleryDep, InferenceDep, Services, ServicesDep, SettingsDep
@@ -31,6 +32,7 @@ from service.api.errors import (
     ServiceError,
     error_responses,
 )
+from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import (
     audit_event,
     candidates_for,
@@ -53,11 +55,12 @@ from service.api.schemas import (
     EnrollJSON,
     EnrollResponse,
     ErrorBody,
+    FaceChoice,
 )
 from service.config import Settings
 from service.gallery.gallery import Gallery
 from service.gallery.store.base import FaceRecord
-from service.inference.inference import EmbeddedFaces, Inference, keep_all
+from service.inference.inference import EmbeddedFaces, FacePicker, Inference, keep_all
 from service.inference.quality import check_enroll_quality, quality_model
 from service.security.auth import EnrollKey, Principal
 
@@ -75,6 +78,40 @@ def _reject_several(faces: list[Face]) -> list[Face]:
             f"{len(faces)} faces found and on_multiple=reject; send a photo with one face"
         )
     return faces
+
+
+class FaceNotInPhoto(ServiceError):
+    """The request's ``face`` (an index, a box) names no detected face of the photo."""
+
+    status, code = 422, "face_not_detected"
+
+
+def _picker(choice: FaceChoice) -> FacePicker:
+    """The request's ``face`` as the inference's face picker (instead of the primary face)."""
+
+    def pick(faces: list[Face], height: int, width: int) -> Selection | None:
+        try:
+            return requested_face(faces, box=choice.box, index=choice.index)
+        except FaceNotDetected as exc:
+            raise FaceNotInPhoto(str(exc)) from None
+
+    return pick
+
+
+def _face_choice(value: FaceChoice | str | None) -> FaceChoice | None:
+    """``face`` as a ``FaceChoice``: multipart sends it as JSON text."""
+    if value is None or isinstance(value, FaceChoice):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return FaceChoice.model_validate_json(value)
+    except ValueError as exc:
+        first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise InvalidField(
+            f"face must be a JSON object {{\"box\": [left, top, right, bottom]}} or "
+            f"{{\"index\": n}}: {first}"
+        ) from None
 
 
 class NothingEnrolled(ServiceError):
@@ -144,6 +181,7 @@ class _Enrollment:
     principal: Principal
     subject_id: str
     metadata: dict[str, Any] | None
+    replace_metadata: bool
     on_multiple: str
     on_duplicate: str
     threshold: float
@@ -155,9 +193,24 @@ class _Enrollment:
     services: Services
     gallery: Gallery
     inference: Inference
-    # The subject's metadata keys when the request began, or None: it did not exist (then
-    # every face is audited as ``enroll``, else as ``add_face``).
-    existing_keys: list[str] | None = None
+    # The subject's metadata when the request began, or None: it did not exist (then every
+    # face is audited as ``enroll``, else as ``add_face``).
+    existing_metadata: dict[str, Any] | None = None
+    pick: FacePicker | None = None  # the request's ``face``, when it chose one
+
+    @property
+    def existing_keys(self) -> list[str] | None:
+        return None if self.existing_metadata is None else sorted(self.existing_metadata)
+
+    def metadata_status(self) -> str | None:
+        """What became of the request's metadata (``EnrollResponse.metadata_status``)."""
+        if self.metadata is None:
+            return None
+        if self.existing_metadata is None:
+            return "set"
+        if self.metadata == self.existing_metadata:
+            return "unchanged"
+        return "replaced" if self.replace_metadata else "kept"
 
     async def possible_duplicate(self, embedding: np.ndarray) -> Candidate | None:
         """The best *other* subject of the caller's gallery at or above the threshold.
@@ -180,7 +233,7 @@ class _Enrollment:
         data = await image_bytes(value, field)
         check = _reject_several if self.on_multiple == "reject" else keep_all
         found = await self.inference.primary_face(
-            data, check, self.face_crop, self.min_face_px
+            data, check, self.face_crop, self.min_face_px, pick=self.pick
         )
         result = _Photo(index, found=found)
         if not found.faces:
@@ -212,6 +265,7 @@ class _Enrollment:
                 image_sha256=found.image_sha256,
                 chip_jpeg=chip_jpeg,
                 metadata=self.metadata,
+                replace_metadata=self.replace_metadata,
             )
         )
         action, detail = self.audit_of(created)
@@ -226,7 +280,7 @@ class _Enrollment:
         if self.existing_keys is None:
             return "enroll", {"created": created}
         detail: dict[str, Any] = {"created": created, "metadata_replaced": False}
-        if self.metadata is not None:
+        if self.metadata is not None and self.replace_metadata:
             detail.update(metadata_replaced=True, metadata_keys_before=self.existing_keys,
                           metadata_keys_after=sorted(self.metadata))
         return "add_face", detail
@@ -269,9 +323,14 @@ def _nothing_enrolled(photos: list[_Photo]) -> ServiceError:
         "Detects the faces of the photo, embeds the primary one (the largest visible face; "
         "about equal sizes: the most confident, then the one nearest the centre) and stores "
         "it as a template of `subject_id` (created if new); `face_selection` says which face "
-        "was taken and why. `on_multiple=reject` refuses photos with several faces instead. "
+        "was taken and why. `on_multiple=reject` refuses photos with several faces instead; "
+        "`face` chooses the face to enroll (a box in the photo's pixels, or its index in POST "
+        "/embed's list): 422 `face_not_detected` when no detection matches it. "
         "Re-sending identical image bytes for the same subject is idempotent: the existing "
-        "face is returned with `created: false` and status 200. "
+        "face is returned with `created: false` and status 200. `metadata` is stored with a "
+        "new subject; an existing subject keeps its metadata unless `replace_metadata=true` "
+        "(`metadata_status` says which happened). A new subject id may not contain `/` "
+        "(422). "
         "Before storing, the face is searched for in the gallery: if it already matches "
         "another subject at the identify decision, that subject and the similarity are "
         "reported in `possible_duplicate` (`on_duplicate=warn`, the default) or the photo is "
@@ -320,9 +379,20 @@ async def enroll(
         raise InvalidField("give image (one photo) or images (several photos), not both")
     if body.images is not None and len(body.images) > settings.max_enroll_images:
         raise too_many_images(settings.max_enroll_images)
+    choice = _face_choice(body.face)
+    if choice is not None and body.images is not None:
+        raise InvalidField("face chooses a face of one photo: send it with image, not images")
+    if choice is not None and body.on_multiple == "reject":
+        raise InvalidField("face chooses one of several faces; on_multiple=reject refuses "
+                           "photos with several faces: send one or the other")
     existing = await run_in_threadpool(
         gallery.get_subject, principal.namespace.internal(body.subject_id)
     )
+    if existing is None:
+        try:
+            check_new_subject_id(body.subject_id)
+        except ValueError as exc:
+            raise InvalidField(str(exc)) from None
     if existing is not None and settings.add_faces_scope not in principal.scopes:
         raise Forbidden(
             f"subject {body.subject_id!r} already exists; adding faces to an existing subject "
@@ -333,6 +403,7 @@ async def enroll(
         principal=principal,
         subject_id=body.subject_id,
         metadata=parse_metadata(body.metadata),
+        replace_metadata=body.replace_metadata,
         on_multiple=body.on_multiple,
         on_duplicate=body.on_duplicate,
         threshold=point.threshold,
@@ -344,7 +415,8 @@ async def enroll(
         services=services,
         gallery=gallery,
         inference=inference,
-        existing_keys=None if existing is None else sorted(existing.metadata),
+        existing_metadata=None if existing is None else dict(existing.metadata),
+        pick=None if choice is None else _picker(choice),
     )
     if body.images is not None:
         # One at a time: a batch holds one decoded photo at once, like a single request.
@@ -363,6 +435,7 @@ async def enroll(
             threshold=point.threshold,
             operating_point=point,
             model=services.pipeline.model_version,
+            metadata_status=job.metadata_status(),
         )
 
     assert body.image is not None
@@ -387,4 +460,5 @@ async def enroll(
         model=record.model,
         possible_duplicate=photo.duplicate,
         quality=quality_model(found.quality[0]),
+        metadata_status=job.metadata_status(),
     )

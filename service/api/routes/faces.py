@@ -75,14 +75,14 @@ async def get_face_chip(principal: AdminKey, face_id: FacePath, gallery: Gallery
 
 def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceResponse:
     record = gallery.get_face(face_id)
-    if (
-        record is None
-        or not principal.namespace.owns(record.subject_id)
-        or not gallery.delete_face(face_id)
-    ):
+    if record is None or not principal.namespace.owns(record.subject_id):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    result = gallery.remove_face(face_id)
+    if not result.row_ids:
         raise FaceNotFound(f"face {face_id!r} does not exist")
     subject_id = principal.namespace.external(record.subject_id) or record.subject_id
-    return DeleteFaceResponse(face_id=face_id, subject_id=subject_id, deleted=True)
+    return DeleteFaceResponse(face_id=face_id, subject_id=subject_id, deleted=True,
+                              subject_deleted=result.subject_deleted)
 
 
 @router.delete(
@@ -90,7 +90,10 @@ def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceR
     response_model=DeleteFaceResponse,
     summary="Delete one template",
     description="Removes the face from storage and from the search index before answering "
-    "(erased on disk as for subjects). Needs scope `admin`; a face of another gallery is 404.",
+    "(erased on disk as for subjects). A subject never stays without faces: deleting its "
+    "last face erases the subject and its metadata too (`subject_deleted: true`; afterwards "
+    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `admin`; a "
+    "face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_face(
@@ -98,7 +101,7 @@ async def delete_face(
 ) -> DeleteFaceResponse:
     result = await run_in_threadpool(_delete, gallery, face_id, principal)
     await audit_event(services, principal, "delete_face", subject_id=result.subject_id,
-                      face_id=face_id)
+                      face_id=face_id, detail={"subject_deleted": result.subject_deleted})
     return result
 
 
@@ -124,7 +127,8 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
             "delete one of the two instead")
     old = result.from_subject or record.subject_id
     return MoveFaceResponse(face_id=face_id, from_subject_id=namespace.external(old) or old,
-                            subject_id=subject_id, subject_created=result.subject_created)
+                            subject_id=subject_id, subject_created=result.subject_created,
+                            from_subject_deleted=result.subject_deleted)
 
 
 @router.post(
@@ -135,8 +139,8 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
     "metadata): a face enrolled under the wrong person, or one person's subject split in two. "
     "Atomic: identify finds the face under its old subject or its new one, never both; on a "
     "shared PostgreSQL gallery every replica follows through the change log. The face keeps "
-    "its id, embedding, chip and enrollment time; the old subject stays, possibly without "
-    "faces. Refused (409 `duplicate_face`) when the target already has a face of the same "
+    "its id, embedding, chip and enrollment time; the old subject goes when this was its "
+    "last face (`from_subject_deleted`), as with DELETE /faces/{id}. Refused (409 `duplicate_face`) when the target already has a face of the same "
     "image. Needs scope `admin`; audited as `move_face`.",
     responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
         "model": ErrorResponse, "description": "`duplicate_face`: the target "
@@ -149,5 +153,7 @@ async def move_face(
     result = await run_in_threadpool(_move, gallery, face_id, principal, body.subject_id)
     await audit_event(services, principal, "move_face", subject_id=result.subject_id,
                       face_id=face_id, detail={"from_subject_id": result.from_subject_id,
-                                               "subject_created": result.subject_created})
+                                               "subject_created": result.subject_created,
+                                               "from_subject_deleted":
+                                                   result.from_subject_deleted})
     return result

@@ -167,8 +167,10 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
         "better-scoring face keeps it and the other takes its next candidate at or above "
         "the threshold, or none (unknown). A candidate whose subject has a negative example "
         "(\"not this person\") at least as similar to the face as the subject's best enrolled "
-        "face is never the match (`suppressed_by` says which negative). A photo without "
-        "faces gives an empty `faces` list. Needs scope `recognize`; only the key's gallery "
+        "face is never the match (`suppressed_by` says which negative). A photo without faces "
+        "gives an empty `faces` list; one with more faces than `max_faces` says so "
+        "(`truncated: true`, `faces_detected` counts them all). Needs scope `recognize`; only "
+        "the key's gallery "
         "is searched."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
@@ -218,6 +220,8 @@ async def identify_image(
     return IdentifyImageResponse(
         faces=faces,
         faces_detected=found.faces_detected,
+        truncated=found.faces_detected > len(found.faces),
+        max_faces=limit,
         threshold=point.threshold,
         operating_point=point,
         model=services.pipeline.model_version,

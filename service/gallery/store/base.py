@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -25,6 +25,7 @@ __all__ = [
     "ChangeListener",
     "DeleteResult",
     "FaceChunk",
+    "FaceMoveResult",
     "FaceRecord",
     "GalleryStore",
     "ImportBatchResult",
@@ -96,6 +97,7 @@ class AddResult:
     created: bool  # False: this subject already had a face from the same image bytes
     subject_created: bool
     change_id: int  # the store's last change id after the transaction
+    metadata_replaced: bool = False  # an existing subject's metadata was overwritten
 
 
 @dataclass(frozen=True)
@@ -103,20 +105,40 @@ class DeleteResult:
     row_ids: list[int]  # FAISS ids of the faces removed
     subject_existed: bool
     change_id: int
+    # ``delete_face``: the face was its subject's last, and the subject went with it (a
+    # subject never stays behind without faces: it could be listed but never found).
+    subject_deleted: bool = False
 
 
 @dataclass(frozen=True)
 class MoveResult:
-    """A face moved to another subject: one transaction that logs a 'delete' of its old row and
-    an 'add' of its new one, so every follower's index moves it too (row ids are never reused;
-    the face keeps its face id, embedding, chip and enrollment time)."""
+    """What ``rename_subject`` or ``merge_subjects`` did; nothing unless ``status`` is "ok".
+
+    A moved face keeps its face id, times, embedding and chip, but is a new row (a new FAISS
+    id): the transaction logs a "delete" of each old row and an "add" of each new one, so
+    every replica's index follows a move as it follows enrollments and deletions."""
+
+    status: Literal["ok", "no_source", "no_target", "target_exists", "same"]
+    removed_row_ids: list[int] = field(default_factory=list)
+    added_row_ids: list[int] = field(default_factory=list)
+    faces_moved: int = 0
+    # Merges: faces of the source whose image the target already had (the same photo
+    # enrolled for both); erased rather than moved (a subject holds one face per image).
+    faces_dropped: int = 0
+    change_id: int = 0
+
+
+@dataclass(frozen=True)
+class FaceMoveResult:
+    """One face given to another subject (``move_face``): deleted and inserted again in one
+    transaction, like the faces of a merge (see ``MoveResult``)."""
 
     record: FaceRecord | None  # the face as now stored; None: no such face
     from_subject: str | None  # its subject before the move
-    old_row_id: int
-    new_row_id: int
-    subject_created: bool
-    change_id: int
+    subject_created: bool = False
+    # The face was its subject's last: the subject went with it (and its negatives).
+    subject_deleted: bool = False
+    change_id: int = 0
     # The target subject already has a face of the same image (nothing was changed): its id
     conflict: str | None = None
 
@@ -223,9 +245,30 @@ class GalleryStore(Protocol):
 
     def state(self) -> StoreState: ...
 
-    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
+    def add_face(
+        self, face: NewFace, metadata: dict[str, Any] | None, replace_metadata: bool = True
+    ) -> AddResult:
         """Insert ``face`` (creating its subject), or return the existing face of the same subject
-        and image bytes. ``metadata``, when given, replaces the subject's metadata."""
+        and image bytes. ``metadata`` is a new subject's; it replaces an existing subject's
+        metadata only with ``replace_metadata``."""
+        ...
+
+    def update_metadata(self, subject_id: str, metadata: dict[str, Any]) -> bool:
+        """Replace the subject's metadata (the old value erased as by a deletion); False when
+        the subject does not exist."""
+        ...
+
+    def rename_subject(
+        self, subject_id: str, new_id: str, metadata: dict[str, Any] | None = None
+    ) -> MoveResult:
+        """Give the subject and all its faces the id ``new_id``, in one transaction (status
+        ``target_exists`` when taken, ``no_source`` when the subject does not exist);
+        ``metadata``, when given, replaces its metadata in the same transaction."""
+        ...
+
+    def merge_subjects(self, source: str, target: str) -> MoveResult:
+        """Move every face of ``source`` to ``target`` (both must exist) and remove ``source``
+        with its metadata, in one transaction; ``target`` keeps its metadata."""
         ...
 
     def delete_subject(self, subject_id: str) -> DeleteResult:
@@ -233,12 +276,12 @@ class GalleryStore(Protocol):
         ...
 
     def delete_face(self, face_id: str) -> DeleteResult:
-        """Remove one face (its subject stays, possibly with no faces)."""
+        """Remove one face; its subject too when it was the last (``subject_deleted``)."""
         ...
 
-    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> FaceMoveResult:
         """Give the face to ``subject_id`` (created, with ``created_at`` and no metadata, when
-        new), atomically; see ``MoveResult``."""
+        new), atomically; its old subject goes when it was its last face."""
         ...
 
     def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None: ...
@@ -250,6 +293,13 @@ class GalleryStore(Protocol):
         ...
 
     def subject_faces(self, subject_id: str, *, with_embeddings: bool = True) -> list[FaceRecord]:
+        ...
+
+    def face_page(
+        self, subject_id: str, after_row: int, limit: int
+    ) -> list[tuple[int, FaceRecord]]:
+        """Up to ``limit`` of the subject's faces with row ids above ``after_row``, oldest
+        first, each with its row id (the keyset of the next page); no embeddings."""
         ...
 
     def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:

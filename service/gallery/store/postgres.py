@@ -57,7 +57,6 @@ from service.gallery.store.base import (
     ImportBatchResult,
     KeyRecord,
     LogPosition,
-    MoveResult,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
@@ -326,7 +325,14 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     # ------------------------------------------------------------ writes
 
-    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
+    _JSON_CAST = "::json"
+
+    def _log_changes(self, conn: psycopg.Connection, op: str, row_ids: list[int]) -> int:
+        return (self._log_adds if op == "add" else self._log_deletes)(conn, row_ids)
+
+    def add_face(
+        self, face: NewFace, metadata: dict[str, Any] | None, replace_metadata: bool = True
+    ) -> AddResult:
         meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
         with self._write_transaction() as conn:
             inserted = conn.execute(
@@ -335,7 +341,8 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
                 (face.subject_id, meta_json or "{}", face.created_at),
             ).fetchone()
             subject_created = inserted is not None
-            if not subject_created and meta_json is not None:
+            replaced = not subject_created and meta_json is not None and replace_metadata
+            if replaced:
                 conn.execute(
                     "UPDATE subjects SET metadata = %s::json WHERE subject_id = %s",
                     (meta_json, face.subject_id),
@@ -348,7 +355,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
             if existing is not None:
                 return AddResult(
                     self._face_record(existing, True), int(existing[0]), False, False,
-                    self._last_change(conn),
+                    self._last_change(conn), replaced,
                 )
             bbox = [int(v) for v in face.bbox]
             landmarks = [[float(c) for c in point] for point in face.landmarks]
@@ -389,7 +396,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
             created_at=face.created_at,
             embedding=from_blob(to_blob(face.embedding)),
         )
-        return AddResult(record, row_id, True, subject_created, change_id)
+        return AddResult(record, row_id, True, subject_created, change_id, replaced)
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
@@ -475,45 +482,20 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     def delete_face(self, face_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            row = conn.execute("SELECT id FROM faces WHERE face_id = %s", (face_id,)).fetchone()
+            row = conn.execute(
+                "SELECT id, subject_id FROM faces WHERE face_id = %s", (face_id,)
+            ).fetchone()
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
             change_id = self._log_deletes(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = %s", (row_ids[0],))
-        return DeleteResult(row_ids, True, change_id)
-
-    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
-        with self._write_transaction() as conn:
-            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces "
-                               "WHERE face_id = %s", (face_id,)).fetchone()
-            if row is None:
-                return MoveResult(None, None, 0, 0, False, self._last_change(conn))
-            record, old_row = self._face_record(row, True), int(row[0])
-            same = conn.execute("SELECT face_id FROM faces WHERE subject_id = %s AND "
-                                "image_sha256 = %s", (subject_id, record.image_sha256)
-                                ).fetchone()
-            if same is not None:
-                return MoveResult(record, record.subject_id, old_row, old_row, False,
-                                  self._last_change(conn), conflict=same[0])
-            created = conn.execute(
-                "INSERT INTO subjects (subject_id, metadata, created_at) VALUES (%s, '{}', %s) "
-                "ON CONFLICT (subject_id) DO NOTHING RETURNING 1", (subject_id, created_at)
-            ).fetchone() is not None
-            self._log_deletes(conn, [old_row])
-            conn.execute("DELETE FROM faces WHERE id = %s", (old_row,))
-            new = conn.execute(
-                "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
-                "model, image_sha256, created_at, embedding, chip) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (face_id, subject_id, row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-                 row[10])).fetchone()
-            assert new is not None
-            new_row = int(new[0])
-            change_id = self._log_adds(conn, [new_row])
-        from_subject = record.subject_id
-        record.subject_id = subject_id
-        return MoveResult(record, from_subject, old_row, new_row, created, change_id)
+            # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
+            gone = conn.execute(
+                "DELETE FROM subjects WHERE subject_id = %s AND NOT EXISTS "
+                "(SELECT 1 FROM faces WHERE subject_id = %s)", (row[1], row[1]),
+            ).rowcount > 0
+        return DeleteResult(row_ids, True, change_id, gone)
 
     # ------------------------------------------------------------ reads
 

@@ -10,6 +10,7 @@ as well; the write runs in the store's own ``_write_transaction``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from service.gallery.store.base import (
+    FaceMoveResult,
     FaceRecord,
     KeyRecord,
+    MoveResult,
     NewFace,
     StoreState,
     SubjectRecord,
@@ -34,6 +37,12 @@ __all__ = [
     "key_record",
     "to_blob",
 ]
+
+# The columns a moved face keeps (everything but its row id and subject).
+_MOVED_COLUMNS = (
+    "face_id, bbox, landmarks, detection_confidence, model, image_sha256, created_at, "
+    "embedding, chip"
+)
 
 # (row id, face id, stored chip JPEG or None)
 ReembedRow = tuple[int, str, bytes | None]
@@ -175,6 +184,18 @@ class SqlReads:
         with self._reader() as conn:
             return self._faces_of(conn, subject_id, with_embeddings)
 
+    def face_page(
+        self, subject_id: str, after_row: int, limit: int
+    ) -> list[tuple[int, FaceRecord]]:
+        p = self._P
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT {FACE_COLUMNS} FROM faces WHERE subject_id = {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}",
+                (subject_id, int(after_row), int(limit)),
+            ).fetchall()
+        return [(int(r[0]), self._face_record(r, False)) for r in rows]
+
     def list_subjects(self, after: str | None, limit: int) -> list[SubjectRecord]:
         with self._reader() as conn:
             rows = conn.execute(
@@ -185,6 +206,155 @@ class SqlReads:
                 ("" if after is None else after, int(limit)),
             ).fetchall()
         return [SubjectRecord(r[0], self._json(r[1]), r[2], int(r[3])) for r in rows]
+
+    # ------------------------------------------------------------ renames and merges
+
+    # How a JSON parameter is written in SQL ("::json" for PostgreSQL's json column).
+    _JSON_CAST = ""
+
+    def _log_changes(self, conn: Any, op: str, row_ids: list[int]) -> int:
+        """Append one ``op`` change per row, in order; the last change id."""
+        raise NotImplementedError
+
+    def _after_move(self) -> None:
+        """Called after a committed move (SQLite erases the old rows from its WAL)."""
+
+    def _move_faces(self, conn: Any, source: str, target: str) -> MoveResult:
+        """Move ``source``'s faces to ``target`` inside the caller's write transaction: each
+        row is deleted and inserted again under ``target`` (a new row id, the same face id),
+        so followers of the change log see a delete and an add, as for any other write.
+        A face whose image ``target`` already has is only deleted (``faces_dropped``)."""
+        p = self._P
+        rows = conn.execute(
+            f"SELECT id, {_MOVED_COLUMNS} FROM faces WHERE subject_id = {p} ORDER BY id",
+            (source,),
+        ).fetchall()
+        taken = {
+            str(r[0]) for r in conn.execute(
+                f"SELECT image_sha256 FROM faces WHERE subject_id = {p}", (target,)
+            ).fetchall()
+        }
+        removed: list[int] = []
+        added: list[int] = []
+        marks = ", ".join([p] * 10)
+        for row in rows:
+            conn.execute(f"DELETE FROM faces WHERE id = {p}", (row[0],))
+            removed.append(int(row[0]))
+            if str(row[6]) in taken:
+                continue
+            new = conn.execute(
+                f"INSERT INTO faces (subject_id, {_MOVED_COLUMNS}) VALUES ({marks}) RETURNING id",
+                (target, *row[1:]),
+            ).fetchone()
+            added.append(int(new[0]))
+        change_id = self._last_change(conn)
+        if removed:
+            change_id = self._log_changes(conn, "delete", removed)
+        if added:
+            change_id = self._log_changes(conn, "add", added)
+        return MoveResult("ok", removed, added, len(added), len(removed) - len(added),
+                          change_id)
+
+    def _subject_exists(self, conn: Any, subject_id: str) -> bool:
+        return conn.execute(
+            f"SELECT 1 FROM subjects WHERE subject_id = {self._P}", (subject_id,)
+        ).fetchone() is not None
+
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> FaceMoveResult:
+        """One face to ``subject_id`` (see ``GalleryStore.move_face``), as ``_move_faces``
+        moves a subject's: its row deleted and inserted again, a delete and an add logged."""
+        p = self._P
+        with self._write_transaction() as conn:
+            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding FROM faces "
+                               f"WHERE face_id = {p}", (face_id,)).fetchone()
+            if row is None:
+                return FaceMoveResult(None, None, change_id=self._last_change(conn))
+            record, old_row = self._face_record(row, True), int(row[0])
+            source = record.subject_id
+            same = conn.execute(f"SELECT face_id FROM faces WHERE subject_id = {p} AND "
+                                f"image_sha256 = {p}", (subject_id, record.image_sha256)
+                                ).fetchone()
+            if same is not None:
+                return FaceMoveResult(record, source, change_id=self._last_change(conn),
+                                      conflict=str(same[0]))
+            created = not self._subject_exists(conn, subject_id)
+            if created:
+                conn.execute(f"INSERT INTO subjects (subject_id, metadata, created_at) "
+                             f"VALUES ({p}, '{{}}', {p})", (subject_id, created_at))
+            moved = conn.execute(f"SELECT {_MOVED_COLUMNS} FROM faces WHERE id = {p}",
+                                 (old_row,)).fetchone()
+            conn.execute(f"DELETE FROM faces WHERE id = {p}", (old_row,))
+            new = conn.execute(
+                f"INSERT INTO faces (subject_id, {_MOVED_COLUMNS}) VALUES "
+                f"({', '.join([p] * 10)}) RETURNING id", (subject_id, *moved)).fetchone()
+            self._log_changes(conn, "delete", [old_row])
+            change_id = self._log_changes(conn, "add", [int(new[0])])
+            # A subject never stays behind without faces (its negatives go with it).
+            gone = conn.execute(
+                f"DELETE FROM subjects WHERE subject_id = {p} AND NOT EXISTS "
+                f"(SELECT 1 FROM faces WHERE subject_id = {p})", (source, source)).rowcount > 0
+        self._after_move()
+        record.subject_id = subject_id
+        return FaceMoveResult(record, source, created, gone, change_id)
+
+    def _move_negatives(self, conn: Any, source: str, target: str) -> None:
+        """A renamed or merged subject's negatives ("not this person") go to ``target``: they
+        were said of the same person (deleting ``source`` would erase them otherwise)."""
+        conn.execute(f"UPDATE negatives SET subject_id = {self._P} WHERE subject_id = {self._P}",
+                     (target, source))
+
+    def rename_subject(
+        self, subject_id: str, new_id: str, metadata: dict[str, Any] | None = None
+    ) -> MoveResult:
+        p = self._P
+        with self._write_transaction() as conn:
+            if not self._subject_exists(conn, subject_id):
+                return MoveResult("no_source", change_id=self._last_change(conn))
+            if subject_id == new_id:
+                return MoveResult("same", change_id=self._last_change(conn))
+            if self._subject_exists(conn, new_id):
+                return MoveResult("target_exists", change_id=self._last_change(conn))
+            conn.execute(
+                "INSERT INTO subjects (subject_id, metadata, created_at) "
+                f"SELECT {p}, metadata, created_at FROM subjects WHERE subject_id = {p}",
+                (new_id, subject_id),
+            )
+            if metadata is not None:
+                conn.execute(
+                    f"UPDATE subjects SET metadata = {p}{self._JSON_CAST} WHERE subject_id = {p}",
+                    (json.dumps(metadata, ensure_ascii=False), new_id),
+                )
+            result = self._move_faces(conn, subject_id, new_id)
+            self._move_negatives(conn, subject_id, new_id)
+            conn.execute(f"DELETE FROM subjects WHERE subject_id = {p}", (subject_id,))
+        self._after_move()
+        return result
+
+    def merge_subjects(self, source: str, target: str) -> MoveResult:
+        with self._write_transaction() as conn:
+            if not self._subject_exists(conn, source):
+                return MoveResult("no_source", change_id=self._last_change(conn))
+            if source == target:
+                return MoveResult("same", change_id=self._last_change(conn))
+            if not self._subject_exists(conn, target):
+                return MoveResult("no_target", change_id=self._last_change(conn))
+            result = self._move_faces(conn, source, target)
+            self._move_negatives(conn, source, target)
+            conn.execute(f"DELETE FROM subjects WHERE subject_id = {self._P}", (source,))
+        self._after_move()
+        return result
+
+    def update_metadata(self, subject_id: str, metadata: dict[str, Any]) -> bool:
+        p = self._P
+        with self._write_transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE subjects SET metadata = {p}{self._JSON_CAST} WHERE subject_id = {p}",
+                (json.dumps(metadata, ensure_ascii=False), subject_id),
+            )
+            found = cur.rowcount > 0
+        if found:
+            self._after_move()  # the old metadata is personal data: erase it as a deletion
+        return found
 
     # ------------------------------------------------------------ re-embedding
 

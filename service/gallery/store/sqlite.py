@@ -38,7 +38,6 @@ from service.gallery.store.base import (
     ImportBatchResult,
     KeyRecord,
     LogPosition,
-    MoveResult,
     NewAuditEvent,
     NewFace,
     SchemaTooNew,
@@ -138,7 +137,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX unknown_faces_gallery ON unknown_faces(gallery, id)",
         "CREATE INDEX unknown_faces_created ON unknown_faces(created_at)",
     ),
-    # 4: negative examples of subjects, "not this person" (issue 17;
+    # 4: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces (listed, but never found by identify or verify).
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
+    # 5: negative examples of subjects, "not this person" (issue 17;
     # service/gallery/store/negatives.py). Erased with their subject (the cascade); a subject
     # whose id changes takes them along.
     (
@@ -333,25 +338,32 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     # ------------------------------------------------------------ writes
 
-    def add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
-        result = self._add_face(face, metadata)
-        if metadata is not None and not result.subject_created:
+    def add_face(
+        self, face: NewFace, metadata: dict[str, Any] | None, replace_metadata: bool = True
+    ) -> AddResult:
+        result = self._add_face(face, metadata if replace_metadata else None, metadata)
+        if result.metadata_replaced:
             # The subject's metadata was replaced: its old value (personal data) is still in
             # the WAL or, until the next checkpoint, in the main file. Erase it as a deletion.
             with self._write_lock:
                 self._erase_wal()
         return result
 
-    def _add_face(self, face: NewFace, metadata: dict[str, Any] | None) -> AddResult:
-        meta_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False)
+    def _add_face(
+        self, face: NewFace, replacement: dict[str, Any] | None,
+        initial: dict[str, Any] | None,
+    ) -> AddResult:
+        """``initial``: a new subject's metadata; ``replacement``: an existing one's."""
+        initial_json = None if initial is None else json.dumps(initial, ensure_ascii=False)
+        meta_json = None if replacement is None else json.dumps(replacement, ensure_ascii=False)
         with self._write_transaction() as conn:
-            subject_created = False
+            subject_created = replaced = False
             if conn.execute(
                 "SELECT 1 FROM subjects WHERE subject_id = ?", (face.subject_id,)
             ).fetchone() is None:
                 conn.execute(
                     "INSERT INTO subjects (subject_id, metadata, created_at) VALUES (?, ?, ?)",
-                    (face.subject_id, meta_json or "{}", face.created_at),
+                    (face.subject_id, initial_json or "{}", face.created_at),
                 )
                 subject_created = True
             elif meta_json is not None:
@@ -359,6 +371,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
                     "UPDATE subjects SET metadata = ? WHERE subject_id = ?",
                     (meta_json, face.subject_id),
                 )
+                replaced = True
             existing = conn.execute(
                 f"SELECT {FACE_COLUMNS}, embedding FROM faces "
                 "WHERE subject_id = ? AND image_sha256 = ?",
@@ -367,7 +380,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
             if existing is not None:
                 return AddResult(
                     self._face_record(existing, True), int(existing[0]), False, False,
-                    self._last_change(conn),
+                    self._last_change(conn), replaced,
                 )
             cur = conn.execute(
                 "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
@@ -402,7 +415,8 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
                 created_at=face.created_at,
                 embedding=from_blob(to_blob(face.embedding)),
             )
-            return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0))
+            return AddResult(record, row_id, True, subject_created, int(change.lastrowid or 0),
+                             replaced)
 
     def import_batch(
         self, subjects: Sequence[SubjectRecord], faces: Sequence[NewFace]
@@ -441,11 +455,19 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
             return ImportBatchResult(subjects_added, len(row_ids), self._last_change(conn))
 
     def _delete(self, conn: sqlite3.Connection, row_ids: list[int]) -> None:
+        self._log_changes(conn, "delete", row_ids)
+
+    def _log_changes(self, conn: sqlite3.Connection, op: str, row_ids: list[int]) -> int:
         at = _now()
         conn.executemany(
-            "INSERT INTO changes (op, face_row_id, at) VALUES ('delete', ?, ?)",
-            [(r, at) for r in row_ids],
+            "INSERT INTO changes (op, face_row_id, at) VALUES (?, ?, ?)",
+            [(op, r, at) for r in row_ids],
         )
+        return self._last_change(conn)
+
+    def _after_move(self) -> None:
+        with self._write_lock:
+            self._erase_wal()
 
     def delete_subject(self, subject_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
@@ -468,47 +490,23 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     def delete_face(self, face_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            row = conn.execute("SELECT id FROM faces WHERE face_id = ?", (face_id,)).fetchone()
+            row = conn.execute(
+                "SELECT id, subject_id FROM faces WHERE face_id = ?", (face_id,)
+            ).fetchone()
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
             self._delete(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = ?", (row_ids[0],))
+            # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
+            gone = conn.execute(
+                "DELETE FROM subjects WHERE subject_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM faces WHERE subject_id = ?)", (row[1], row[1]),
+            ).rowcount > 0
             change_id = self._last_change(conn)
         with self._write_lock:
             self._erase_wal()
-        return DeleteResult(row_ids, True, change_id)
-
-    def move_face(self, face_id: str, subject_id: str, created_at: str) -> MoveResult:
-        with self._write_transaction() as conn:
-            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding, chip FROM faces "
-                               "WHERE face_id = ?", (face_id,)).fetchone()
-            if row is None:
-                return MoveResult(None, None, 0, 0, False, self._last_change(conn))
-            record, old_row = self._face_record(row, True), int(row[0])
-            same = conn.execute("SELECT face_id FROM faces WHERE subject_id = ? AND "
-                                "image_sha256 = ?", (subject_id, record.image_sha256)).fetchone()
-            if same is not None:
-                return MoveResult(record, record.subject_id, old_row, old_row, False,
-                                  self._last_change(conn), conflict=same[0])
-            created = conn.execute(
-                "INSERT OR IGNORE INTO subjects (subject_id, metadata, created_at) "
-                "VALUES (?, '{}', ?)", (subject_id, created_at)).rowcount > 0
-            self._delete(conn, [old_row])
-            conn.execute("DELETE FROM faces WHERE id = ?", (old_row,))
-            cur = conn.execute(
-                "INSERT INTO faces (face_id, subject_id, bbox, landmarks, detection_confidence, "
-                "model, image_sha256, created_at, embedding, chip) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (face_id, subject_id, row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-                 row[10]))
-            new_row = int(cur.lastrowid or 0)
-            change = conn.execute("INSERT INTO changes (op, face_row_id, at) "
-                                  "VALUES ('add', ?, ?)", (new_row, _now()))
-            from_subject = record.subject_id
-            record.subject_id = subject_id
-            return MoveResult(record, from_subject, old_row, new_row, created,
-                              int(change.lastrowid or 0))
+        return DeleteResult(row_ids, True, change_id, gone)
 
     # ------------------------------------------------------------ reads
 

@@ -88,7 +88,9 @@ export function enrollPage(view, params) {
       const result = await post("/enroll", form);
       outcomes = result.images;
       status.replaceChildren(message("ok", `“${result.subject_id}”: ${result.enrolled} of `
-        + `${photos.length} photo${photos.length === 1 ? "" : "s"} enrolled.`));
+        + `${photos.length} photo${photos.length === 1 ? "" : "s"} enrolled.`
+        + (result.metadata_status === "kept" ? " The subject already existed: its metadata "
+          + "was kept, not replaced by the one given here." : "")));
     } catch (err) {
       outcomes = Array.isArray(err.details) && err.details.every((d) => "status" in d)
         ? err.details : null;

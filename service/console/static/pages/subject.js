@@ -37,12 +37,23 @@ export async function subjectPage(view, subjectId) {
   };
 
   async function deleteFace(face) {
+    const last = faces.children.length === 1;
     const ok = await confirmAction(
       `Delete face ${face.face_id} of “${subject.subject_id}”? Its template and chip are `
-      + "erased for good.", "Delete face");
+      + "erased for good."
+      + (last ? " It is the subject's last face: the subject and its metadata go with it." : ""),
+      "Delete face");
     if (!ok) return;
     try {
-      await del(`/faces/${encodeURIComponent(face.face_id)}`);
+      const result = await del(`/faces/${encodeURIComponent(face.face_id)}`);
+      if (result.subject_deleted) {
+        // A subject never stays without faces: the server erased it with its last face.
+        sessionStorage.setItem("faceserve.notice",
+          `Face ${face.face_id} deleted; it was the last, so subject “${result.subject_id}” `
+          + "was erased with it.");
+        location.hash = "#/gallery";
+        return;
+      }
       faces.querySelector(`[data-face-id="${CSS.escape(face.face_id)}"]`)?.remove();
       showCount();
       status.replaceChildren(message("ok", `Face ${face.face_id} deleted.`));

@@ -105,7 +105,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE change_log (pruned_through bigint NOT NULL)",
         "INSERT INTO change_log (pruned_through) VALUES (0)",
     ),
-    # 5: negative examples of subjects, "not this person" (issue 17; SQLite's version 4).
+    # 5: a subject goes with its last face (issue 20); remove those older versions left
+    # behind without faces, as SQLite's version 4.
+    (
+        "DELETE FROM subjects WHERE NOT EXISTS "
+        "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
+    ),
+    # 6: negative examples of subjects, "not this person" (issue 17; SQLite's version 5).
     (
         """CREATE TABLE negatives (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
