@@ -210,7 +210,7 @@ def test_a_face_moves_to_a_new_subject_and_back(any_client: Any) -> None:
     r = client.post(f"/faces/{wrong}/move", json={"subject_id": "carol"})
     assert r.status_code == 200, r.text
     assert r.json() == {"face_id": wrong, "from_subject_id": "alice", "subject_id": "carol",
-                        "subject_created": True}
+                        "subject_created": True, "from_subject_deleted": False}
     assert [f["face_id"] for f in client.get("/subjects/carol").json()["faces"]] == [wrong]
     assert client.get("/subjects/alice").json()["face_count"] == 1
     match = client.post("/identify", files=png(fake_photo(3, variant=4))).json()["faces"][0]
