@@ -230,13 +230,15 @@ def test_corrections_and_clusters(server: LiveServer, client: fc.Client, lfw: Pa
             n = await c.add_negative("joe", face_id=b.face_id)
             assert [x.source for x in await c.negatives("joe")] == ["face"]
             assert (await c.delete_negative(n.negative_id)).deleted
-            assert (await c.move_face(b.face_id, "joe")).subject_created is False
+            back = await c.move_face(b.face_id, "joe")
+            assert (back.subject_created, back.from_subject_deleted) == (False, True)
             assert (await c.clusters()).pending == 0
 
     asyncio.run(twin())
     assert {f.face_id for f in client.faces("joe")} == {a.face_id, b.face_id}
+    with pytest.raises(fc.SubjectNotFoundError):  # it went with its only face
+        client.subject("joe-2")
     client.delete_subject("joe")
-    client.delete_subject("joe-2")
 
 
 def test_the_async_client_does_the_same(server: LiveServer, admin: str, people: Path) -> None:

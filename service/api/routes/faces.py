@@ -140,8 +140,9 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
     "Atomic: identify finds the face under its old subject or its new one, never both; on a "
     "shared PostgreSQL gallery every replica follows through the change log. The face keeps "
     "its id, embedding, chip and enrollment time; the old subject goes when this was its "
-    "last face (`from_subject_deleted`), as with DELETE /faces/{id}. Refused (409 `duplicate_face`) when the target already has a face of the same "
-    "image. Needs scope `admin`; audited as `move_face`.",
+    "last face (`from_subject_deleted`), as with DELETE /faces/{id}. Refused (409 "
+    "`duplicate_face`) when the target already has a face of the same image. Needs scope "
+    "`admin`; audited as `move_face`.",
     responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
         "model": ErrorResponse, "description": "`duplicate_face`: the target "
         "subject already has a face of the same image."}},
