@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             "best_accuracy": summary.best_accuracy,
             "images_differing_from_centre": int(differs),
         })
-    print(f"\n{'rule':40} {'10-fold acc':>12} {'± std':>7} {'best-thr acc':>13} {'≠ centre':>9}")
+    folds = f"{pairs.n_folds}-fold acc"
+    print(f"\n{'rule':40} {folds:>12} {'± std':>7} {'best-thr acc':>13} {'≠ centre':>9}")
     for r in rows:
         print(f"{r['rule']:40} {100 * r['ten_fold_mean']:11.2f}% {100 * r['ten_fold_std']:6.2f} "
               f"{100 * r['best_accuracy']:12.2f}% {r['images_differing_from_centre']:9d}")

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nLFW {len(pairs)} pairs ({pairs.n_folds} folds x {pairs.per_half} + "
           f"{pairs.per_half})")
-    print(f"{'':28} {'10-fold acc':>12} {'± std':>7} {'best-thr acc':>13} {'AUC':>8}")
+    print(f"{'':28} {f'{pairs.n_folds}-fold acc':>12} {'± std':>7} {'best-thr acc':>13} {'AUC':>8}")
     for name, fig in (("POST /verify (HTTP API)", api_fig), ("eval lfw (cache)", eval_fig)):
         print(f"{name:28} {100 * fig['ten_fold_mean']:11.2f}% {100 * fig['ten_fold_std']:6.2f} "
               f"{100 * fig['best_accuracy']:12.2f}% {fig['auc']:8.5f}")

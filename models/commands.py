@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.backends.options import add_detector_options
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -42,7 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "inclusive), detection confidence, landmarks and the L2-normalised embedding."
         ),
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="image files (JPEG, PNG, WebP, BMP)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
     p.add_argument("--upsample", type=int, default=0, help="upsample photos N times (small faces)")
@@ -54,7 +57,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="each image is one cropped or aligned face: no search (an image that "
                         "is not a face gets an error record)")
     p.add_argument("--no-embedding", action="store_true", help="detect and landmark only")
-    p.add_argument("--cache-dir", type=Path)
+    p.add_argument("--cache-dir", type=Path, help="converted weights cache "
+                   "(default: $FACESERVE_CACHE_DIR or ~/.cache/faceserve)")
+    p.add_argument("--model", default="dlib",
+                   help="`dlib` (default), an exported .safetensors or an added ONNX model")
+    add_detector_options(p)
     p.set_defaults(func=_embed)
 
     p = sub.add_parser(
@@ -77,7 +84,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="write DATA_DIR/impostor_reference.json (default: $FACESERVE_DATA_DIR "
                         "or ./data)")
     p.add_argument("--out", type=Path, help="write here instead")
-    p.add_argument("--model", default="dlib", help="`dlib` or an exported .safetensors model")
+    p.add_argument("--model", default="dlib",
+                   help="`dlib`, an exported .safetensors or an added ONNX model")
+    add_detector_options(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_calibrate)
@@ -115,6 +124,9 @@ def _embed(args: argparse.Namespace) -> int:
         upsample=args.upsample,
         max_side=args.max_side,
         small_image_retry_px=args.small_image_retry_px,
+        model=None if args.model == "dlib" else args.model,
+        detector=args.detector,
+        model_dir=args.model_dir,
     )
     status = 0
     for path in args.images:
@@ -165,7 +177,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or Path(os.environ.get("FACESERVE_DATA_DIR", "./data"))
     out = args.out or data_dir / "impostor_reference.json"
     pipeline = FacePipeline(device=None if args.device == "auto" else args.device,
-                            model=None if args.model == "dlib" else args.model)
+                            model=None if args.model == "dlib" else args.model,
+                            detector=args.detector, model_dir=args.model_dir)
     try:
         rule, counts = stranger_reference(
             pipeline, photos, source=f"strangers:{args.strangers.name}",

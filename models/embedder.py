@@ -515,8 +515,9 @@ def embed_chips(
     flip: bool = False,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """L2-normalised embeddings ``(N, D)`` float32 on the CPU of uint8 chips ``(N,150,150,3)``;
-    ``D`` is the model's output size (128 for dlib's; an exported model may differ).
+    """L2-normalised embeddings ``(N, D)`` float32 on the CPU of uint8 chips ``(N, S, S, 3)``;
+    ``S`` is the model's chip size (150 for dlib's, 112 for the ArcFace family), ``D`` its
+    output size (128 for dlib's; exported and ONNX models may differ).
 
     With ``flip`` each embedding is the renormalised mean of the chip's and its mirror's
     (test-time augmentation). Batches go to the model's device as uint8 (4x less to copy).
@@ -529,7 +530,10 @@ def embed_chips(
     x = torch.as_tensor(chips)
     if x.dtype != torch.uint8:
         raise TypeError(f"chips must be uint8 pixel values, got {x.dtype}")
-    size = getattr(getattr(model, "config", None), "input_size", CHIP_SIZE)
+    # ONNX embedders (models.backends.onnx_embedder) say their chip size as ``input_size``.
+    size = getattr(model, "input_size", None) or getattr(
+        getattr(model, "config", None), "input_size", CHIP_SIZE
+    )
     if x.ndim != 4 or tuple(x.shape[1:]) != (size, size, 3):
         raise ValueError(f"chips must be (N, {size}, {size}, 3) RGB, got {tuple(x.shape)}")
     if batch_size < 1:

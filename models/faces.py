@@ -56,9 +56,12 @@ def _round(x: float) -> int:
 class Face:
     """One face found in one image.
 
-    ``landmarks`` are the 5 dlib points (``(5, 2)`` float, x then y) in image pixels.
-    ``embedding`` is the L2-normalised 128-d float32 vector, or None when only detected.
-    ``chip`` is the aligned 150x150x3 uint8 RGB crop the embedding was computed from.
+    ``landmarks`` are 5 points (``(5, 2)`` float, x then y) in image pixels: dlib's (eye
+    corners, nose base) by default, an SCRFD detector's (eye centres, nose tip, mouth
+    corners) when the pipeline runs one (``models.backends.geometry``).
+    ``embedding`` is the L2-normalised float32 vector (128-d for dlib's model), or None when
+    only detected. ``chip`` is the aligned uint8 RGB crop the embedding was computed from
+    (150x150 for dlib's model, 112x112 for the ArcFace family).
     ``model`` names the embedding model, so a stored vector can be checked against it.
     """
 

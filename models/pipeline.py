@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.align import FIVE_POINT_TEMPLATE, extract_chips, similarity_transform
+from models.align import FIVE_POINT_TEMPLATE, similarity_transform
+from models.backends.geometry import GeometryError, align_chips
 from models.detector import WINDOW_PX, detection_scale, load_detector
 from models.device import resolve_device
 from models.embedder import CHIP_SIZE
@@ -63,17 +64,25 @@ _CHIP_CENTRE_TOLERANCE = 25.0
 
 
 class FacePipeline:
-    """Loads the three converted dlib models once and runs them on one device.
+    """Loads the detector, landmark and embedding models once and runs them on one device.
 
-    ``model`` picks the embedder: ``None``/``"dlib"`` for the published dlib ResNet, or the path
-    of a file written by ``faceserve export`` (detection and alignment stay dlib's, which is
-    what such a model was trained on). ``upsample`` doubles the photo before detection (finds
-    faces below ~80 px, 4x slower); ``max_side`` shrinks very large photos before detection
-    (boxes are mapped back), which bounds detection time and memory for 12-megapixel phone
-    photos; ``min_face_px``, when set, replaces ``upsample``: the smallest face (box side, in
-    the photo's pixels) that must be found; above the 80 px window the photo is shrunk so the
+    ``model`` picks the embedder: ``None``/``"dlib"`` for the published dlib ResNet, the path of
+    a file written by ``faceserve export`` (detection and alignment stay dlib's, which is what
+    such a model was trained on), or an ONNX model added with ``faceserve models add`` (a path,
+    or its name in ``model_dir``), whose manifest says how its chips are cut
+    (``models.backends.geometry``). ``detector``: ``None``/``"dlib"`` for dlib's MMOD and
+    5-point predictor, or an added SCRFD model, which gives the five points (eye centres, nose
+    tip, mouth corners) ArcFace chips are aligned on; a model whose template needs those points
+    cannot run behind dlib's detector (``GeometryError`` says so), while dlib-chip models behind
+    SCRFD get dlib's 5 points from its boxes. ``upsample`` doubles the photo before detection
+    (finds faces below ~80 px, 4x slower); ``max_side`` shrinks very large photos before
+    detection (boxes are mapped back), which bounds detection time and memory for 12-megapixel
+    phone photos; ``min_face_px``, when set, replaces ``upsample``: the smallest face (box side,
+    in the photo's pixels) that must be found; above the 80 px window the photo is shrunk so the
     scan starts at that size (``models.detector.detection_scale``), below it the photo is
-    upsampled. ``flip`` averages each embedding with that of the mirrored chip.
+    upsampled (``upsample``, ``max_side`` and ``min_face_px`` are MMOD's: SCRFD always sees the
+    photo letterboxed to its input). ``flip`` averages each embedding with that of the mirrored
+    chip.
     """
 
     chip_size = CHIP_SIZE
@@ -89,16 +98,42 @@ class FacePipeline:
         model: str | Path | None = None,
         small_image_retry_px: int | None = SMALL_IMAGE_RETRY_PX,
         min_face_px: int | None = None,
+        detector: str | Path | None = None,
+        model_dir: str | Path | None = None,
     ) -> None:
         self.device = resolve_device(device)
         cache = Path(cache_dir) if cache_dir is not None else None
-        self.detector = load_detector(device=self.device, cache_dir=cache)
-        self.landmarker = load_shape_predictor(cache_dir=cache)
-        self.model: EmbeddingModel = load_embedding_model(model, self.device, cache)
+        self.model: EmbeddingModel = load_embedding_model(model, self.device, cache, model_dir)
+        self.geometry = self.model.geometry
+        self.chip_size = self.geometry.size
+        self.landmark_scheme = self.geometry.landmarks
+        self.detector_name = "dlib" if detector in (None, "", "dlib") else str(detector)
+        if self.detector_name == "dlib":
+            if self.geometry.landmarks != "dlib5":
+                raise GeometryError(
+                    f"model {self.model.name!r} aligns chips on eye centres, nose tip and "
+                    "mouth corners, which dlib's 5-point predictor does not give: set "
+                    "FACESERVE_DETECTOR to an SCRFD model added with `faceserve models add "
+                    "FILE --preset scrfd`"
+                )
+            self.detector = load_detector(device=self.device, cache_dir=cache)
+            self.detector_version = "dlib-mmod"
+        else:
+            from models.backends.onnx_file import resolve_model_file
+            from models.backends.scrfd import load_scrfd
+
+            path = resolve_model_file(detector, model_dir, "detector")  # type: ignore[arg-type]
+            self.detector = load_scrfd(path, self.device)
+            self.detector_version = self.detector.version
+        # dlib's predictor: behind MMOD always; behind SCRFD for models cut on dlib's points.
+        self.landmarker = (
+            load_shape_predictor(cache_dir=cache) if self.landmark_scheme == "dlib5" else None
+        )
         self.embedder = self.model.module
         self.model_version = self.model.version
         self.embedding_size = self.model.embedding_size
         self.model_manifest = self.model.manifest  # {} for the dlib model
+        self.model_licence = self.model.licence
         self.flip = flip
         self.upsample = upsample
         self.max_side = max_side
@@ -127,6 +162,8 @@ class FacePipeline:
         ``min_face_px=200`` is decoded at 2000x1500; at the defaults (faces from 80 px,
         ``max_side`` 2048) a photo is decoded whole.
         """
+        if self.detector_name != "dlib":
+            return 1  # SCRFD letterboxes the whole photo; its chips want every pixel
         m = self.smallest_face(min_face_px)
         _, upsample = self._scan(min_face_px)
         need = max(
@@ -148,8 +185,16 @@ class FacePipeline:
         minimum above the window gets no retry: it said small faces do not matter.
         """
         image = _as_rgb(image)
+        if self.detector_name != "dlib":
+            return self._scrfd_faces(image)
         boxes = self._boxes(image, self.small_image_retry_px, min_face_px)
         return self._with_landmarks(image, boxes)
+
+    def _scrfd_faces(self, image: np.ndarray) -> list[Face]:
+        dets = self.detector.detect(image)
+        if self.landmark_scheme == "arcface5":
+            return [Face(box=b, confidence=c, landmarks=p) for b, c, p in dets]
+        return self._with_landmarks(image, [(b, c) for b, c, _ in dets])
 
     def _boxes(
         self, image: np.ndarray, retry_below: int, min_face_px: int | None = None
@@ -177,6 +222,8 @@ class FacePipeline:
         face is the answer.
         """
         image = _as_rgb(image)
+        if self.detector_name != "dlib":
+            return self._scrfd_face_crop(image)
         h, w = image.shape[:2]
         x0, y0, x1, y1 = FACE_CROP_BOX
         guess = Box(round(x0 * w), round(y0 * h), round(x1 * w) - 1, round(y1 * h) - 1)
@@ -198,9 +245,31 @@ class FacePipeline:
         faces = self._with_landmarks(image, self._boxes(image, retry_below))
         return [max(faces, key=lambda f: (f.box.area, f.confidence))] if faces else []
 
+    def _scrfd_face_crop(self, image: np.ndarray) -> list[Face]:
+        """SCRFD on a face crop: the photo as it is, then (a crop can be too tight for the
+        detector) on a canvas with a 35% black margin on every side, mapped back; the
+        largest face wins."""
+        faces = self.detect(image)
+        if not faces:
+            h, w = image.shape[:2]
+            py, px = round(0.35 * h), round(0.35 * w)
+            canvas = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
+            canvas[py : py + h, px : px + w] = image
+            faces = [
+                Face(
+                    box=Box(f.box.left - px, f.box.top - py, f.box.right - px,
+                            f.box.bottom - py),
+                    confidence=f.confidence,
+                    landmarks=np.asarray(f.landmarks) - (px, py),
+                )
+                for f in self.detect(canvas)
+            ]
+        return [max(faces, key=lambda f: (f.box.area, f.confidence))] if faces else []
+
     def _with_landmarks(self, image: np.ndarray, dets: list[tuple[Box, float]]) -> list[Face]:
         if not dets:
             return []
+        assert self.landmarker is not None
         boxes = [box for box, _ in dets]
         points = self.landmarker.predict(image, boxes)
         return [
@@ -209,20 +278,21 @@ class FacePipeline:
         ]
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """Aligned 150x150 RGB chips, one per face, all faces of the image in one call."""
+        """Aligned RGB chips as the model wants them (150x150 dlib chips by default, 112x112
+        for the ArcFace family), one per face, all faces of the image in one call."""
+        size = self.chip_size
         if not faces:
-            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+            return np.zeros((0, size, size, 3), dtype=np.uint8)
         landmarks = np.stack([np.asarray(f.landmarks, dtype=np.float64) for f in faces])
-        chips = extract_chips(
-            _as_rgb(image), landmarks, size=CHIP_SIZE, padding=CHIP_PADDING, device=self.device
-        )
+        chips = align_chips(_as_rgb(image), landmarks, self.geometry, device=self.device)
         return chips.cpu().numpy()
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 embeddings ``(N, D)`` of aligned chips ``(N, 150, 150, 3)``."""
+        """L2-normalised float32 embeddings ``(N, D)`` of aligned chips ``(N, S, S, 3)``."""
         chips = np.asarray(chips)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
+        size = self.chip_size
+        if chips.ndim != 4 or chips.shape[1:] != (size, size, 3):
+            raise ValueError(f"chips must be (N, {size}, {size}, 3), got {chips.shape}")
         return self.model.embed_chips(chips, flip=self.flip, batch_size=self.batch_size)
 
     def embed(
@@ -240,7 +310,8 @@ class FacePipeline:
                 faces = faces[:max_faces]
             per_image.append(faces)
             chip_batches.append(self.align(image, faces))
-        chips = np.concatenate(chip_batches) if chip_batches else np.zeros((0, 150, 150, 3))
+        chips = (np.concatenate(chip_batches) if chip_batches
+                 else np.zeros((0, self.chip_size, self.chip_size, 3)))
         vectors = self.embed_chips(chips.astype(np.uint8)) if len(chips) else None
         out: list[list[Face]] = []
         i = 0

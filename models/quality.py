@@ -43,6 +43,7 @@ from typing import Literal
 import numpy as np
 
 from models.align import FIVE_POINT_TEMPLATE
+from models.backends.geometry import DLIB, ChipGeometry, eye_centres, face_region, nose_point
 from models.faces import Face
 
 __all__ = [
@@ -128,30 +129,32 @@ def _grey(chips: np.ndarray) -> np.ndarray:
     return chips.astype(np.float32) @ _LUMA
 
 
-def _eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pts = np.asarray(landmarks, dtype=np.float64)
-    if pts.ndim != 3 or pts.shape[1:] != (5, 2):
-        raise ValueError(f"landmarks must be (N, 5, 2), got {pts.shape}")
-    return pts[:, 0:2].mean(axis=1), pts[:, 2:4].mean(axis=1)  # image-right eye, image-left eye
+def _eye_centres(landmarks: np.ndarray, scheme: str = "dlib5") -> tuple[np.ndarray, np.ndarray]:
+    # image-right eye, image-left eye (dlib5: mean of each eye's two corners)
+    return eye_centres(landmarks, scheme)
 
 
-def eye_distance(landmarks: np.ndarray) -> np.ndarray:
-    """(N,) pixels between the eye centres (mean of each eye's two corners)."""
-    right, left = _eye_centres(landmarks)
+def eye_distance(landmarks: np.ndarray, scheme: str = "dlib5") -> np.ndarray:
+    """(N,) pixels between the eye centres (dlib5: mean of each eye's two corners)."""
+    right, left = _eye_centres(landmarks, scheme)
     return np.linalg.norm(right - left, axis=1)
 
 
-def pose(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(yaw, roll) in degrees, each (N,): see the module docstring for conventions."""
+def pose(landmarks: np.ndarray, scheme: str = "dlib5") -> tuple[np.ndarray, np.ndarray]:
+    """(yaw, roll) in degrees, each (N,): see the module docstring for conventions.
+
+    With ``arcface5`` points the nose point is the tip, not the base: it lies further in
+    front of the eyes, so the same yaw reads larger; the limits were set on dlib's points."""
     pts = np.asarray(landmarks, dtype=np.float64)
-    right, left = _eye_centres(pts)
+    right, left = _eye_centres(pts, scheme)
     axis = right - left
     dist = np.linalg.norm(axis, axis=1)
     safe = np.where(dist > 0, dist, 1.0)
     unit = axis / safe[:, None]
     roll = np.degrees(np.arctan2(axis[:, 1], axis[:, 0]))
     # Nose offset along the eye line, in half eye distances (0 for a frontal face).
-    offset = np.einsum("ni,ni->n", pts[:, 4] - (right + left) / 2, unit) / (safe / 2)
+    nose = nose_point(pts, scheme)
+    offset = np.einsum("ni,ni->n", nose - (right + left) / 2, unit) / (safe / 2)
     yaw = np.degrees(np.arctan(offset / NOSE_DEPTH_RATIO))
     return np.where(dist > 0, yaw, 0.0), np.where(dist > 0, roll, 0.0)
 
@@ -168,35 +171,40 @@ def _box_blur(grey: np.ndarray, axis: int) -> np.ndarray:
     return ((hi - lo) / _BLUR_TAPS).astype(np.float32)
 
 
-def blur_score(grey: np.ndarray) -> np.ndarray:
+def blur_score(grey: np.ndarray, region: tuple[slice, slice] | None = None) -> np.ndarray:
     """(N,) Crete et al.'s blur in [0, 1] of (N, H, W) grey images' face region.
 
     Per direction: ``D`` = absolute neighbour differences of the image, ``D_b`` = the same
     after a 9-tap box blur along that direction; the blur is the share of ``sum D`` that is
     not ``sum max(0, D - D_b)`` (variation the re-blur removes shows the image was sharp).
     The larger of the two directions counts. A flat region (no variation) scores 1.
+    ``region``: (rows, columns) of the face in the chip; default the dlib chip's.
     """
     grey = np.asarray(grey, dtype=np.float32)
+    rows, cols = region if region is not None else (_REGION, _REGION)
     scores = []
     for axis in (1, 2):
         blurred = _box_blur(grey, axis)
-        region = (slice(None), _REGION, _REGION)
-        d = np.abs(np.diff(grey[region], axis=axis))
-        db = np.abs(np.diff(blurred[region], axis=axis))
+        sel = (slice(None), rows, cols)
+        d = np.abs(np.diff(grey[sel], axis=axis))
+        db = np.abs(np.diff(blurred[sel], axis=axis))
         s_d = d.sum(axis=(1, 2), dtype=np.float64)
         s_v = np.maximum(d - db, 0).sum(axis=(1, 2), dtype=np.float64)
         scores.append(np.where(s_d > 0, (s_d - s_v) / np.where(s_d > 0, s_d, 1.0), 1.0))
     return np.maximum(scores[0], scores[1])
 
 
-def sharpness(chips: np.ndarray) -> np.ndarray:
+def sharpness(chips: np.ndarray, region: tuple[slice, slice] | None = None) -> np.ndarray:
     """(N,) ``1 - blur_score`` of the chips' grey face region: 1 sharp, 0 flat."""
-    return 1.0 - blur_score(_grey(chips))
+    return 1.0 - blur_score(_grey(chips), region)
 
 
-def exposure(chips: np.ndarray) -> dict[str, np.ndarray]:
+def exposure(
+    chips: np.ndarray, region: tuple[slice, slice] | None = None
+) -> dict[str, np.ndarray]:
     """Brightness, contrast, dark and bright shares of the grey face region, each (N,)."""
-    region = _grey(chips)[:, _REGION, _REGION]
+    rows, cols = region if region is not None else (_REGION, _REGION)
+    region = _grey(chips)[:, rows, cols]
     flat = region.reshape(len(region), -1)
     return {
         "brightness": flat.mean(axis=1) / 255.0,
@@ -207,9 +215,18 @@ def exposure(chips: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def measure(
-    confidences: np.ndarray, landmarks: np.ndarray, chips: np.ndarray
+    confidences: np.ndarray,
+    landmarks: np.ndarray,
+    chips: np.ndarray,
+    geometry: ChipGeometry | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every measure for ``N`` faces: a dict of (N,) float arrays keyed like FaceQuality."""
+    """Every measure for ``N`` faces: a dict of (N,) float arrays keyed like FaceQuality.
+
+    ``geometry``: how the chips were cut and which points the landmarks are (default
+    dlib's); the face region of an ArcFace chip is the same part of the face as dlib's."""
+    geo = geometry if geometry is not None else DLIB
+    scheme = geo.landmarks
+    region = None if geo.chip_key == DLIB.chip_key else face_region(geo)
     conf = np.asarray(confidences, dtype=np.float64).reshape(-1)
     marks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     chips = np.asarray(chips)
@@ -219,25 +236,29 @@ def measure(
         )
     if len(conf) == 0:
         return {name: np.zeros(0) for name in MEASURES}
-    yaw, roll = pose(marks)
+    yaw, roll = pose(marks, scheme)
     return {
-        "eye_distance": eye_distance(marks),
-        "sharpness": sharpness(chips),
+        "eye_distance": eye_distance(marks, scheme),
+        "sharpness": sharpness(chips, region),
         "yaw": yaw,
         "roll": roll,
         "detection_confidence": conf,
-        **exposure(chips),
+        **exposure(chips, region),
     }
 
 
-def assess(faces: Sequence[Face], chips: np.ndarray) -> list[FaceQuality]:
-    """One FaceQuality per face; ``chips`` are the faces' aligned chips, in the same order."""
+def assess(
+    faces: Sequence[Face], chips: np.ndarray, geometry: ChipGeometry | None = None
+) -> list[FaceQuality]:
+    """One FaceQuality per face; ``chips`` are the faces' aligned chips, in the same order,
+    cut as ``geometry`` says (default dlib's)."""
     if not faces:
         return []
     values = measure(
         np.array([f.confidence for f in faces]),
         np.stack([np.asarray(f.landmarks, dtype=np.float64) for f in faces]),
         chips,
+        geometry,
     )
     return [
         FaceQuality(**{name: float(values[name][i]) for name in MEASURES})

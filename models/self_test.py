@@ -56,14 +56,14 @@ class SelfTest:
         return asdict(self)
 
 
-def _inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(seed: int = 0, chip_size: int = CHIP_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """A textured 640x480 'photo' and 8 chips: smooth gradients plus noise, like images."""
     rng = np.random.default_rng(seed)
     h, w = PHOTO_SHAPE
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1) * 200
     photo = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-    chips = rng.integers(0, 256, (CHIPS, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+    chips = rng.integers(0, 256, (CHIPS, chip_size, chip_size, 3), dtype=np.uint8)
     return photo, chips
 
 
@@ -77,7 +77,7 @@ def _timed(fn, repeats: int = 3) -> float:
     return best * 1000
 
 
-def _scores(detector: FaceDetector, photo: np.ndarray) -> np.ndarray:
+def _scores(detector: Any, photo: np.ndarray) -> np.ndarray:
     scores, _ = detector.score_map(torch.from_numpy(photo).to(detector.device))
     return scores.float().cpu().numpy()
 
@@ -88,7 +88,7 @@ def run_self_test(pipeline: Any, reference: Any = None) -> SelfTest:
     pipeline on the CPU); by default CPU copies of the pipeline's own networks, and only
     when the pipeline is not on the CPU already."""
     device = torch.device(pipeline.device)
-    photo, chips = _inputs()
+    photo, chips = _inputs(chip_size=getattr(pipeline, "chip_size", CHIP_SIZE))
     try:
         detect_ms = _timed(lambda: pipeline.detector.detect(photo))
         embed_ms = _timed(lambda: pipeline.embed_chips(chips)) / CHIPS
@@ -108,9 +108,12 @@ def run_self_test(pipeline: Any, reference: Any = None) -> SelfTest:
     if reference is not None or device.type != "cpu":
         cpu = torch.device("cpu")
         if reference is None:
-            detector = FaceDetector(
-                copy.deepcopy(pipeline.detector.net).to(cpu), pipeline.detector.config, cpu
-            )
+            if hasattr(pipeline.detector, "on_device"):  # SCRFD (models.backends.scrfd)
+                detector = pipeline.detector.on_device(cpu)
+            else:
+                detector = FaceDetector(
+                    copy.deepcopy(pipeline.detector.net).to(cpu), pipeline.detector.config, cpu
+                )
             module = copy.deepcopy(pipeline.model.module).to(cpu)
         else:
             detector, module = reference.detector, reference.model.module

@@ -104,6 +104,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
     p.add_argument("--database-url", help="PostgreSQL gallery (FACESERVE_DATABASE_URL); "
                    "empty: the SQLite gallery in --data-dir")
+    p.add_argument("--model-dir", type=Path,
+                   help="ONNX model directory (FACESERVE_MODEL_DIR, else DATA_DIR/models)")
 
 
 def _settings(args: argparse.Namespace, prog: str, *names: str) -> Settings | None:
@@ -128,13 +130,22 @@ def retention_start(settings: Settings) -> str:
     return start.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def model_identity(spec: str | None) -> tuple[str, int, dict[str, Any]]:
+def model_identity(
+    spec: str | None, model_dir: Path | None = None
+) -> tuple[str, int, dict[str, Any]]:
     """(version label, embedding size, manifest) of the ``model`` setting, without loading
     its weights: what stored embeddings of that model are labelled with."""
     if spec is None or str(spec) in ("", "dlib"):
         from models.embedder import DLIB_V1
 
         return DLIB_V1.version, DLIB_V1.embedding_size, {}
+    from models.embedding_model import is_onnx_spec
+
+    if is_onnx_spec(spec, model_dir):
+        from models.backends.onnx_file import read_onnx_manifest, resolve_model_file
+
+        manifest = read_onnx_manifest(resolve_model_file(spec, model_dir, "embedder"))
+        return str(manifest["version"]), int(manifest["embedding_size"]), manifest
     from models.model_file import read_manifest
 
     manifest = read_manifest(spec)
@@ -147,6 +158,7 @@ def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[
     replicas may serve meanwhile) or exclusive (import: no replica on it), like ``reembed``."""
     from service.gallery.archive import ArchiveError
     from service.gallery.gallery import lock_data_dir, unlock_data_dir
+    from service.gallery.private import private_dir
     from service.gallery.store import open_store
     from service.gallery.store.sqlite import FILENAME
 
@@ -154,7 +166,7 @@ def _open(settings: Settings, *, exclusive: bool, must_exist: bool) -> Iterator[
     if must_exist and not settings.database_url and not (data_dir / FILENAME).is_file():
         raise ArchiveError(f"no gallery in {data_dir.resolve()} (no {FILENAME}); pass "
                            "--data-dir, or --database-url for a PostgreSQL gallery")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     # A shared PostgreSQL read needs no data directory (a replica here may hold its lock).
     fd = lock_data_dir(data_dir) if exclusive or not settings.database_url else None
     try:
@@ -173,7 +185,7 @@ def _operating_point(settings: Settings, models: dict[str, int]) -> dict[str, An
     from service.config import ProfileError, resolve_operating_point
 
     try:
-        version, _, manifest = model_identity(settings.model)
+        version, _, manifest = model_identity(settings.model, settings.model_dir_path)
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         return {"error": f"model {settings.model!r}: {exc}"}
     if set(models) - {version}:
@@ -192,7 +204,8 @@ def _export(args: argparse.Namespace) -> int:
     from service.gallery.gallery import GalleryLocked
     from service.gallery.store.base import StoreError
 
-    settings = _settings(args, "export-gallery", "data_dir", "database_url", "model", "threshold")
+    settings = _settings(args, "export-gallery", "data_dir", "database_url", "model", "threshold",
+                         "model_dir")
     if settings is None:
         return 2
     out: Path = args.out
@@ -245,7 +258,8 @@ def _import(args: argparse.Namespace) -> int:
     from service.gallery.gallery import GalleryLocked
     from service.gallery.store.base import StoreError
 
-    settings = _settings(args, "import-gallery", "data_dir", "database_url", "model", "device")
+    settings = _settings(args, "import-gallery", "data_dir", "database_url", "model", "device",
+                         "model_dir")
     if settings is None:
         return 2
     if args.limit is not None and args.limit < 0:
@@ -254,7 +268,7 @@ def _import(args: argparse.Namespace) -> int:
     from models.model_file import ModelFileError
 
     try:
-        version, dim, _ = model_identity(settings.model)
+        version, dim, _ = model_identity(settings.model, settings.model_dir_path)
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"faceserve import-gallery: model {settings.model!r}: {exc}", file=sys.stderr)
         return 2
@@ -296,7 +310,10 @@ def _import_into(
         return 0
     embed = None
     if args.reembed and set(reader.models) - {version}:
-        embed = _load_embedder(settings)
+        embed, why = _load_embedder(settings, set(reader.models) - {version})
+        if why is not None:
+            print(f"faceserve import-gallery: {why}", file=sys.stderr)
+            return 2
     if not settings.database_url:
         remove_snapshot(Path(settings.data_dir) / SNAPSHOT_NAME)
     result = import_gallery(
@@ -324,17 +341,22 @@ def _import_into(
     return 0
 
 
-def _load_embedder(settings: Settings) -> Any:
-    from models.embedding_model import load_embedding_model
+def _load_embedder(settings: Settings, sources: set[str]) -> tuple[Any, str | None]:
+    """The configured model's ``embed``, and why the archive's chips (of models
+    ``sources``) cannot be re-embedded by it (None: they can)."""
+    from models.embedding_model import chip_mismatch, load_embedding_model
 
     model = load_embedding_model(
-        settings.model, None if settings.device == "auto" else settings.device
+        settings.model, None if settings.device == "auto" else settings.device,
+        model_dir=settings.model_dir_path,
     )
 
     def embed(chips: Any) -> Any:
         return model.embed_chips(chips, flip=settings.flip)
 
-    return embed
+    why = next((w for s in sorted(sources)
+                if (w := chip_mismatch(s, model, settings.model_dir_path)) is not None), None)
+    return embed, why
 
 
 def _compare_operating_point(

@@ -19,6 +19,8 @@ SUBCOMMANDS: list[str] = [
     "models.cluster_command",
     "service.bulk_commands",
     "service.archive_commands",
+    "service.backup_commands",
+    "service.model_commands",
 ]
 
 

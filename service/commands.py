@@ -51,25 +51,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "GET /healthz answers immediately, GET /readyz answers 200 once the models and "
             "the gallery are loaded (503 before). OpenAPI docs are served at /docs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", help="bind address (FACESERVE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one (FACESERVE_PORT, 8000)")
+
+    from service.config import setting_default
+
+    def env(name: str) -> str:
+        """Where the flag's value comes from when it is not given, and the built-in default."""
+        default = setting_default(name)
+        return f"FACESERVE_{name.upper()}" + (f"; default {default}" if default else "")
+
+    p.add_argument("--host", help=f"bind address ({env('host')})")
+    p.add_argument("--port", type=int, help=f"TCP port; 0 picks a free one ({env('port')})")
     p.add_argument("--workers", type=int, help="server processes; only 1 is supported with the "
-                   "SQLite gallery (FACESERVE_WORKERS)")
-    p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
+                   f"SQLite gallery ({env('workers')})")
+    p.add_argument("--data-dir", type=Path, help=f"gallery directory ({env('data_dir')})")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:1 or auto ({env('device')})")
     p.add_argument("--model", help="`dlib`, or a .safetensors file from `faceserve export` "
-                   "(FACESERVE_MODEL)")
+                   f"({env('model')})")
     p.add_argument("--threshold", help="cosine threshold, or far=1e-3 for a calibrated "
-                   "operating point (FACESERVE_THRESHOLD)")
+                   f"operating point ({env('threshold')})")
     p.add_argument("--no-batching", action="store_true",
                    help="embed each request on its own (FACESERVE_BATCHING=false)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host although the gallery has no API key: "
                    "anyone who reaches the port can enroll, search and erase faces")
     p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default: %(default)s)")
     p.add_argument("--settings-table", action="store_true",
                    help="print every setting as a Markdown table (for the README) and exit")
     p.set_defaults(func=_serve)
@@ -236,7 +244,15 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
                        help="gallery directory (FACESERVE_DATA_DIR, ./data)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
 
-    c = keys.add_parser("create", help="create a key and print its token (shown once)")
+    c = keys.add_parser(
+        "create", help="create a key and print its token (shown once)",
+        description=(
+            "Create an API key with the given scopes and print its token on stdout (the "
+            "details go to stderr). The token is shown this once: only its SHA-256 is stored, "
+            "so a lost token cannot be recovered; revoke the key and create another. The "
+            "creation is recorded in the audit log as done from the command line."
+        ),
+    )
     c.add_argument("--name", required=True, help="who or what uses the key (in the audit log)")
     c.add_argument("--scope", action="append", required=True, metavar="SCOPE",
                    help="enroll, recognize or admin; repeat (or comma-separate) for several")
@@ -246,12 +262,21 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
     common(c)
     c.set_defaults(func=_keys_create)
 
-    ls = keys.add_parser("list", help="list keys (never their tokens)")
+    ls = keys.add_parser(
+        "list", help="list keys (never their tokens)",
+        description="List the keys of the gallery: id, name, scopes, gallery, creation time "
+        "and whether (and when) each was revoked. Tokens are never stored, so never shown.",
+    )
     ls.add_argument("--gallery", default=None, help="only this gallery's keys")
     common(ls)
     ls.set_defaults(func=_keys_list)
 
-    r = keys.add_parser("revoke", help="revoke a key at once and for good")
+    r = keys.add_parser(
+        "revoke", help="revoke a key at once and for good",
+        description="Revoke a key by its id: a running server refuses it from its next "
+        "request. A revoked key stays listed (for the audit log) and cannot be re-activated; "
+        "a restore from a backup keeps it revoked.",
+    )
     r.add_argument("key_id", help="the key's id (from `keys list`), not its token")
     common(r)
     r.set_defaults(func=_keys_revoke)
@@ -359,7 +384,12 @@ def _add_reembed_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True,
-                   help="`dlib`, or the .safetensors file written by `faceserve export`")
+                   help="`dlib`, the .safetensors file written by `faceserve export`, or an "
+                   "ONNX model added with `faceserve models add` (name or path); the stored "
+                   "chips must have been cut the way it wants (dlib's 150x150 chips for dlib's "
+                   "and exported models, 112x112 ArcFace chips for the ArcFace family)")
+    p.add_argument("--model-dir", type=Path,
+                   help="ONNX model directory (FACESERVE_MODEL_DIR, else DATA_DIR/models)")
     p.add_argument("--data-dir", type=Path, help="gallery directory (FACESERVE_DATA_DIR, ./data)")
     p.add_argument("--database-url", help="PostgreSQL gallery (FACESERVE_DATABASE_URL)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto (FACESERVE_DEVICE)")
@@ -381,18 +411,19 @@ def _reembed(args: argparse.Namespace) -> int:
     from service.gallery.reembed import ReembedError, exclusive_store, plan_reembed, reembed
     from service.gallery.store.base import StoreError
 
-    overrides = _given(args, "data_dir", "database_url", "device")
+    overrides = _given(args, "data_dir", "database_url", "device", "model_dir")
     try:
         settings = Settings(**overrides, model=args.model)
     except ValidationError as exc:
         print(f"faceserve reembed: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    from models.embedding_model import load_embedding_model
+    from models.embedding_model import chip_mismatch, load_embedding_model
     from models.model_file import ModelFileError
 
     try:
         model = load_embedding_model(
-            settings.model, None if settings.device == "auto" else settings.device
+            settings.model, None if settings.device == "auto" else settings.device,
+            model_dir=settings.model_dir_path,
         )
     except (ModelFileError, FileNotFoundError, ValueError) as exc:
         print(f"faceserve reembed: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
@@ -404,6 +435,10 @@ def _reembed(args: argparse.Namespace) -> int:
     try:
         with exclusive_store(settings.data_dir, settings.database_url) as store:
             plan = plan_reembed(store, model.version)
+            for source in sorted(set(plan.models) - {model.version}):
+                if (why := chip_mismatch(source, model, settings.model_dir_path)) is not None:
+                    print(f"faceserve reembed: {why}", file=sys.stderr)
+                    return 1
             models = ", ".join(f"{n} x {m}" for m, n in sorted(plan.models.items())) or "none"
             print(f"gallery: {plan.faces} faces ({models}); target {model.version} "
                   f"({model.embedding_size}-d, flip={settings.flip}); to re-embed: "
@@ -417,6 +452,7 @@ def _reembed(args: argparse.Namespace) -> int:
                 delete_without_chip=args.delete_faces_without_chips,
                 snapshot_dir=None if settings.database_url else settings.data_dir,
                 progress=not args.quiet,
+                chip_side=model.geometry.size,
             )
     except (GalleryLocked, StoreError, ReembedError, ValueError) as exc:
         print(f"faceserve reembed: {exc}", file=sys.stderr)
@@ -441,4 +477,5 @@ def _reembed(args: argparse.Namespace) -> int:
         return 1
     print(f"done: start the service with FACESERVE_MODEL={settings.model}", file=sys.stderr)
     return 0
+
 

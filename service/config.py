@@ -26,6 +26,7 @@ __all__ = [
     "Settings",
     "resolve_fpir_rule",
     "resolve_operating_point",
+    "setting_default",
     "settings_table",
 ]
 
@@ -60,11 +61,24 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         "dlib",
-        description="Embedding model: `dlib` (the published dlib ResNet, converted), or the path "
-        "of a `.safetensors` file written by `faceserve export`. Its version string is stored "
-        "with every embedding; a gallery built by another model is refused until `faceserve "
-        "reembed` has re-computed it. An exported model brings its own threshold (see "
-        "`threshold`).",
+        description="Embedding model: `dlib` (the published dlib ResNet, converted), the path "
+        "of a `.safetensors` file written by `faceserve export`, or an ONNX model added with "
+        "`faceserve models add` (its name in `model_dir`, or its `.onnx` path). Its version "
+        "string is stored with every embedding; a gallery built by another model is refused "
+        "until `faceserve reembed` has re-computed it. An exported model brings its own "
+        "threshold; an ONNX model has none until calibrated (see `threshold`).",
+    )
+    detector: str = Field(
+        "dlib",
+        description="Face detector: `dlib` (MMOD and dlib's 5-point predictor), or an SCRFD "
+        "model added with `faceserve models add FILE --preset scrfd` (name or `.onnx` path), "
+        "which gives the eye centres, nose tip and mouth corners that ArcFace-family models "
+        "are aligned on (those models need it).",
+    )
+    model_dir: Path | None = Field(
+        None,
+        description="Where `faceserve models add` puts ONNX models and their manifests, and "
+        "where the names in `model` and `detector` are looked up; default `<data_dir>/models`.",
     )
     device: str = Field(
         "auto",
@@ -85,7 +99,9 @@ class Settings(BaseSettings):
         ">= threshold), or `far=1e-3` to use the calibrated operating point for that false "
         "accept rate from the profile. Unset with an exported `model`: the model's own "
         "operating point (TAR at its validation FAR, measured on identities held out of its "
-        "training). Responses report which one was used.",
+        "training). An ONNX model (`faceserve models add`) has no operating point of its "
+        "own: unset, the service refuses to start rather than apply dlib's number to it. "
+        "Responses report which one was used.",
     )
     identify_fpir: float | None = Field(
         0.01,
@@ -151,7 +167,8 @@ class Settings(BaseSettings):
         "below 100,000 faces, then `pq`).",
     )
     store_chips: bool = Field(
-        True, description="Keep the aligned 150x150 face chip (JPEG) of each enrolled face."
+        True, description="Keep the aligned face chip (JPEG) of each enrolled face: 150x150 "
+        "for dlib's model, 112x112 for the ArcFace family; `faceserve reembed` needs them."
     )
     remember_unknown: bool = Field(
         False,
@@ -432,6 +449,10 @@ class Settings(BaseSettings):
         return local if local.is_file() else None
 
     @property
+    def model_dir_path(self) -> Path:
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
+
+    @property
     def profile_path(self) -> Path:
         return self.profile if self.profile is not None else self.data_dir / "operating_points.json"
 
@@ -500,6 +521,15 @@ def resolve_operating_point(
 
 
 def _manifest_operating_point(manifest: dict[str, Any], model_version: str) -> OperatingPoint:
+    if manifest.get("format", "").startswith("faceserve-onnx/"):
+        raise ProfileError(
+            f"model {model_version!r} (ONNX, {manifest.get('name')!r}) has no calibrated "
+            "operating point, and the default threshold was measured on the dlib model, not "
+            "this one. Calibrate it: `faceserve eval lfw --model "
+            f"{manifest.get('name')} --detector ... --profile DATA_DIR/operating_points.json`"
+            ", then set FACESERVE_THRESHOLD=far=1e-3; or set FACESERVE_THRESHOLD to a cosine "
+            "similarity you measured for it"
+        )
     validation = manifest.get("validation") or {}
     threshold, far = validation.get("tar_threshold"), validation.get("far")
     if not isinstance(threshold, int | float) or not isinstance(far, int | float) or not (
@@ -523,22 +553,27 @@ def _manifest_operating_point(manifest: dict[str, Any], model_version: str) -> O
     )
 
 
+def setting_default(name: str) -> str:
+    """A setting's default as the README and ``--help`` show it ("" when it has none)."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        default: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        default = field.default
+    if default is None:
+        return ""
+    if isinstance(default, list):
+        return ",".join(default)
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"./{default}"  # str(Path("./data")) drops the "./"
+    return str(default)
+
+
 def settings_table() -> str:
     """The README's settings table, in Markdown, generated from the field descriptions."""
     rows = ["| Variable | Default | Description |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
-            default: Any = field.default_factory()  # type: ignore[call-arg]
-        else:
-            default = field.default
-        if default is None:
-            shown = ""
-        elif isinstance(default, list):
-            shown = ",".join(default)
-        elif isinstance(default, Path) and not default.is_absolute():
-            shown = f"./{default}"  # str(Path("./data")) drops the "./"
-        else:
-            shown = str(default)
+        shown = setting_default(name)
         rows.append(
             f"| `FACESERVE_{name.upper()}` | `{shown}` | {field.description or ''} |"
             if shown

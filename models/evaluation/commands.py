@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.backends.options import add_detector_options
+
 __all__ = ["add_parsers"]
 
 
@@ -52,9 +54,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="embedding cache (default: OUT/embeddings-<model>.npz); point runs "
                         "with and without --flip at one file to detect each image only once")
     q.add_argument("--model", default="dlib",
-                   help="`dlib` (default), or a .safetensors file from `faceserve export`; the "
+                   help="`dlib` (default), a .safetensors file from `faceserve export`, or an "
+                        "ONNX model added with `faceserve models add` (name or path); the "
                         "profile is then for that model's version. Leave out the people it "
                         "was trained on: see `faceserve heldout-pairs`")
+    add_detector_options(q)
     q.add_argument("--detections-from", type=Path, action="append", default=[],
                    metavar="FILE",
                    help="another model's embedding cache to take detections from (repeatable; "
@@ -118,6 +122,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "and evaluate with it (how models/calibration/<model>.json is made)")
     o.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     o.add_argument("--threads", type=int, help="torch CPU threads")
+    o.add_argument("--model", default="dlib",
+                   help="`dlib` (default), an exported .safetensors or an added ONNX model; a "
+                        "model without a shipped impostor reference needs --write-reference")
+    add_detector_options(o)
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.set_defaults(func=_eval_openset)
 
@@ -386,8 +394,13 @@ def _eval_lfw(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.model != "dlib":
         try:
-            read_manifest(args.model)
-        except (ModelFileError, FileNotFoundError) as exc:
+            if _onnx_spec(args.model, args.model_dir):
+                from models.backends.onnx_file import read_onnx_manifest, resolve_model_file
+
+                read_onnx_manifest(resolve_model_file(args.model, args.model_dir, "embedder"))
+            else:
+                read_manifest(args.model)
+        except (ModelFileError, FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"faceserve eval lfw: --model: {exc}") from None
     report = evaluate_lfw(
         args.root,
@@ -404,6 +417,8 @@ def _eval_lfw(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model=args.model,
         detections_from=args.detections_from,
+        detector=args.detector,
+        model_dir=args.model_dir,
     )
     print((args.out / "report.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'report.json'}, {args.out / 'report.md'}, "
@@ -434,8 +449,9 @@ def _eval_openset(args: argparse.Namespace) -> int:
             crops=args.crops, crop_images=args.crop_images,
             device=None if args.device == "auto" else args.device,
             progress=not args.no_progress,
+            model=args.model, detector=args.detector, model_dir=args.model_dir,
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"faceserve eval openset: {exc}") from None
     print((args.out / "openset.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'openset.json'}, {args.out / 'openset.md'}, "
@@ -453,3 +469,9 @@ def _eval_quality(args: argparse.Namespace) -> int:
     print((args.out / "quality.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'quality.json'}, {args.out / 'quality.md'}")
     return 0
+
+
+def _onnx_spec(spec: str, model_dir: Path | None) -> bool:
+    from models.embedding_model import is_onnx_spec
+
+    return is_onnx_spec(spec, model_dir)

@@ -63,9 +63,36 @@ _CHECKPOINT_EVERY = 500
 EMBEDDING_DIM = 128  # only to pad cache rows whose vector is not computed yet
 
 
-def fallback_face(height: int, width: int) -> Face:
+# Whose detections a cache holds: the detector and its landmark scheme. Caches written before
+# ONNX detectors existed hold dlib's.
+DLIB_DETECTIONS = "dlib-mmod/dlib5"
+
+
+def detections_key(pipeline: Any) -> str:
+    """The detector and landmark scheme of ``pipeline``: caches share detections only when
+    these are equal (an SCRFD's points are not dlib's)."""
+    return (f"{getattr(pipeline, 'detector_version', 'dlib-mmod')}/"
+            f"{getattr(pipeline, 'landmark_scheme', 'dlib5')}")
+
+
+def _lfw_template(scheme: str) -> np.ndarray:
+    """The fallback points of a 250x250 LFW image in ``scheme``: dlib's measured ones, or
+    ArcFace's template placed by the similarity that puts its eye centres on theirs."""
+    if scheme == "dlib5":
+        return LFW_TEMPLATE_250
+    from models.backends.geometry import ARCFACE_TEMPLATE_112
+
+    right = complex(*LFW_TEMPLATE_250[0:2].mean(axis=0))
+    left = complex(*LFW_TEMPLATE_250[2:4].mean(axis=0))
+    a_left, a_right = (complex(*p) for p in ARCFACE_TEMPLATE_112[:2])
+    z = (right - left) / (a_right - a_left)
+    pts = [left + z * (complex(*p) - a_left) for p in ARCFACE_TEMPLATE_112]
+    return np.array([[p.real, p.imag] for p in pts])
+
+
+def fallback_face(height: int, width: int, scheme: str = "dlib5") -> Face:
     """The face an LFW image is assumed to contain when the detector finds none."""
-    points = LFW_TEMPLATE_250 * np.array([width / 250.0, height / 250.0])
+    points = _lfw_template(scheme) * np.array([width / 250.0, height / 250.0])
     # A box around the template, only for the record; alignment uses the landmarks.
     cx, cy = width / 2, height / 2
     half = 0.19 * width  # the detector's boxes on LFW are ~95 px wide on 250 px
@@ -73,10 +100,12 @@ def fallback_face(height: int, width: int) -> Face:
     return Face(box=box, confidence=0.0, landmarks=points.astype(np.float32))
 
 
-def _chosen_face(faces: Sequence[Face], height: int, width: int) -> Face:
+def _chosen_face(
+    faces: Sequence[Face], height: int, width: int, scheme: str = "dlib5"
+) -> Face:
     """The face used for an image: the service's rule, or the template when none is found."""
     selection = primary_face(faces, height, width)
-    return selection.face if selection is not None else fallback_face(height, width)
+    return selection.face if selection is not None else fallback_face(height, width, scheme)
 
 
 def _reselect(cache: EmbeddingCache, keys: Sequence[str]) -> int:
@@ -96,7 +125,7 @@ def _reselect(cache: EmbeddingCache, keys: Sequence[str]) -> int:
             del cache.entries[key]
             changed += 1
             continue
-        face = _chosen_face(entry.faces(), *entry.image_size)
+        face = _chosen_face(entry.faces(), *entry.image_size, cache.detector.split("/")[-1])
         if not np.allclose(face.landmarks, entry.landmarks, atol=1e-3):
             entry.landmarks = np.asarray(face.landmarks, np.float32)
             entry.plain = entry.mirror = None
@@ -178,14 +207,16 @@ class EmbeddingCache:
     embeds the mirrors. Keys are absolute image paths.
     """
 
-    def __init__(self, path: Path | None, model: str) -> None:
+    def __init__(self, path: Path | None, model: str, detector: str = DLIB_DETECTIONS) -> None:
         self.path = path  # None: in memory only
         self.model = model
+        self.detector = detector  # detections_key() of the pipeline that fills it
         self.entries: dict[str, _Entry] = {}
 
     @classmethod
-    def for_run(cls, out_dir: Path, model: str) -> EmbeddingCache:
-        return cls(out_dir / f"embeddings-{model}.npz", model)
+    def for_run(cls, out_dir: Path, model: str, detector: str = DLIB_DETECTIONS
+                ) -> EmbeddingCache:
+        return cls(out_dir / f"embeddings-{model}.npz", model, detector)
 
     def load(self) -> EmbeddingCache:
         if self.path is None or not self.path.is_file():
@@ -196,6 +227,9 @@ class EmbeddingCache:
         if str(arrays["model"]) != self.model:
             log.warning("ignoring %s: made for model %s", self.path, arrays["model"])
             return self
+        if str(arrays.get("detector", DLIB_DETECTIONS)) != self.detector:
+            log.warning("ignoring %s: made with detector %s", self.path, arrays.get("detector"))
+            return self
         for i, key in enumerate(arrays["keys"].tolist()):
             self.entries[key] = _entry(arrays, i, embeddings=True)
         return self
@@ -205,8 +239,8 @@ class EmbeddingCache:
         from another model's cache: detection and alignment do not depend on the embedding
         model, and they are most of the cost. Returns how many images were taken."""
         arrays = _read_cache(other)
-        if arrays is None:
-            return 0
+        if arrays is None or str(arrays.get("detector", DLIB_DETECTIONS)) != self.detector:
+            return 0  # another detector's points may be another scheme
         taken = 0
         for i, key in enumerate(arrays["keys"].tolist()):
             if key not in self.entries:
@@ -220,7 +254,8 @@ class EmbeddingCache:
             return
         keys = list(self.entries)
         entries = [self.entries[k] for k in keys]
-        zeros = np.zeros(EMBEDDING_DIM, np.float32)
+        dim = next((len(e.plain) for e in entries if e.plain is not None), EMBEDDING_DIM)
+        zeros = np.zeros(dim, np.float32)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         np.savez(
@@ -234,6 +269,7 @@ class EmbeddingCache:
             has_plain=np.array([e.plain is not None for e in entries], dtype=bool),
             has_mirror=np.array([e.mirror is not None for e in entries], dtype=bool),
             model=np.array(self.model),
+            detector=np.array(self.detector),
             **_pack_detections(entries),
         )
         tmp.replace(self.path)
@@ -273,6 +309,8 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
             # Read each array once: ``data[name]`` decompresses the whole array on every
             # access, and a row of it would keep that whole copy alive.
             arrays = {name: data[name] for name in _CACHE_ARRAYS}
+            if "detector" in data:
+                arrays["detector"] = data["detector"]
             if all(name in data for name in _DETECTION_ARRAYS):
                 arrays.update({name: data[name] for name in _DETECTION_ARRAYS})
                 # Rows of det_* per image, found once (det_image is sorted by image).
@@ -346,7 +384,8 @@ def embed_images(
     if decode is None:
         from models.imageio import decode_image as decode
     keys = [str(Path(p).resolve()) for p in paths]
-    cache = cache if cache is not None else EmbeddingCache(None, pipeline.model_version)
+    cache = cache if cache is not None else EmbeddingCache(None, pipeline.model_version,
+                                                           detections_key(pipeline))
 
     def needs(key: str) -> tuple[bool, bool]:
         e = cache.entries.get(key)
@@ -394,7 +433,7 @@ def embed_images(
             if entry is None:
                 faces = pipeline.detect(image)
                 h, w = image.shape[:2]
-                face = _chosen_face(faces, h, w)
+                face = _chosen_face(faces, h, w, getattr(pipeline, "landmark_scheme", "dlib5"))
                 entry = _Entry(np.asarray(face.landmarks, np.float32), not faces, len(faces),
                                detections=_detections_of(faces), image_size=(h, w))
                 cache.entries[key] = entry
@@ -461,14 +500,18 @@ def evaluate_lfw(
     progress: bool = True,
     model: str | Path | None = None,
     detections_from: Sequence[Path] = (),
+    detector: str | Path | None = None,
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the protocol, write report.json / report.md / roc.png / the profile; return the report.
 
     ``limit_folds`` keeps the first N folds, ``per_fold`` the first N same-person and N
     different-person pairs of each fold: quicker runs of the same protocol (the report's
-    ``dataset`` names the subset, and so does the profile). ``model``: an exported model
-    instead of dlib's (``FacePipeline(model=...)``). Detections missing from this model's cache
-    are taken from ``detections_from`` and from the other models' caches in ``out_dir``.
+    ``dataset`` names the subset, and so does the profile). ``model``: an exported or ONNX
+    model instead of dlib's, ``detector`` an SCRFD model instead of MMOD, ``model_dir`` where
+    ONNX names are looked up (``FacePipeline(model=..., detector=..., model_dir=...)``).
+    Detections missing from this model's cache are taken from ``detections_from`` and from
+    the other models' caches in ``out_dir`` that hold the same detector's.
     """
     start = time.perf_counter()
     image_dir, pairs_file = resolve_layout(root, pairs_file)
@@ -484,14 +527,15 @@ def evaluate_lfw(
     if pipeline is None:
         from models.pipeline import FacePipeline
 
-        pipeline = FacePipeline(device=device, cache_dir=weights_cache, flip=False, model=model)
+        pipeline = FacePipeline(device=device, cache_dir=weights_cache, flip=False, model=model,
+                                detector=detector, model_dir=model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rel = pairs.images()
     if cache_path is None:
-        cache = EmbeddingCache.for_run(out_dir, pipeline.model_version)
+        cache = EmbeddingCache.for_run(out_dir, pipeline.model_version, detections_key(pipeline))
     else:
-        cache = EmbeddingCache(cache_path, pipeline.model_version)
+        cache = EmbeddingCache(cache_path, pipeline.model_version, detections_key(pipeline))
     cache.load()
     siblings = sorted(out_dir.glob("embeddings-*.npz"))
     seeded = 0

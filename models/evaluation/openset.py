@@ -476,15 +476,22 @@ def evaluate_openset(
     pipeline: Any = None,
     device: str | None = None,
     progress: bool = True,
+    model: str | None = None,
+    detector: str | None = None,
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark: embed (cache), draw galleries, score every rule, write reports.
+
+    ``model``, ``detector``, ``model_dir``: another embedder or detector than dlib's (as
+    ``faceserve eval lfw``); a model with no shipped impostor reference needs
+    ``write_reference`` (or ``reference_path``).
 
     ``reference_path``: the impostor reference to test (default: the one shipped for the
     model). ``write_reference``: build the reference from these embeddings and write it there
     (how ``models/calibration/<model>.json`` is made), then evaluate with it.
     ``limit_people``: a seeded subset of people, for quick runs.
     """
-    from models.evaluation.lfw import EmbeddingCache, embed_images
+    from models.evaluation.lfw import EmbeddingCache, detections_key, embed_images
     from models.fpir import load_reference
 
     start = time.perf_counter()
@@ -498,9 +505,11 @@ def evaluate_openset(
     if pipeline is None:
         from models.pipeline import FacePipeline
 
-        pipeline = FacePipeline(device=device, flip=False)
+        pipeline = FacePipeline(device=device, flip=False, model=model, detector=detector,
+                                model_dir=model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache.for_run(out_dir, pipeline.model_version).load()
+    cache = EmbeddingCache.for_run(out_dir, pipeline.model_version,
+                                   detections_key(pipeline)).load()
     emb = embed_images(pipeline, [image_dir / p for p in rel], cache, progress=progress)
     vectors = emb.vectors
     people: dict[str, list[int]] = {}

@@ -118,10 +118,21 @@ def report_dict(summary: VerificationSummary, **context: Any) -> dict[str, Any]:
     }
 
 
+# Percentiles of each score distribution that the report gives: the similarity scale users
+# read thresholds against ("p01" is the 1st percentile, "p001" the 0.1th).
+_PERCENTILES = {"min": 0.0, "p001": 0.001, "p01": 0.01, "p05": 0.05, "median": 0.5,
+                "p95": 0.95, "p99": 0.99, "p999": 0.999, "max": 1.0}
+
+
 def _describe(x: np.ndarray) -> dict[str, float]:
-    q = np.quantile(x, [0.0, 0.01, 0.5, 0.99, 1.0])
-    return {"mean": float(x.mean()), "min": float(q[0]), "p01": float(q[1]),
-            "median": float(q[2]), "p99": float(q[3]), "max": float(q[4])}
+    q = np.quantile(x, list(_PERCENTILES.values()))
+    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(_PERCENTILES, q,
+                                                                     strict=True)}}
+
+
+def _folds_label(folds: int) -> str:
+    """"ten-fold" only when it was: a ``--limit-folds 2`` run must not read as the protocol."""
+    return "ten-fold" if folds == 10 else f"{folds}-fold"
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
@@ -142,7 +153,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| accuracy (ten-fold, mean ± std) | {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f}"
+        f"| accuracy ({_folds_label(len(acc['folds']))}, mean ± std) | "
+        f"{100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f}"
         f" (standard error {100 * acc['sem']:.2f}) |",
         f"| ROC AUC | {report['auc']:.5f} |",
         f"| EER | {100 * report['eer']['rate']:.2f}% "
@@ -156,6 +168,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> Path:
         else:
             lines.append(f"| TAR @ FAR={p['far']:g} | not resolvable with "
                          f"{report['pairs']['impostor']} impostor pairs |")
+    for kind in ("genuine", "impostor"):
+        d = report.get("scores", {}).get(kind)
+        if d and "p05" in d:
+            lines.append(
+                f"| {kind} similarity: min / p1 / p5 / median / p95 / p99 / max | "
+                + " / ".join(f"{d[k]:.3f}" for k in
+                             ("min", "p01", "p05", "median", "p95", "p99", "max")) + " |")
     best = report["best_threshold"]
     lines.append(f"| best threshold (all pairs) | {best['threshold']:.4f} "
                  f"(accuracy {100 * best['accuracy']:.2f}%) |")

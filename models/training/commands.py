@@ -68,7 +68,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images-per-identity", type=int, help="cap large identities")
     p.add_argument("--far", type=float, default=1e-3, help=f"FAR for the reported TAR ({D})")
     p.add_argument("--best-metric", choices=["tar", "accuracy"], default="tar", help=D)
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train on the chips as they are (no random flips, zoom, shifts or "
+                   "brightness changes)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
@@ -89,7 +91,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "embedding."
         ),
     )
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a checkpoint (.pt) or a run directory (its best.pt)")
     p.add_argument("--out", type=Path, help="output file (default: <run>/<version>.safetensors)")
     p.add_argument("--name", help="name in the version string (default: the run directory's)")
     p.set_defaults(func=_export)

@@ -63,7 +63,8 @@ as `multipart/form-data` (images as file parts, `metadata` as a JSON string) or 
 `application/json` (images as base64 strings, `metadata` as an object), chosen by the
 `Content-Type` header.
 
-**Similarity.** Embeddings are L2-normalised 128-d vectors; `similarity` is their cosine and
+**Similarity.** Embeddings are L2-normalised vectors (128-d with the default dlib model;
+`/readyz` gives the served model's `embedding_size`); `similarity` is their cosine and
 `distance` the squared L2 distance (2 - 2 cos). A face matches when `similarity >= threshold`;
 every response says which operating point supplied the threshold.
 
@@ -98,13 +99,16 @@ def default_pipeline(settings: Settings) -> Pipeline:
         model=settings.model,
         small_image_retry_px=settings.small_image_retry_px,
         min_face_px=settings.min_face_px,
+        detector=settings.detector,
+        model_dir=settings.model_dir_path,
     )
 
 
 def _self_test(pipeline: Pipeline) -> dict[str, Any] | None:
     """``models.self_test`` on the real pipeline: refuses to start on a broken device."""
     if not hasattr(pipeline, "detector"):
-        pipeline.embed_chips(np.zeros((1, 150, 150, 3), dtype=np.uint8))
+        size = getattr(pipeline, "chip_size", 150)
+        pipeline.embed_chips(np.zeros((1, size, size, 3), dtype=np.uint8))
         return None
     from models.self_test import run_self_test
 

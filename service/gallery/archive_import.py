@@ -259,7 +259,8 @@ def _reembed(
     if not usable:
         return keep
     try:
-        chips = np.stack([decode_chip(f.chip_jpeg or b"", f.face_id) for f in usable])
+        # Any chip size: the embedder checks it against its geometry (archive_commands).
+        chips = np.stack([decode_chip(f.chip_jpeg or b"", f.face_id, None) for f in usable])
     except ReembedError as exc:
         raise ArchiveError(str(exc)) from None
     vectors = np.asarray(embed(chips), dtype=np.float32)

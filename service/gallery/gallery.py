@@ -46,6 +46,7 @@ import numpy as np
 
 from service.gallery.impostors import GalleryImpostors, GalleryView
 from service.gallery.index import FaceIndex, SnapshotInvalid, remove_snapshot
+from service.gallery.private import private_dir
 from service.gallery.replication import CATCH_UP_BATCH, Replicator
 from service.gallery.rwlock import RWLock
 from service.gallery.search_policy import choose_index_kind
@@ -62,6 +63,7 @@ from service.gallery.store.base import (
     StoreState,
     SubjectRecord,
 )
+from service.gallery.store.sqlite import FILENAME as SQLITE_FILENAME
 
 __all__ = [
     "SNAPSHOT_NAME",
@@ -136,14 +138,15 @@ def _decode_cursor(cursor: str) -> str:
 def lock_data_dir(data_dir: Path) -> int:
     """Hold the data directory for this process (``GalleryLocked`` if another holds it); the
     descriptor to pass to :func:`unlock_data_dir`."""
-    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise GalleryLocked(
-            f"the gallery in {data_dir} is already open in another process (or another "
-            "Gallery object); run one faceserve process per data directory"
+            f"the gallery in {data_dir} is already open in another process: stop the server "
+            "(`faceserve serve`) or the other faceserve command using this data directory "
+            "first, then run this again (one faceserve process per data directory)"
         ) from None
     return fd
 
@@ -257,7 +260,7 @@ class Gallery:
         ``Replicator`` unless ``follow`` is False (then only ``catch_up`` calls apply others'
         changes)."""
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir, tighten_existing=(data_dir / SQLITE_FILENAME).exists())
         lock_fd = lock_data_dir(data_dir)
         try:
             store = open_store(data_dir, database_url)

@@ -49,6 +49,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from service.gallery.private import create_private_file
+
 __all__ = [
     "COMPACT_FRACTION",
     "KINDS",
@@ -343,6 +345,9 @@ class FaceIndex:
         path = Path(path)
         side = sidecar_path(path)
         tmp, side_tmp = _tmp(path), _tmp(side)
+        # Owner-only before a byte is written: the snapshot holds every enrolled embedding.
+        create_private_file(tmp)
+        create_private_file(side_tmp)
         faiss.write_index(self._index, str(tmp))
         _fsync_file(tmp)
         header = {

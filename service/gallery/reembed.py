@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from service.gallery.gallery import SNAPSHOT_NAME, lock_data_dir, unlock_data_dir
 from service.gallery.index import remove_snapshot
+from service.gallery.private import private_dir
 from service.gallery.store import GalleryStore, open_store
 from service.gallery.store.sqlite import FILENAME as SQLITE_FILENAME
 
@@ -82,8 +83,10 @@ class ReembedResult:
         return self.reembedded / self.seconds if self.seconds > 0 else 0.0
 
 
-def decode_chip(data: bytes, face_id: str = "?") -> np.ndarray:
-    """A stored chip as ``(150, 150, 3)`` uint8 RGB; ``ReembedError`` when it is not one."""
+def decode_chip(data: bytes, face_id: str = "?", side: int | None = CHIP_SIDE) -> np.ndarray:
+    """A stored chip as ``(side, side, 3)`` uint8 RGB (150 for dlib's chips, 112 for the
+    ArcFace family's; None: any size, for a caller that checks it); ``ReembedError`` when it
+    is not one."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -91,9 +94,9 @@ def decode_chip(data: bytes, face_id: str = "?") -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ReembedError(f"face {face_id}: stored chip cannot be decoded ({exc})") from None
     chip = np.asarray(rgb, dtype=np.uint8)
-    if chip.shape != (CHIP_SIDE, CHIP_SIDE, 3):
+    if side is not None and chip.shape != (side, side, 3):
         raise ReembedError(f"face {face_id}: stored chip is {chip.shape[1]}x{chip.shape[0]}, "
-                           f"not {CHIP_SIDE}x{CHIP_SIDE}")
+                           f"not {side}x{side}")
     return chip
 
 
@@ -108,7 +111,7 @@ def exclusive_store(data_dir: Path, database_url: str | None) -> Iterator[Galler
     if not database_url and not (data_dir / SQLITE_FILENAME).is_file():
         raise ReembedError(f"no gallery in {data_dir.resolve()} (no {SQLITE_FILENAME}); "
                            "pass --data-dir, or --database-url for a PostgreSQL gallery")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     fd = lock_data_dir(data_dir)  # GalleryLocked when a server has this data directory
     try:
         store = open_store(data_dir, database_url, exclusive=True)
@@ -151,6 +154,7 @@ def reembed(
     snapshot_dir: Path | None = None,
     progress: bool = True,
     after_batch: Callable[[int], None] | None = None,
+    chip_side: int = CHIP_SIDE,
 ) -> ReembedResult:
     """Give every face an embedding by ``target`` (see the module docstring).
 
@@ -158,6 +162,8 @@ def reembed(
     are any, unless ``delete_without_chip`` erases them first. ``snapshot_dir``: where the
     SQLite gallery's index snapshot is (it holds the old vectors; removed before any change).
     ``after_batch(done)`` is called after each committed batch (tests interrupt a run there).
+    ``chip_side``: the target model's chip size; the caller has checked that the stored
+    chips were cut the way the target model wants (``chip_geometry_of``).
     """
     from tqdm import tqdm
 
@@ -188,7 +194,8 @@ def reembed(
                       if chip is not None]
             if not usable:
                 continue
-            chips = np.stack([decode_chip(chip, face_id) for _, face_id, chip in usable])
+            chips = np.stack([decode_chip(chip, face_id, chip_side)
+                              for _, face_id, chip in usable])
             vectors = _check_vectors(embed(chips), len(usable), dim)
             dim = vectors.shape[1]
             changed = store.set_embeddings(

@@ -60,7 +60,7 @@ class EmbeddedFaces:
 
     faces: list[Face]
     embeddings: np.ndarray  # (N, 128) float32, L2-normalised
-    chips: np.ndarray  # (N, 150, 150, 3) uint8
+    chips: np.ndarray  # (N, S, S, 3) uint8, S the model's chip size (150 for dlib's)
     faces_detected: int
     image_sha256: str
     # How the one face was chosen (``Inference.primary_face``); None for multi-face calls.
@@ -188,7 +188,9 @@ class Inference:
             local = chosen
         _check(gone)  # detection is the long stage: skip alignment for a request gone since
         chips = self.pipeline.align(image, local)
-        return chosen, chips, len(detected), digest, selection, assess(chosen, chips)
+        # The model's chip geometry (ArcFace chips are cut otherwise than dlib's); fakes: dlib.
+        quality = assess(chosen, chips, getattr(self.pipeline, "geometry", None))
+        return chosen, chips, len(detected), digest, selection, quality
 
     async def faces(
         self,

@@ -29,6 +29,8 @@ ACTIONS: tuple[str, ...] = (
     # id (``rename_subject``, the old id in ``detail``), one merged into another
     # (``merge_subject``, on the receiving subject; the merged one in ``detail``).
     "update_subject", "rename_subject", "merge_subject",
+    # ``faceserve restore``: a backup replaced the gallery, erasures since re-applied.
+    "restore",
     # Issue 17: a face given to another subject; a negative example added or deleted.
     "move_face", "add_negative", "delete_negative",
 )

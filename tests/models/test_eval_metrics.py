@@ -7,6 +7,7 @@ distinct scores ``a > b`` is reported as their midpoint. Each docstring shows th
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,23 @@ def test_against_brute_force(pairs: list[tuple[int, bool]]) -> None:
     threshold, accuracy = best_threshold(scores, labels)
     assert accuracy == pytest.approx(brute)
     assert accuracy_at(scores, labels, threshold) == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(("n_folds", "label"), [(2, "2-fold"), (3, "3-fold"), (10, "ten-fold")])
+def test_report_names_the_folds_it_used(tmp_path: Path, n_folds: int, label: str) -> None:
+    """A ``--limit-folds 2`` run must not be reported as LFW's ten-fold protocol."""
+    from models.evaluation.report import report_dict, summarise, write_markdown
+
+    rng = np.random.default_rng(0)
+    labels = np.tile([True, False], 20 * n_folds)
+    scores = np.where(labels, 0.9, 0.7) + rng.normal(0, 0.05, labels.size)
+    folds = np.repeat(np.arange(n_folds), 40)
+    text = write_markdown(report_dict(summarise(scores, labels, folds)),
+                          tmp_path / "report.md").read_text()
+    assert f"accuracy ({label}, mean" in text
+    # The similarity scale users read thresholds against: percentiles of both distributions.
+    genuine = next(line for line in text.splitlines() if line.startswith("| genuine similarity"))
+    values = [float(v) for v in genuine.split("|")[2].split("/")]
+    assert values == sorted(values) and 0.8 < values[3] < 1.0
+    if n_folds != 10:
+        assert "ten-fold" not in text

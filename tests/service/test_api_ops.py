@@ -18,7 +18,8 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     body = client.get("/readyz").json()
     assert body == {
-        "status": "ready", "model": "fake-v1", "device": "cpu", "index_kind": "flat",
+        "status": "ready", "model": "fake-v1", "embedding_size": 128, "device": "cpu",
+        "index_kind": "flat",
         "index_source": "store", "gallery_faces": 0, "gallery_subjects": 0, "batching": True,
         "operating_point": {"threshold": 0.915, "source": "setting"},
         "identify_operating_point": {"threshold": 0.915, "source": "setting"},

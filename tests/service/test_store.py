@@ -564,17 +564,19 @@ def test_opening_removes_subjects_older_versions_left_without_faces(backend: Bac
     store.add_face(face("alice", 0), {"k": 1})
     store.add_face(face("bob", 0), None)
     store.close()
-    # As an older version leaves it: bob without faces, the schema just before the migration
-    # that removes such subjects (later migrations are run again too: drop what they made).
-    from service.gallery.store.migrations.postgres import MIGRATIONS as PG_MIGRATIONS
-    from service.gallery.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-
-    migrations = SQLITE_MIGRATIONS if isinstance(backend, SqliteBackend) else PG_MIGRATIONS
-    before = next(i for i, m in enumerate(migrations)
-                  if any("NOT EXISTS (SELECT 1 FROM faces f" in st for st in m))
+    # As an older version leaves it: bob without faces, the schema from before that migration
+    # (SQLite's 4, PostgreSQL's 5), the later ones (tombstones, negatives) undone first.
     backend.execute("DELETE FROM faces WHERE subject_id = 'bob'")
-    if before < backend.schema_version - 1:
-        backend.execute("DROP TABLE negatives")  # issue 17's, after it
+    backend.execute("DROP TABLE negatives")  # issue 17's, after both
+    if backend.name == "sqlite":
+        for statement in ("DROP TRIGGER subjects_erasure_token",
+                          "DROP INDEX subjects_erasure_token", "DROP TABLE tombstones",
+                          "ALTER TABLE subjects DROP COLUMN erasure_token"):
+            backend.execute(statement)
+    else:
+        backend.execute("DROP TABLE tombstones")
+        backend.execute("ALTER TABLE subjects DROP COLUMN erasure_token")
+    before = 3 if backend.name == "sqlite" else 4
     backend.execute(f"UPDATE schema_version SET version = {before}")
     assert backend.query("SELECT count(*) FROM subjects") == [(2,)]
     store = backend.open()

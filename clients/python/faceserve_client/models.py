@@ -101,7 +101,9 @@ class BBox(BaseModel):
 
 Landmarks = Annotated[
     list[list[float]],
-    Field(description="Five landmarks [x, y] in image pixels (eye corners and nose base)."),
+    Field(description="Five landmarks [x, y] in image pixels: with dlib's detector (the "
+          "default) eye corners and nose base; with an SCRFD detector eye centres, nose tip and "
+          "mouth corners."),
 ]
 
 
@@ -586,6 +588,17 @@ class SelfTestReport(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     model: str
+    embedding_size: int | None = Field(
+        None, description="Length of the model's embeddings (128 for dlib's ResNet, 512 for "
+        "most ArcFace-family models)."
+    )
+    model_licence: str | None = Field(
+        None, description="The model's licence: CC0-1.0 for dlib's; for an ONNX model the "
+        "text its user gave to `faceserve models add --licence` (not checked by faceserve)."
+    )
+    detector: str | None = Field(
+        None, description="The face detector: `dlib-mmod`, or the version of an SCRFD model."
+    )
     device: str
     index_kind: str
     index_source: Literal["snapshot", "store"] = Field(
@@ -651,6 +664,7 @@ class AuditEvent(BaseModel):
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
         "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
+        "restore",
         "move_face", "add_negative", "delete_negative",
     ]
     subject_id: str | None

@@ -57,6 +57,9 @@ async def readyz(
     return ReadyResponse(
         status="ready",
         model=services.pipeline.model_version,
+        embedding_size=getattr(services.pipeline, "embedding_size", None),
+        model_licence=getattr(services.pipeline, "model_licence", None),
+        detector=getattr(services.pipeline, "detector_version", None),
         device=str(getattr(services.pipeline, "device", "unknown")),
         index_kind=gallery.index_kind,
         index_source=gallery.index_source,  # type: ignore[arg-type]

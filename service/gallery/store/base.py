@@ -41,6 +41,8 @@ __all__ = [
     "StoreSnapshot",
     "StoreState",
     "SubjectRecord",
+    "Tombstone",
+    "TombstoneKind",
 ]
 
 
@@ -384,6 +386,25 @@ class KeyRecord:
     gallery: str  # "" is the default gallery
     created_at: str
     revoked_at: str | None = None
+
+
+TombstoneKind = Literal["subject", "face", "unknown_face", "key"]
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """Something that happened and must not be undone by restoring an older backup: a subject
+    or face erased, an API key revoked (``service.gallery.backup``).
+
+    ``ref`` identifies it without personal data: a subject by the random erasure token it was
+    given at creation (not its id, which may be a name), a face (or a face of the unknown-face
+    pool, ``unknown_face``) by its random face id, a key by its key id. Once the subject is
+    erased, its token links to nothing but the copies of it in older backups, which is
+    exactly what a restore must find."""
+
+    kind: TombstoneKind
+    ref: str
+    at: str  # when it happened (ISO 8601 UTC); a re-applied revocation keeps this time
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ not faces of the gallery: no change-log entry, no index; identify reads the few 
 its candidate subjects from the store, so every replica honours a negative as soon as it is
 committed. The rows reference their subject with ``ON DELETE CASCADE``: erasing the subject
 erases its negatives in the same transaction (and SQLite's ``secure_delete`` overwrites them).
-The table is created by migration 5 of the SQLite store and 6 of the PostgreSQL one. A
+The table is created by migration 6 of the SQLite store and 7 of the PostgreSQL one. A
 renamed or merged subject takes its negatives along (``SqlReads._move_negatives``).
 """
 

@@ -39,6 +39,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ from service.gallery.store.base import (
     SchemaTooNew,
     StoreError,
     SubjectRecord,
+    Tombstone,
 )
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
 from service.gallery.store.negatives import NegativesSql
@@ -69,6 +71,7 @@ from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
     SqlReads,
+    TombstoneSql,
     from_blob,
     key_record,
     to_blob,
@@ -86,6 +89,10 @@ OUR_TABLES = ("subjects", "faces", "changes", "api_keys", "audit")
 _DEFAULTS = {"connect_timeout": "10", "application_name": "faceserve"}
 _KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
                "keepalives_count": "3"}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def describe(conninfo: str) -> str:
@@ -126,7 +133,7 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
+class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"
@@ -466,9 +473,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     def delete_subject(self, subject_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            if conn.execute(
-                "SELECT 1 FROM subjects WHERE subject_id = %s", (subject_id,)
-            ).fetchone() is None:
+            if self._erasure_tombstones(conn, subject_id, _now()) is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [
                 int(r[0])
@@ -488,6 +493,7 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
+            self._tombstone(conn, Tombstone("face", face_id, _now()))
             change_id = self._log_deletes(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = %s", (row_ids[0],))
             # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
@@ -661,11 +667,13 @@ class PostgresStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
         with self._plain_write() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE api_keys SET revoked_at = %s WHERE key_id = %s AND revoked_at IS NULL "
                 "AND (%s::text IS NULL OR gallery = %s)",
                 (at, key_id, gallery, gallery),
             )
+            if cur.rowcount > 0:
+                self._tombstone(conn, Tombstone("key", key_id, at))
             row = conn.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = %s "
                 "AND (%s::text IS NULL OR gallery = %s)",

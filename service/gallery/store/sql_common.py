@@ -25,6 +25,7 @@ from service.gallery.store.base import (
     NewFace,
     StoreState,
     SubjectRecord,
+    Tombstone,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ReembedRow",
     "SqlReads",
     "SqlSnapshot",
+    "TombstoneSql",
     "from_blob",
     "key_record",
     "to_blob",
@@ -326,7 +328,13 @@ class SqlReads:
                 )
             result = self._move_faces(conn, subject_id, new_id)
             self._move_negatives(conn, subject_id, new_id)
+            # The subject keeps its erasure token under its new id, so that erasing it erases
+            # its copies in backups made before the rename too (service/gallery/backup.py).
+            token = conn.execute(f"SELECT erasure_token FROM subjects WHERE subject_id = {p}",
+                                 (subject_id,)).fetchone()[0]
             conn.execute(f"DELETE FROM subjects WHERE subject_id = {p}", (subject_id,))
+            conn.execute(f"UPDATE subjects SET erasure_token = {p} WHERE subject_id = {p}",
+                         (token, new_id))
         self._after_move()
         return result
 
@@ -398,6 +406,123 @@ class SqlReads:
                 )
                 changed += max(int(cur.rowcount), 0)
         return changed
+
+
+class TombstoneSql:
+    """Tombstones (erasures and revocations a restore must re-apply; see
+    ``service.gallery.backup``), in the table ``tombstones`` of both SQL stores.
+
+    Each erasure writes its tombstone in the transaction that erases (``_tombstone``), so a
+    committed erasure always has one. A store supplies what ``SqlReads`` needs plus
+    ``delete_subject``, ``delete_face`` and ``revoke_key``, which ``apply_tombstones`` uses so
+    that a re-applied erasure is a real one (change log, WAL erased, audit-free)."""
+
+    _P: str
+
+    def _reader(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write_transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _journal(self, items: Sequence[Tombstone]) -> None:
+        """Copy committed tombstones outside the database (SQLite: a file beside it)."""
+
+    def _tombstone(self, conn: Any, item: Tombstone) -> None:
+        p = self._P
+        conn.execute(
+            f"INSERT INTO tombstones (kind, ref, at) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (kind, ref) DO NOTHING",
+            (item.kind, item.ref, item.at),
+        )
+
+    def _erasure_tombstones(self, conn: Any, subject_id: str, at: str) -> list[Tombstone] | None:
+        """Record (in ``conn``'s transaction) the tombstones of erasing a subject: its token,
+        and each of its faces by face id, since a face keeps its id when a rename or a merge
+        moves it (a backup from before a merge holds those faces under the other subject).
+        None when there is no such subject."""
+        token = self._subject_token(conn, subject_id)
+        if token is None:
+            return None
+        items = [Tombstone("subject", token, at)] + [
+            Tombstone("face", str(r[0]), at) for r in conn.execute(
+                f"SELECT face_id FROM faces WHERE subject_id = {self._P} ORDER BY id",
+                (subject_id,)).fetchall()
+        ]
+        for item in items:
+            self._tombstone(conn, item)
+        return items
+
+    def _subject_token(self, conn: Any, subject_id: str) -> str | None:
+        """The subject's erasure token, or None when there is no such subject."""
+        row = conn.execute(
+            f"SELECT erasure_token FROM subjects WHERE subject_id = {self._P}", (subject_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def tombstones(self) -> list[Tombstone]:
+        """Every tombstone, oldest first."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT kind, ref, at FROM tombstones ORDER BY id").fetchall()
+        return [Tombstone(r[0], r[1], r[2]) for r in rows]
+
+    def add_tombstones(self, items: Sequence[Tombstone]) -> None:
+        """Record tombstones (those already present are kept as they are)."""
+        with self._write_transaction() as conn:
+            for item in items:
+                self._tombstone(conn, item)
+
+    def _matching(self, column: str, table: str, refs: Sequence[str],
+                  extra: str = "") -> list[str]:
+        found: list[str] = []
+        refs = sorted(set(refs))
+        with self._reader() as conn:
+            for start in range(0, len(refs), 500):  # below every SQLite's parameter limit
+                part = refs[start:start + 500]
+                marks = ", ".join([self._P] * len(part))
+                sql = (f"SELECT {column} FROM {table} WHERE {column} IN ({marks}){extra} "
+                       f"ORDER BY {column}")
+                found.extend(str(r[0]) for r in conn.execute(sql, part).fetchall())
+        return found
+
+    def apply_tombstones(self, items: Sequence[Tombstone]) -> dict[str, int]:
+        """Erase and revoke again what ``items`` name and this store still holds (as after
+        restoring an older backup), then record the tombstones; counts of what was undone."""
+        refs: dict[str, list[str]] = {"subject": [], "face": [], "unknown_face": [], "key": []}
+        revoked_at: dict[str, str] = {}
+        for item in items:
+            refs[item.kind].append(item.ref)
+            if item.kind == "key":
+                revoked_at.setdefault(item.ref, item.at)
+        tokens = self._matching("erasure_token", "subjects", refs["subject"])
+        subjects: list[str] = []
+        with self._reader() as conn:
+            for token in tokens:
+                row = conn.execute(
+                    f"SELECT subject_id FROM subjects WHERE erasure_token = {self._P}", (token,)
+                ).fetchone()
+                if row is not None:
+                    subjects.append(str(row[0]))
+        erased_faces = 0
+        for subject_id in subjects:
+            erased_faces += len(self.delete_subject(subject_id).row_ids)  # type: ignore[attr-defined]
+        faces = self._matching("face_id", "faces", refs["face"])
+        for face_id in faces:
+            self.delete_face(face_id)  # type: ignore[attr-defined]
+        unknown = 0
+        for face_id in self._matching("face_id", "unknown_faces", refs["unknown_face"]):
+            with self._reader() as conn:
+                row = conn.execute(
+                    f"SELECT gallery FROM unknown_faces WHERE face_id = {self._P}", (face_id,)
+                ).fetchone()
+            if row is not None:
+                unknown += self.delete_unknown(str(row[0]), [face_id])  # type: ignore[attr-defined]
+        keys = self._matching("key_id", "api_keys", refs["key"], " AND revoked_at IS NULL")
+        for key_id in keys:
+            self.revoke_key(key_id, revoked_at[key_id])  # type: ignore[attr-defined]
+        self.add_tombstones(items)
+        return {"subjects_erased": len(subjects), "faces_erased": len(faces) + erased_faces,
+                "unknown_faces_erased": unknown, "keys_revoked": len(keys)}
 
 
 class SqlSnapshot:

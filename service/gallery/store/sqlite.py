@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from service.gallery.private import create_private_file, private_dir, tighten
 from service.gallery.store.base import (
     AddResult,
     AuditRecord,
@@ -43,23 +45,45 @@ from service.gallery.store.base import (
     SchemaTooNew,
     StoreError,
     SubjectRecord,
+    Tombstone,
 )
 from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
     SqlReads,
+    TombstoneSql,
     from_blob,
     key_record,
     to_blob,
 )
 from service.gallery.store.unknown import UnknownPoolSql
 
-__all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["FILENAME", "JOURNAL_NAME", "SCHEMA_VERSION", "SqliteStore", "read_journal"]
 
 log = logging.getLogger("faceserve.store")
 
 FILENAME = "gallery.sqlite3"
+# Beside the database, a copy of every tombstone (JSON lines): what a restore re-applies when
+# the database itself is lost or unreadable (service/gallery/backup.py).
+JOURNAL_NAME = "tombstones.jsonl"
+
+
+def read_journal(path: Path) -> list[Tombstone]:
+    """The tombstones of a journal file (none if it is missing); a line cut short by a crash
+    while it was appended is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    items = []
+    for line in text.splitlines():
+        try:
+            d = json.loads(line)
+            items.append(Tombstone(d["kind"], str(d["ref"]), str(d["at"])))
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: skipped an unreadable line", path)
+    return items
 
 # Each entry migrates from version i to i + 1. Append only: never edit a released migration.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -143,7 +167,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DELETE FROM subjects WHERE NOT EXISTS "
         "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
     ),
-    # 5: negative examples of subjects, "not this person" (issue 17;
+    # 5: tombstones of erasures and key revocations, which a restore from a backup re-applies
+    # (service/gallery/backup.py). A subject is named in its tombstone by a random erasure
+    # token given at creation (its id may be a person's name); the trigger gives one to every
+    # new subject whichever statement inserts it.
+    (
+        "ALTER TABLE subjects ADD COLUMN erasure_token TEXT",
+        "UPDATE subjects SET erasure_token = lower(hex(randomblob(16)))",
+        """CREATE TRIGGER subjects_erasure_token AFTER INSERT ON subjects
+            FOR EACH ROW WHEN NEW.erasure_token IS NULL
+            BEGIN
+                UPDATE subjects SET erasure_token = lower(hex(randomblob(16)))
+                WHERE rowid = NEW.rowid;
+            END""",
+        "CREATE UNIQUE INDEX subjects_erasure_token ON subjects(erasure_token)",
+        """CREATE TABLE tombstones (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('subject', 'face', 'unknown_face', 'key')),
+            ref TEXT NOT NULL,
+            at TEXT NOT NULL,
+            UNIQUE (kind, ref)
+        )""",
+    ),
+    # 6: negative examples of subjects, "not this person" (issue 17;
     # service/gallery/store/negatives.py). Erased with their subject (the cascade); a subject
     # whose id changes takes them along.
     (
@@ -171,7 +217,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
+class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
 
     _P = "?"
@@ -199,11 +245,41 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
     def location(self) -> str:
         return f"the gallery in {self.path.parent}"
 
+    @property
+    def journal_path(self) -> Path:
+        return self.path.with_name(JOURNAL_NAME)
+
+    def _journal(self, items: Sequence[Tombstone]) -> None:
+        """Append committed tombstones to the journal beside the database (fsynced). The table
+        is the record; the journal is for a restore without a readable database, so a failure
+        here is logged and does not undo the erasure."""
+        if not items:
+            return
+        lines = "".join(
+            json.dumps({"kind": t.kind, "ref": t.ref, "at": t.at}) + "\n" for t in items
+        )
+        try:
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, lines.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("could not append to the tombstone journal %s: %s (the database has "
+                      "the tombstones; a restore reads them from there)", self.journal_path, exc)
+
     @classmethod
     def open(cls, data_dir: Path) -> SqliteStore:
+        """The gallery in ``data_dir``; the directory and the database file are created
+        owner-only (``service.gallery.private``), and SQLite gives its ``-wal`` and ``-shm``
+        files the database file's permissions."""
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / FILENAME)
+        private_dir(data_dir, tighten_existing=(data_dir / FILENAME).exists())
+        path = create_private_file(data_dir / FILENAME)
+        for suffix in ("-wal", "-shm"):
+            tighten(path.with_name(path.name + suffix))
+        return cls(path)
 
     # ------------------------------------------------------------ connections
 
@@ -471,9 +547,8 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
 
     def delete_subject(self, subject_id: str) -> DeleteResult:
         with self._write_transaction() as conn:
-            if conn.execute(
-                "SELECT 1 FROM subjects WHERE subject_id = ?", (subject_id,)
-            ).fetchone() is None:
+            tombstones = self._erasure_tombstones(conn, subject_id, _now())
+            if tombstones is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [
                 int(r[0])
@@ -484,6 +559,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
             self._delete(conn, row_ids)
             conn.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))  # cascades
             change_id = self._last_change(conn)
+        self._journal(tombstones)
         with self._write_lock:
             self._erase_wal()
         return DeleteResult(row_ids, True, change_id)
@@ -496,6 +572,8 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
             if row is None:
                 return DeleteResult([], False, self._last_change(conn))
             row_ids = [int(row[0])]
+            tombstone = Tombstone("face", face_id, _now())
+            self._tombstone(conn, tombstone)
             self._delete(conn, row_ids)
             conn.execute("DELETE FROM faces WHERE id = ?", (row_ids[0],))
             # The last face takes its subject along (see ``DeleteResult.subject_deleted``).
@@ -504,6 +582,7 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
                 "(SELECT 1 FROM faces WHERE subject_id = ?)", (row[1], row[1]),
             ).rowcount > 0
             change_id = self._last_change(conn)
+        self._journal([tombstone])
         with self._write_lock:
             self._erase_wal()
         return DeleteResult(row_ids, True, change_id, gone)
@@ -585,17 +664,22 @@ class SqliteStore(SqlReads, UnknownPoolSql, NegativesSql):
             return [key_record(r) for r in rows]
 
     def revoke_key(self, key_id: str, at: str, gallery: str | None = None) -> KeyRecord | None:
+        tombstones = []
         with self._write_transaction() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL "
                 "AND (? IS NULL OR gallery = ?)",
                 (at, key_id, gallery, gallery),
             )
+            if cur.rowcount > 0:
+                tombstones.append(Tombstone("key", key_id, at))
+                self._tombstone(conn, tombstones[0])
             row = conn.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ? "
                 "AND (? IS NULL OR gallery = ?)",
                 (key_id, gallery, gallery),
             ).fetchone()
+        self._journal(tombstones)
         return None if row is None else key_record(row)
 
     def key_count(self, *, active_only: bool) -> int:

@@ -16,10 +16,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from service.gallery.store.base import Tombstone
 from service.gallery.store.sql_common import from_blob, to_blob
 
 __all__ = ["UNKNOWN_COLUMNS", "UnknownFace", "UnknownPoolSql", "unknown_record"]
@@ -179,12 +181,25 @@ class UnknownPoolSql:
         """Erase these faces of the gallery's pool; returns how many there were."""
         p = self._P
         removed = 0
+        tombstones: list[Tombstone] = []
+        at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._write_transaction() as conn:
             for chunk in _chunks(list(face_ids), 500):
+                marks = ", ".join([p] * len(chunk))
+                # A tombstone for each face erased, so a restore erases it again (the store's
+                # TombstoneSql); a face moved into the gallery by naming its cluster gets one
+                # too, and keeps its enrolled copy, which has a face id of its own.
+                found = conn.execute(
+                    f"SELECT face_id FROM unknown_faces WHERE gallery = {p} AND face_id IN "
+                    f"({marks})", (gallery, *chunk)).fetchall()
+                for (face_id,) in found:
+                    tombstones.append(Tombstone("unknown_face", str(face_id), at))
+                    self._tombstone(conn, tombstones[-1])  # type: ignore[attr-defined]
                 cur = conn.execute(
                     f"DELETE FROM unknown_faces WHERE gallery = {p} AND face_id IN "
-                    f"({', '.join([p] * len(chunk))})", (gallery, *chunk))
+                    f"({marks})", (gallery, *chunk))
                 removed += max(cur.rowcount, 0)
+        self._journal(tombstones)  # type: ignore[attr-defined]
         if removed:
             self._after_erasure()
         return removed

@@ -111,7 +111,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DELETE FROM subjects WHERE NOT EXISTS "
         "(SELECT 1 FROM faces f WHERE f.subject_id = subjects.subject_id)",
     ),
-    # 6: negative examples of subjects, "not this person" (issue 17; SQLite's version 5).
+    # 6: tombstones of erasures and key revocations, re-applied by a restore (as SQLite's
+    # version 5; service/gallery/backup.py). Each subject gets a random erasure token (the
+    # volatile default is evaluated per row, existing rows included).
+    (
+        "ALTER TABLE subjects ADD COLUMN erasure_token text NOT NULL "
+        "DEFAULT replace(gen_random_uuid()::text, '-', '')",
+        "CREATE UNIQUE INDEX subjects_erasure_token ON subjects (erasure_token)",
+        """CREATE TABLE tombstones (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind text NOT NULL CHECK (kind IN ('subject', 'face', 'unknown_face', 'key')),
+            ref text NOT NULL,
+            at text NOT NULL,
+            UNIQUE (kind, ref)
+        )""",
+    ),
+    # 7: negative examples of subjects, "not this person" (issue 17; SQLite's version 6).
     (
         """CREATE TABLE negatives (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
