@@ -89,7 +89,7 @@ class Server:
         self.env.setdefault("FACESERVE_CACHE_DIR", str(cache))
         self.env |= {f"FACESERVE_{k.upper()}": v for k, v in settings.items()}
         self.tokens = {}
-        for name, scopes in (("a", "recognize"), ("b", "recognize"), ("ops", "admin")):
+        for name, scopes in (("a", "recognize"), ("b", "recognize"), ("ops", "metrics")):
             out = cli("keys", "create", "--name", name, "--scope", scopes, "--json", env=self.env)
             self.tokens[name] = json.loads(out)["token"]
         self.port = free_port()

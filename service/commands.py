@@ -230,9 +230,11 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
         description=(
             "API keys of the gallery in --data-dir (FACESERVE_DATA_DIR). A key is a random "
             "256-bit token, shown once at creation and stored only as its SHA-256. Clients "
-            "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: enroll "
-            "(POST /enroll), recognize (verify, identify, embed), admin (subjects, faces, "
-            "audit log, keys, metrics). Once any key exists, every request needs one; a "
+            "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes, one per "
+            "role: enroll (POST /enroll, naming clusters), recognize (verify, identify, "
+            "embed), read (list and read subjects, faces, clusters; metadata in identify), "
+            "erase (delete subjects, faces, clusters), metrics (/metrics), audit (/audit), "
+            "admin (keys and galleries only). Once any key exists, every request needs one; a "
             "running server sees new and revoked keys at once."
         ),
     )
@@ -255,7 +257,8 @@ def _add_keys_parsers(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--name", required=True, help="who or what uses the key (in the audit log)")
     c.add_argument("--scope", action="append", required=True, metavar="SCOPE",
-                   help="enroll, recognize or admin; repeat (or comma-separate) for several")
+                   help="enroll, recognize, read, erase, metrics, audit or admin; repeat (or "
+                   "comma-separate) for several")
     c.add_argument("--gallery", default=None,
                    help="tie the key to this gallery (namespace): it sees only its subjects; "
                    "default: the default gallery")

@@ -74,10 +74,13 @@ image, 422 invalid field or no face, 503 not ready.
 
 **Authentication.** Once the gallery has API keys (`faceserve keys create`), every endpoint but
 `/healthz`, `/readyz` and the docs needs one, as `Authorization: Bearer <key>` or
-`X-API-Key: <key>`: 401 without a valid key, 403 without the scope (`enroll`: POST /enroll;
-`recognize`: verify, identify, embed; `admin`: subjects, faces, audit, keys, metrics), 429
-over the key's rate limit or when the inference queue is full (`Retry-After` says when to
-retry). A key tied to a gallery sees only that gallery's subjects.
+`X-API-Key: <key>`: 401 without a valid key, 403 without the scope (`enroll`: POST /enroll,
+organising and naming clusters; `recognize`: verify, identify, embed; `read`: subjects, faces,
+chips, clusters, and subject metadata in identify results; `erase`: deleting subjects, faces,
+clusters; `metrics`: /metrics; `audit`: /audit; `admin`: keys and galleries), 429 over the
+key's rate limit or when the inference queue is full (`Retry-After` says when to retry). A key
+tied to a gallery sees only that gallery's subjects; galleries are managed by an admin key of
+the default gallery.
 """
 
 

@@ -27,6 +27,7 @@ from faceserve_client.models import (
     CreatedKey,
     DeleteClusterResponse,
     DeleteFaceResponse,
+    DeleteGalleryResponse,
     DeleteNegativeResponse,
     DeleteSubjectResponse,
     EmbeddedFace,
@@ -39,6 +40,8 @@ from faceserve_client.models import (
     FaceInfo,
     FaceList,
     FaceSelection,
+    GalleryInfo,
+    GalleryList,
     HealthResponse,
     IdentifiedFace,
     IdentifyImageResponse,
@@ -68,6 +71,7 @@ from faceserve_client.models import (
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from service.api.identifiers import check_key_name, check_new_subject_id, check_subject_id
+from service.security.keys import GALLERY_PATTERN, SCOPES
 
 __all__ = [
     "REQUEST_MODELS",
@@ -80,10 +84,12 @@ __all__ = [
     "ClusterInfo",
     "ClusterList",
     "ClusterRequest",
+    "CreateGalleryRequest",
     "CreateKeyRequest",
     "CreatedKey",
     "DeleteClusterResponse",
     "DeleteFaceResponse",
+    "DeleteGalleryResponse",
     "DeleteNegativeResponse",
     "DeleteSubjectResponse",
     "EmbedForm",
@@ -101,6 +107,8 @@ __all__ = [
     "FaceInfo",
     "FaceList",
     "FaceSelection",
+    "GalleryInfo",
+    "GalleryList",
     "HealthResponse",
     "IdentifiedFace",
     "IdentifyForm",
@@ -424,6 +432,12 @@ ReturnEmbedding = Annotated[bool, Field(
     "/negatives takes to mark a face of this result \"not this person\".")]
 
 
+IncludeMetadata = Annotated[bool, Field(
+    description="Add each candidate's subject `metadata` (a display name, a badge number) to "
+    "the results, sparing a GET /subjects/{id} per candidate. Needs scope `read` besides "
+    "`recognize` (403 `insufficient_scope` otherwise).")]
+
+
 class IdentifyForm(_Strict):
     """``multipart/form-data`` fields of POST /identify."""
 
@@ -438,6 +452,7 @@ class IdentifyForm(_Strict):
     min_face_px: MinFacePx = None
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
+    include_metadata: IncludeMetadata = False
     return_embedding: ReturnEmbedding = False
 
 
@@ -455,6 +470,7 @@ class IdentifyJSON(_Strict):
     min_face_px: MinFacePx = None
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
+    include_metadata: IncludeMetadata = False
     return_embedding: ReturnEmbedding = False
 
 
@@ -472,6 +488,7 @@ class IdentifySearchJSON(_Strict):
     k: K = 5
     threshold: Threshold | None = None
     identify_fpir: IdentifyFpir | None = None
+    include_metadata: IncludeMetadata = False
 
 
 # ---------------------------------------------------------------- embed
@@ -499,7 +516,13 @@ class EmbedJSON(_Strict):
 
 
 class CreateKeyRequest(_Strict):
-    """POST /keys: a new key in the calling admin key's gallery."""
+    """POST /keys: a new key in the calling admin key's gallery (or, from an admin of the
+    default gallery, in the gallery named)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "photo-app", "scopes": ["recognize", "read"]},
+        {"name": "acme-kiosk", "scopes": ["enroll", "recognize"], "gallery": "acme"},
+    ]})
 
     name: Annotated[
         str,
@@ -508,7 +531,33 @@ class CreateKeyRequest(_Strict):
               "`(command line)` (the audit log's label for the command line)."),
         AfterValidator(check_key_name),
     ]
-    scopes: list[Scope] = Field(min_length=1, max_length=3)
+    scopes: list[Scope] = Field(
+        min_length=1, max_length=len(SCOPES),
+        description="What the key may do: `enroll`, `recognize`, `read`, `erase`, `metrics`, "
+        "`audit`, `admin` (README: API keys and scopes). `admin` alone manages keys and "
+        "galleries only.",
+    )
+    gallery: str | None = Field(
+        None,
+        pattern=GALLERY_PATTERN,
+        description="Bind the new key to this gallery (see GET /galleries) instead of the "
+        "caller's own. Only an admin key of the default gallery may choose; it must exist.",
+        examples=["acme"],
+    )
+
+
+class CreateGalleryRequest(_Strict):
+    """POST /galleries: a new, empty gallery (a tenant with its own subjects, keys and log)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "acme"}]})
+
+    name: str = Field(
+        pattern=GALLERY_PATTERN,
+        description="1-64 characters of letters, digits, `_`, `.`, `-`, starting with a letter "
+        "or digit; then bind keys to it with `POST /keys` from a key of the gallery, or "
+        "`faceserve keys create --gallery <name>`.",
+        examples=["acme"],
+    )
 
 
 # Request models that are not parameters of any FastAPI signature (the bodies are parsed by

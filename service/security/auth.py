@@ -1,7 +1,10 @@
 """Authentication, scopes, per-key rate limits and admission to inference, as dependencies.
 
 Each protected route declares what it needs (``EnrollKey``, ``RecognizeImageKey``,
-``RecognizeKey``, ``AdminKey``) and receives the ``Principal`` it acts as. Checks run before the
+``RecognizeKey``, ``ReadKey``, ``EraseKey``, ``MetricsKey``, ``AuditKey``, ``AdminKey``; the
+scopes are described in ``service.security.keys``) and receives the ``Principal`` it acts as.
+A route needing a second scope for part of a request (identify's ``include_metadata`` needs
+``read``) checks it with ``Principal.require``. Checks run before the
 route reads its body, in this order: key present (401 ``missing_api_key``), known (401
 ``invalid_api_key``; also for a malformed ``Authorization`` header, two different keys, or a
 header sent twice), not revoked (401 ``revoked_api_key``), within its rate (429
@@ -31,8 +34,12 @@ from service.security.ratelimit import KeySlots, RateLimiter
 __all__ = [
     "OPERATOR",
     "AdminKey",
+    "AuditKey",
     "EnrollKey",
+    "EraseKey",
+    "MetricsKey",
     "Principal",
+    "ReadKey",
     "RecognizeImageKey",
     "RecognizeKey",
     "identify_caller",
@@ -52,6 +59,14 @@ class Principal:
     @property
     def gallery(self) -> str:
         return self.namespace.gallery
+
+    def require(self, scope: str, what: str) -> None:
+        """403 ``insufficient_scope`` unless this principal holds ``scope`` for ``what``."""
+        if scope not in self.scopes:
+            raise Forbidden(
+                f"{what} needs a key with scope {scope!r}; key {self.name!r} has "
+                f"{', '.join(self.scopes)}"
+            )
 
 
 OPERATOR = Principal(key_id=None, name="(no key)", scopes=SCOPES, namespace=Namespace())
@@ -205,9 +220,17 @@ def _admit(
 
 _require_enroll = require("enroll")
 _require_recognize = require("recognize")
+_require_read = require("read")
+_require_erase = require("erase")
+_require_metrics = require("metrics")
+_require_audit = require("audit")
 _require_admin = require("admin")
 
 EnrollKey = Annotated[Principal, Security(_admit(_require_enroll))]
 RecognizeImageKey = Annotated[Principal, Security(_admit(_require_recognize))]
 RecognizeKey = Annotated[Principal, Security(_require_recognize)]
+ReadKey = Annotated[Principal, Security(_require_read)]
+EraseKey = Annotated[Principal, Security(_require_erase)]
+MetricsKey = Annotated[Principal, Security(_require_metrics)]
+AuditKey = Annotated[Principal, Security(_require_audit)]
 AdminKey = Annotated[Principal, Security(_require_admin)]

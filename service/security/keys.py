@@ -6,9 +6,22 @@ token has 256 bits of entropy (salting and slow hashes exist for guessable passw
 presented token is hashed, looked up by hash, and the hashes are compared once more with
 ``hmac.compare_digest``, so no step compares secret bytes in variable time.
 
-Scopes: ``enroll`` (POST /enroll), ``recognize`` (verify, identify, embed), ``admin`` (list,
-read and erase subjects and faces, audit log, keys, metrics). A key holds any set of them;
-none implies another.
+Scopes, one per role a client plays (README: API keys and scopes):
+
+* ``enroll``: add faces and subjects (POST /enroll; organise and name the unknown-face pool).
+* ``recognize``: verify, identify, embed.
+* ``read``: list and read subjects and faces, their chips, the pool's clusters, and subject
+  metadata in identify results (``include_metadata``).
+* ``erase``: delete subjects, faces and pool clusters (GDPR erasure).
+* ``metrics``: GET /metrics and the server-wide totals of /readyz.
+* ``audit``: GET /audit.
+* ``admin``: API keys and galleries only.
+
+A key holds any set of them; none implies another (an admin can of course mint itself a key
+with more). Before scopes were split, ``admin`` covered reading, erasure, the audit log and
+metrics as well: keys stored then are given ``LEGACY_ADMIN`` when the store migrates (SQLite
+schema 5, PostgreSQL 6), so every key keeps every power it had, while a key created now with
+``admin`` alone manages keys and galleries only.
 
 Galleries (namespaces). Every key belongs to one gallery: ``""`` (the default) or a name. A
 gallery's subjects are stored under the internal id ``"\\x1f<gallery>\\x1f<subject_id>"``.
@@ -37,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GALLERY_PATTERN",
+    "LEGACY_ADMIN",
     "SCOPES",
     "TOKEN_PREFIX",
     "KeyRing",
@@ -48,7 +62,10 @@ __all__ = [
     "validate_scopes",
 ]
 
-SCOPES: tuple[str, ...] = ("enroll", "recognize", "admin")
+SCOPES: tuple[str, ...] = ("enroll", "recognize", "read", "erase", "metrics", "audit", "admin")
+# What ``admin`` meant before the scopes were split: the stores' migrations give it to every
+# key stored with ``admin`` then (see the module docstring).
+LEGACY_ADMIN: tuple[str, ...] = ("read", "erase", "metrics", "audit", "admin")
 TOKEN_PREFIX = "fsk_"
 GALLERY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _GALLERY_RE = re.compile(GALLERY_PATTERN)
@@ -163,6 +180,8 @@ class KeyRing:
             created_at=_now(),
         )
         self.store.add_key(record)
+        if record.gallery:  # `keys create --gallery` is one way a gallery comes to exist
+            self.store.add_gallery(record.gallery, record.created_at)
         self._enforced = True
         return record, token
 

@@ -123,3 +123,16 @@ def test_the_bind_rule(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     assert _check_bind(public, insecure=False) is None
     assert "every API key of this gallery is revoked" in caplog.text
     store.close()
+
+
+def test_keys_create_knows_every_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path / "g")
+    code, out, _ = run_cli(capsys, "keys", "create", "--name", "dpo", "--scope", "erase,read",
+                           "--scope", "audit", "--scope", "metrics", "--data-dir", d, "--json")
+    assert code == 0 and json.loads(out)["scopes"] == ["read", "erase", "metrics", "audit"]
+    code, _, err = run_cli(capsys, "keys", "create", "--name", "x", "--scope", "delete",
+                           "--data-dir", d)
+    assert code == 2 and "read" in err and "erase" in err  # the message lists the scopes
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "keys", "create", "--help")
+    assert "read, erase, metrics, audit" in " ".join(capsys.readouterr().out.split())

@@ -159,6 +159,40 @@ def test_keys_and_authentication_errors(server: LiveServer, client: fc.Client) -
     assert err.value.code == "missing_api_key" and err.value.status == 401
 
 
+def test_galleries_and_identify_metadata(server: LiveServer, client: fc.Client,
+                                         people: Path) -> None:
+    client.enroll(people / PEOPLE_ENROLL["obama"], "obama", metadata={"name": "Barack Obama"},
+                  replace_metadata=True)  # obama may exist already (the module's server)
+    result = client.identify(people / "test/obama1.jpg", include_metadata=True)
+    assert result.faces[0].match.metadata == {"name": "Barack Obama"}
+    assert client.identify(people / "test/obama1.jpg").faces[0].match.metadata is None
+    created = client.create_gallery("client-g")
+    assert created.name == "client-g" and created.subjects == 0
+    assert "client-g" in {g.name for g in client.galleries()}
+    key = client.create_key("g-key", ["enroll", "recognize"], gallery="client-g")
+    assert key.gallery == "client-g"
+    assert [k.key_id for k in client.keys(gallery="client-g")] == [key.key_id]
+    with fc.Client(server.url, api_key=key.token, timeout=120) as tenant:
+        tenant.enroll(people / PEOPLE_ENROLL["biden"], "biden")
+        with pytest.raises(fc.PermissionDeniedError):
+            tenant.identify(people / "test/obama1.jpg", include_metadata=True)
+    with pytest.raises(fc.APIError) as err:
+        client.delete_gallery("client-g")
+    assert err.value.code == "gallery_not_empty"
+    deleted = client.delete_gallery("client-g", force=True)
+    assert deleted.subjects_deleted == 1 and deleted.keys_revoked == [key.key_id]
+
+    async def scenario() -> None:
+        async with fc.AsyncClient(server.url, api_key=server.create_key("a"), timeout=120) as c:
+            assert "client-g" not in {g.name for g in await c.galleries()}
+            assert (await c.create_gallery("async-g")).name == "async-g"
+            assert (await c.delete_gallery("async-g")).subjects_deleted == 0
+            found = await c.identify(people / "test/obama1.jpg", include_metadata=True)
+            assert found.faces[0].match.metadata == {"name": "Barack Obama"}
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("make", "kwargs", "error", "code"),
     [

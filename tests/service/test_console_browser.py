@@ -31,6 +31,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.security.keys import SCOPES
 from tests.service.test_server_process import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -177,7 +178,7 @@ def test_the_console_end_to_end(
         # 2. A key is created (as an operator would, here through the API); the console now
         # asks for one, and a wrong key gets a clear message.
         r = httpx.post(f"{server}/keys", json={"name": "console-admin",
-                                               "scopes": ["enroll", "recognize", "admin"]})
+                                               "scopes": list(SCOPES)})
         assert r.status_code == 201, r.text
         token = r.json()["token"]
         api = httpx.Client(base_url=server, timeout=120,
@@ -191,7 +192,7 @@ def test_the_console_end_to_end(
         shots.take(page, "signin")
         page.fill("#api-key", token)
         page.click("form.signin button[type=submit]")
-        page.wait_for_selector("#who:has-text('admin key')")
+        page.wait_for_selector("#who:has-text('may read the gallery')")
         assert page.evaluate("sessionStorage.getItem('faceserve.apiKey')") == token
         assert context.cookies() == [] and token not in page.url
 

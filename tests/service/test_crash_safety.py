@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.security.keys import KeyRing, open_security_store
+from service.security.keys import SCOPES, KeyRing, open_security_store
 from tests.service.test_server_process import free_port, serve, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -155,7 +155,7 @@ def test_sigkill_during_concurrent_enrollments_loses_nothing_acknowledged(
     data_dir = tmp_path / "data"
     log = tmp_path / "server.log"
     store = open_security_store(Settings(data_dir=data_dir))
-    _, token = KeyRing(store).create("crash-test", ["enroll", "recognize", "admin"])
+    _, token = KeyRing(store).create("crash-test", list(SCOPES))
     store.close()
     work: queue.Queue[Path] = queue.Queue()
     for photo in lfw_photos(lfw, PHOTOS):

@@ -52,7 +52,7 @@ def test_delete_erases_every_byte_and_the_audit_log_says_who(
     services = client.app.state.services
     gallery: Gallery = services.gallery
     _, kiosk = services.keys.create("kiosk-7", ["enroll"])
-    _, ops = services.keys.create("dpo-office", ["admin", "recognize"])
+    _, ops = services.keys.create("dpo-office", ["read", "erase", "audit", "recognize"])
     admin = {"Authorization": f"Bearer {ops}"}
 
     victim = [enroll(client, kiosk, "erase-me", 11, v, metadata='{"note": "erase-me-meta"}')

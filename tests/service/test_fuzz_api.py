@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.api.app import create_app
 from service.config import Settings
-from service.security.keys import KeyRing, open_security_store
+from service.security.keys import SCOPES, KeyRing, open_security_store
 from tests.service.conftest import FakePipeline, fake_photo
 
 MAX_EXAMPLES = 40
@@ -50,7 +50,7 @@ APP = create_app(
 STATS: Counter[tuple[str, int]] = Counter()
 # The key exists before collection: schemathesis asks for it while generating the examples.
 _store = open_security_store(Settings(data_dir=DATA))
-_, TOKEN = KeyRing(_store).create("fuzzer", ["enroll", "recognize", "admin"])
+_, TOKEN = KeyRing(_store).create("fuzzer", list(SCOPES))
 _store.close()  # type: ignore[attr-defined]
 
 

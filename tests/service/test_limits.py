@@ -155,8 +155,8 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(make_client: AppFactory) 
     limiter = client.app.state.rate_limiter
     client.app.state.rate_limiter = RateLimiter(limiter.rate, limiter.burst, clock=clock)
     ring = client.app.state.services.keys
-    _, fast = ring.create("fast", ["admin"])
-    _, other = ring.create("other", ["admin"])
+    _, fast = ring.create("fast", ["read"])
+    _, other = ring.create("other", ["read"])
     h = {"Authorization": f"Bearer {fast}"}
     assert [client.get("/subjects", headers=h).status_code for _ in range(2)] == [200, 200]
     r = client.get("/subjects", headers=h)

@@ -537,6 +537,100 @@ def test_a_gallerys_audit_events_are_numbered_in_its_own_sequence(store: Any) ->
     assert [e.id for e in store.list_audit("tenant", 0, 10)] != [1, 2, 3]  # the global ids
 
 
+# ---------------------------------------------------------------- scopes and galleries (issue 20)
+
+
+def _migrations(backend: Backend) -> tuple[tuple[str, ...], ...]:
+    from service.gallery.store.migrations.postgres import MIGRATIONS as PG_MIGRATIONS
+    from service.gallery.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+    return SQLITE_MIGRATIONS if backend.name == "sqlite" else PG_MIGRATIONS
+
+
+def _schema_before_scopes_split(backend: Backend, keys: list[tuple[str, str, str]]) -> None:
+    """The database as a faceserve before issue 20 left it, holding ``keys`` (id, scopes,
+    gallery): every migration up to the one that adds the galleries table."""
+    migrations = _migrations(backend)
+    upto = next(i for i, m in enumerate(migrations) if any("galleries" in s for s in m))
+    statements = [s for m in migrations[:upto] for s in m] + [
+        "CREATE TABLE schema_version (version integer NOT NULL)",
+        f"INSERT INTO schema_version (version) VALUES ({upto})",
+    ] + [
+        "INSERT INTO api_keys (key_id, name, key_hash, scopes, gallery, created_at) VALUES "
+        f"('{key_id}', 'old {key_id}', 'hash-{key_id}', '{scopes}', '{gallery}', "
+        f"'2025-0{n + 1}-01T00:00:00.000Z')"
+        for n, (key_id, scopes, gallery) in enumerate(keys)
+    ]
+    if backend.name == "sqlite":
+        assert isinstance(backend, SqliteBackend)
+        conn = sqlite3.connect(backend.path)
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        assert isinstance(backend, PostgresBackend)
+        with psycopg.connect(backend.url) as pg:
+            for statement in statements:
+                pg.execute(statement)
+
+
+def test_keys_stored_with_the_old_admin_scope_keep_every_power(backend: Backend) -> None:
+    """`admin` used to cover reading, erasure, audit and metrics: the migration spells that
+    out for the keys stored then, and leaves the others as they were."""
+    from service.security.keys import LEGACY_ADMIN
+
+    _schema_before_scopes_split(backend, [
+        ("k_ops", "admin", ""), ("k_both", "enroll,recognize,admin", "acme"),
+        ("k_kiosk", "enroll,recognize", ""),
+    ])
+    store: Any = backend.open()
+    try:
+        scopes = {k.key_id: k.scopes for k in store.list_keys()}
+        assert scopes == {"k_ops": LEGACY_ADMIN, "k_both": ("enroll", "recognize", *LEGACY_ADMIN),
+                          "k_kiosk": ("enroll", "recognize")}
+        # The gallery of an existing key is recorded as created with its first key.
+        assert store.list_galleries() == {"acme": "2025-02-01T00:00:00.000Z"}
+        # A key created now with admin alone stays admin alone.
+        store.add_key(KeyRecord("k_new", "new", "hash-new", ("admin",), "", "2026-01-01Z"))
+        assert store.find_key("hash-new").scopes == ("admin",)
+    finally:
+        store.close()
+    reopened: Any = backend.open()  # the migration runs once
+    assert reopened.find_key("hash-new").scopes == ("admin",)
+    reopened.close()
+
+
+def test_galleries_are_listed_from_the_table_keys_pool_and_subjects(store: Any) -> None:
+    from service.gallery.store.unknown import UnknownFace
+    from service.security.keys import Namespace
+
+    assert store.list_galleries() == {}
+    assert store.add_gallery("empty", "2026-01-01T00:00:00.000Z") is True
+    assert store.add_gallery("empty", "2026-02-01T00:00:00.000Z") is False  # kept as it was
+    store.add_key(KeyRecord("k1", "kiosk", "h1", ("enroll",), "keyed", "2026-01-02Z"))
+    store.add_key(KeyRecord("k2", "old", "h2", ("enroll",), "revoked", "2026-01-02Z"))
+    store.revoke_key("k2", "2026-01-03Z")
+    for gallery, subject, n in (("a", "x", 0), ("a", "y", 1), ("ab", "x", 0), ("z.9", "q", 0),
+                                ("", "plain", 0), ("", "plain", 1)):
+        store.add_face(face(Namespace(gallery).internal(subject), n), None)
+    store.add_unknown([UnknownFace(
+        face_id="u1", gallery="pooled", photo="p", source=None, bbox=(0, 0, 9, 9),
+        landmarks=[[0.0, 0.0]] * 5, detection_confidence=0.9, model="m1",
+        created_at="2026-01-01T00:00:00.000Z", embedding=vec(1))])
+    listed = store.list_galleries()
+    assert list(listed) == ["a", "ab", "empty", "keyed", "pooled", "z.9"]  # not "revoked"
+    assert listed["empty"] == "2026-01-01T00:00:00.000Z" and listed["a"] is None
+    counts = {name: store.gallery_counts(name) for name in ("", "a", "ab", "empty", "pooled")}
+    assert [(c.subjects, c.faces, c.unknown_faces) for c in counts.values()] == [
+        (1, 2, 0), (2, 2, 0), (1, 1, 0), (0, 0, 0), (0, 0, 1)]
+    assert store.gallery_counts("keyed").active_keys == 1
+    assert store.remove_gallery("empty") is True and "empty" not in store.list_galleries()
+    assert store.remove_gallery("empty") is False
+
+
 # ---------------------------------------------------------------- PostgreSQL only
 
 

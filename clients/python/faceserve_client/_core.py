@@ -214,6 +214,7 @@ class calls:
         identify_fpir: float | None = None,
         max_faces: int | None = None,
         face_crop: bool = False,
+        include_metadata: bool = False,
         return_embedding: bool = False,
     ) -> Call:
         given = sum(x is not None for x in (photo, face_id, embedding))
@@ -222,12 +223,14 @@ class calls:
         if photo is not None:
             form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
                          max_faces=max_faces, face_crop=face_crop,
+                         include_metadata=include_metadata or None,
                          return_embedding=return_embedding or None)
             return Call("POST", "/identify", m.IdentifyImageResponse, data=form,
                         files=[("image", photo_file(photo))])
         params = {"face_id": face_id, "k": k, "threshold": threshold,
                   "identify_fpir": identify_fpir,
-                  "embedding": None if embedding is None else encode_embedding(embedding)}
+                  "embedding": None if embedding is None else encode_embedding(embedding),
+                  "include_metadata": "true" if include_metadata else None}
         return Call("GET", "/identify", m.IdentifyResponse, params=params)
 
     @staticmethod
@@ -327,12 +330,28 @@ class calls:
         return Call("DELETE", f"/clusters/{_segment(cluster_id)}", m.DeleteClusterResponse)
 
     @staticmethod
-    def keys() -> Call:
-        return Call("GET", "/keys", m.KeyList)
+    def keys(gallery: str | None = None) -> Call:
+        return Call("GET", "/keys", m.KeyList, params={"gallery": gallery})
 
     @staticmethod
-    def create_key(name: str, scopes: Sequence[str]) -> Call:
-        return Call("POST", "/keys", m.CreatedKey, json={"name": name, "scopes": list(scopes)})
+    def create_key(name: str, scopes: Sequence[str], gallery: str | None = None) -> Call:
+        body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
+        if gallery is not None:
+            body["gallery"] = gallery
+        return Call("POST", "/keys", m.CreatedKey, json=body)
+
+    @staticmethod
+    def galleries() -> Call:
+        return Call("GET", "/galleries", m.GalleryList)
+
+    @staticmethod
+    def create_gallery(name: str) -> Call:
+        return Call("POST", "/galleries", m.GalleryInfo, json={"name": name})
+
+    @staticmethod
+    def delete_gallery(name: str, force: bool = False) -> Call:
+        return Call("DELETE", f"/galleries/{_segment(name)}", m.DeleteGalleryResponse,
+                    params={"force": "true" if force else None})
 
     @staticmethod
     def revoke_key(key_id: str) -> Call:

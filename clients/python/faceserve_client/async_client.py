@@ -155,12 +155,14 @@ class AsyncClient:
         self, photo: None = None, *, face_id: str | None = ...,
         embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
         threshold: float | None = ..., identify_fpir: float | None = ...,
+        include_metadata: bool = ...,
     ) -> m.IdentifyResponse: ...
 
     @overload
     async def identify(
         self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
         identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+        include_metadata: bool = ...,
         return_embedding: bool = ...,
     ) -> m.IdentifyImageResponse: ...
 
@@ -175,13 +177,16 @@ class AsyncClient:
         identify_fpir: float | None = None,
         max_faces: int | None = None,
         face_crop: bool = False,
+        include_metadata: bool = False,
         return_embedding: bool = False,
     ) -> m.IdentifyImageResponse | m.IdentifyResponse:
         """1:n. A photo: every face of it (``IdentifyImageResponse``). A stored ``face_id`` or
-        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``."""
+        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``.
+        ``include_metadata``: each candidate's subject metadata too (the key needs ``read``)."""
         return await self.send(calls.identify(
             photo, face_id=face_id, embedding=embedding, k=k, threshold=threshold,
             identify_fpir=identify_fpir, max_faces=max_faces, face_crop=face_crop,
+            include_metadata=include_metadata,
             return_embedding=return_embedding,
         ))
 
@@ -296,13 +301,17 @@ class AsyncClient:
 
     # ------------------------------------------------------------ keys and audit
 
-    async def keys(self) -> list[m.KeyInfo]:
-        """The API keys of the caller's gallery (never their tokens)."""
-        return (await self.send(calls.keys())).keys
+    async def keys(self, gallery: str | None = None) -> list[m.KeyInfo]:
+        """The API keys of the caller's gallery, or of ``gallery`` (for an admin of the default
+        gallery); never their tokens."""
+        return (await self.send(calls.keys(gallery))).keys
 
-    async def create_key(self, name: str, scopes: Sequence[str]) -> m.CreatedKey:
-        """A new key; its ``token`` is in this answer only."""
-        return await self.send(calls.create_key(name, scopes))
+    async def create_key(
+        self, name: str, scopes: Sequence[str], gallery: str | None = None
+    ) -> m.CreatedKey:
+        """A new key (in ``gallery``, for an admin of the default gallery); its ``token`` is in
+        this answer only."""
+        return await self.send(calls.create_key(name, scopes, gallery))
 
     async def revoke_key(self, key_id: str) -> m.KeyInfo:
         return await self.send(calls.revoke_key(key_id))
@@ -318,6 +327,19 @@ class AsyncClient:
             if page.next_after is None:
                 return
             after = page.next_after
+
+    # ------------------------------------------------------------ galleries (admin)
+
+    async def galleries(self) -> list[m.GalleryInfo]:
+        """Every gallery with its counts, the default one first."""
+        return (await self.send(calls.galleries())).galleries
+
+    async def create_gallery(self, name: str) -> m.GalleryInfo:
+        return await self.send(calls.create_gallery(name))
+
+    async def delete_gallery(self, name: str, *, force: bool = False) -> m.DeleteGalleryResponse:
+        """Delete a gallery and revoke its keys; ``force`` erases its subjects and pool too."""
+        return await self.send(calls.delete_gallery(name, force))
 
     # ------------------------------------------------------------ operations
 

@@ -151,12 +151,14 @@ class Client:
         self, photo: None = None, *, face_id: str | None = ...,
         embedding: str | Sequence[float] | Any | None = ..., k: int = ...,
         threshold: float | None = ..., identify_fpir: float | None = ...,
+        include_metadata: bool = ...,
     ) -> m.IdentifyResponse: ...
 
     @overload
     def identify(
         self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
         identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
+        include_metadata: bool = ...,
         return_embedding: bool = ...,
     ) -> m.IdentifyImageResponse: ...
 
@@ -171,13 +173,16 @@ class Client:
         identify_fpir: float | None = None,
         max_faces: int | None = None,
         face_crop: bool = False,
+        include_metadata: bool = False,
         return_embedding: bool = False,
     ) -> m.IdentifyImageResponse | m.IdentifyResponse:
         """1:n. A photo: every face of it (``IdentifyImageResponse``). A stored ``face_id`` or
-        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``."""
+        an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``.
+        ``include_metadata``: each candidate's subject metadata too (the key needs ``read``)."""
         return self.send(calls.identify(
             photo, face_id=face_id, embedding=embedding, k=k, threshold=threshold,
             identify_fpir=identify_fpir, max_faces=max_faces, face_crop=face_crop,
+            include_metadata=include_metadata,
             return_embedding=return_embedding,
         ))
 
@@ -288,13 +293,17 @@ class Client:
 
     # ------------------------------------------------------------ keys and audit
 
-    def keys(self) -> list[m.KeyInfo]:
-        """The API keys of the caller's gallery (never their tokens)."""
-        return self.send(calls.keys()).keys
+    def keys(self, gallery: str | None = None) -> list[m.KeyInfo]:
+        """The API keys of the caller's gallery, or of ``gallery`` (for an admin of the default
+        gallery); never their tokens."""
+        return self.send(calls.keys(gallery)).keys
 
-    def create_key(self, name: str, scopes: Sequence[str]) -> m.CreatedKey:
-        """A new key; its ``token`` is in this answer only."""
-        return self.send(calls.create_key(name, scopes))
+    def create_key(
+        self, name: str, scopes: Sequence[str], gallery: str | None = None
+    ) -> m.CreatedKey:
+        """A new key (in ``gallery``, for an admin of the default gallery); its ``token`` is in
+        this answer only."""
+        return self.send(calls.create_key(name, scopes, gallery))
 
     def revoke_key(self, key_id: str) -> m.KeyInfo:
         return self.send(calls.revoke_key(key_id))
@@ -309,6 +318,19 @@ class Client:
             if page.next_after is None:
                 return
             after = page.next_after
+
+    # ------------------------------------------------------------ galleries (admin)
+
+    def galleries(self) -> list[m.GalleryInfo]:
+        """Every gallery with its counts, the default one first."""
+        return self.send(calls.galleries()).galleries
+
+    def create_gallery(self, name: str) -> m.GalleryInfo:
+        return self.send(calls.create_gallery(name))
+
+    def delete_gallery(self, name: str, *, force: bool = False) -> m.DeleteGalleryResponse:
+        """Delete a gallery and revoke its keys; ``force`` erases its subjects and pool too."""
+        return self.send(calls.delete_gallery(name, force))
 
     # ------------------------------------------------------------ operations
 

@@ -24,6 +24,7 @@ __all__ = [
     "CreatedKey",
     "DeleteClusterResponse",
     "DeleteFaceResponse",
+    "DeleteGalleryResponse",
     "DeleteNegativeResponse",
     "DeleteSubjectResponse",
     "EmbedResponse",
@@ -36,6 +37,8 @@ __all__ = [
     "FaceInfo",
     "FaceList",
     "FaceSelection",
+    "GalleryInfo",
+    "GalleryList",
     "HealthResponse",
     "IdentifiedFace",
     "IdentifyImageResponse",
@@ -234,6 +237,11 @@ class Candidate(BaseModel):
     subject_id: str
     face_id: str = Field(description="The subject's template that scored best.")
     similarity: float = Field(description="Cosine similarity with the query, in [-1, 1].")
+    metadata: dict[str, Any] | None = Field(
+        None, description="The subject's metadata, when the request asked for it with "
+        "`include_metadata` (needs scope `read`); absent otherwise.",
+        exclude_if=lambda value: value is None,  # identify answers keep their other nulls
+    )
     suppressed_by: NegativeMatch | None = Field(
         None,
         description="Present when the subject is refused for this face by one of its negative "
@@ -634,7 +642,7 @@ class ReadyResponse(BaseModel):
 # ---------------------------------------------------------------- keys and audit
 
 
-Scope = Literal["enroll", "recognize", "admin"]
+Scope = Literal["enroll", "recognize", "read", "erase", "metrics", "audit", "admin"]
 
 
 class KeyInfo(BaseModel):
@@ -665,6 +673,7 @@ class AuditEvent(BaseModel):
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
         "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
         "restore",
+        "create_gallery", "delete_gallery",
         "move_face", "add_negative", "delete_negative",
     ]
     subject_id: str | None
@@ -679,6 +688,68 @@ class AuditList(BaseModel):
     events: list[AuditEvent]
     next_after: int | None = Field(
         description="Pass as `after` for the next page; null on the last page."
+    )
+
+
+# ---------------------------------------------------------------- galleries
+
+
+class GalleryInfo(BaseModel):
+    """A gallery (a tenant: its own subjects, pool, keys and audit log) and what it holds."""
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"default": True, "subjects": 1250, "faces": 3710, "unknown_faces": 12,
+         "active_keys": 3},
+        {"name": "acme", "default": False, "subjects": 40, "faces": 96, "unknown_faces": 0,
+         "active_keys": 2, "created_at": "2026-03-01T09:30:00.000Z"},
+    ]}}
+
+    name: str | None = Field(
+        None, description="The gallery's name, as keys are bound to it (`keys create "
+        "--gallery`); absent for the default gallery."
+    )
+    default: bool = Field(
+        description="True for the default gallery (keys bound to no gallery); it cannot be "
+        "deleted."
+    )
+    subjects: int = Field(description="Enrolled subjects.")
+    faces: int = Field(description="Enrolled faces (templates) of those subjects.")
+    unknown_faces: int = Field(description="Faces in the gallery's unknown-face pool.")
+    active_keys: int = Field(description="Unrevoked API keys bound to the gallery.")
+    created_at: str | None = Field(
+        None, description="When it was created (ISO 8601, UTC): over HTTP or with its first "
+        "key; absent where not recorded (made by an import, or before this was recorded)."
+    )
+
+
+class GalleryList(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [{"galleries": [
+        {"default": True, "subjects": 1250, "faces": 3710, "unknown_faces": 12,
+         "active_keys": 3},
+        {"name": "acme", "default": False, "subjects": 40, "faces": 96, "unknown_faces": 0,
+         "active_keys": 2, "created_at": "2026-03-01T09:30:00.000Z"},
+    ]}]}}
+
+    galleries: list[GalleryInfo] = Field(
+        description="The default gallery first, then the named ones by name."
+    )
+
+
+class DeleteGalleryResponse(BaseModel):
+    model_config = {"json_schema_extra": {"examples": [
+        {"name": "acme", "subjects_deleted": 40, "faces_deleted": 96,
+         "unknown_faces_deleted": 0, "keys_revoked": ["k_3f9a1c2b7d10", "k_8e21aa04c9f3"]},
+    ]}}
+
+    name: str = Field(description="The deleted gallery.")
+    subjects_deleted: int = Field(
+        description="Subjects erased (each audited as `delete_subject` in the gallery's log)."
+    )
+    faces_deleted: int = Field(description="Their faces, erased from storage and the index.")
+    unknown_faces_deleted: int = Field(description="Faces erased from the gallery's pool.")
+    keys_revoked: list[str] = Field(
+        description="Ids of the gallery's keys revoked by the deletion (each audited as "
+        "`revoke_key`)."
     )
 
 

@@ -10,6 +10,7 @@ from service.api.routes import (
     embed,
     enroll,
     faces,
+    galleries,
     health,
     identify,
     keys,
@@ -31,5 +32,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     clusters.router,
     audit.router,
     keys.router,
+    galleries.router,
     health.router,
 )

@@ -1,4 +1,4 @@
-"""GET /audit: the audit log of the admin key's gallery (who enrolled or erased what, when)."""
+"""GET /audit: the audit log of the key's gallery (who enrolled or erased what, when)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from service.api.deps import ServicesDep
-from service.api.errors import error_responses
+from service.api.errors import Forbidden, error_responses
 from service.api.routes.common import run_in_threadpool
 from service.api.schemas import AuditEvent, AuditList
-from service.security.auth import AdminKey
+from service.security.auth import AuditKey
+from service.security.keys import GALLERY_PATTERN
 
 router = APIRouter(tags=["security"])
 
@@ -25,12 +26,13 @@ router = APIRouter(tags=["security"])
         "ids (what) and the time (when); never images, embeddings or metadata. `enroll` "
         "creates a subject, `add_face` adds a face to one that existed before (with the "
         "metadata's key names when it was replaced). A gallery other than the default numbers "
-        "its events in its own sequence. Needs scope `admin`."
+        "its events in its own sequence. Needs scope `audit`; an audit key of the default "
+        "gallery may read another gallery's log with `gallery`."
     ),
     responses=error_responses(401, 403, 408, 422, 429, 503),
 )
 async def audit_log(
-    principal: AdminKey,
+    principal: AuditKey,
     services: ServicesDep,
     after: Annotated[int, Query(ge=0, le=2**62, description="Events after this id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
@@ -38,15 +40,28 @@ async def audit_log(
         Literal[
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
             "name_cluster", "delete_cluster", "update_subject", "rename_subject",
-            "merge_subject", "move_face", "add_negative", "delete_negative",
+            "merge_subject", "create_gallery", "delete_gallery",
+            "move_face", "add_negative", "delete_negative",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,
+    gallery: Annotated[str | None, Query(
+        pattern=GALLERY_PATTERN,
+        description="Read this gallery's log instead (audit keys of the default gallery "
+        "only): how the operator sees a tenant's history, or the erasures of a deleted one.",
+    )] = None,
 ) -> AuditList:
+    log = principal.gallery
+    if gallery is not None and gallery != principal.gallery:
+        if principal.gallery:
+            raise Forbidden(
+                f"key {principal.name!r} is bound to gallery {principal.gallery!r}: only an "
+                "audit key of the default gallery reads other galleries' logs")
+        log = gallery
     if services.audit is None:
         return AuditList(events=[], next_after=None)
     records = await run_in_threadpool(
-        services.audit.events, principal.gallery, after, limit, action
+        services.audit.events, log, after, limit, action
     )
     events = [
         AuditEvent(

@@ -5,6 +5,12 @@ it). Clustering is ``models.clustering`` (average linkage at its measured thresh
 one photo never share a cluster). Cluster ids are stable: a recluster gives a group the id most
 of its faces had. In the store, a face's ``cluster_id`` is None until it has been clustered
 and ``""`` when it was clustered and is alone.
+
+Scopes (README: API keys and scopes): looking at the pool (the listing, a face's chip) is
+``read``; organising it (clustering, merging, splitting) and naming a cluster, which enrolls
+its faces, is ``enroll``, the role that builds the gallery (naming into a subject that exists
+also needs ``add_faces_scope``, as POST /enroll does); discarding a cluster erases biometric
+data: ``erase``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
-from service.api.errors import InvalidField, ServiceError, error_responses
+from service.api.errors import Forbidden, InvalidField, ServiceError, error_responses
 from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
@@ -40,7 +46,7 @@ from service.api.schemas import (
 from service.config import Settings
 from service.gallery.gallery import Gallery
 from service.gallery.store.unknown import UnknownFace
-from service.security.auth import AdminKey, Principal
+from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 
 router = APIRouter(prefix="/clusters", tags=["clusters"])
 
@@ -171,14 +177,14 @@ def recluster(faces: list[UnknownFace], mode: str, threshold: float) -> dict[str
         "Faces past the retention limit are erased first. One run at a time per gallery, "
         "across replicas: a POST while another runs is refused with 409 `clustering_running` "
         "(try again when it has finished; its result is then in GET /clusters). Needs scope "
-        "`admin`."
+        "`enroll`."
     ),
     responses={**error_responses(400, 401, 403, 408, 409, 422, 429, 503), 409: {
         "model": ErrorResponse, "description": "`clustering_running`: another "
         "POST /clusters of this gallery is running (any replica); retry when it is done."}},
 )
 async def run_clustering(
-    principal: AdminKey, gallery: GalleryDep, settings: SettingsDep,
+    principal: EnrollKey, gallery: GalleryDep, settings: SettingsDep,
     body: Annotated[ClusterRequest | None, Body()] = None,
 ) -> ClusterList:
     request = body or ClusterRequest()
@@ -211,11 +217,11 @@ async def run_clustering(
     "faces and a representative face. With `include=chips`, each cluster also carries the "
     "JPEG chips of its most representative faces inline (base64, at most `chips_per_cluster` "
     f"each and {MAX_CHIPS} in all, largest clusters first), so a page of groups needs one "
-    "request. Needs scope `admin`.",
+    "request. Needs scope `read`.",
     responses=error_responses(401, 403, 408, 422, 429, 503),
 )
 async def list_clusters(
-    principal: AdminKey, gallery: GalleryDep, settings: SettingsDep,
+    principal: ReadKey, gallery: GalleryDep, settings: SettingsDep,
     include: Annotated[Literal["chips"] | None, Query(
         description="`chips`: the representative faces' chips inline (`chips` of each "
         "cluster).")] = None,
@@ -238,11 +244,11 @@ async def list_clusters(
     "/faces/{face_id}/chip",
     response_class=Response,
     summary="The aligned face chip of a pool face (JPEG)",
-    description="Needs scope `admin`.",
+    description="Needs scope `read`.",
     responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 429)},
 )
 async def pool_chip(
-    principal: AdminKey, gallery: GalleryDep,
+    principal: ReadKey, gallery: GalleryDep,
     face_id: Annotated[str, Path(min_length=1, max_length=64)],
 ) -> Response:
     chip = await run_in_threadpool(
@@ -267,12 +273,13 @@ def _members(gallery: Gallery, principal: Principal, cluster_id: str) -> list[Un
     summary="Name a cluster: enroll its faces as a subject",
     description=(
         "Enrolls every face of the cluster as a template of `subject_id` (created, or added "
-        "to an existing subject), then removes them from the pool. Needs scope `admin`."
+        "to an existing subject), then removes them from the pool. Needs scope `enroll` "
+        "(and, for a subject that exists, the server's `add_faces_scope`, as POST /enroll)."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def name_cluster(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep,
+    principal: EnrollKey, services: ServicesDep, settings: SettingsDep, gallery: GalleryDep,
     cluster_id: ClusterPath, body: NameClusterRequest,
 ) -> NameClusterResponse:
     pool = principal.namespace.gallery
@@ -290,6 +297,10 @@ async def name_cluster(
                 check_new_subject_id(body.subject_id)  # no "/" in a new id (issue 20)
             except ValueError as exc:
                 raise InvalidField(str(exc)) from None
+        elif settings.add_faces_scope not in principal.scopes:
+            raise Forbidden(
+                f"subject {body.subject_id!r} already exists; adding faces to an existing "
+                f"subject needs a key with scope {settings.add_faces_scope!r} on this server")
         enrolled = []
         for f in faces:
             record, _ = gallery.enroll(
@@ -313,11 +324,11 @@ async def name_cluster(
     response_model=DeleteClusterResponse,
     summary="Discard a cluster",
     description="Erases the cluster's faces from the pool (and, with SQLite, from the "
-    "database files). Needs scope `admin`.",
+    "database files). Needs scope `erase`.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_cluster(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep, cluster_id: ClusterPath
+    principal: EraseKey, services: ServicesDep, gallery: GalleryDep, cluster_id: ClusterPath
 ) -> DeleteClusterResponse:
     def delete() -> int:
         faces = _members(gallery, principal, cluster_id)
@@ -342,12 +353,12 @@ class CannotLink(ServiceError):
         "Moves every face of the cluster into `into`. The faces of both are then pinned: "
         "no later POST /clusters, incremental or full, separates them. Refused (409 "
         "`cannot_link`) when the two share a photo: one photo shows different people. Needs "
-        "scope `admin`."
+        "scope `enroll`."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503),
 )
 async def merge_clusters(
-    principal: AdminKey, gallery: GalleryDep, cluster_id: ClusterPath, body: MergeClusterRequest,
+    principal: EnrollKey, gallery: GalleryDep, cluster_id: ClusterPath, body: MergeClusterRequest,
 ) -> ClusterList:
     pool = principal.namespace.gallery
 
@@ -372,12 +383,12 @@ async def merge_clusters(
     description=(
         "The given faces leave the cluster: together as a new cluster when two or more, "
         "else alone. Both parts are pinned: no later POST /clusters puts them back together. "
-        "Needs scope `admin`."
+        "Needs scope `enroll`."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
 )
 async def split_cluster(
-    principal: AdminKey, gallery: GalleryDep, cluster_id: ClusterPath, body: SplitClusterRequest,
+    principal: EnrollKey, gallery: GalleryDep, cluster_id: ClusterPath, body: SplitClusterRequest,
 ) -> ClusterList:
     pool = principal.namespace.gallery
 

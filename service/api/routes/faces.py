@@ -19,7 +19,7 @@ from service.api.schemas import (
     MoveFaceResponse,
 )
 from service.gallery.gallery import Gallery
-from service.security.auth import AdminKey, Principal
+from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 
 router = APIRouter(prefix="/faces", tags=["gallery"])
 
@@ -37,10 +37,10 @@ def _get(gallery: Gallery, face_id: str, principal: Principal) -> FaceInfo:
     "/{face_id}",
     response_model=FaceInfo,
     summary="A stored face",
-    description="Needs scope `admin`; a face of another gallery is 404.",
+    description="Needs scope `read`; a face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
-async def get_face(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
+async def get_face(principal: ReadKey, face_id: FacePath, gallery: GalleryDep) -> FaceInfo:
     return await run_in_threadpool(_get, gallery, face_id, principal)
 
 
@@ -58,7 +58,7 @@ def _chip(gallery: Gallery, face_id: str, principal: Principal) -> bytes:
     summary="A stored face's aligned chip",
     response_class=Response,
     description="The aligned 150x150 face chip stored at enrollment, as JPEG (what re-embedding "
-    "uses; the web console shows it as the face's thumbnail). Needs scope `admin`, as GET "
+    "uses; the web console shows it as the face's thumbnail). Needs scope `read`, as GET "
     "/faces/{id}; a face of another gallery is 404, and so is a face stored without a chip "
     "(`chip_not_found`, when `store_chips` is off).",
     responses={
@@ -66,7 +66,7 @@ def _chip(gallery: Gallery, face_id: str, principal: Principal) -> bytes:
         **error_responses(401, 403, 404, 408, 422, 429, 503),
     },
 )
-async def get_face_chip(principal: AdminKey, face_id: FacePath, gallery: GalleryDep) -> Response:
+async def get_face_chip(principal: ReadKey, face_id: FacePath, gallery: GalleryDep) -> Response:
     chip = await run_in_threadpool(_chip, gallery, face_id, principal)
     # Private: a face image must not stay in a shared cache.
     return Response(chip, media_type="image/jpeg",
@@ -92,12 +92,12 @@ def _delete(gallery: Gallery, face_id: str, principal: Principal) -> DeleteFaceR
     description="Removes the face from storage and from the search index before answering "
     "(erased on disk as for subjects). A subject never stays without faces: deleting its "
     "last face erases the subject and its metadata too (`subject_deleted: true`; afterwards "
-    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `admin`; a "
+    "GET /subjects does not list it and GET /subjects/{id} is 404). Needs scope `erase`; a "
     "face of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_face(
-    principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep
+    principal: EraseKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep
 ) -> DeleteFaceResponse:
     result = await run_in_threadpool(_delete, gallery, face_id, principal)
     await audit_event(services, principal, "delete_face", subject_id=result.subject_id,
@@ -142,13 +142,13 @@ def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
     "its id, embedding, chip and enrollment time; the old subject goes when this was its "
     "last face (`from_subject_deleted`), as with DELETE /faces/{id}. Refused (409 "
     "`duplicate_face`) when the target already has a face of the same image. Needs scope "
-    "`admin`; audited as `move_face`.",
+    "`enroll`, as PATCH and merge of subjects; audited as `move_face`.",
     responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
         "model": ErrorResponse, "description": "`duplicate_face`: the target "
         "subject already has a face of the same image."}},
 )
 async def move_face(
-    principal: AdminKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep,
+    principal: EnrollKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep,
     body: MoveFaceRequest,
 ) -> MoveFaceResponse:
     result = await run_in_threadpool(_move, gallery, face_id, principal, body.subject_id)

@@ -12,7 +12,7 @@ from service.api.errors import Forbidden, error_responses
 from service.api.metrics import CONTENT_TYPE_LATEST
 from service.api.routes.common import identify_point, run_in_threadpool
 from service.api.schemas import HealthResponse, ReadyResponse, ReplicationLag
-from service.security.auth import AdminKey, identify_caller
+from service.security.auth import MetricsKey, identify_caller
 
 router = APIRouter(tags=["operations"])
 
@@ -27,7 +27,7 @@ async def healthz() -> HealthResponse:
     response_model=ReadyResponse,
     summary="Readiness: models and gallery loaded",
     description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
-    "Needs no key; the gallery's totals are shown only to an admin key of the default gallery "
+    "Needs no key; the gallery's totals are shown only to a `metrics` key of the default gallery "
     "(or to anyone on a server without keys), the operating points to a valid key. Replicas "
     "of a shared PostgreSQL gallery also report their lag (`replication`).",
     responses=error_responses(503),
@@ -37,10 +37,11 @@ async def readyz(
     request: Request, services: ServicesDep, settings: SettingsDep
 ) -> ReadyResponse:
     gallery = services.gallery
-    # Server-wide totals are the operator's business: an admin of the default gallery (or
-    # anyone, without keys). Probes and other galleries' keys learn readiness only.
+    # Server-wide totals are the operator's business, as /metrics: a `metrics` key of the
+    # default gallery (or anyone, without keys). Probes and other galleries' keys learn
+    # readiness only.
     caller = await run_in_threadpool(identify_caller, request, services)
-    totals = caller is not None and "admin" in caller.scopes and not caller.gallery
+    totals = caller is not None and "metrics" in caller.scopes and not caller.gallery
 
     def counts() -> tuple[int, int, Any]:
         return gallery.size, gallery.subject_count, gallery.replication_status()
@@ -77,7 +78,7 @@ async def readyz(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    description="Needs scope `admin` of the default gallery once the server has API keys "
+    description="Needs scope `metrics` of the default gallery once the server has API keys "
     "(the figures are server-wide: every gallery's traffic and totals), 403 for a key bound "
     "to another gallery; 503 until loaded.",
     responses={
@@ -85,11 +86,11 @@ async def readyz(
         **error_responses(401, 403, 408, 429, 503),
     },
 )
-async def metrics(principal: AdminKey, request: Request, registry: MetricsDep) -> Response:
+async def metrics(principal: MetricsKey, request: Request, registry: MetricsDep) -> Response:
     if principal.gallery:
         # Request counts by route and the gallery gauges cover every tenant: the operator's.
         raise Forbidden(
-            "metrics are server-wide: they need an admin key of the default gallery, not one "
+            "metrics are server-wide: they need a metrics key of the default gallery, not one "
             f"bound to gallery {principal.gallery!r}"
         )
     # Gallery gauges are read at scrape time and may wait for a writer: not on the loop.

@@ -53,7 +53,8 @@ router = APIRouter(tags=["recognition"])
         "best-scoring face, most similar first; `match` is the first candidate that no "
         "negative example of its subject suppresses (`suppressed_by`) if its similarity "
         "reaches the threshold, else null (unknown person). Needs scope "
-        "`recognize`; only the key's gallery is searched."
+        "`recognize`; only the key's gallery is searched. `include_metadata=true` adds each "
+        "candidate's subject metadata and needs scope `read` as well."
     ),
     responses=error_responses(400, 401, 403, 404, 408, 422, 429, 503),
 )
@@ -84,9 +85,13 @@ async def identify_stored(
         Query(gt=0.0, lt=1.0, description="Target false positive identification rate for "
               "this request (default: the server's `identify_fpir`); ignored with `threshold`."),
     ] = None,
+    include_metadata: Annotated[
+        bool,
+        Query(description="Add each candidate's subject metadata; needs scope `read` too."),
+    ] = False,
 ) -> IdentifyResponse:
     return await _search(principal, services, gallery, face_id, embedding, k, threshold,
-                         identify_fpir)
+                         identify_fpir, include_metadata)
 
 
 @router.post(
@@ -107,7 +112,7 @@ async def identify_search(
     body: IdentifySearchJSON,
 ) -> IdentifyResponse:
     return await _search(principal, services, gallery, body.face_id, body.embedding, body.k,
-                         body.threshold, body.identify_fpir)
+                         body.threshold, body.identify_fpir, body.include_metadata)
 
 
 async def _search(
@@ -119,7 +124,10 @@ async def _search(
     k: int,
     threshold: float | None,
     identify_fpir: float | None,
+    include_metadata: bool = False,
 ) -> IdentifyResponse:
+    if include_metadata:
+        principal.require("read", "include_metadata")
     if (face_id is None) == (embedding is None):
         raise InvalidField("give exactly one of face_id or embedding")
     point = identify_point(services, threshold, identify_fpir, principal.namespace)
@@ -135,6 +143,8 @@ async def _search(
     )
     await run_in_threadpool(suppress_by_negatives, gallery, query[None, :], [candidates],
                             point.threshold, principal.namespace)
+    if include_metadata:
+        await run_in_threadpool(with_metadata, gallery, [candidates], principal)
     return IdentifyResponse(
         candidates=candidates,
         match=match_of(candidates, point.threshold),
@@ -142,6 +152,20 @@ async def _search(
         operating_point=point,
         model=services.pipeline.model_version,
     )
+
+
+def with_metadata(gallery: Gallery, per_face: list[list[Any]], principal: Principal) -> None:
+    """Set each candidate's ``metadata`` (blocking): one store read per distinct subject."""
+    cache: dict[str, dict[str, Any]] = {}
+    for candidates in per_face:
+        for candidate in candidates:
+            subject = candidate.subject_id
+            if subject not in cache:
+                record = gallery.store.get_subject(
+                    principal.namespace.internal(subject), with_faces=False)
+                # Erased since the search: no metadata left to show.
+                cache[subject] = record.metadata if record is not None else {}
+            candidate.metadata = cache[subject]
 
 
 def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> np.ndarray:
@@ -170,8 +194,8 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
         "face is never the match (`suppressed_by` says which negative). A photo without faces "
         "gives an empty `faces` list; one with more faces than `max_faces` says so "
         "(`truncated: true`, `faces_detected` counts them all). Needs scope `recognize`; only "
-        "the key's gallery "
-        "is searched."
+        "the key's gallery is searched. `include_metadata` adds each candidate's subject "
+        "metadata and needs scope `read` as well."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(IdentifyForm, IdentifyJSON),
@@ -185,6 +209,8 @@ async def identify_image(
     inference: InferenceDep,
 ) -> IdentifyImageResponse:
     body = await parse_body(request, IdentifyForm, IdentifyJSON)
+    if body.include_metadata:  # before the photo is decoded and searched
+        principal.require("read", "include_metadata")
     data = await image_bytes(body.image, "image")
     point = identify_point(services, body.threshold, body.identify_fpir, principal.namespace)
     limit = min(body.max_faces or settings.max_faces, settings.max_faces)
@@ -197,6 +223,8 @@ async def identify_image(
     await run_in_threadpool(suppress_by_negatives, gallery, found.embeddings, per_face,
                             point.threshold, principal.namespace)
     matches = one_subject_per_photo(per_face, point.threshold)
+    if body.include_metadata:
+        await run_in_threadpool(with_metadata, gallery, per_face, principal)
     pool_ids: list[str | None] = [None] * len(matches)
     if body.remember_unknown:
         pool_ids = await _remember_unknown(

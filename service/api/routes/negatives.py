@@ -40,7 +40,7 @@ from service.api.schemas import (
 )
 from service.gallery.gallery import Gallery
 from service.gallery.store.negatives import NegativeRecord, SubjectMissing
-from service.security.auth import AdminKey, Principal
+from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 
 router = APIRouter(prefix="/negatives", tags=["gallery"])
 
@@ -132,14 +132,14 @@ def _negative_of(
         "one of `face_id` (an enrolled face of another subject), `unknown_face_id` (a pool or "
         "cluster face) or `embedding` (`embedding_b64` of an identify result with "
         "`return_embedding`). The embedding is copied; the face itself is not changed. Needs "
-        "scope `admin`."
+        "scope `enroll` (it changes whom identify gives faces to, as enrolling does)."
     ),
     responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
         "model": ErrorResponse, "description": "`face_of_subject`: the face is "
         "enrolled as that subject itself; `model_mismatch`: its embedding is of another model."}},
 )
 async def add_negative(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep, body: NegativeRequest,
+    principal: EnrollKey, services: ServicesDep, gallery: GalleryDep, body: NegativeRequest,
 ) -> NegativeInfo:
     subject_id = body.subject_id
 
@@ -163,11 +163,11 @@ async def add_negative(
     response_model=NegativeList,
     summary="A subject's negative examples",
     description="The faces marked \"not this person\" for the subject, oldest first. Needs "
-    "scope `admin`.",
+    "scope `read`.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def list_negatives(
-    principal: AdminKey, gallery: GalleryDep,
+    principal: ReadKey, gallery: GalleryDep,
     subject_id: Annotated[str, Query(min_length=1, max_length=128,
                                      pattern=r"^[^\x00-\x1f\x7f]+$",
                                      description="The subject whose negatives to list.")],
@@ -188,11 +188,11 @@ async def list_negatives(
     response_model=DeleteNegativeResponse,
     summary="Delete a negative example",
     description="Erases the negative (its embedding and chip; with SQLite, from the database "
-    "files too): identify may give the subject to such faces again. Needs scope `admin`.",
+    "files too): identify may give the subject to such faces again. Needs scope `erase`.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_negative(
-    principal: AdminKey, services: ServicesDep, gallery: GalleryDep, negative_id: NegativePath,
+    principal: EraseKey, services: ServicesDep, gallery: GalleryDep, negative_id: NegativePath,
 ) -> DeleteNegativeResponse:
     namespace = principal.namespace
 

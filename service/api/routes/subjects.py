@@ -43,7 +43,7 @@ from service.api.schemas import (
 )
 from service.gallery.gallery import Gallery, _decode_cursor, _encode_cursor
 from service.gallery.store.base import MoveResult
-from service.security.auth import AdminKey, EnrollKey, Principal
+from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 from service.security.keys import Namespace
 
 router = APIRouter(prefix="/subjects", tags=["gallery"])
@@ -99,11 +99,11 @@ def _summary(record: Any, namespace: Namespace) -> SubjectSummary:
     response_model=SubjectList,
     summary="List subjects",
     description="Subjects of the key's gallery in a stable order, `limit` per page; follow "
-    "`next_cursor`. Needs scope `admin`.",
+    "`next_cursor`. Needs scope `read`.",
     responses=error_responses(400, 401, 403, 408, 422, 429, 503),
 )
 async def list_subjects(
-    principal: AdminKey,
+    principal: ReadKey,
     gallery: GalleryDep,
     cursor: Annotated[
         str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
@@ -149,11 +149,11 @@ def _detail(gallery: Gallery, subject_id: str, namespace: Namespace) -> SubjectD
     "/{subject_id:subject}",
     response_model=SubjectDetail,
     summary="A subject, its metadata and faces",
-    description="Needs scope `admin`; a subject of another gallery is 404.",
+    description="Needs scope `read`; a subject of another gallery is 404.",
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def get_subject(
-    principal: AdminKey, subject_id: SubjectPath, gallery: GalleryDep
+    principal: ReadKey, subject_id: SubjectPath, gallery: GalleryDep
 ) -> SubjectDetail:
     return await run_in_threadpool(_detail, gallery, subject_id, principal.namespace)
 
@@ -176,12 +176,12 @@ def _delete(gallery: Gallery, subject_id: str, principal: Principal) -> int:
         "search index before answering: no later identify or verify can return them. The "
         "database overwrites the erased rows and its write-ahead log is emptied, so the bytes "
         "are gone from disk too; the audit log keeps who erased which subject id, and when. "
-        "Needs scope `admin`; a subject of another gallery is 404."
+        "Needs scope `erase`; a subject of another gallery is 404."
     ),
     responses=error_responses(401, 403, 404, 408, 422, 429, 503),
 )
 async def delete_subject(
-    principal: AdminKey, subject_id: SubjectPath, services: ServicesDep, gallery: GalleryDep
+    principal: EraseKey, subject_id: SubjectPath, services: ServicesDep, gallery: GalleryDep
 ) -> DeleteSubjectResponse:
     removed = await run_in_threadpool(_delete, gallery, subject_id, principal)
     await audit_event(services, principal, "delete_subject", subject_id=subject_id,
@@ -252,14 +252,14 @@ _FACES_EXAMPLE = {
     summary="A subject's faces, page by page",
     description="The subject's faces, oldest first, `limit` per page; follow `next_cursor` "
     "(opaque, as for GET /subjects). A face deleted between two pages is simply not listed. "
-    "Needs scope `admin`; a subject of another gallery is 404.",
+    "Needs scope `read`; a subject of another gallery is 404.",
     responses={
         200: {"content": {"application/json": {"example": _FACES_EXAMPLE}}},
         **error_responses(400, 401, 403, 404, 408, 422, 429, 503),
     },
 )
 async def list_subject_faces(
-    principal: AdminKey,
+    principal: ReadKey,
     subject_id: SubjectPath,
     gallery: GalleryDep,
     cursor: Annotated[

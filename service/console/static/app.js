@@ -13,7 +13,7 @@ import { verifyPage } from "./pages/verify.js";
 const view = document.getElementById("view");
 const who = document.getElementById("who");
 const signOut = document.getElementById("sign-out");
-let session = null; // {keyless, admin}
+let session = null; // {keyless, read}: read = the key may list the gallery (scope read)
 let signInNotice = null;
 let rendering = 0;
 
@@ -25,13 +25,13 @@ function route() {
     params: new URLSearchParams(query) };
 }
 
-// The server decides: with a key, GET /subjects says whether it is valid (401) and admin (403
-// or not); without one, a 200 means a keyless server on the loopback, which needs none.
+// The server decides: with a key, GET /subjects says whether it is valid (401) and may read
+// the gallery (scope `read`: 403 or not); without one, a 200 means a keyless server on the loopback, which needs none.
 async function establish() {
   if (session) return session;
   if (getKey()) {
     const result = await checkKey(getKey());
-    if (result.ok) session = { keyless: false, admin: result.admin };
+    if (result.ok) session = { keyless: false, read: result.read };
     else if (result.error.status === 401) {
       signInNotice = `Your API key was not accepted: ${errorText(result.error)}.`;
     } else {
@@ -42,7 +42,7 @@ async function establish() {
   for (let attempt = 0; ; attempt += 1) {
     try {
       await get("/subjects", { query: { limit: 1 }, quiet: true });
-      session = { keyless: true, admin: true };
+      session = { keyless: true, read: true };
     } catch (err) {
       // Models still loading (a few seconds after start): wait for them, up to 2 minutes.
       if (err.code === "not_ready" && attempt < 60) {
@@ -71,7 +71,8 @@ function showWho() {
     who.textContent = "no key needed (this server has no API keys; loopback only)";
     signOut.hidden = true;
   } else {
-    who.textContent = session.admin ? "signed in with an admin key" : "signed in (no admin scope)";
+    who.textContent = session.read ? "signed in (the key may read the gallery)"
+      : "signed in (no read scope: the gallery pages are closed)";
     signOut.hidden = false;
   }
   const current = route().page || "gallery";
@@ -92,8 +93,8 @@ async function render() {
     const notice = signInNotice;
     signInNotice = null;
     signInPage(view, { notice, onSignedIn: (result) => {
-      session = { keyless: false, admin: result.admin };
-      const target = result.admin ? "#/gallery" : "#/identify";
+      session = { keyless: false, read: result.read };
+      const target = result.read ? "#/gallery" : "#/identify";
       if (location.hash === target) render();
       else location.hash = target;
     } });
@@ -113,7 +114,7 @@ async function render() {
     verify: () => verifyPage(view, params),
     status: () => statusPage(view),
   };
-  const show = pages[page] || pages[session.admin ? "gallery" : "identify"];
+  const show = pages[page] || pages[session.read ? "gallery" : "identify"];
   show();
 }
 

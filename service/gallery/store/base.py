@@ -448,6 +448,23 @@ class SecurityStore(Protocol):
 
     def key_count(self, *, active_only: bool) -> int: ...
 
+    # Galleries (service/gallery/store/galleries.py).
+
+    def add_gallery(self, name: str, created_at: str) -> bool:
+        """Record a named gallery; False when it was recorded already."""
+        ...
+
+    def remove_gallery(self, name: str) -> bool: ...
+
+    def list_galleries(self) -> dict[str, str | None]:
+        """Every named gallery (recorded, or implied by keys, subjects or pool faces) and
+        when it was created where known, sorted by name."""
+        ...
+
+    def gallery_counts(self, name: str) -> Any:
+        """A ``GalleryCounts`` of one gallery ("" the default one)."""
+        ...
+
     def add_audit(self, event: NewAuditEvent) -> int:
         """Append an event (its own transaction, committed on return); its id."""
         ...

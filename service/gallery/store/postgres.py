@@ -38,7 +38,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +65,7 @@ from service.gallery.store.base import (
     SubjectRecord,
     Tombstone,
 )
+from service.gallery.store.galleries import GalleryRegistrySql
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
 from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
@@ -133,7 +134,8 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
+class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql,
+                    NegativesSql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"
@@ -680,6 +682,9 @@ class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
                 (key_id, gallery, gallery),
             ).fetchone()
         return None if row is None else key_record(row)
+
+    def _gallery_write(self) -> AbstractContextManager[psycopg.Connection]:
+        return self._plain_write()
 
     def key_count(self, *, active_only: bool) -> int:
         where = " WHERE revoked_at IS NULL" if active_only else ""

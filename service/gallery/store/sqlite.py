@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from service.gallery.store.base import (
     SubjectRecord,
     Tombstone,
 )
+from service.gallery.store.galleries import GalleryRegistrySql
 from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
@@ -189,7 +190,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (kind, ref)
         )""",
     ),
-    # 6: negative examples of subjects, "not this person" (issue 17;
+    # 6: scopes split by role (issue 20): a key stored with ``admin`` keeps what admin then
+    # covered (service.security.keys.LEGACY_ADMIN; admin was always last in the stored list);
+    # galleries created over HTTP (service/gallery/store/galleries.py), with the galleries of
+    # existing keys recorded as created with their first key. Safe to run twice (tests rewind
+    # the version): keys holding `read` already are left alone, the table is kept.
+    (
+        "UPDATE api_keys SET scopes = replace(scopes, 'admin', 'read,erase,metrics,audit,admin') "
+        "WHERE ',' || scopes || ',' LIKE '%,admin,%' "
+        "AND ',' || scopes || ',' NOT LIKE '%,read,%'",
+        """CREATE TABLE IF NOT EXISTS galleries (
+            name TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL
+        )""",
+        "INSERT OR IGNORE INTO galleries (name, created_at) SELECT gallery, min(created_at) "
+        "FROM api_keys WHERE gallery <> '' GROUP BY gallery",
+    ),
+    # 7: negative examples of subjects, "not this person" (issue 17;
     # service/gallery/store/negatives.py). Erased with their subject (the cascade); a subject
     # whose id changes takes them along.
     (
@@ -211,13 +228,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
+class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql,
+                  NegativesSql):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
 
     _P = "?"
@@ -681,6 +697,9 @@ class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, NegativesSql):
             ).fetchone()
         self._journal(tombstones)
         return None if row is None else key_record(row)
+
+    def _gallery_write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._write_transaction()
 
     def key_count(self, *, active_only: bool) -> int:
         where = " WHERE revoked_at IS NULL" if active_only else ""

@@ -1,5 +1,6 @@
 // Sign in: paste an API key. It is checked against GET /subjects: 401 means not valid (or
-// revoked); 403 means valid but without `admin` (the gallery pages are then closed to it).
+// revoked); 403 means valid but without scope `read` (the gallery pages are then closed to
+// it; enroll, identify and verify stay open to the scopes they need).
 import { ApiError, get, setKey } from "../api.js";
 import { errorText, h, message } from "../dom.js";
 
@@ -7,9 +8,9 @@ export async function checkKey(key) {
   setKey(key);
   try {
     await get("/subjects", { query: { limit: 1 }, quiet: true });
-    return { ok: true, admin: true };
+    return { ok: true, read: true };
   } catch (err) {
-    if (err instanceof ApiError && err.status === 403) return { ok: true, admin: false };
+    if (err instanceof ApiError && err.status === 403) return { ok: true, read: false };
     if (err.status === 401) setKey(null); // else (not ready, offline) the key may be fine
     return { ok: false, error: err };
   }
@@ -37,7 +38,7 @@ export function signInPage(view, { notice, onSignedIn }) {
   } },
   h("h1", {}, "Sign in"),
   h("p", {}, "Paste an API key (from ", h("code", {}, "faceserve keys create"),
-    " or an admin). It is kept in this tab only, until you sign out or close it."),
+    " or POST /keys). It is kept in this tab only, until you sign out or close it."),
   h("label", { for: "api-key" }, "API key"),
   input,
   h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in")),

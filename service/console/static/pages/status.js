@@ -1,7 +1,12 @@
 // Status: model, device, gallery size, index, operating points and replication (GET /readyz);
-// for admin keys, the latest audit events and the keys of this gallery (list, create, revoke).
+// for keys with scope audit, the latest audit events; with scope admin, the keys of this
+// gallery (list, create, revoke).
 import { ApiError, del, get, getKey, post } from "../api.js";
 import { confirmAction, errorText, fill, h, message, operatingPoint, when } from "../dom.js";
+
+// The scopes of service/security/keys.py SCOPES, in its order.
+const SCOPES = ["enroll", "recognize", "read", "erase", "metrics", "audit", "admin"];
+const DEFAULT_SCOPES = ["enroll", "recognize"];
 
 function facts(rows) {
   return h("dl", { class: "facts" }, rows.filter(([, v]) => v !== undefined && v !== null)
@@ -52,7 +57,8 @@ async function audit(section) {
       : h("p", { class: "muted" }, "No events yet."));
   } catch (err) {
     section.replaceChildren(h("h2", {}, "Audit"), message("info", err instanceof ApiError
-      && err.status === 403 ? "Audit events are shown to admin keys only." : errorText(err)));
+      && err.status === 403 ? "Audit events are shown to keys with scope audit only."
+      : errorText(err)));
   }
 }
 
@@ -62,14 +68,18 @@ async function keys(section) {
     list = (await get("/keys")).keys;
   } catch (err) {
     section.replaceChildren(h("h2", {}, "API keys"), message("info", err instanceof ApiError
-      && err.status === 403 ? "Keys are managed with admin keys only." : errorText(err)));
+      && err.status === 403 ? "Keys are managed with keys of scope admin only."
+      : errorText(err)));
     return;
   }
   const created = h("div", { id: "key-created" });
   const name = h("input", { type: "text", id: "key-name", maxlength: 64, required: true,
     placeholder: "name" });
-  const scopes = ["enroll", "recognize", "admin"].map((scope) => h("label", { class: "inline" },
-    h("input", { type: "checkbox", value: scope, checked: scope !== "admin" }), scope));
+  // Every scope the server knows (README: API keys and scopes); a new key gets the two a
+  // client app usually needs unless others are ticked.
+  const scopes = SCOPES.map((scope) => h("label", { class: "inline" },
+    h("input", { type: "checkbox", value: scope, checked: DEFAULT_SCOPES.includes(scope) }),
+    scope));
   const create = async (event) => {
     event.preventDefault();
     const chosen = scopes.map((l) => l.firstChild).filter((c) => c.checked).map((c) => c.value);

@@ -126,7 +126,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (kind, ref)
         )""",
     ),
-    # 7: negative examples of subjects, "not this person" (issue 17; SQLite's version 6).
+    # 7: scopes split by role and galleries created over HTTP (issue 20), as SQLite's 6.
+    (
+        "UPDATE api_keys SET scopes = replace(scopes, 'admin', 'read,erase,metrics,audit,admin') "
+        "WHERE ',' || scopes || ',' LIKE '%,admin,%' "
+        "AND ',' || scopes || ',' NOT LIKE '%,read,%'",
+        """CREATE TABLE IF NOT EXISTS galleries (
+            name text PRIMARY KEY,
+            created_at text NOT NULL
+        )""",
+        "INSERT INTO galleries (name, created_at) SELECT gallery, min(created_at) "
+        "FROM api_keys WHERE gallery <> '' GROUP BY gallery ON CONFLICT (name) DO NOTHING",
+    ),
+    # 8: negative examples of subjects, "not this person" (issue 17; SQLite's version 7).
     (
         """CREATE TABLE negatives (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
