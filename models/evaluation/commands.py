@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from models.backends.options import add_detector_options
 
@@ -149,8 +150,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--cache", type=Path, required=True, metavar="FILE",
                    help="the embedding cache `eval lfw` wrote (embeddings-<model>.npz); it must "
                         "hold every image of the pairs file")
-    q.add_argument("--model", default="dlib-resnet-v1",
-                   help="model version the cache was written for (default: dlib-resnet-v1)")
+    q.add_argument("--model", default="dlib",
+                   help="the model the cache was written with, as `eval lfw --model`: `dlib` "
+                        "(default), a .safetensors file from `faceserve export`, or an ONNX "
+                        "model added with `faceserve models add` (name or path); chips are cut "
+                        "and measured the way that model wants them")
+    add_detector_options(q)
     q.add_argument("--out", type=Path, default=Path("out/eval-quality"),
                    help="output directory (default: out/eval-quality)")
     q.add_argument("--sweep-pairs", type=int, default=200, metavar="N",
@@ -316,8 +321,9 @@ def _add_crops_parser(evals: argparse._SubParsersAction) -> None:
         ),
     )
     q.add_argument("--cache", type=Path, required=True, metavar="FILE",
-                   help="the LFW embedding cache of `faceserve eval lfw` (dlib model, with "
-                        "detections): faces and original embeddings come from it")
+                   help="the LFW embedding cache of `faceserve eval lfw` (with detections, "
+                        "written with the same --model and --detector): faces and original "
+                        "embeddings come from it")
     q.add_argument("--images", type=int, default=2000, metavar="N",
                    help="a seeded random N of the cache's images with a detected face "
                         "(default 2000; 0: all)")
@@ -333,6 +339,11 @@ def _add_crops_parser(evals: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     q.add_argument("--threads", type=int, help="torch CPU threads")
     q.add_argument("--cache-dir", type=Path, help="converted weights cache")
+    q.add_argument("--model", default="dlib",
+                   help="`dlib` (default), a .safetensors file from `faceserve export`, or an "
+                        "ONNX model added with `faceserve models add` (name or path), as for "
+                        "`eval lfw`")
+    add_detector_options(q)
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_eval_crops)
 
@@ -348,20 +359,24 @@ def _eval_crops(args: argparse.Namespace) -> int:
         negative_images,
         sample_paths,
     )
-    from models.evaluation.lfw import EmbeddingCache
+    from models.evaluation.lfw import EmbeddingCache, detections_key
     from models.imageio import decode_image
     from models.pipeline import SMALL_IMAGE_RETRY_PX, FacePipeline
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    pipeline = FacePipeline(
+    pipeline = _pipeline_or_exit(
+        "crops", FacePipeline,
         device=None if args.device == "auto" else args.device,
         cache_dir=args.cache_dir,
         small_image_retry_px=max(SMALL_IMAGE_RETRY_PX, max(args.sizes) + 1),
+        model=None if args.model == "dlib" else args.model,
+        detector=args.detector,
+        model_dir=args.model_dir,
     )
     if not args.cache.is_file():
         raise SystemExit(f"faceserve eval crops: --cache {args.cache}: no such file")
-    cache = EmbeddingCache(args.cache, pipeline.model_version).load()
+    cache = EmbeddingCache(args.cache, pipeline.model_version, detections_key(pipeline)).load()
     paths = sample_paths(cache, args.images or None, args.seed)
     if not paths:
         raise SystemExit(f"faceserve eval crops: {args.cache} has no {pipeline.model_version} "
@@ -464,11 +479,25 @@ def _eval_quality(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    evaluate_quality(args.root, args.cache, args.out, pairs_file=args.pairs, model=args.model,
-                     sweep_pairs=args.sweep_pairs, progress=not args.no_progress)
+    model = "dlib" if args.model == "dlib-resnet-v1" else args.model  # the old spelling
+    try:
+        evaluate_quality(args.root, args.cache, args.out, pairs_file=args.pairs, model=model,
+                         sweep_pairs=args.sweep_pairs, progress=not args.no_progress,
+                         detector=args.detector, model_dir=args.model_dir)
+    except (FileNotFoundError, ValueError) as exc:  # OnnxModelError, GeometryError
+        raise SystemExit(f"faceserve eval quality: {exc}") from None
     print((args.out / "quality.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'quality.json'}, {args.out / 'quality.md'}")
     return 0
+
+
+def _pipeline_or_exit(command: str, factory: Any, **kwargs: Any) -> Any:
+    """``factory(**kwargs)``, or the command's exit with why the model or detector cannot
+    be used (not added, changed since, a geometry the detector cannot give)."""
+    try:
+        return factory(**kwargs)
+    except (FileNotFoundError, ValueError) as exc:  # OnnxModelError, GeometryError
+        raise SystemExit(f"faceserve eval {command}: {exc}") from None
 
 
 def _onnx_spec(spec: str, model_dir: Path | None) -> bool:

@@ -30,6 +30,7 @@ from faceserve_client.models import (
     DeleteGalleryResponse,
     DeleteNegativeResponse,
     DeleteSubjectResponse,
+    DetectionConfidence,
     EmbeddedFace,
     EmbedResponse,
     EnrollBatchResponse,
@@ -92,6 +93,7 @@ __all__ = [
     "DeleteGalleryResponse",
     "DeleteNegativeResponse",
     "DeleteSubjectResponse",
+    "DetectionConfidence",
     "EmbedForm",
     "EmbedJSON",
     "EmbedResponse",
@@ -394,10 +396,19 @@ class VerifyForm(_Strict):
     """``multipart/form-data`` fields of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: ImageFile | None = None
-    image_b: ImageFile | None = None
-    image: ImageFile | None = None
-    subject_id: SubjectId | None = None
+    image_a: ImageFile | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: ImageFile | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: ImageFile | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
@@ -408,10 +419,19 @@ class VerifyJSON(_Strict):
     """``application/json`` body of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: Base64Image | None = None
-    image_b: Base64Image | None = None
-    image: Base64Image | None = None
-    subject_id: SubjectId | None = None
+    image_a: Base64Image | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: Base64Image | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: Base64Image | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None

@@ -312,12 +312,14 @@ class Client:
         self, *, action: str | None = None, after: int = 0, page_size: int = 100
     ) -> Iterator[m.AuditEvent]:
         """The audit log of the key's gallery, oldest first; pages are fetched as you go."""
+        cursor: str | None = None
         while True:
-            page: m.AuditList = self.send(calls.audit_page(after, page_size, action))
+            page: m.AuditList = self.send(
+                calls.audit_page(after, page_size, action, cursor))
             yield from page.events
-            if page.next_after is None:
+            if page.next_cursor is None:
                 return
-            after = page.next_after
+            cursor = page.next_cursor
 
     # ------------------------------------------------------------ galleries (admin)
 

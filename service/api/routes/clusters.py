@@ -51,7 +51,8 @@ from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 router = APIRouter(prefix="/clusters", tags=["clusters"])
 
 ALONE = ""  # cluster_id of a face clustered and found alone
-ClusterPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+ClusterPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                                   description="A cluster id (from GET /clusters).")]
 
 
 class ClusterNotFound(ServiceError):
@@ -245,11 +246,13 @@ async def list_clusters(
     response_class=Response,
     summary="The aligned face chip of a pool face (JPEG)",
     description="Needs scope `read`.",
-    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 429)},
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The chip, JPEG."},
+               **error_responses(401, 403, 404, 422, 429)},
 )
 async def pool_chip(
     principal: ReadKey, gallery: GalleryDep,
-    face_id: Annotated[str, Path(min_length=1, max_length=64)],
+    face_id: Annotated[str, Path(min_length=1, max_length=64,
+                                 description="A face of the unknown-face pool.")],
 ) -> Response:
     chip = await run_in_threadpool(
         gallery.store.unknown_chip,  # type: ignore[attr-defined]

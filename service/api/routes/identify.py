@@ -145,9 +145,11 @@ async def _search(
                             point.threshold, principal.namespace)
     if include_metadata:
         await run_in_threadpool(with_metadata, gallery, [candidates], principal)
+    match = match_of(candidates, point.threshold)
     return IdentifyResponse(
         candidates=candidates,
-        match=match_of(candidates, point.threshold),
+        match=match,
+        matched=match is not None,
         threshold=point.threshold,
         operating_point=point,
         model=services.pipeline.model_version,
@@ -236,6 +238,7 @@ async def identify_image(
             detection_confidence=float(face.confidence),
             candidates=candidates,
             match=match,
+            matched=match is not None,
             quality=quality_model(quality),
             unknown_face_id=pool_id,
             embedding_b64=encode_embedding(vector) if body.return_embedding else None,

@@ -24,6 +24,7 @@ from service.api.routes.common import (
     face_selection_of,
     image_bytes,
     image_request_body,
+    landmarks_list,
     operating_point_for,
     parse_body,
     run_in_threadpool,
@@ -93,6 +94,7 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     return VerifiedFace(
         source=source,  # type: ignore[arg-type]
         bbox=to_bbox(face.box),
+        landmarks=landmarks_list(face.landmarks),
         detection_confidence=float(face.confidence),
         faces_detected=found.faces_detected,
         quality=quality_model(found.quality[0]),
@@ -124,7 +126,8 @@ def _negative_against(
         "of the subject; the best score counts. The primary face is the largest visible one "
         "(box clipped to the photo); faces of about the same size go to the most confident "
         "detection, then to the one nearest the centre; each uploaded face's "
-        "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
+        "`face_selection` says which rule step chose it. `matched` is "
+        "`similarity >= threshold` (`match`, the same boolean, is deprecated); "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
         "without a face is 422 `no_face`. Against a subject, `match` is also false when the "
         "face is at least as similar to one of the subject's negative examples (\"not this "
@@ -201,6 +204,7 @@ async def verify(
                 face_id=templates[best].face_id,
                 subject_id=subject_id,
                 bbox=to_bbox(templates[best].bbox),
+                landmarks=landmarks_list(templates[best].landmarks),
                 detection_confidence=float(templates[best].detection_confidence),
             ),
         ]
@@ -210,8 +214,10 @@ async def verify(
                 _negative_against, gallery, principal.namespace.internal(subject_id),
                 probe.embeddings[0], similarity, point.threshold)
     similarity = max(-1.0, min(1.0, similarity))
+    decision = similarity >= point.threshold and suppressed is None
     return VerifyResponse(
-        match=similarity >= point.threshold and suppressed is None,
+        matched=decision,
+        match=decision,
         suppressed_by=suppressed,
         similarity=similarity,
         distance=max(0.0, 2.0 - 2.0 * similarity),
