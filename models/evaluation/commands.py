@@ -165,6 +165,73 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_eval_quality)
     _add_crops_parser(evals)
     _add_cluster_parser(evals)
+    _add_negatives_parser(evals)
+
+
+def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
+    q = evals.add_parser(
+        "negatives",
+        help="\"not this person\" negatives on LFW: false matches removed, true matches lost",
+        description=(
+            "Embed every LFW image (the `eval lfw` embedding cache in OUT is used and "
+            "extended), enroll half of the people with two or more photos, mark the strangers' "
+            "photos that identify matches to someone as negatives of that subject (repeating "
+            "until none matches), and count, for both rules of models/negatives.py, the false "
+            "matches of the marked photos and of the strangers' other photos, and the genuine "
+            "true matches kept and lost. Writes negatives.json and negatives.md."
+        ),
+    )
+    q.add_argument("--root", type=Path, required=True,
+                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
+    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
+                   help="output directory, shared with `eval lfw` for its cache "
+                        "(default: out/eval-lfw)")
+    q.add_argument("--cache", type=Path, metavar="FILE",
+                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+    q.add_argument("--thresholds", default="0.915",
+                   help="cosine match thresholds, comma-separated (default: the service's "
+                        "verify threshold, which identify uses with identify_fpir off)")
+    q.add_argument("--fpir", default="0.01,0.05",
+                   help="also the thresholds at which these shares of the strangers match "
+                        "someone before any negative, comma-separated (default 0.01,0.05; the "
+                        "service's identify_fpir is 0.01)")
+    q.add_argument("--enroll-per-person", default="1,3",
+                   help="photos enrolled per subject, comma-separated (default 1,3)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    q.add_argument("--threads", type=int, help="torch CPU threads")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_eval_negatives)
+
+
+def _eval_negatives(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.evaluation.lfw import EmbeddingCache, embed_images
+    from models.evaluation.negatives import evaluate_negatives
+    from models.pipeline import FacePipeline
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    image_dir = args.root if any(args.root.glob("*/*.jpg")) else next(
+        (d for d in sorted(args.root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
+        args.root)
+    paths = sorted(image_dir.glob("*/*.jpg"))
+    pipeline = FacePipeline(device=None if args.device == "auto" else args.device, flip=False)
+    cache = (EmbeddingCache(args.cache, pipeline.model_version) if args.cache
+             else EmbeddingCache.for_run(args.out, pipeline.model_version)).load()
+    emb = embed_images(pipeline, paths, cache, progress=not args.no_progress)
+    evaluate_negatives(
+        emb.vectors, [p.parent.name for p in paths], args.out,
+        thresholds=[float(x) for x in args.thresholds.split(",") if x],
+        fpirs=[float(x) for x in args.fpir.split(",") if x],
+        enroll_per_person=[int(x) for x in args.enroll_per_person.split(",") if x],
+        seed=args.seed,
+        dataset={"source": str(image_dir), "images": len(paths),
+                 "no_face_found": int(emb.fallback.sum()), "model": pipeline.model_version})
+    print((args.out / "negatives.md").read_text(encoding="utf-8"))
+    print(f"written: {args.out / 'negatives.json'}, {args.out / 'negatives.md'}")
+    return 0
 
 
 def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:

@@ -90,6 +90,15 @@ def merge_dave_into_alice(w: World, h: dict[str, str]) -> Any:
     return w.client.post("/subjects/dave/merge", json={"into": "alice"}, headers=h)
 
 
+def new_negative(w: World) -> str:
+    """A negative of alice, made with the all-scopes key (for the DELETE's own call)."""
+    r = w.client.post("/negatives", json={"subject_id": "alice",
+                                          "embedding": b64(fake_embedding(5))},
+                      headers=bearer(w.tokens["all"]))
+    assert r.status_code == 201, r.text
+    return str(r.json()["negative_id"])
+
+
 # Each protected endpoint: (name, scope, request). The request must succeed (2xx) with a key
 # of the default gallery holding the scope.
 Request = Callable[[World, dict[str, str]], Any]
@@ -142,6 +151,17 @@ ENDPOINTS: list[tuple[str, str, Request]] = [
         "/keys", json={"name": "new", "scopes": ["enroll"]}, headers=h)),
     ("DELETE /keys/{id}", "admin", lambda w, h: w.client.delete(
         f"/keys/{w.key_ids['enroll']}", headers=h)),
+    ("POST /negatives", "enroll", lambda w, h: w.client.post(
+        "/negatives", json={"subject_id": "alice", "embedding": b64(fake_embedding(5))},
+        headers=h)),
+    ("GET /negatives", "read", lambda w, h: w.client.get(
+        "/negatives", params={"subject_id": "alice"}, headers=h)),
+    ("DELETE /negatives/{id}", "erase", lambda w, h: w.client.delete(
+        f"/negatives/{new_negative(w)}", headers=h)),
+    ("POST /faces/{id}/move", "enroll", lambda w, h: w.client.post(
+        f"/faces/{w.alice_face}/move", json={"subject_id": "alice-2"}, headers=h)),
+    ("GET /clusters?include=chips", "read", lambda w, h: w.client.get(
+        "/clusters", params={"include": "chips"}, headers=h)),
     ("GET /galleries", "admin", lambda w, h: w.client.get("/galleries", headers=h)),
     ("POST /galleries", "admin", lambda w, h: w.client.post(
         "/galleries", json={"name": "new-one"}, headers=h)),
@@ -325,6 +345,27 @@ def test_another_gallerys_subject_cannot_be_renamed_merged_or_paged(world: World
     assert c.get("/subjects/bob", headers=other).json()["faces"][0]["face_id"] == world.bob_face
     assert c.get("/subjects/bob", headers=mine).json()["faces"][0]["face_id"] == (
         world.alice_face)
+
+
+def test_corrections_never_reach_another_gallery(world: World) -> None:
+    c, mine, other = world.client, bearer(world.tokens["all"]), bearer(world.tokens["other"])
+    vector = {"subject_id": "alice", "embedding": b64(fake_embedding(5))}
+    assert_error(c.post("/negatives", json=vector, headers=other), 404, "subject_not_found")
+    assert_error(c.post("/negatives", json={"subject_id": "bob", "face_id": world.alice_face},
+                        headers=other), 404, "face_not_found")
+    mine_negative = new_negative(world)
+    assert_error(c.delete(f"/negatives/{mine_negative}", headers=other), 404,
+                 "negative_not_found")
+    assert_error(c.get("/negatives", params={"subject_id": "alice"}, headers=other), 404,
+                 "subject_not_found")
+    assert c.delete(f"/negatives/{mine_negative}", headers=mine).status_code == 200
+    assert_error(c.post(f"/faces/{world.alice_face}/move", json={"subject_id": "x"},
+                        headers=other), 404, "face_not_found")
+    # Within its own gallery a move works, and the new subject is that gallery's.
+    r = c.post(f"/faces/{world.bob_face}/move", json={"subject_id": "bobby"}, headers=other)
+    assert r.status_code == 200 and r.json()["from_subject_id"] == "bob"
+    assert_error(c.get("/subjects/bobby", headers=mine), 404, "subject_not_found")
+    assert c.get("/subjects/bobby", headers=other).json()["face_count"] == 1
 
 
 def test_control_characters_cannot_reach_another_gallery(world: World) -> None:

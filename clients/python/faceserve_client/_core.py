@@ -218,6 +218,7 @@ class calls:
         max_faces: int | None = None,
         face_crop: bool = False,
         include_metadata: bool = False,
+        return_embedding: bool = False,
     ) -> Call:
         given = sum(x is not None for x in (photo, face_id, embedding))
         if given != 1:
@@ -225,7 +226,8 @@ class calls:
         if photo is not None:
             form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
                          max_faces=max_faces, face_crop=face_crop,
-                         include_metadata=include_metadata or None)
+                         include_metadata=include_metadata or None,
+                         return_embedding=return_embedding or None)
             return Call("POST", f"{API}/identify", m.IdentifyImageResponse, data=form,
                         files=[("image", photo_file(photo))])
         params = {"face_id": face_id, "k": k, "threshold": threshold,
@@ -284,6 +286,52 @@ class calls:
     @staticmethod
     def delete_face(face_id: str) -> Call:
         return Call("DELETE", f"{API}/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+
+    @staticmethod
+    def move_face(face_id: str, subject_id: str) -> Call:
+        return Call("POST", f"{API}/faces/{_segment(face_id)}/move", m.MoveFaceResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def add_negative(
+        subject_id: str, *, face_id: str | None = None, unknown_face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+    ) -> Call:
+        if sum(x is not None for x in (face_id, unknown_face_id, embedding)) != 1:
+            raise ValueError("give exactly one of face_id, unknown_face_id or embedding")
+        body = {"subject_id": subject_id, "face_id": face_id, "unknown_face_id": unknown_face_id,
+                "embedding": None if embedding is None else encode_embedding(embedding)}
+        return Call("POST", f"{API}/negatives", m.NegativeInfo,
+                    json={k: v for k, v in body.items() if v is not None})
+
+    @staticmethod
+    def negatives(subject_id: str) -> Call:
+        return Call("GET", f"{API}/negatives", m.NegativeList, params={"subject_id": subject_id})
+
+    @staticmethod
+    def delete_negative(negative_id: str) -> Call:
+        return Call("DELETE", f"{API}/negatives/{_segment(negative_id)}", m.DeleteNegativeResponse)
+
+    @staticmethod
+    def clusters(*, chips: bool = False, chips_per_cluster: int = 3) -> Call:
+        params = {"include": "chips", "chips_per_cluster": chips_per_cluster} if chips else None
+        return Call("GET", f"{API}/clusters", m.ClusterList, params=params)
+
+    @staticmethod
+    def run_clustering(mode: str = "incremental", threshold: float | None = None) -> Call:
+        body: dict[str, Any] = {"mode": mode}
+        if threshold is not None:
+            body["threshold"] = threshold
+        return Call("POST", f"{API}/clusters", m.ClusterList, json=body)
+
+    @staticmethod
+    def name_cluster(cluster_id: str, subject_id: str) -> Call:
+        return Call("POST", f"{API}/clusters/{_segment(cluster_id)}/name", m.NameClusterResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def delete_cluster(cluster_id: str) -> Call:
+        return Call("DELETE", f"{API}/clusters/{_segment(cluster_id)}", m.DeleteClusterResponse)
 
     @staticmethod
     def keys(gallery: str | None = None) -> Call:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AuditEvent",
     "AuditList",
     "BBox",
     "Candidate",
+    "ClusterChip",
     "ClusterFace",
     "ClusterInfo",
     "ClusterList",
@@ -24,6 +25,7 @@ __all__ = [
     "DeleteClusterResponse",
     "DeleteFaceResponse",
     "DeleteGalleryResponse",
+    "DeleteNegativeResponse",
     "DeleteSubjectResponse",
     "DetectionConfidence",
     "EmbedResponse",
@@ -46,7 +48,11 @@ __all__ = [
     "KeyList",
     "Landmarks",
     "MergeSubjectResponse",
+    "MoveFaceResponse",
     "NameClusterResponse",
+    "NegativeInfo",
+    "NegativeList",
+    "NegativeMatch",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -238,6 +244,21 @@ class FaceSelection(BaseModel):
     faces_detected: int = Field(description="Faces found in the photo.")
 
 
+class NegativeMatch(BaseModel):
+    """Why a candidate cannot be the match: a face marked "not this person" for its subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "similarity": 0.962}]})
+
+    negative_id: str = Field(
+        description="The subject's negative example (POST /negatives) nearest "
+        "to the face.")
+    similarity: float = Field(
+        description="Cosine similarity of the face with that negative: at or above the "
+        "candidate's own `similarity` (its best enrolled face), so the nearest example of this "
+        "subject says \"not this person\" (README, Clustering: the negatives rule).")
+
+
 class Candidate(BaseModel):
     subject_id: str = Field(description="A subject of the gallery.")
     face_id: str = Field(description="The subject's template that scored best.")
@@ -247,6 +268,12 @@ class Candidate(BaseModel):
         "`include_metadata` (needs scope `read`); absent otherwise.",
         exclude_if=lambda value: value is None,  # identify answers keep their other nulls
     )
+    suppressed_by: NegativeMatch | None = Field(
+        None,
+        description="Present when the subject is refused for this face by one of its negative "
+        "examples: the face is at least as similar to that negative as to the subject's best "
+        "enrolled face. A suppressed candidate is never the `match`; it stays in the list so "
+        "the decision can be explained. Only candidates at or above the threshold are checked.")
 
 
 # ---------------------------------------------------------------- enroll
@@ -380,9 +407,10 @@ class VerifiedFace(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    matched: bool = Field(description="The decision: `similarity >= threshold`. Named as in "
-                          "identify, where `matched` is the same decision and `match` the "
-                          "matched candidate.")
+    matched: bool = Field(description="The decision: `similarity >= threshold`, and (against "
+                          "a subject) no negative example of the subject refuses the face "
+                          "(`suppressed_by`). Named as in identify, where `matched` is the "
+                          "same decision and `match` the matched candidate.")
     match: bool = Field(
         description="Deprecated: the same as `matched` (removed in a later release; `match` "
         "elsewhere is the matched candidate, not a boolean).",
@@ -406,6 +434,9 @@ class VerifyResponse(BaseModel):
         None, description="Templates of the subject compared (subject mode)."
     )
     model: str = Field(description="Embedding model version.")
+    suppressed_by: NegativeMatch | None = Field(
+        None, description="Subject mode: the subject's negative example (\"not this person\") "
+        "at least as similar to the face as its best template; `matched` is then false.")
 
 
 # ---------------------------------------------------------------- identify
@@ -418,7 +449,8 @@ class IdentifyResponse(BaseModel):
         description="Best subjects, most similar first; each subject once, with its best face."
     )
     match: Candidate | None = Field(
-        description="The best candidate if at or above the threshold, else null (unknown)."
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`), else null (unknown)."
     )
     matched: bool = Field(description="The decision: whether `match` is a candidate (someone "
                           "at or above the threshold) rather than null (unknown).")
@@ -445,9 +477,9 @@ class IdentifiedFace(BaseModel):
         description="Best subjects for this face, most similar first (at most `k`)."
     )
     match: Candidate | None = Field(
-        description="The best candidate at or above the threshold whose subject no "
-        "better-scoring face of the same photo has taken (one person appears at most once in "
-        "a photo), else null (unknown)."
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`) and whose subject no better-scoring face of the same "
+        "photo has taken (one person appears at most once in a photo), else null (unknown)."
     )
     matched: bool = Field(description="The decision: whether `match` is a candidate rather "
                           "than null (unknown).")
@@ -461,6 +493,10 @@ class IdentifiedFace(BaseModel):
     unknown_face_id: str | None = Field(
         None, description="With `remember_unknown`: the id this unmatched face has in the "
         "unknown-face pool.")
+    embedding_b64: str | None = Field(
+        None, description="With `return_embedding`: the face's embedding as URL-safe base64 of "
+        "128 little-endian float32 (what POST /negatives takes as `embedding` to "
+        "mark this face \"not this person\", and GET /identify as `embedding`).")
 
 
 class IdentifyImageResponse(BaseModel):
@@ -738,6 +774,7 @@ class AuditEvent(BaseModel):
         "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
         "restore",
         "create_gallery", "delete_gallery",
+        "move_face", "add_negative", "delete_negative",
     ] = Field(description="What was done.")
     subject_id: str | None = Field(description="The subject concerned, if any.")
     face_id: str | None = Field(description="The face concerned, if any.")
@@ -833,6 +870,18 @@ class ClusterFace(BaseModel):
     created_at: str = Field(description="When the face was seen: ISO 8601, UTC.")
 
 
+class ClusterChip(BaseModel):
+    """A representative face of a cluster with its chip inline (GET /clusters?include=chips)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b", "jpeg_b64": "/9j/4AAQSkZJRgABAQAAAQ..."}]})
+
+    face_id: str = Field(description="The pool face.")
+    jpeg_b64: str = Field(
+        description="Its aligned 150x150 face chip, JPEG, standard base64 (a few kB; "
+        "`data:image/jpeg;base64,` + this is an image URL).")
+
+
 class ClusterInfo(BaseModel):
     """One group of the unknown-face pool: probably one person."""
 
@@ -842,6 +891,11 @@ class ClusterInfo(BaseModel):
         description="The face most similar to the rest; its chip is at "
         "GET /clusters/faces/{face_id}/chip.")
     faces: list[ClusterFace] = Field(description="The cluster's faces.")
+    chips: list[ClusterChip] | None = Field(
+        None,
+        description="With `include=chips`: the chips of the cluster's most representative "
+        "faces (most similar to the rest first, at most `chips_per_cluster`); faces without a "
+        "stored chip are left out. Absent for clusters past the response's chip budget.")
 
 
 class ClusterList(BaseModel):
@@ -853,6 +907,70 @@ class ClusterList(BaseModel):
     threshold: float | None = Field(
         None, description="The similarity used for one person (POST /clusters)."
     )
+
+
+# ---------------------------------------------------------------- corrections
+
+
+class NegativeInfo(BaseModel):
+    """A face marked "not this person" for a subject: a negative example of it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "source": "unknown_face", "source_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b",
+        "model": "dlib-resnet-v1", "created_at": "2026-12-04T10:15:30.123Z"}]})
+
+    negative_id: str = Field(description="Id of the negative (DELETE it to undo).")
+    subject_id: str = Field(description="The subject the face is not.")
+    source: Literal["face", "unknown_face", "embedding"] = Field(
+        description="What was marked: an enrolled face (`face_id`), a pool or cluster face "
+        "(`unknown_face_id`), or an embedding the client sent (e.g. `embedding_b64` of an "
+        "identify result).")
+    source_id: str | None = Field(
+        None, description="The face or pool face it was taken from (absent for an embedding). "
+        "Its embedding was copied: erasing that face later keeps the negative.")
+    model: str = Field(description="Embedding model of the stored vector; negatives of another "
+                       "model than the server's are not used.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+
+
+class NegativeList(BaseModel):
+    """GET /negatives?subject_id=..."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "subject_id": "person-0042", "negatives": [NegativeInfo.model_config[
+            "json_schema_extra"]["examples"][0]]}]})  # type: ignore[index]
+
+    subject_id: str = Field(description="The subject.")
+    negatives: list[NegativeInfo] = Field(description="Its negative examples, oldest first.")
+
+
+class DeleteNegativeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "deleted": True}]})
+
+    negative_id: str = Field(description="The negative erased.")
+    subject_id: str = Field(description="Its subject.")
+    deleted: bool = Field(description="Always true (an unknown negative is 404).")
+
+
+class MoveFaceResponse(BaseModel):
+    """POST /faces/{face_id}/move: the face now belongs to another subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "from_subject_id": "person-0042",
+        "subject_id": "person-0043", "subject_created": True, "from_subject_deleted": False}]})
+
+    face_id: str = Field(description="The face moved; its id, embedding, chip and enrollment "
+                         "time are kept.")
+    from_subject_id: str = Field(description="The subject it was taken from.")
+    subject_id: str = Field(description="The subject it now belongs to.")
+    subject_created: bool = Field(description="True when that subject was created by the "
+                                  "move (with no metadata).")
+    from_subject_deleted: bool = Field(
+        False, description="True when the face was its old subject's last: that subject is "
+        "gone with it (with its metadata and negatives), as after DELETE /faces/{id}.")
 
 
 class NameClusterResponse(BaseModel):

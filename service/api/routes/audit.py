@@ -52,6 +52,7 @@ async def audit_log(
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
             "name_cluster", "delete_cluster", "update_subject", "rename_subject",
             "merge_subject", "create_gallery", "delete_gallery",
+            "move_face", "add_negative", "delete_negative",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 
 from models.face_selection import RULE, Selection
 from models.faces import Face
+from models.negatives import nearest_negative, refused
 from service.api.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.api.errors import (
     InvalidField,
@@ -28,7 +30,13 @@ from service.api.routes.common import (
     run_in_threadpool,
     to_bbox,
 )
-from service.api.schemas import VerifiedFace, VerifyForm, VerifyJSON, VerifyResponse
+from service.api.schemas import (
+    NegativeMatch,
+    VerifiedFace,
+    VerifyForm,
+    VerifyJSON,
+    VerifyResponse,
+)
 from service.inference.inference import EmbeddedFaces, Inference, keep_all, most_confident
 from service.inference.quality import quality_model
 from service.security.auth import RecognizeImageKey
@@ -94,6 +102,20 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     )
 
 
+def _negative_against(
+    gallery: Any, stored: str, probe: np.ndarray, similarity: float, threshold: float
+) -> NegativeMatch | None:
+    """The subject's negative that refuses ``probe`` (``models.negatives``), or None."""
+    records = [n for n in gallery.store.negatives([stored])
+               if n.model == gallery.model_version and n.embedding is not None]
+    if not records:
+        return None
+    hit = nearest_negative(probe, np.stack([n.embedding for n in records]))
+    if hit is None or not refused(similarity, hit.similarity, threshold):
+        return None
+    return NegativeMatch(negative_id=records[hit.index].negative_id, similarity=hit.similarity)
+
+
 @router.post(
     "/verify",
     response_model=VerifyResponse,
@@ -107,8 +129,10 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         "`face_selection` says which rule step chose it. `matched` is "
         "`similarity >= threshold` (`match`, the same boolean, is deprecated); "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
-        "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
-        "in the key's gallery.\n\n"
+        "without a face is 422 `no_face`. Against a subject, `match` is also false when the "
+        "face is at least as similar to one of the subject's negative examples (\"not this "
+        "person\", POST /negatives) as to its best template (`suppressed_by`). Needs scope "
+        "`recognize`; `subject_id` is looked up in the key's gallery.\n\n"
         "`on_multiple` says which face of a photo with several is compared: `primary` (the "
         "default, the rule above), `reject` (422 `multiple_faces` if anyone else is in the "
         "frame: kiosks), or `any` (subject mode only: every face, at most the server's "
@@ -137,6 +161,7 @@ async def verify(
                            "image and subject_id (two photos compare their primary faces)")
     point = operating_point_for(services.operating_point, body.threshold)
     templates_compared = None
+    suppressed: NegativeMatch | None = None
     if pair:
         if body.image_a is None or body.image_b is None:
             raise InvalidField("image_a and image_b must both be given")
@@ -184,11 +209,16 @@ async def verify(
             ),
         ]
         templates_compared = len(templates)
+        if similarity >= point.threshold:
+            suppressed = await run_in_threadpool(
+                _negative_against, gallery, principal.namespace.internal(subject_id),
+                probe.embeddings[0], similarity, point.threshold)
     similarity = max(-1.0, min(1.0, similarity))
-    decision = similarity >= point.threshold
+    decision = similarity >= point.threshold and suppressed is None
     return VerifyResponse(
         matched=decision,
         match=decision,
+        suppressed_by=suppressed,
         similarity=similarity,
         distance=max(0.0, 2.0 - 2.0 * similarity),
         threshold=point.threshold,
