@@ -103,14 +103,15 @@ def test_applying_tombstones_erases_by_token_and_revokes(store: Any) -> None:
         Tombstone("subject", "f" * 32, "t"),  # a subject this store never had
     ])
     assert undone == {"subjects_erased": 1, "faces_erased": 2, "unknown_faces_erased": 0,
-                      "keys_revoked": 1}
+                      "negatives_erased": 0, "keys_revoked": 1}
     assert store.get_subject("alice") is None
     assert [f.face_id for f in store.subject_faces("bob")] == ["face-bob-1"]
     assert store.list_keys()[0].revoked_at == "2026-05-05T00:00:00.000Z"
     assert len(store.tombstones()) == 5  # and alice's face, recorded by erasing her
     # Applying them again changes nothing and records nothing twice.
     assert store.apply_tombstones(store.tombstones()) == {
-        "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0, "keys_revoked": 0}
+        "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0,
+        "negatives_erased": 0, "keys_revoked": 0}
     assert len(store.tombstones()) == 5
 
 
@@ -511,7 +512,8 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
         undone = run(capsys, "tombstones", "apply", str(saved), "--database-url", url,
                      "--data-dir", str(data_dir))
         assert undone == {"tombstones": 3, "subjects_erased": 1, "faces_erased": 1,
-                          "unknown_faces_erased": 0, "keys_revoked": 1}
+                          "unknown_faces_erased": 0, "negatives_erased": 0,
+                          "keys_revoked": 1}
         store = PostgresStore.open(url)
         try:
             assert store.get_subject("alice") is None
