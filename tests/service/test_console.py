@@ -167,3 +167,25 @@ def test_the_console_offers_every_scope_the_server_knows() -> None:
     match = re.search(r"^const SCOPES = (\[.*?\]);", source, re.MULTILINE)
     assert match is not None
     assert tuple(json.loads(match.group(1))) == SCOPES
+
+
+def test_readyz_tells_a_key_its_own_scopes_and_gallery(world: World) -> None:  # noqa: F811
+    """The console shows and hides its pages by the key's scopes, read from /readyz."""
+    from service.security.keys import SCOPES
+
+    c = world.client
+    for scope in SCOPES:
+        caller = c.get("/readyz", headers=bearer(world.tokens[scope])).json()["caller"]
+        assert caller["scopes"] == [scope] and caller["key_id"].startswith("k_"), caller
+        assert "gallery" not in caller
+    other = c.get("/readyz", headers=bearer(world.tokens["other"])).json()["caller"]
+    assert other["gallery"] and other["name"] == "other"
+    for headers in ({}, bearer("fsk_not-a-key"), bearer(world.tokens["revoked"])):
+        assert "caller" not in c.get("/readyz", headers=headers).json()
+
+
+def test_readyz_on_a_keyless_server_gives_every_scope(client: TestClient) -> None:
+    from service.security.keys import SCOPES
+
+    caller = client.get("/readyz").json()["caller"]
+    assert caller["scopes"] == list(SCOPES) and "key_id" not in caller
