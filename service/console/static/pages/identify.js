@@ -1,16 +1,40 @@
 // Identify: every face of a photo boxed and named (or "unknown"), each face's candidates as
-// similarity bars against the threshold, and the operating point the decision used.
+// similarity bars against the threshold, and the operating point the decision used. A key
+// that may also read the gallery asks for the subjects' metadata (include_metadata) and shows
+// their display names (metadata `name`, `display_name` or `displayName`) beside the ids.
 import { post } from "../api.js";
 import { cameraControl } from "../camera.js";
 import {
   boxedPhoto, errorText, fixed, h, message, operatingPoint, photoInput, similarityBar, track,
 } from "../dom.js";
+import { can, needsText } from "../session.js";
+
+const NAME_KEYS = ["name", "display_name", "displayName"];
+
+// A candidate's display name from its metadata, if the answer carried one.
+function displayName(candidate) {
+  const metadata = candidate && candidate.metadata;
+  if (!metadata) return null;
+  const key = NAME_KEYS.find((k) => typeof metadata[k] === "string" && metadata[k].trim());
+  return key ? metadata[key].trim() : null;
+}
+
+// The match as listed among the candidates (where the metadata is, whichever carries it).
+const matchOf = (face) => face.match && (face.candidates.find(
+  (c) => c.subject_id === face.match.subject_id && c.metadata) || face.match);
+
+// "Barack Obama (obama)", or the id alone.
+function named(candidate) {
+  const name = displayName(candidate);
+  return name && name !== candidate.subject_id ? `${name} (${candidate.subject_id})`
+    : candidate.subject_id;
+}
 
 function faceResult(face, number, threshold) {
-  const name = face.match ? face.match.subject_id : "unknown";
+  const name = face.match ? named(matchOf(face)) : "unknown";
   const rows = face.candidates.map((c) => h("li", { class: "candidate" },
     h("a", { class: "subject-id", href: `#/subject/${encodeURIComponent(c.subject_id)}` },
-      c.subject_id),
+      named(c)),
     similarityBar(c.similarity, threshold),
     h("span", { class: "score" }, fixed(c.similarity))));
   return h("div", { class: "card face-result", dataset: { face: String(number) } },
@@ -31,6 +55,7 @@ export function identifyPage(view) {
     const form = new FormData();
     form.append("image", file);
     form.append("k", "5");
+    if (can("read")) form.append("include_metadata", "true");
     let body;
     try {
       body = await post("/identify", form);
@@ -40,7 +65,8 @@ export function identifyPage(view) {
     }
     const boxes = body.faces.map((face, i) => ({
       bbox: face.bbox,
-      label: `${i + 1}: ${face.match ? face.match.subject_id : "unknown"}`,
+      label: `${i + 1}: ${face.match ? displayName(matchOf(face)) || face.match.subject_id
+        : "unknown"}`,
       kind: face.match ? "known" : "unknown",
     }));
     result.replaceChildren(
@@ -59,6 +85,8 @@ export function identifyPage(view) {
     h("div", { class: "card" },
       h("p", {}, "Who is in this photo? Each face is searched for in the gallery; a face "
         + "matches a subject at or above the threshold (the mark on each bar)."),
+      can("read") ? null : h("p", { class: "muted needs-scope" }, needsText("read",
+        "Showing display names from the subjects' metadata")),
       h("div", { class: "actions" },
         photoInput((files) => identify(files[0]), { name: "identify-photo" }),
         cameraControl(identify))),
