@@ -127,7 +127,7 @@ async function render() {
   const { page, arg, params } = route();
   const pages = {
     gallery: () => galleryPage(view),
-    subject: () => subjectPage(view, arg || ""),
+    subject: () => subjectPage(view, arg || "", params),
     enroll: () => enrollPage(view, params),
     identify: () => identifyPage(view),
     verify: () => verifyPage(view, params),

@@ -5,7 +5,7 @@ import { chipUrl, del, get, patch, post, subjectPath } from "../api.js";
 import { append, confirmAction, errorText, fixed, h, message, track, when } from "../dom.js";
 import { can, gate, needs } from "../session.js";
 
-const PAGE = 24;
+const PAGE = 24; // faces per page; `#/subject/<id>?per_page=n` asks for another size
 
 function faceCard(face, onDelete) {
   const holder = h("div", { class: "thumb" }, h("span", { class: "muted" }, "…"));
@@ -31,7 +31,9 @@ function leave(hash, notice) {
 }
 const subjectHash = (id) => `#/subject/${encodeURIComponent(id)}`;
 
-export async function subjectPage(view, subjectId) {
+export async function subjectPage(view, subjectId, params = new URLSearchParams()) {
+  const perPage = Math.min(1000, Math.max(1, Number.parseInt(params.get("per_page"), 10)
+    || PAGE));
   const status = h("div", { id: "subject-status" });
   view.append(h("p", {}, h("a", { href: "#/gallery" }, "← Gallery")), status);
   let subject;
@@ -59,12 +61,12 @@ export async function subjectPage(view, subjectId) {
   async function loadFaces() {
     try {
       const body = await get(`${subjectPath(subject.subject_id)}/faces`,
-        { query: { limit: PAGE, cursor: cursors[page] } });
+        { query: { limit: perPage, cursor: cursors[page] } });
       cursors[page + 1] = body.next_cursor;
       faces.replaceChildren(...body.faces.map((face) => faceCard(face, deleteFace)));
       prev.disabled = page === 0;
       next.disabled = !body.next_cursor;
-      pageLabel.textContent = `page ${page + 1} of ${Math.max(1, Math.ceil(total / PAGE))}`;
+      pageLabel.textContent = `page ${page + 1} of ${Math.max(1, Math.ceil(total / perPage))}`;
       faces.dataset.page = String(page + 1);
     } catch (err) {
       status.replaceChildren(message("error", errorText(err)));

@@ -52,6 +52,7 @@ export function verifyPage(view, params) {
       return;
     }
     form.append("on_multiple", several.value);
+    delete result.dataset.match; // until this comparison's answer
     result.replaceChildren(message("info", "Comparing…"));
     try {
       const body = await post("/verify", form);
