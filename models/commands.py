@@ -149,18 +149,29 @@ def _embed(args: argparse.Namespace) -> int:
                 faces = _embedded(pipeline, image, faces)
         else:
             faces = pipeline.detect(image) if args.no_embedding else pipeline.embed_image(image)
-        record["faces"] = [
-            {
-                "box": list(f.box.as_tuple()),
-                "confidence": round(f.confidence, 6),
-                "landmarks": [[float(x), float(y)] for x, y in f.landmarks],
-                **({} if f.embedding is None else {"embedding": [float(v) for v in f.embedding]}),
-            }
-            for f in faces
-        ]
+        record["faces"] = [_face_record(f) for f in faces]
         print(json.dumps(record))
     sys.stdout.flush()
     return status
+
+
+def _face_record(face: Face) -> dict:
+    """One face as ``faceserve embed`` prints it: the field names and shapes of the HTTP API
+    (``bbox`` as an object with inclusive ``right``/``bottom``, ``detection_confidence``).
+    ``box`` (a list) and ``confidence`` are the older names of the same values, kept for one
+    release (README "API changes")."""
+    left, top, right, bottom = (int(v) for v in face.box.as_tuple())
+    confidence = round(float(face.confidence), 6)
+    record: dict = {
+        "bbox": {"left": left, "top": top, "right": right, "bottom": bottom},
+        "detection_confidence": confidence,
+        "landmarks": [[float(x), float(y)] for x, y in face.landmarks],
+    }
+    if face.embedding is not None:
+        record["embedding"] = [float(v) for v in face.embedding]
+    record["box"] = [left, top, right, bottom]  # deprecated: bbox
+    record["confidence"] = confidence  # deprecated: detection_confidence
+    return record
 
 
 def _calibrate(args: argparse.Namespace) -> int:

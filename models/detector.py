@@ -63,6 +63,9 @@ _SCORE_CONV = (1, 45, 9, 1, 4)
 _PYRAMID_RATE = 5.0 / 6.0  # dlib's pyramid_down<6>: (N-1.0)/N
 # The network's window: the smallest face the pyramid's first level finds (mmod's 80x80).
 WINDOW_PX = 80
+# Windows scoring above this are faces (dlib's default): every reported confidence is a raw
+# MMOD score > 0, with no upper bound (faces of ordinary photos ~0.95-1.15; training margin 1).
+DETECTION_THRESHOLD = 0.0
 _MIN_LEVEL_HEIGHT = 5
 
 
@@ -538,7 +541,7 @@ class FaceDetector:
         image: np.ndarray | Tensor,
         upsample: int = 0,
         max_side: int | None = None,
-        threshold: float = 0.0,
+        threshold: float = DETECTION_THRESHOLD,
         min_face_px: float | None = None,
     ) -> list[tuple[Box, float]]:
         """Faces in an ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` grayscale) image.

@@ -43,7 +43,13 @@ class EmbeddingModel:
     manifest: dict[str, Any] = field(default_factory=dict)  # empty for the dlib model
     geometry: ChipGeometry = DLIB  # how its chips are cut (exported models: dlib's)
     licence: str = "CC0-1.0"  # dlib's weights; an ONNX model's as its user stated it
-    backend: str = "torch"  # "torch", or for ONNX files "onnx2torch" / "onnxruntime"
+    loaded_backend: str = "torch"  # "torch", or for ONNX files "onnx2torch" / "onnxruntime"
+
+    @property
+    def backend(self) -> str:
+        """What runs the network now: an onnx2torch module that failed its first batch is
+        replaced by ONNX Runtime (``models.backends.onnx_embedder.FirstRunFallback``)."""
+        return str(getattr(self.module, "backend", self.loaded_backend))
 
     @property
     def name(self) -> str:
@@ -90,7 +96,7 @@ def load_embedding_model(
         return EmbeddingModel(
             onnx_module, str(manifest["version"]), onnx_module.embedding_size, str(path),
             manifest, geometry=geometry, licence=str(manifest.get("licence")),
-            backend=onnx_module.backend,
+            loaded_backend=onnx_module.backend,
         )
     from models.model_file import load_exported
 

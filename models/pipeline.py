@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models.align import FIVE_POINT_TEMPLATE, similarity_transform
-from models.backends.geometry import GeometryError, align_chips
+from models.backends.geometry import ChipGeometry, GeometryError, align_chips, face_width
 from models.detector import WINDOW_PX, detection_scale, load_detector
 from models.device import resolve_device
 from models.embedder import CHIP_SIZE
@@ -23,7 +23,7 @@ from models.embedding_model import EmbeddingModel, load_embedding_model
 from models.faces import Box, Face
 from models.landmarks import load_shape_predictor
 
-__all__ = ["CHIP_FACE_PX", "MIN_FACE_PX_RANGE", "FacePipeline", "upsampling_for"]
+__all__ = ["CHIP_FACE_PX", "MIN_FACE_PX_RANGE", "FacePipeline", "chip_face_px", "upsampling_for"]
 
 CHIP_PADDING = 0.25  # dlib's padding for descriptor chips
 
@@ -49,6 +49,13 @@ def upsampling_for(min_face_px: float) -> int:
 # The face's width in an aligned chip: the 5-point template spans 1/(1 + 2*padding) of it.
 # A face decoded at least this wide loses nothing the chip would keep.
 CHIP_FACE_PX = CHIP_SIZE / (1 + 2 * CHIP_PADDING)
+
+
+def chip_face_px(geometry: ChipGeometry) -> float:
+    """How wide the face (dlib's template unit square: the part a detector's box holds) is
+    in ``geometry``'s chip: :data:`CHIP_FACE_PX` for dlib's 150 px chip, ~68 px for
+    ArcFace's 112 px one (``models.backends.geometry.face_width``)."""
+    return face_width(geometry)
 
 
 # Where the MMOD box of the face sits in an image that is one cropped face (x0, y0, x1, y1
@@ -80,9 +87,11 @@ class FacePipeline:
     phone photos; ``min_face_px``, when set, replaces ``upsample``: the smallest face (box side,
     in the photo's pixels) that must be found; above the 80 px window the photo is shrunk so the
     scan starts at that size (``models.detector.detection_scale``), below it the photo is
-    upsampled (``upsample``, ``max_side`` and ``min_face_px`` are MMOD's: SCRFD always sees the
-    photo letterboxed to its input). ``flip`` averages each embedding with that of the mirrored
-    chip.
+    upsampled. SCRFD honours the same three: by default it sees the photo letterboxed to its
+    input (640 px, faces from 16 px of it), ``upsample`` doubles that scale, ``min_face_px``
+    sets it to bring faces of that size to its 16 px anchor, ``max_side`` caps it
+    (``models.backends.scrfd.scan_scale``). ``flip`` averages each embedding with that of
+    the mirrored chip.
     """
 
     chip_size = CHIP_SIZE
@@ -147,29 +156,45 @@ class FacePipeline:
         m = min_face_px if min_face_px is not None else self.min_face_px
         return m, self.upsample if m is None else upsampling_for(m)
 
-    def smallest_face(self, min_face_px: int | None = None) -> float:
-        """The smallest face (px) a detection finds with this request's ``min_face_px``."""
+    def smallest_face(self, min_face_px: int | None = None, width: int | None = None,
+                      height: int | None = None) -> float:
+        """The smallest face (px) a detection finds with this request's ``min_face_px``.
+
+        MMOD: the minimum, else its 80 px window over the upsampling. SCRFD: its 16 px
+        anchor over the scale it scans a ``width`` x ``height`` photo at
+        (``models.backends.scrfd.scan_scale``), which depends on the photo unless the
+        minimum is set (without a size: the minimum, else a 640 px photo's)."""
         m, upsample = self._scan(min_face_px)
+        if self.detector_name != "dlib":
+            from models.backends.scrfd import SCRFD_MIN_FACE_PX
+
+            if width is None or height is None:
+                if m is not None:
+                    return float(m)
+                width = height = self.detector.input_size
+            scale = self.detector.scale_for(height, width, self.upsample, self.max_side, m)
+            return SCRFD_MIN_FACE_PX / scale
         return float(m) if m is not None else WINDOW_PX / 2**upsample
 
     def decode_reduction(self, width: int, height: int, min_face_px: int | None = None) -> int:
         """How much smaller (1, 2, 4 or 8) a ``width`` x ``height`` photo may be decoded.
 
         Two conditions, so that nothing changes but the time: the detector must still get
-        at least the size it scans (``detection_scale``), and the smallest face it must find
-        must still be as wide as it is in the aligned chip (``CHIP_FACE_PX``), so landmarks
-        and chips are as sharp as from the full photo. A 4000x3000 JPEG with
-        ``min_face_px=200`` is decoded at 2000x1500; at the defaults (faces from 80 px,
-        ``max_side`` 2048) a photo is decoded whole.
+        at least the size it scans (``detection_scale`` for MMOD, ``scan_scale`` for
+        SCRFD), and the smallest face it must find must still be as wide as it is in the
+        aligned chip (:func:`chip_face_px` of the model's geometry), so landmarks and chips
+        are as sharp as from the full photo. A 4000x3000 JPEG with ``min_face_px=200`` is
+        decoded at 2000x1500; at the defaults (faces from 80 px, ``max_side`` 2048) a photo
+        is decoded whole.
         """
+        m = self.smallest_face(min_face_px, width, height)
         if self.detector_name != "dlib":
-            return 1  # SCRFD letterboxes the whole photo; its chips want every pixel
-        m = self.smallest_face(min_face_px)
-        _, upsample = self._scan(min_face_px)
-        need = max(
-            detection_scale(height, width, self.max_side, m, upsample) * 2**upsample,
-            CHIP_FACE_PX / m,
-        )
+            scan = self.detector.scale_for(height, width, self.upsample, self.max_side,
+                                           self._scan(min_face_px)[0])
+        else:
+            _, upsample = self._scan(min_face_px)
+            scan = detection_scale(height, width, self.max_side, m, upsample) * 2**upsample
+        need = max(scan, chip_face_px(self.geometry) / m)
         factor = 1
         while factor < 8 and 1.0 / (2 * factor) >= need:
             factor *= 2
@@ -186,12 +211,14 @@ class FacePipeline:
         """
         image = _as_rgb(image)
         if self.detector_name != "dlib":
-            return self._scrfd_faces(image)
+            return self._scrfd_faces(image, self._scan(min_face_px)[0])
         boxes = self._boxes(image, self.small_image_retry_px, min_face_px)
         return self._with_landmarks(image, boxes)
 
-    def _scrfd_faces(self, image: np.ndarray) -> list[Face]:
-        dets = self.detector.detect(image)
+    def _scrfd_faces(self, image: np.ndarray, min_face_px: int | None) -> list[Face]:
+        """SCRFD's faces, scanned for ``min_face_px`` (None: the letterbox default)."""
+        dets = self.detector.detect(image, upsample=self.upsample, max_side=self.max_side,
+                                    min_face_px=min_face_px)
         if self.landmark_scheme == "arcface5":
             return [Face(box=b, confidence=c, landmarks=p) for b, c, p in dets]
         return self._with_landmarks(image, [(b, c) for b, c, _ in dets])
@@ -248,8 +275,9 @@ class FacePipeline:
     def _scrfd_face_crop(self, image: np.ndarray) -> list[Face]:
         """SCRFD on a face crop: the photo as it is, then (a crop can be too tight for the
         detector) on a canvas with a 35% black margin on every side, mapped back; the
-        largest face wins."""
-        faces = self.detect(image)
+        largest face wins. Both at the letterbox scale whatever the minimum face in force:
+        the crop's face fills it, so a minimum meant for photos would only lose it."""
+        faces = self._scrfd_faces(image, None)
         if not faces:
             h, w = image.shape[:2]
             py, px = round(0.35 * h), round(0.35 * w)
@@ -262,7 +290,7 @@ class FacePipeline:
                     confidence=f.confidence,
                     landmarks=np.asarray(f.landmarks) - (px, py),
                 )
-                for f in self.detect(canvas)
+                for f in self._scrfd_faces(canvas, None)
             ]
         return [max(faces, key=lambda f: (f.box.area, f.confidence))] if faces else []
 

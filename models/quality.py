@@ -23,7 +23,9 @@ The measures, and why each is defined the way it is:
   rotates it away exactly, so it costs nothing unless the detector misses the face. Yaw comes
   from how far the nose base sits off the eye midpoint along the eye line (weak perspective,
   nose base :data:`NOSE_DEPTH_RATIO` half-eye-distances in front of the eye plane); positive
-  when the nose points to the image's right. Mirroring a photo flips its sign.
+  when the nose points to the image's right. Mirroring a photo flips its sign. SCRFD's
+  points (``arcface5``) have the nose tip instead, further forward: it is read against its
+  own depth (:data:`NOSE_DEPTHS`), so a head pose reads the same yaw under both schemes.
 * ``detection_confidence``: the detector's score (dlib's CNN detector keeps scores > 0).
 * exposure of the grey face region: ``brightness`` (mean, 0-1), ``contrast`` (standard
   deviation, 0-1), ``dark_share`` and ``bright_share`` (fraction of pixels at most
@@ -43,14 +45,23 @@ from typing import Literal
 import numpy as np
 
 from models.align import FIVE_POINT_TEMPLATE
-from models.backends.geometry import DLIB, ChipGeometry, eye_centres, face_region, nose_point
+from models.backends.geometry import (
+    ARCFACE_TEMPLATE_112,
+    DLIB,
+    ChipGeometry,
+    eye_centres,
+    face_region,
+    nose_point,
+)
 from models.faces import Face
 
 __all__ = [
     "CHIP_EYE_DISTANCE",
     "DEFAULT_LIMITS",
+    "FRONTAL_NOSE_OFFSETS",
     "HIGH_LIMITS",
     "MEASURES",
+    "NOSE_DEPTHS",
     "FaceQuality",
     "LimitFailure",
     "QualityLimits",
@@ -140,11 +151,10 @@ def eye_distance(landmarks: np.ndarray, scheme: str = "dlib5") -> np.ndarray:
     return np.linalg.norm(right - left, axis=1)
 
 
-def pose(landmarks: np.ndarray, scheme: str = "dlib5") -> tuple[np.ndarray, np.ndarray]:
-    """(yaw, roll) in degrees, each (N,): see the module docstring for conventions.
-
-    With ``arcface5`` points the nose point is the tip, not the base: it lies further in
-    front of the eyes, so the same yaw reads larger; the limits were set on dlib's points."""
+def _nose_offset(landmarks: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """(offset, roll, eye distance), each (N,): the nose point's offset from the eye
+    midpoint along the eye line in half eye distances, the eye line's angle in degrees."""
     pts = np.asarray(landmarks, dtype=np.float64)
     right, left = _eye_centres(pts, scheme)
     axis = right - left
@@ -152,10 +162,47 @@ def pose(landmarks: np.ndarray, scheme: str = "dlib5") -> tuple[np.ndarray, np.n
     safe = np.where(dist > 0, dist, 1.0)
     unit = axis / safe[:, None]
     roll = np.degrees(np.arctan2(axis[:, 1], axis[:, 0]))
-    # Nose offset along the eye line, in half eye distances (0 for a frontal face).
     nose = nose_point(pts, scheme)
     offset = np.einsum("ni,ni->n", nose - (right + left) / 2, unit) / (safe / 2)
-    yaw = np.degrees(np.arctan(offset / NOSE_DEPTH_RATIO))
+    return offset, roll, dist
+
+
+# The nose point of each landmark scheme: how far in front of the eye centres it lies (in
+# half eye distances) and where it sits, frontal, along the eye line.
+#
+# From the two templates (both frontal mean faces, put in one frame by their eye centres):
+# the frontal offsets, which are removed so that a frontal face reads 0 under both (both are
+# under 0.001 half eye distances: the templates are symmetric), and that
+# both nose points lie on the midline below the eyes (1.55 and 1.14 half eye distances), so
+# yaw moves both along the eye line alone. What a frontal template cannot hold is depth: the
+# tip lies in front of the base by the nasal tip protrusion (subnasale to pronasale: ~20 mm
+# in adults, Farkas' norms), over the same ~31 mm half eye distance as NOSE_DEPTH_RATIO:
+# 0.8 + 0.65 = 1.45. With it, weak perspective gives the same yaw from either point.
+NOSE_TIP_PROTRUSION = 20.0 / 31.0
+NOSE_DEPTHS: dict[str, float] = {
+    "dlib5": NOSE_DEPTH_RATIO,
+    "arcface5": NOSE_DEPTH_RATIO + NOSE_TIP_PROTRUSION,
+}
+FRONTAL_NOSE_OFFSETS: dict[str, float] = {
+    "dlib5": float(_nose_offset(FIVE_POINT_TEMPLATE[None], "dlib5")[0][0]),
+    "arcface5": float(_nose_offset(ARCFACE_TEMPLATE_112[None], "arcface5")[0][0]),
+}
+
+
+def pose(landmarks: np.ndarray, scheme: str = "dlib5") -> tuple[np.ndarray, np.ndarray]:
+    """(yaw, roll) in degrees, each (N,): see the module docstring for conventions.
+
+    Scheme-aware: ``arcface5``'s nose point is the tip, further in front of the eyes than
+    ``dlib5``'s nose base, so its offset is read against its own depth
+    (:data:`NOSE_DEPTHS`) and frontal offset (:data:`FRONTAL_NOSE_OFFSETS`): the same head
+    pose reads the same yaw under both, and the yaw limits (set on dlib's points) hold for
+    SCRFD's."""
+    if scheme not in NOSE_DEPTHS:
+        raise ValueError(f"unknown landmark scheme {scheme!r}")
+    offset, roll, dist = _nose_offset(np.asarray(landmarks, dtype=np.float64), scheme)
+    # Weak perspective: the offset is depth * sin(yaw) over the half eye distance's
+    # cos(yaw), i.e. depth * tan(yaw).
+    yaw = np.degrees(np.arctan((offset - FRONTAL_NOSE_OFFSETS[scheme]) / NOSE_DEPTHS[scheme]))
     return np.where(dist > 0, yaw, 0.0), np.where(dist > 0, roll, 0.0)
 
 

@@ -121,6 +121,15 @@ def _settings(args: argparse.Namespace, prog: str, *names: str) -> Settings | No
         return None
 
 
+def retention_start(settings: Settings) -> str:
+    """The oldest creation time a pool face within ``unknown_ttl_days`` has (ISO, UTC): older
+    ones are neither exported nor imported, as the server would erase them on its next use."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC) - timedelta(days=settings.unknown_ttl_days)
+    return start.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def model_identity(
     spec: str | None, model_dir: Path | None = None
 ) -> tuple[str, int, dict[str, Any]]:
@@ -222,7 +231,8 @@ def _export(args: argparse.Namespace) -> int:
             point = _operating_point(settings, store.state().model_counts)
             result = export_gallery(store, out, operating_point=point,
                                     page_size=args.page_size, progress=not args.quiet,
-                                    gallery=args.gallery)
+                                    gallery=args.gallery,
+                                    unknown_after=retention_start(settings))
     except GalleryLocked as exc:
         print(f"faceserve export-gallery: {exc}. Stop the server to export an SQLite gallery "
               "(or back up its data directory with `sqlite3 gallery.sqlite3 .backup`).",
@@ -234,6 +244,7 @@ def _export(args: argparse.Namespace) -> int:
     print(json.dumps({
         "archive": str(result.path), "archive_id": result.archive_id,
         "subjects": result.subjects, "faces": result.faces, "chips": result.chips,
+        "unknown_faces": result.unknown_faces, "negatives": result.negatives,
         "galleries": result.galleries, "bytes": result.bytes,
         "seconds": round(result.seconds, 2), "faces_per_s": round(result.faces_per_s, 1),
         "content_sha256": result.content_sha256,
@@ -308,7 +319,7 @@ def _import_into(
     result = import_gallery(
         reader, store, version, target_dim=dim, embed=embed, merge=args.merge,
         skip_without_chip=args.skip_faces_without_chips, limit=args.limit,
-        progress=not args.quiet,
+        progress=not args.quiet, unknown_after=retention_start(settings),
     )
     _compare_operating_point(reader.manifest.get("operating_point"), settings, version,
                              reembedded=embed is not None)
@@ -318,6 +329,8 @@ def _import_into(
         "faces_added": result.faces_added, "faces_already_present": result.faces_present,
         "faces_conflicting": result.faces_conflicting, "reembedded": result.reembedded,
         "faces_without_chip_skipped": result.faces_without_chip_skipped,
+        "unknown_faces_added": result.unknown_added, "negatives_added": result.negatives_added,
+        "pool_records_not_added": result.pool_skipped,
         "galleries": result.galleries, "seconds": round(result.seconds, 2),
         "faces_per_s": round(result.faces_per_s, 1),
     }, indent=2))

@@ -187,7 +187,8 @@ class Settings(BaseSettings):
         ge=0,
         le=2,
         description="Upsample photos N times before detection: finds faces smaller than about "
-        "80 px, at 4x the detection cost per step.",
+        "80 px, at 4x the detection cost per step. With an SCRFD detector each step doubles "
+        "its 640 px letterbox.",
     )
     min_face_px: int | None = Field(
         None,
@@ -198,7 +199,9 @@ class Settings(BaseSettings):
         "scanned from the scale where this size is the window, so cost falls with its "
         "square (120: about half, 200: a sixth); below it the photo is upsampled. Unset: "
         "the reach of `upsample` (80 px at 0), the detector as before; what each value finds "
-        "is in the README (Speed). Requests may set their own.",
+        "is in the README (Speed). Requests may set their own. With an SCRFD detector the "
+        "photo is scanned at 16 / this (its smallest anchor is 16 px; README, Using other "
+        "models).",
     )
     small_image_retry_px: int = Field(
         300,

@@ -160,14 +160,19 @@ def export_embedder(
 
 
 def export_scrfd(
-    out: Path, seed: int = 0, size: int = 640, bright: bool = False
+    out: Path, seed: int = 0, size: int = 640, bright: bool = False, dynamic: bool = False
 ) -> tuple[Path, ScrfdTiny]:
+    """``dynamic``: the input's height and width are free, as in InsightFace's
+    ``det_10g.onnx`` (otherwise fixed at ``size``, as the ``shape640x640`` exports)."""
     torch.manual_seed(seed)
     net = ScrfdTiny(bright=bright).eval()
     names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in ScrfdTiny.strides]
+    axes = None
+    if dynamic:
+        axes = {"input.1": {2: "height", 3: "width"}, **{n: {0: f"k_{n}"} for n in names}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(out),
                           input_names=["input.1"], output_names=names, opset_version=13,
-                          dynamo=False)
+                          dynamic_axes=axes, dynamo=False)
     return out, net

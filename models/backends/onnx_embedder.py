@@ -11,7 +11,9 @@ feeding raw chips: float ``(N, 3, S, S)`` RGB 0..255 in, L2-normalised ``(N, D)`
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from models.backends.onnx_file import (
 )
 
 __all__ = [
+    "FirstRunFallback",
     "OnnxEmbedder",
     "OrtModule",
     "convert_graph",
@@ -79,7 +82,7 @@ def convert_graph(path: Path, model: Any, device: torch.device) -> tuple[nn.Modu
         module = convert(model).eval()  # onnx2torch returns a module in training mode
         for p in module.parameters():
             p.requires_grad_(False)
-        return module.to(device), "onnx2torch"
+        return FirstRunFallback(module.to(device), path, device), "onnx2torch"
     except ImportError:
         pass
     except Exception as exc:  # NotImplementedError for missing converters, and others
@@ -91,6 +94,55 @@ def convert_graph(path: Path, model: Any, device: torch.device) -> tuple[nn.Modu
             f"{path}: onnx2torch cannot convert this graph and onnxruntime is not installed: "
             "pip install 'faceserve[onnx]'"
         ) from None
+
+
+class FirstRunFallback(nn.Module):
+    """onnx2torch's module, replaced by ONNX Runtime if its first run fails.
+
+    A conversion can succeed and still give a module that cannot run: a converter that
+    accepts an attribute combination at build time and raises on real tensors, a shape
+    computation that only works in ONNX Runtime. The first batch tells; when it raises, the
+    graph is served by :class:`OrtModule` from then on (a warning is logged, ``backend``
+    says which one runs) instead of every request failing. After one good run, errors are
+    the caller's: a later failure is not the conversion's fault and is not hidden."""
+
+    def __init__(self, module: nn.Module, path: Path, device: torch.device) -> None:
+        super().__init__()
+        self.inner = module
+        self.path = path
+        self.device = device
+        self.backend = "onnx2torch"
+        self.proven = False
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FirstRunFallback:
+        copy_ = FirstRunFallback(copy.deepcopy(self.inner, memo), self.path, self.device)
+        copy_.backend, copy_.proven = self.backend, self.proven
+        return copy_
+
+    def forward(self, *args: Any) -> Any:
+        if self.proven:
+            return self.inner(*args)
+        with self._lock:
+            if self.proven:
+                return self.inner(*args)
+            try:
+                out = self.inner(*args)
+            except Exception as exc:
+                log.warning("%s: the onnx2torch conversion fails on its first batch (%s: %s); "
+                            "running it in ONNX Runtime instead", self.path,
+                            type(exc).__name__, exc)
+                try:
+                    self.inner = OrtModule(self.path, self.device)
+                except ImportError:
+                    raise OnnxModelError(
+                        f"{self.path}: the onnx2torch conversion fails at run time ({exc}) and "
+                        "onnxruntime is not installed: pip install 'faceserve[onnx]'"
+                    ) from exc
+                self.backend = "onnxruntime"
+                out = self.inner(*args)
+            self.proven = True
+            return out
 
 
 class OnnxEmbedder(nn.Module):
@@ -114,12 +166,18 @@ class OnnxEmbedder(nn.Module):
         self.input_size = geometry.size
         self.embedding_size = embedding_size
         self.fixed_batch = fixed_batch
-        self.backend = backend
+        self.loaded_backend = backend
         self.bgr = geometry.colour == "BGR"
         self.register_buffer("mean", torch.tensor(geometry.mean).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(geometry.std).view(1, 3, 1, 1),
                              persistent=False)
+
+    @property
+    def backend(self) -> str:
+        """``"onnx2torch"`` or ``"onnxruntime"``: what runs the graph now (the first batch
+        may have moved it to ONNX Runtime, :class:`FirstRunFallback`)."""
+        return str(getattr(self.core, "backend", self.loaded_backend))
 
     def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
         """The graph's own output (not normalised) for raw RGB chips."""

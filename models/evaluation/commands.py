@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from models.backends.options import add_detector_options
 
@@ -149,8 +150,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--cache", type=Path, required=True, metavar="FILE",
                    help="the embedding cache `eval lfw` wrote (embeddings-<model>.npz); it must "
                         "hold every image of the pairs file")
-    q.add_argument("--model", default="dlib-resnet-v1",
-                   help="model version the cache was written for (default: dlib-resnet-v1)")
+    q.add_argument("--model", default="dlib",
+                   help="the model the cache was written with, as `eval lfw --model`: `dlib` "
+                        "(default), a .safetensors file from `faceserve export`, or an ONNX "
+                        "model added with `faceserve models add` (name or path); chips are cut "
+                        "and measured the way that model wants them")
+    add_detector_options(q)
     q.add_argument("--out", type=Path, default=Path("out/eval-quality"),
                    help="output directory (default: out/eval-quality)")
     q.add_argument("--sweep-pairs", type=int, default=200, metavar="N",
@@ -160,6 +165,73 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_eval_quality)
     _add_crops_parser(evals)
     _add_cluster_parser(evals)
+    _add_negatives_parser(evals)
+
+
+def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
+    q = evals.add_parser(
+        "negatives",
+        help="\"not this person\" negatives on LFW: false matches removed, true matches lost",
+        description=(
+            "Embed every LFW image (the `eval lfw` embedding cache in OUT is used and "
+            "extended), enroll half of the people with two or more photos, mark the strangers' "
+            "photos that identify matches to someone as negatives of that subject (repeating "
+            "until none matches), and count, for both rules of models/negatives.py, the false "
+            "matches of the marked photos and of the strangers' other photos, and the genuine "
+            "true matches kept and lost. Writes negatives.json and negatives.md."
+        ),
+    )
+    q.add_argument("--root", type=Path, required=True,
+                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
+    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
+                   help="output directory, shared with `eval lfw` for its cache "
+                        "(default: out/eval-lfw)")
+    q.add_argument("--cache", type=Path, metavar="FILE",
+                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+    q.add_argument("--thresholds", default="0.915",
+                   help="cosine match thresholds, comma-separated (default: the service's "
+                        "verify threshold, which identify uses with identify_fpir off)")
+    q.add_argument("--fpir", default="0.01,0.05",
+                   help="also the thresholds at which these shares of the strangers match "
+                        "someone before any negative, comma-separated (default 0.01,0.05; the "
+                        "service's identify_fpir is 0.01)")
+    q.add_argument("--enroll-per-person", default="1,3",
+                   help="photos enrolled per subject, comma-separated (default 1,3)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    q.add_argument("--threads", type=int, help="torch CPU threads")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_eval_negatives)
+
+
+def _eval_negatives(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.evaluation.lfw import EmbeddingCache, embed_images
+    from models.evaluation.negatives import evaluate_negatives
+    from models.pipeline import FacePipeline
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    image_dir = args.root if any(args.root.glob("*/*.jpg")) else next(
+        (d for d in sorted(args.root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
+        args.root)
+    paths = sorted(image_dir.glob("*/*.jpg"))
+    pipeline = FacePipeline(device=None if args.device == "auto" else args.device, flip=False)
+    cache = (EmbeddingCache(args.cache, pipeline.model_version) if args.cache
+             else EmbeddingCache.for_run(args.out, pipeline.model_version)).load()
+    emb = embed_images(pipeline, paths, cache, progress=not args.no_progress)
+    evaluate_negatives(
+        emb.vectors, [p.parent.name for p in paths], args.out,
+        thresholds=[float(x) for x in args.thresholds.split(",") if x],
+        fpirs=[float(x) for x in args.fpir.split(",") if x],
+        enroll_per_person=[int(x) for x in args.enroll_per_person.split(",") if x],
+        seed=args.seed,
+        dataset={"source": str(image_dir), "images": len(paths),
+                 "no_face_found": int(emb.fallback.sum()), "model": pipeline.model_version})
+    print((args.out / "negatives.md").read_text(encoding="utf-8"))
+    print(f"written: {args.out / 'negatives.json'}, {args.out / 'negatives.md'}")
+    return 0
 
 
 def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:
@@ -249,8 +321,9 @@ def _add_crops_parser(evals: argparse._SubParsersAction) -> None:
         ),
     )
     q.add_argument("--cache", type=Path, required=True, metavar="FILE",
-                   help="the LFW embedding cache of `faceserve eval lfw` (dlib model, with "
-                        "detections): faces and original embeddings come from it")
+                   help="the LFW embedding cache of `faceserve eval lfw` (with detections, "
+                        "written with the same --model and --detector): faces and original "
+                        "embeddings come from it")
     q.add_argument("--images", type=int, default=2000, metavar="N",
                    help="a seeded random N of the cache's images with a detected face "
                         "(default 2000; 0: all)")
@@ -266,6 +339,11 @@ def _add_crops_parser(evals: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     q.add_argument("--threads", type=int, help="torch CPU threads")
     q.add_argument("--cache-dir", type=Path, help="converted weights cache")
+    q.add_argument("--model", default="dlib",
+                   help="`dlib` (default), a .safetensors file from `faceserve export`, or an "
+                        "ONNX model added with `faceserve models add` (name or path), as for "
+                        "`eval lfw`")
+    add_detector_options(q)
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=_eval_crops)
 
@@ -281,20 +359,24 @@ def _eval_crops(args: argparse.Namespace) -> int:
         negative_images,
         sample_paths,
     )
-    from models.evaluation.lfw import EmbeddingCache
+    from models.evaluation.lfw import EmbeddingCache, detections_key
     from models.imageio import decode_image
     from models.pipeline import SMALL_IMAGE_RETRY_PX, FacePipeline
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    pipeline = FacePipeline(
+    pipeline = _pipeline_or_exit(
+        "crops", FacePipeline,
         device=None if args.device == "auto" else args.device,
         cache_dir=args.cache_dir,
         small_image_retry_px=max(SMALL_IMAGE_RETRY_PX, max(args.sizes) + 1),
+        model=None if args.model == "dlib" else args.model,
+        detector=args.detector,
+        model_dir=args.model_dir,
     )
     if not args.cache.is_file():
         raise SystemExit(f"faceserve eval crops: --cache {args.cache}: no such file")
-    cache = EmbeddingCache(args.cache, pipeline.model_version).load()
+    cache = EmbeddingCache(args.cache, pipeline.model_version, detections_key(pipeline)).load()
     paths = sample_paths(cache, args.images or None, args.seed)
     if not paths:
         raise SystemExit(f"faceserve eval crops: {args.cache} has no {pipeline.model_version} "
@@ -397,11 +479,25 @@ def _eval_quality(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    evaluate_quality(args.root, args.cache, args.out, pairs_file=args.pairs, model=args.model,
-                     sweep_pairs=args.sweep_pairs, progress=not args.no_progress)
+    model = "dlib" if args.model == "dlib-resnet-v1" else args.model  # the old spelling
+    try:
+        evaluate_quality(args.root, args.cache, args.out, pairs_file=args.pairs, model=model,
+                         sweep_pairs=args.sweep_pairs, progress=not args.no_progress,
+                         detector=args.detector, model_dir=args.model_dir)
+    except (FileNotFoundError, ValueError) as exc:  # OnnxModelError, GeometryError
+        raise SystemExit(f"faceserve eval quality: {exc}") from None
     print((args.out / "quality.md").read_text(encoding="utf-8"))
     print(f"written: {args.out / 'quality.json'}, {args.out / 'quality.md'}")
     return 0
+
+
+def _pipeline_or_exit(command: str, factory: Any, **kwargs: Any) -> Any:
+    """``factory(**kwargs)``, or the command's exit with why the model or detector cannot
+    be used (not added, changed since, a geometry the detector cannot give)."""
+    try:
+        return factory(**kwargs)
+    except (FileNotFoundError, ValueError) as exc:  # OnnxModelError, GeometryError
+        raise SystemExit(f"faceserve eval {command}: {exc}") from None
 
 
 def _onnx_spec(spec: str, model_dir: Path | None) -> bool:

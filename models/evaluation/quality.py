@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from models.evaluation.lfw import EmbeddingCache, pair_scores, resolve_layout
+from models.backends.geometry import ChipGeometry
+from models.evaluation.lfw import EmbeddingCache, detections_key, pair_scores, resolve_layout
 from models.evaluation.metrics import roc_curve, tar_at_far, ten_fold_accuracy
 from models.evaluation.pairs import PairSet, read_pairs
 from models.faces import Box, Face
@@ -129,7 +130,8 @@ def _used_confidence(entry: Any) -> float:
 
 
 def _image_measures(
-    keys: list[str], cache: EmbeddingCache, align: Callable, progress: bool
+    keys: list[str], cache: EmbeddingCache, align: Callable, progress: bool,
+    geometry: ChipGeometry | None = None,
 ) -> dict[str, np.ndarray]:
     from tqdm import tqdm
 
@@ -141,7 +143,8 @@ def _image_measures(
         image = decode_image(Path(key).read_bytes())
         face = Face(Box(0, 0, 0, 0), 0.0, entry.landmarks)
         chip = align(image, [face])
-        values = measure(np.array([_used_confidence(entry)]), entry.landmarks[None], chip)
+        values = measure(np.array([_used_confidence(entry)]), entry.landmarks[None], chip,
+                         geometry)
         for name in MEASURES:
             columns[name].append(float(values[name][0]))
     return {name: np.array(v) for name, v in columns.items()}
@@ -274,7 +277,8 @@ def degradation_sweep(
             marks.append(lm)
             conf.append(_used_confidence(entry))
         chips_a = np.stack(chips)
-        values = measure(np.array(conf), np.stack(marks), chips_a)
+        values = measure(np.array(conf), np.stack(marks), chips_a,
+                         getattr(pipeline, "geometry", None))
         emb = pipeline.embed_chips(chips_a)
         sim = np.einsum("ij,ij->i", emb.astype(np.float64), rights.astype(np.float64))
         self_sim = np.einsum("ij,ij->i", emb.astype(np.float64), clean_left.astype(np.float64))
@@ -297,16 +301,21 @@ def degradation_sweep(
 
 def evaluate_quality(
     root: Path, cache_path: Path, out_dir: Path, *, pairs_file: Path | None = None,
-    model: str = "dlib-resnet-v1", sweep_pairs: int = 200, progress: bool = True,
+    model: str = "dlib", sweep_pairs: int = 200, progress: bool = True,
+    detector: str | None = None, model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run both parts; write ``quality.json``, ``quality.md`` and ``quality_values.npz``
-    (every image's measures) in ``out_dir``."""
+    (every image's measures) in ``out_dir``. ``model``, ``detector``, ``model_dir``: as for
+    ``eval lfw`` (``FacePipeline``): the cache must be that model's, its landmarks that
+    detector's; chips are cut and measured with the model's geometry."""
     from models.pipeline import FacePipeline
 
     start = time.perf_counter()
     image_dir, pairs_file = resolve_layout(root, pairs_file)
     pairs = read_pairs(pairs_file)
-    cache = EmbeddingCache(cache_path, model).load()
+    pipeline = FacePipeline(device="cpu", model=None if model == "dlib" else model,
+                            detector=detector, model_dir=model_dir)
+    cache = EmbeddingCache(cache_path, pipeline.model_version, detections_key(pipeline)).load()
     rel = pairs.images()
     keys = [str((image_dir / p).resolve()) for p in rel]
     missing = [k for k in keys if k not in cache.entries or cache.entries[k].plain is None]
@@ -315,12 +324,12 @@ def evaluate_quality(
             f"{len(missing)} of {len(keys)} pair images are not in {cache_path} (e.g. "
             f"{missing[0]}); run `faceserve eval lfw` with --cache {cache_path} first"
         )
-    pipeline = FacePipeline(device="cpu")
-    values = _image_measures(keys, cache, pipeline.align, progress)
+    values = _image_measures(keys, cache, pipeline.align, progress, pipeline.geometry)
     analysis = lfw_error_analysis(pairs, rel, keys, cache, values)
     report = {
         "dataset": "lfw-view2",
-        "model": model,
+        "model": pipeline.model_version,
+        "detector": pipeline.detector_version,
         "cache": str(cache_path),
         "fallback_images": int(sum(cache.entries[k].fallback for k in keys)),
         "distribution": _describe(values),

@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
@@ -27,7 +27,9 @@ from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
 from service.api.docs import docs_router
 from service.api.errors import install_error_handlers
+from service.api.examples import add_examples
 from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.query import reject_unknown_query
 from service.api.routes import ROUTERS
 from service.api.schemas import REQUEST_MODELS
 from service.api.subject_paths import EncodedSlashMiddleware
@@ -47,7 +49,9 @@ from service.security.limits import (
 from service.security.localguard import LoopbackGuardMiddleware
 from service.security.ratelimit import KeySlots, RateLimiter
 
-__all__ = ["create_app", "default_pipeline"]
+__all__ = ["API_PREFIX", "create_app", "default_pipeline"]
+
+API_PREFIX = "/v1"
 
 log = logging.getLogger("faceserve")
 
@@ -57,6 +61,10 @@ LoadErrorHook = Callable[[BaseException], None]
 DESCRIPTION = """\
 Self-hosted face recognition: one-shot enrollment, 1:1 verification and 1:n identification
 over a durable gallery (SQLite, FAISS index).
+
+**Versions.** Every operation is under `/v1` (`POST /v1/enroll`, `GET /v1/subjects`, ...).
+The unversioned paths of earlier releases (`POST /enroll`) still answer the same, as
+deprecated aliases to be removed in a later release; they are not listed here.
 
 **Request bodies.** `POST /enroll`, `/verify`, `/identify` and `/embed` accept the same fields
 as `multipart/form-data` (images as file parts, `metadata` as a JSON string) or as
@@ -203,6 +211,31 @@ def _keyless(app: FastAPI) -> bool:
     return services is None or services.keys is None or not services.keys.enforced()
 
 
+def _finish_schema(schema: dict[str, Any]) -> None:
+    """What FastAPI's generator leaves to do: each operation's examples
+    (``service.api.examples``); a field's description lifted from inside ``anyOf`` (an
+    optional ``Annotated`` type keeps it there) to the field, where documentation renderers
+    show it; and FastAPI's own 422 body (``HTTPValidationError``), which this API never sends
+    (its 422 is an ``ErrorResponse``), replaced."""
+    add_examples(schema)
+    components = schema.get("components", {}).get("schemas", {})
+    for component in components.values():
+        for prop in (component.get("properties") or {}).values():
+            if "description" not in prop:
+                described = [m for m in prop.get("anyOf", ()) if m.get("description")]
+                if len(described) == 1:
+                    prop["description"] = described[0]["description"]
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            if response is not None and "HTTPValidationError" in str(response):
+                response["content"] = {"application/json": {"schema": error}}
+    if "HTTPValidationError" not in str(schema.get("paths")):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -254,8 +287,13 @@ def create_app(
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.key_slots = KeySlots(settings.inference_slots_per_key)
     install_error_handlers(app)
+    # Every endpoint at /v1/...; today's unversioned paths stay as aliases, left out of the
+    # OpenAPI document (one operation id per endpoint) and to be removed in a later release.
+    strict = [Depends(reject_unknown_query)]
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, prefix=API_PREFIX, dependencies=strict)
+    for router in ROUTERS:
+        app.include_router(router, dependencies=strict, include_in_schema=False)
     app.include_router(console_router)  # the web console at /ui: static files only
     if settings.docs:
         app.include_router(docs_router(app))
@@ -286,6 +324,7 @@ def create_app(
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 defs.get("$defs", {})
             )
+            _finish_schema(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

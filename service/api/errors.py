@@ -10,17 +10,15 @@ never a 500: only a bug reaches the catch-all handler, which logs it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from models.imageio import ImageError
-from service.api.metrics import method_label, route_template
+from service.api.metrics import flat_routes, method_label, route_template
 from service.api.schemas import ErrorResponse
 
 __all__ = [
@@ -236,21 +234,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return _response(500, "internal_error", "internal server error")
 
 
-def _routes(routes: Iterable[Any]) -> Iterator[Any]:
-    """Every route, looking inside included routers (FastAPI keeps those as one entry each)."""
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from _routes(inner.routes)
-        else:
-            yield route
-
-
 def _allowed_methods(request: Request) -> str:
+    """Every method of every route on this path, under whichever prefix it is mounted."""
+    path = str(request.scope.get("path", ""))
     methods: set[str] = set()
-    for route in _routes(request.app.router.routes):
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
+    for prefix, route in flat_routes(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and path.startswith(prefix) and regex.match(path[len(prefix):]):
             methods |= set(getattr(route, "methods", None) or ())
     return ", ".join(sorted(methods))
 

@@ -9,7 +9,7 @@ stays bounded whatever clients send.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -20,10 +20,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "method_label", "route_template"]
+__all__ = [
+    "CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "flat_routes", "method_label",
+    "route_template",
+]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED = "<unmatched>"
@@ -37,14 +39,44 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
+def flat_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(prefix, route)`` for every route, inside included routers too: FastAPI keeps an
+    included router as one entry (``original_router``, its ``include_context.prefix``) and
+    puts the *original* route, whose path lacks that prefix, in ``scope["route"]``."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            yield from flat_routes(inner.routes, prefix + str(getattr(context, "prefix", "")))
+        else:
+            yield prefix, route
+
+
 def route_template(scope: Scope, routes: list) -> str:
     """The template of the route serving ``scope`` (matched here when routing never ran, as
-    for a 413 from the body-size limit), or ``UNMATCHED``: never the raw path."""
-    route = scope.get("route")
-    if route is None:
-        route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
-    # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
-    return str(getattr(route, "path_format", UNMATCHED)) if route is not None else UNMATCHED
+    for a 413 from the body-size limit), or ``UNMATCHED``: never the raw path.
+
+    One route may be mounted at several prefixes (``/v1/subjects/{subject_id}`` and its
+    unversioned alias): the template is the one of the prefix the request came in by."""
+    path = str(scope.get("path", ""))
+    method = scope.get("method")
+    served = scope.get("route")
+    by_path: str | None = None
+    for prefix, route in flat_routes(routes):
+        if served is not None and route is not served:
+            continue
+        regex = getattr(route, "path_regex", None)
+        if regex is None or not path.startswith(prefix) or not regex.match(path[len(prefix):]):
+            continue
+        # path_format drops converters: "/subjects/{subject_id:path}" -> "/subjects/{subject_id}"
+        template = prefix + str(route.path_format)
+        methods = getattr(route, "methods", None)
+        if served is not None or not methods or method in methods:
+            return template
+        by_path = by_path or template
+    if served is not None:
+        return str(getattr(served, "path_format", UNMATCHED))
+    return by_path or UNMATCHED
 
 
 class Metrics:

@@ -21,6 +21,7 @@ from faceserve_client.models import (
     BBox,
     CallerInfo,
     Candidate,
+    ClusterChip,
     ClusterFace,
     ClusterInfo,
     ClusterList,
@@ -28,7 +29,9 @@ from faceserve_client.models import (
     DeleteClusterResponse,
     DeleteFaceResponse,
     DeleteGalleryResponse,
+    DeleteNegativeResponse,
     DeleteSubjectResponse,
+    DetectionConfidence,
     EmbeddedFace,
     EmbedResponse,
     EnrollBatchResponse,
@@ -49,7 +52,11 @@ from faceserve_client.models import (
     KeyList,
     Landmarks,
     MergeSubjectResponse,
+    MoveFaceResponse,
     NameClusterResponse,
+    NegativeInfo,
+    NegativeList,
+    NegativeMatch,
     OperatingPoint,
     Quality,
     ReadyResponse,
@@ -75,6 +82,7 @@ __all__ = [
     "BBox",
     "CallerInfo",
     "Candidate",
+    "ClusterChip",
     "ClusterFace",
     "ClusterInfo",
     "ClusterList",
@@ -85,7 +93,9 @@ __all__ = [
     "DeleteClusterResponse",
     "DeleteFaceResponse",
     "DeleteGalleryResponse",
+    "DeleteNegativeResponse",
     "DeleteSubjectResponse",
+    "DetectionConfidence",
     "EmbedForm",
     "EmbedJSON",
     "EmbedResponse",
@@ -116,8 +126,14 @@ __all__ = [
     "MergeClusterRequest",
     "MergeSubjectRequest",
     "MergeSubjectResponse",
+    "MoveFaceRequest",
+    "MoveFaceResponse",
     "NameClusterRequest",
     "NameClusterResponse",
+    "NegativeInfo",
+    "NegativeList",
+    "NegativeMatch",
+    "NegativeRequest",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -382,10 +398,19 @@ class VerifyForm(_Strict):
     """``multipart/form-data`` fields of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: ImageFile | None = None
-    image_b: ImageFile | None = None
-    image: ImageFile | None = None
-    subject_id: SubjectId | None = None
+    image_a: ImageFile | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: ImageFile | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: ImageFile | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
@@ -396,10 +421,19 @@ class VerifyJSON(_Strict):
     """``application/json`` body of POST /verify: ``image_a`` + ``image_b``, or ``image`` +
     ``subject_id``."""
 
-    image_a: Base64Image | None = None
-    image_b: Base64Image | None = None
-    image: Base64Image | None = None
-    subject_id: SubjectId | None = None
+    image_a: Base64Image | None = Field(
+        None, description="Pair mode: the first photo (its primary face is compared)."
+    )
+    image_b: Base64Image | None = Field(
+        None, description="Pair mode: the second photo (its primary face is compared)."
+    )
+    image: Base64Image | None = Field(
+        None, description="Subject mode: the photo whose primary face is compared with the "
+        "subject's templates."
+    )
+    subject_id: SubjectId | None = Field(
+        None, description="Subject mode: the enrolled subject the photo is claimed to show."
+    )
     threshold: Threshold | None = None
     face_crop: FaceCrop = False
     min_face_px: MinFacePx = None
@@ -415,6 +449,9 @@ RememberUnknown = Annotated[bool, Field(
 UnknownSource = Annotated[str | None, Field(
     max_length=512, description="Your own reference to the photo (an id, a path), stored with "
     "each remembered face and returned by GET /clusters.")]
+ReturnEmbedding = Annotated[bool, Field(
+    description="Return each face's embedding (`embedding_b64`): what POST "
+    "/negatives takes to mark a face of this result \"not this person\".")]
 
 
 IncludeMetadata = Annotated[bool, Field(
@@ -438,6 +475,7 @@ class IdentifyForm(_Strict):
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
     include_metadata: IncludeMetadata = False
+    return_embedding: ReturnEmbedding = False
 
 
 class IdentifyJSON(_Strict):
@@ -455,6 +493,7 @@ class IdentifyJSON(_Strict):
     remember_unknown: RememberUnknown = False
     source: UnknownSource = None
     include_metadata: IncludeMetadata = False
+    return_embedding: ReturnEmbedding = False
 
 
 class IdentifySearchJSON(_Strict):
@@ -634,6 +673,43 @@ class MergeClusterRequest(_Strict):
 
     into: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
                       description="The cluster that receives the faces.")
+
+
+# ---------------------------------------------------------------- corrections
+
+
+class NegativeRequest(_Strict):
+    """``application/json`` body of POST /negatives: a subject and exactly one face."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"subject_id": "person-0042", "unknown_face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b"},
+        {"subject_id": "person-0042", "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"},
+        {"subject_id": "person-0042", "embedding": "q0Z3vQ..."},
+    ]})
+
+    subject_id: SubjectId = Field(description="The subject the face is not (it must exist).")
+    face_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="An enrolled face of another subject of the key's gallery (a face of the "
+        "subject itself is refused: move it out or delete it first).")
+    unknown_face_id: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="A face of the unknown-face pool or of a cluster (`unknown_face_id` of an "
+        "identify result, `face_id` of GET /clusters); it stays in the pool.")
+    embedding: str | None = Field(
+        None, max_length=1024,
+        description="URL-safe base64 of 128 little-endian float32: `embedding_b64` of a face "
+        "of an identify result (`return_embedding`) or of POST /embed.")
+
+
+class MoveFaceRequest(_Strict):
+    """``application/json`` body of POST /faces/{face_id}/move."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"subject_id": "person-0043"}]})
+
+    subject_id: SubjectId = Field(description="The subject to give the face to: an existing "
+                                  "one, or a new one (created with no metadata).")
 
 
 class SplitClusterRequest(_Strict):

@@ -1,7 +1,7 @@
 """A gallery as one portable file: ``faceserve export-gallery`` writes it, ``import-gallery``
 reads it into any store (SQLite or PostgreSQL, the same or the other).
 
-Format (version 1): an uncompressed POSIX tar (``tar tf`` lists it; gzip it if you like, the
+Format (version 2): an uncompressed POSIX tar (``tar tf`` lists it; gzip it if you like, the
 reader detects compression), its members in this order::
 
     manifest.json              what the archive holds (see below), written first
@@ -14,7 +14,14 @@ reader detects compression), its members in this order::
                                gives its chip's [offset, length] in this member, or null
     faces/000000.sha256        {"jsonl": ..., "npy": ..., "chips": ...}
     ...
+    unknown/000000.{jsonl,npy,chips,sha256}     the unknown-face pool (issue 17), as faces: each
+                               face with its creation time (its retention runs on from it) and
+                               cluster; faces already past the retention limit are left out
+    negatives/000000.{jsonl,npy,chips,sha256}   subjects' negative examples ("not this person")
     end.json                   totals, galleries (namespaces) and the content digest
+
+Version 1 archives (no pool, no negatives) are read as before; a reader of version 1 refuses
+a version 2 archive instead of dropping its pool and negatives unseen.
 
 ``manifest.json``: ``format``, ``format_version``, ``archive_id`` (random, per export),
 ``exported_at``, ``source`` (where it came from; never a password), ``model`` (faces per model
@@ -57,6 +64,8 @@ from typing import IO, Any
 import numpy as np
 
 from service.gallery.store.base import GalleryStore, NewFace, SubjectRecord
+from service.gallery.store.negatives import NegativeRecord
+from service.gallery.store.unknown import UnknownFace
 
 __all__ = [
     "FORMAT",
@@ -71,7 +80,7 @@ __all__ = [
 ]
 
 FORMAT = "faceserve-gallery-archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FACE_PAGE = 1000
 SUBJECT_PAGE = 5000
 _SEP = "\x1f"
@@ -126,6 +135,19 @@ def _face_dict(f: NewFace) -> dict[str, Any]:
             "image_sha256": f.image_sha256, "created_at": f.created_at}
 
 
+def _unknown_dict(f: UnknownFace) -> dict[str, Any]:
+    return {"face_id": f.face_id, "gallery": f.gallery, "photo": f.photo, "source": f.source,
+            "bbox": [int(v) for v in f.bbox], "landmarks": [[float(c) for c in p]
+                                                            for p in f.landmarks],
+            "detection_confidence": float(f.detection_confidence), "model": f.model,
+            "created_at": f.created_at, "cluster_id": f.cluster_id, "pinned": bool(f.pinned)}
+
+
+def _negative_dict(n: NegativeRecord) -> dict[str, Any]:
+    return {"negative_id": n.negative_id, "subject_id": n.subject_id, "source": n.source,
+            "source_id": n.source_id, "model": n.model, "created_at": n.created_at}
+
+
 class _Digest:
     """The content digest: a SHA-256 over canonical records, blind to paging and layout."""
 
@@ -135,8 +157,10 @@ class _Digest:
     def subject(self, s: dict[str, Any]) -> None:
         self._h.update(b"S" + _canonical(s) + b"\n")
 
-    def face(self, f: dict[str, Any], embedding: np.ndarray, chip: bytes | None) -> None:
-        self._h.update(b"F" + _canonical(f) + b"\n")
+    def face(self, f: dict[str, Any], embedding: np.ndarray, chip: bytes | None,
+             kind: bytes = b"F") -> None:
+        """A face, a pool face (``kind`` U) or a negative (N)."""
+        self._h.update(kind + _canonical(f) + b"\n")
         self._h.update(np.ascontiguousarray(embedding, dtype="<f4").tobytes())
         self._h.update(b"-" if chip is None else hashlib.sha256(chip).digest())
 
@@ -168,6 +192,8 @@ class ExportResult:
     seconds: float
     content_sha256: str
     galleries: dict[str, dict[str, int]]
+    unknown_faces: int = 0
+    negatives: int = 0
 
     @property
     def faces_per_s(self) -> float:
@@ -206,10 +232,12 @@ def export_gallery(
     page_size: int = FACE_PAGE,
     progress: bool = True,
     gallery: str | None = None,
+    unknown_after: str | None = None,
 ) -> ExportResult:
     """Write the whole gallery of ``store`` to the archive ``out`` (see the module docstring);
     with ``gallery``, only that gallery's (namespace's) subjects and faces ("": the default
-    gallery's).
+    gallery's). The unknown-face pool (created at or after ``unknown_after``, when given: the
+    faces within their retention limit) and the negatives go in too.
 
     Written to ``<out>.partial`` and renamed when complete, so a crash never leaves a file at
     ``out`` that looks like a whole archive; the file is created readable by its owner only
@@ -224,7 +252,7 @@ def export_gallery(
     archive_id = uuid.uuid4().hex
     now = time.time()
     digest, galleries = _Digest(), _Galleries()
-    subjects = faces = chips = 0
+    subjects = faces = chips = unknown = negatives = 0
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(
@@ -286,9 +314,19 @@ def export_gallery(
                                           "npy": _npy(vectors), "chips": b"".join(blobs)}, now)
                     faces += len(fpage)
                     bar.update(len(fpage))
+            pool = snap.unknown_pages(page_size, gallery, unknown_after)  # type: ignore[attr-defined]
+            for n, upage in enumerate(pool):
+                _add_page(tar, f"unknown/{_PART.format(n)}", _extra_page(
+                    [_unknown_dict(f) for f in upage], upage, digest, b"U", dims), now)
+                unknown += len(upage)
+            for n, npage in enumerate(snap.negative_pages(page_size)):  # type: ignore[attr-defined]
+                _add_page(tar, f"negatives/{_PART.format(n)}", _extra_page(
+                    [_negative_dict(x) for x in npage], npage, digest, b"N", dims), now)
+                negatives += len(npage)
             if len(dims) > 1:
                 raise ArchiveError(f"the gallery holds embeddings of several sizes {sorted(dims)}")
             end = {"subjects": subjects, "faces": faces, "chips": chips,
+                   "unknown_faces": unknown, "negatives": negatives,
                    "galleries": galleries.counts, "content_sha256": digest.hexdigest()}
             _add_member(tar, "end.json", json.dumps(end, indent=2).encode(), now)
         with open(partial, "rb") as written:  # on disk before it is given its name
@@ -298,7 +336,27 @@ def export_gallery(
         partial.unlink(missing_ok=True)
         raise
     return ExportResult(out, archive_id, subjects, faces, chips, out.stat().st_size,
-                        time.perf_counter() - start, end["content_sha256"], galleries.counts)
+                        time.perf_counter() - start, end["content_sha256"], galleries.counts,
+                        unknown, negatives)
+
+
+def _extra_page(dicts: list[dict[str, Any]], records: list[Any], digest: _Digest, kind: bytes,
+                dims: set[int]) -> dict[str, bytes]:
+    """The members of a page of pool faces or negatives: as a page of faces."""
+    lines, blobs, offset = [], [], 0
+    vectors = np.stack([np.asarray(r.embedding, np.float32) for r in records])
+    dims.add(int(vectors.shape[1]))
+    for d, r in zip(dicts, records, strict=True):
+        digest.face(d, r.embedding, r.chip_jpeg, kind)
+        if r.chip_jpeg is not None:
+            d["chip"] = [offset, len(r.chip_jpeg)]
+            blobs.append(r.chip_jpeg)
+            offset += len(r.chip_jpeg)
+        else:
+            d["chip"] = None
+        lines.append(json.dumps(d, ensure_ascii=False))
+    return {"jsonl": ("\n".join(lines) + "\n").encode(), "npy": _npy(vectors),
+            "chips": b"".join(blobs)}
 
 
 # ---------------------------------------------------------------- reading
@@ -342,7 +400,7 @@ class ArchiveReader:
             raise ArchiveError(f"{self.path} has archive format version {version!r}; this "
                                f"faceserve reads up to {FORMAT_VERSION}: upgrade faceserve")
         self._digest, self._galleries = _Digest(), _Galleries()
-        self._subjects = self._faces = 0
+        self._subjects = self._faces = self._unknown = self._negatives = 0
         self._stage = "subjects"
 
     def __enter__(self) -> ArchiveReader:
@@ -451,7 +509,82 @@ class ArchiveReader:
         while (name := self._peek()) is not None and name.startswith("faces/"):
             base = name.rsplit(".", 1)[0]
             yield self._face_page(base, self._read_page(base, ("jsonl", "npy", "chips")), dim)
+        if (name := self._peek()) is not None and name.startswith(("unknown/", "negatives/")):
+            self._stage = "pool"  # pool_pages() reads the rest and checks the end
+            return
         self._finish()
+
+    def pool_pages(self) -> Iterator[tuple[str, list[Any]]]:
+        """After ``face_pages``: ("unknown", pool faces) and ("negatives", negatives) pages,
+        then the end check. Nothing for an archive without them (version 1)."""
+        if self._stage in ("subjects", "faces"):
+            for _ in self.face_pages():
+                pass
+        if self._stage != "pool":
+            return
+        self._stage = "done"
+        dim = self.embedding_size
+        while (name := self._peek()) is not None and name.startswith(("unknown/", "negatives/")):
+            base = name.rsplit(".", 1)[0]
+            kind = base.split("/", 1)[0]
+            parts = self._read_page(base, ("jsonl", "npy", "chips"))
+            lines = self._lines(base + ".jsonl", parts["jsonl"])
+            vectors = self._vectors(base, parts["npy"], len(lines), dim)
+            page: list[Any] = []
+            for d, vector in zip(lines, vectors, strict=True):
+                chip = self._chip(base, d, parts["chips"])
+                try:
+                    if kind == "unknown":
+                        bbox = [int(v) for v in d["bbox"]]
+                        record: Any = UnknownFace(
+                            face_id=str(d["face_id"]), gallery=str(d["gallery"]),
+                            photo=str(d["photo"]), source=d.get("source"),
+                            bbox=(bbox[0], bbox[1], bbox[2], bbox[3]),
+                            landmarks=[[float(c) for c in p] for p in d["landmarks"]],
+                            detection_confidence=float(d["detection_confidence"]),
+                            model=str(d["model"]), created_at=str(d["created_at"]),
+                            embedding=vector, chip_jpeg=chip, cluster_id=d.get("cluster_id"),
+                            pinned=bool(d.get("pinned", False)))
+                        self._digest.face(_unknown_dict(record), vector, chip, b"U")
+                    else:
+                        record = NegativeRecord(
+                            negative_id=str(d["negative_id"]), subject_id=str(d["subject_id"]),
+                            source=str(d["source"]), source_id=d.get("source_id"),
+                            model=str(d["model"]), created_at=str(d["created_at"]),
+                            embedding=vector, chip_jpeg=chip)
+                        self._digest.face(_negative_dict(record), vector, chip, b"N")
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    raise ArchiveError(f"{self.path}: bad record in {base}.jsonl: {exc!r}"
+                                       ) from None
+                page.append(record)
+            if kind == "unknown":
+                self._unknown += len(page)
+            else:
+                self._negatives += len(page)
+            yield kind, page
+        self._finish()
+
+    def _vectors(self, base: str, npy: bytes, n: int, dim: int | None) -> np.ndarray:
+        try:
+            vectors = np.load(io.BytesIO(npy), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ArchiveError(f"{self.path}: {base}.npy is not an array: {exc}") from None
+        if (vectors.ndim != 2 or vectors.shape[0] != n or vectors.dtype.kind != "f"
+                or (dim is not None and vectors.shape[1] != dim)):
+            raise ArchiveError(f"{self.path}: {base}.npy has shape {vectors.shape} for "
+                               f"{n} records of size {dim}")
+        return vectors.astype(np.float32)
+
+    def _chip(self, base: str, d: dict[str, Any], blob: bytes) -> bytes | None:
+        if d.get("chip") is None:
+            return None
+        try:
+            offset, length = (int(v) for v in d["chip"])
+        except (TypeError, ValueError) as exc:
+            raise ArchiveError(f"{self.path}: bad chip in {base}.jsonl: {exc!r}") from None
+        if offset < 0 or length < 0 or offset + length > len(blob):
+            raise ArchiveError(f"{self.path}: a chip of {base}.jsonl is outside its member")
+        return blob[offset:offset + length]
 
     def _read_page(self, base: str, exts: tuple[str, ...]) -> dict[str, bytes]:
         """A page's members, checked against its ``.sha256`` member."""
@@ -520,6 +653,12 @@ class ArchiveReader:
             raise ArchiveError(
                 f"{self.path}: end.json counts {end.get('subjects')} subjects and "
                 f"{end.get('faces')} faces, but {self._subjects} and {self._faces} were read")
+        if (end.get("unknown_faces", 0), end.get("negatives", 0)) != (self._unknown,
+                                                                       self._negatives):
+            raise ArchiveError(
+                f"{self.path}: end.json counts {end.get('unknown_faces', 0)} pool faces and "
+                f"{end.get('negatives', 0)} negatives, but {self._unknown} and "
+                f"{self._negatives} were read")
         if end.get("content_sha256") != self._digest.hexdigest():
             raise ArchiveError(f"{self.path}: content digest mismatch: the archive was "
                                "modified or corrupted after it was written")

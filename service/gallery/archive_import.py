@@ -7,6 +7,12 @@ one transaction after skipping the faces the target already holds, so an interru
 twice. The target's audit log records the start (with the archive id, which is how a re-run is
 recognised as a resume) and the end of each import.
 
+The unknown-face pool and the negatives (archive version 2) are imported after the faces, by
+their ids (a re-run adds nothing twice): pool faces past the target's retention limit
+(``unknown_after``) are left out, and negatives of subjects the target does not hold are
+skipped. Pool faces and negatives of another model than the target's are re-embedded from
+their chips with ``embed``, or skipped (counted) without it or without a chip.
+
 Models: an archive whose embeddings are of another model than the target serves is refused
 (similarities across models mean nothing), unless an ``embed`` function is given, which
 re-computes them from the archive's chips, as ``faceserve reembed`` does in place.
@@ -53,6 +59,10 @@ class ImportResult:
     faces_conflicting: int = 0  # same subject and image as a target face under another id
     faces_without_chip_skipped: int = 0
     reembedded: int = 0
+    unknown_added: int = 0  # pool faces (issue 17)
+    negatives_added: int = 0
+    pool_reembedded: int = 0
+    pool_skipped: int = 0  # pool faces or negatives past retention, of another model, or orphan
     seconds: float = 0.0
     galleries: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -139,6 +149,7 @@ def import_gallery(
     limit: int | None = None,
     progress: bool = True,
     after_page: Callable[[ImportResult], None] | None = None,
+    unknown_after: str | None = None,
 ) -> ImportResult:
     """Add the archive's subjects and faces to ``store`` (see the module docstring).
 
@@ -183,6 +194,8 @@ def import_gallery(
             bar.update(len(faces))
             if after_page is not None:
                 after_page(result)
+    if not stopped:
+        _import_pool(reader, store, target_model, target_dim, embed, unknown_after, result)
     result.complete = not stopped
     result.galleries = reader.galleries
     result.seconds = time.perf_counter() - start
@@ -191,9 +204,46 @@ def import_gallery(
             at=now_iso(), key_id=None, key_name="(command line)", action=DONE_ACTION,
             detail={"archive_id": reader.archive_id, "subjects_added": result.subjects_added,
                     "faces_added": result.faces_added, "faces_present": result.faces_present,
-                    "reembedded": result.reembedded, "model": target_model},
+                    "reembedded": result.reembedded, "model": target_model,
+                    "unknown_added": result.unknown_added,
+                    "negatives_added": result.negatives_added},
         ))
     return result
+
+
+def _import_pool(
+    reader: ArchiveReader, store: ArchiveStore, model: str, dim: int | None,
+    embed: EmbedFn | None, unknown_after: str | None, result: ImportResult,
+) -> None:
+    """The archive's pool faces and negatives (see the module docstring)."""
+    for kind, page in reader.pool_pages():
+        keep = [r for r in page
+                if kind != "unknown" or unknown_after is None or r.created_at >= unknown_after]
+        same = [r for r in keep if r.model == model]
+        other = [r for r in keep if r.model != model and r.chip_jpeg is not None]
+        if other and embed is not None:
+            from dataclasses import replace
+
+            from service.gallery.reembed import ReembedError, decode_chip
+
+            try:
+                chips = np.stack([decode_chip(r.chip_jpeg or b"", getattr(
+                    r, "face_id", getattr(r, "negative_id", ""))) for r in other])
+            except ReembedError as exc:
+                raise ArchiveError(str(exc)) from None
+            vectors = np.asarray(embed(chips), dtype=np.float32)
+            if vectors.shape[0] != len(other) or (dim is not None and vectors.shape[1] != dim):
+                raise ArchiveError(f"the model returned {vectors.shape} embeddings for "
+                                   f"{len(other)} chips")
+            same += [replace(r, embedding=vectors[i], model=model) for i, r in enumerate(other)]
+            result.pool_reembedded += len(other)
+        if kind == "unknown":
+            added = store.add_unknown(same, skip_present=True)  # type: ignore[attr-defined]
+            result.unknown_added += added
+        else:
+            added = store.import_negatives(same)  # type: ignore[attr-defined]
+            result.negatives_added += added
+        result.pool_skipped += len(page) - added
 
 
 def _reembed(

@@ -54,6 +54,7 @@ from service.gallery.store import open_store
 from service.gallery.store.base import (
     ChangeBatch,
     DeleteResult,
+    FaceMoveResult,
     FaceRecord,
     GalleryStore,
     LogPosition,
@@ -651,6 +652,20 @@ class Gallery:
         with self._write_mutex:
             self._check_writable()
             return self._store.update_metadata(subject_id, metadata)
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceMoveResult:
+        """Give a face to another subject (created when new; the old one goes with its last
+        face), in the store and the index at once: a search sees the face under its old
+        subject or its new one, never both or neither. Nothing changes when the face is
+        unknown or the target subject already has a face of the same image (``conflict``)."""
+        if not subject_id:
+            raise ValueError("subject_id must not be empty")
+        with self._write_mutex:
+            self._check_writable()
+            result = self._store.move_face(face_id, subject_id, _now())
+            if result.record is not None and result.conflict is None:
+                self._catch_up_locked(None)  # a delete and an add, as for a merge
+            return result
 
     # ------------------------------------------------------------ following the change log
 

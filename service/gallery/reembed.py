@@ -73,6 +73,10 @@ class ReembedResult:
     seconds: float = 0.0
     models_before: dict[str, int] = field(default_factory=dict)
     models_after: dict[str, int] = field(default_factory=dict)
+    negatives_reembedded: int = 0
+    negatives_without_chip: int = 0  # left of their old model: ignored by the service
+    unknown_reembedded: int = 0
+    unknown_without_chip: int = 0
 
     @property
     def faces_per_s(self) -> float:
@@ -201,6 +205,33 @@ def reembed(
             bar.update(len(usable))
             if after_batch is not None:
                 after_batch(result.reembedded)
+    if hasattr(store, "negatives_to_reembed"):
+        result.negatives_reembedded, result.negatives_without_chip = _reembed_extra(
+            store.negatives_to_reembed, store.set_negative_embeddings,  # type: ignore[attr-defined]
+            embed, target, dim, batch_size)
+    if hasattr(store, "unknown_to_reembed"):
+        result.unknown_reembedded, result.unknown_without_chip = _reembed_extra(
+            store.unknown_to_reembed, store.set_unknown_embeddings,  # type: ignore[attr-defined]
+            embed, target, dim, batch_size)
     result.models_after = dict(store.state().model_counts)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _reembed_extra(
+    rows_of: Callable[[str, int, int], list[tuple[int, str, bytes | None]]],
+    write: Callable[[list[tuple[str, np.ndarray]], str], int],
+    embed: EmbedFn, target: str, dim: int | None, batch_size: int,
+) -> tuple[int, int]:
+    """Re-embed negatives or pool faces from their chips, a batch per transaction; (done,
+    left without a chip)."""
+    after = done = chipless = 0
+    while rows := rows_of(target, after, batch_size):
+        after = rows[-1][0]
+        usable = [(key, c) for _, key, c in rows if c is not None]
+        chipless += len(rows) - len(usable)
+        if usable:
+            chips = np.stack([decode_chip(c, key) for key, c in usable])
+            vectors = _check_vectors(embed(chips), len(usable), dim)
+            done += write([(key, vectors[i]) for i, (key, _) in enumerate(usable)], target)
+    return done, chipless

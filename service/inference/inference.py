@@ -167,10 +167,16 @@ class Inference:
                     "face_crop=true but the image is not a face: the detector finds no face "
                     "in it, even aligned or upsampled"
                 )
-        elif min_face_px is None:
-            detected = self.pipeline.detect(image)
-        else:  # the client's pixels, in the decoded image's
-            detected = self.pipeline.detect(image, min_face_px=local_size(min_face_px, decoded))
+        else:
+            # The request's minimum, else the server's (FACESERVE_MIN_FACE_PX), which the
+            # decode was reduced for: both are the client's pixels, told to the pipeline in
+            # the decoded image's (the pipeline's own minimum would be taken as those).
+            wanted = (min_face_px if min_face_px is not None
+                      else getattr(self.pipeline, "min_face_px", None))  # fakes have none
+            if wanted is None:
+                detected = self.pipeline.detect(image)
+            else:
+                detected = self.pipeline.detect(image, min_face_px=local_size(wanted, decoded))
         # Selection, quality and the response speak the client's pixels; chips come from
         # the decoded image, in its own.
         sx, sy = decoded.scale

@@ -33,6 +33,8 @@ ACTIONS: tuple[str, ...] = (
     "restore",
     # Galleries created and deleted over HTTP (issue 20), in the default gallery's log.
     "create_gallery", "delete_gallery",
+    # Issue 17: a face given to another subject; a negative example added or deleted.
+    "move_face", "add_negative", "delete_negative",
 )
 
 

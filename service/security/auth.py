@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.accesslog import KEY_ID_STATE
 from service.api.deps import ServicesDep
 from service.api.errors import Forbidden, TooManyRequests, Unauthorized
 from service.inference.batcher import AdmissionGate
@@ -124,6 +125,8 @@ def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
         record = ring.lookup(token.strip())
         if record is None:
             raise Unauthorized("the API key is not valid", code="invalid_api_key")
+        # For the access log (service.api.accesslog): the public id, never the key.
+        setattr(request.state, KEY_ID_STATE, record.key_id)
         if record.revoked_at is not None:
             raise Unauthorized("the API key has been revoked", code="revoked_api_key")
         limiter: RateLimiter = request.app.state.rate_limiter

@@ -41,7 +41,10 @@ def test_embed_prints_faces_as_json(astronaut, tmp_path: Path, capsys):
     assert ok["model"] == "dlib-resnet-v1"
     assert len(ok["faces"]) == 1
     face = ok["faces"][0]
-    left, top, right, bottom = face["box"]
+    box = face["bbox"]  # the API's names and shapes
+    left, top, right, bottom = box["left"], box["top"], box["right"], box["bottom"]
+    assert face["box"] == [left, top, right, bottom]  # the deprecated list, for one release
+    assert face["confidence"] == face["detection_confidence"] > 0
     assert 150 < left < 190 and 50 < top < 90 and right > left and bottom > top
     assert len(face["landmarks"]) == 5
     assert abs(np.linalg.norm(face["embedding"]) - 1) < 1e-5

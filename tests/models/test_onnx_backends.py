@@ -95,6 +95,69 @@ def test_onnxruntime_runs_what_onnx2torch_cannot_convert(
                                atol=TOL)
 
 
+class _FailsAtRunTime(torch.nn.Module):
+    """What onnx2torch can hand back: a module built without complaint that raises on its
+    first real tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args: object) -> torch.Tensor:
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+
+def test_a_conversion_that_fails_on_its_first_batch_falls_back_to_onnxruntime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnx2torch
+
+    src, net = export_embedder(tmp_path / "r.onnx", embedding_size=32)
+    add_model(src, tmp_path / "m", "arcface", name="r")
+    det_src, det_net = export_scrfd(tmp_path / "d.onnx", size=320)
+    det_info = add_model(det_src, tmp_path / "m", "scrfd", name="d")
+    monkeypatch.setattr(onnx2torch, "convert", lambda *a, **k: _FailsAtRunTime())
+
+    model = load_embedding_model("r", "cpu", model_dir=tmp_path / "m")
+    assert model.backend == "onnx2torch"  # converted, not yet run
+    chips = np.random.default_rng(4).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger="faceserve"):
+        got = model.embed_chips(chips, batch_size=2)
+    np.testing.assert_allclose(got, _reference(net, chips), atol=TOL)
+    assert model.backend == "onnxruntime"
+    assert any("fails on its first batch" in r.getMessage() and "ONNX Runtime" in r.getMessage()
+               for r in caplog.records), caplog.text
+    # The detector too: its outputs are the PyTorch original's, through ONNX Runtime.
+    det = load_scrfd(det_info.path, torch.device("cpu"))
+    image = torch.from_numpy(
+        np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    outs, _, _ = det._forward(image)
+    blob, _ = letterbox(image, 320)
+    with torch.no_grad():
+        expected = det_net((blob - 127.5) / 128.0)
+    for out, want in zip(outs, expected, strict=True):
+        np.testing.assert_allclose(out.numpy(), want.numpy(), atol=TOL)
+    assert det.net.backend == "onnxruntime"
+
+
+def test_a_runtime_failure_after_a_good_first_batch_is_not_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.backends.onnx_embedder import FirstRunFallback
+
+    src, _ = export_embedder(tmp_path / "r.onnx", embedding_size=32)
+    model = load_embedding_model(add_model(src, tmp_path / "m", "arcface", name="r").path,
+                                 "cpu")
+    chips = np.zeros((1, 112, 112, 3), np.uint8)
+    model.embed_chips(chips)
+    fallback = model.module.core
+    assert isinstance(fallback, FirstRunFallback) and fallback.proven
+    monkeypatch.setattr(fallback, "inner", _FailsAtRunTime())
+    with pytest.raises(RuntimeError, match="same device"):
+        model.embed_chips(chips)
+    assert model.backend == "onnx2torch"
+
+
 def test_an_embedder_for_another_chip_size_is_refused(tmp_path: Path) -> None:
     src, _ = export_embedder(tmp_path / "r96.onnx", size=96)
     with pytest.raises(OnnxModelError, match=r"wrong input shape .*96.*\(N, 3, 112, 112\)"):
@@ -144,8 +207,9 @@ def test_scrfd_equals_the_pytorch_original(tmp_path: Path) -> None:
     det = load_scrfd(info.path, torch.device("cpu"))
     image = torch.from_numpy(
         np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8))
-    det.input_size = 320
-    outs, scale = det._forward(image)
+    assert det.input_size == 320  # the graph's, not the preset's 640
+    outs, (_, scale), canvas = det._forward(image)
+    assert canvas == (320, 320)  # the graph's input is fixed
     blob, _ = letterbox(image, 320)
     with torch.no_grad():
         expected = net((blob - 127.5) / 128.0)

@@ -95,3 +95,27 @@ def test_eval_lfw_calibrates_an_onnx_model_and_the_service_uses_it(
     assert json.loads(reference.read_text())["model"] == version
     openset = json.loads((out / "openset.json").read_text())
     assert openset["model"] == version
+
+    # The quality analysis and the crop probes of the same model and detector, on the
+    # cache `eval lfw` wrote: chips cut the ArcFace way, measured on their own face region.
+    cache = out / f"embeddings-{version}.npz"
+    assert cache.is_file(), sorted(p.name for p in out.iterdir())
+    quality_out = tmp_path / "quality"
+    assert main(["eval", "quality", "--root", str(synthetic_lfw), "--cache", str(cache),
+                 "--model", "arc", "--detector", "det", "--model-dir", str(models),
+                 "--out", str(quality_out), "--sweep-pairs", "4", "--no-progress"]) == 0
+    quality = json.loads((quality_out / "quality.json").read_text())
+    assert quality["model"] == version and quality["detector"].startswith("onnx-det-")
+    assert quality["fallback_images"] == 0
+    # The squares are frontal to the template: SCRFD's points read no yaw.
+    assert quality["distribution"]["yaw"]["p95"] < 1.0, quality["distribution"]["yaw"]
+    crops_out = tmp_path / "crops"
+    assert main(["eval", "crops", "--cache", str(cache), "--model", "arc", "--detector", "det",
+                 "--model-dir", str(models), "--images", "4", "--sizes", "100",
+                 "--out", str(crops_out), "--device", "cpu", "--no-progress"]) == 0
+    crops = json.loads((crops_out / "crops.json").read_text())
+    assert crops["pipeline"]["model"] == version
+    # Without --detector, the ArcFace model is refused with what to do.
+    with pytest.raises(SystemExit, match="FACESERVE_DETECTOR"):
+        main(["eval", "crops", "--cache", str(cache), "--model", "arc", "--model-dir",
+              str(models), "--out", str(crops_out), "--device", "cpu", "--no-progress"])

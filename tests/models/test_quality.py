@@ -181,3 +181,50 @@ def test_a_real_turned_face_and_its_mirror_have_opposite_yaw(
     assert plain.sharpness == pytest.approx(mirrored.sharpness, abs=0.03)
     # The predictor is not mirror-symmetric: its points move by a few pixels.
     assert plain.eye_distance == pytest.approx(mirrored.eye_distance, rel=0.15)
+
+
+def _head(yaw_degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """(dlib5, arcface5) points of one synthetic head turned by ``yaw_degrees`` (weak
+    perspective), then scaled, rolled and moved in the image. The head in millimetres (x to
+    the image's right, y down, z toward the camera): eye corners at 17 and 45 mm from the
+    midline (centres at 31), the nose base (subnasale) 48 mm below the eyes and 25 mm in
+    front of them, the nose tip 35 mm below and 45 mm in front, mouth corners 25 mm out,
+    70 mm below, 10 mm in front."""
+    a = math.radians(yaw_degrees)
+
+    def project(x: float, y: float, z: float) -> tuple[float, float]:
+        return x * math.cos(a) + z * math.sin(a), y
+
+    dlib5 = np.array([project(45, 0, 0), project(17, 0, 0), project(-45, 0, 0),
+                      project(-17, 0, 0), project(0, 48, 25)])
+    arcface5 = np.array([project(-31, 0, 0), project(31, 0, 0), project(0, 35, 45),
+                         project(-25, 70, 10), project(25, 70, 10)])
+    shift = np.array([300.0, 200.0])
+    return (rotate(dlib5 * 1.7, 12.0, np.zeros(2)) + shift,
+            rotate(arcface5 * 1.7, 12.0, np.zeros(2)) + shift)
+
+
+@pytest.mark.parametrize("yaw_degrees", [0.0, 10.0, -20.0, 30.0])
+def test_one_head_pose_reads_one_yaw_under_both_landmark_schemes(yaw_degrees: float) -> None:
+    dlib5, arcface5 = _head(yaw_degrees)
+    yaw_dlib, roll_dlib = pose(dlib5[None], "dlib5")
+    yaw_arc, roll_arc = pose(arcface5[None], "arcface5")
+    assert yaw_arc[0] == pytest.approx(yaw_dlib[0], abs=1.0)
+    assert yaw_dlib[0] == pytest.approx(yaw_degrees, abs=1.5)
+    assert roll_arc[0] == pytest.approx(roll_dlib[0], abs=1e-6)
+
+
+def test_the_templates_read_frontal_under_their_schemes() -> None:
+    from models.backends.geometry import ARCFACE_TEMPLATE_112
+
+    yaw, _ = pose(FIVE_POINT_TEMPLATE[None] * 150, "dlib5")
+    assert yaw[0] == pytest.approx(0.0, abs=1e-9)
+    yaw, _ = pose(ARCFACE_TEMPLATE_112[None], "arcface5")
+    assert yaw[0] == pytest.approx(0.0, abs=1e-9)
+    # The nose tip moves further than the base for the same turn: read with the base's
+    # depth, a 30 degree turn of the head above would read over 40 degrees.
+    _, arcface5 = _head(30.0)
+    right, left = arcface5[1], arcface5[0]
+    half = np.linalg.norm(right - left) / 2
+    offset = (arcface5[2] - (right + left) / 2) @ ((right - left) / (2 * half)) / half
+    assert math.degrees(math.atan(abs(offset) / NOSE_DEPTH_RATIO)) > 40

@@ -71,10 +71,13 @@ def test_unmatched_paths_share_one_label(client: TestClient) -> None:
 def test_openapi_documents_both_encodings_and_errors(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    assert {"/enroll", "/verify", "/identify", "/embed", "/subjects", "/subjects/{subject_id}",
-            "/faces/{face_id}", "/healthz", "/readyz", "/metrics"} <= set(paths)
-    assert set(paths["/identify"]) == {"get", "post"}
-    for path in ("/enroll", "/verify", "/embed"):
+    # Every path is versioned; the unversioned aliases are not documented.
+    assert all(p.startswith("/v1/") for p in paths)
+    assert {"/v1/enroll", "/v1/verify", "/v1/identify", "/v1/embed", "/v1/subjects",
+            "/v1/subjects/{subject_id}", "/v1/faces/{face_id}", "/v1/healthz", "/v1/readyz",
+            "/v1/metrics"} <= set(paths)
+    assert set(paths["/v1/identify"]) == {"get", "post"}
+    for path in ("/v1/enroll", "/v1/verify", "/v1/embed"):
         content = paths[path]["post"]["requestBody"]["content"]
         assert set(content) == {"multipart/form-data", "application/json"}
     components = schema["components"]["schemas"]
@@ -88,7 +91,7 @@ def test_openapi_documents_both_encodings_and_errors(client: TestClient) -> None
     assert body["image"]["anyOf"][0]["contentEncoding"] == "base64"
     assert body["images"]["anyOf"][0]["items"]["contentEncoding"] == "base64"
     assert "EnrollBatchResponse" in components
-    assert paths["/enroll"]["post"]["responses"]["422"]["content"]["application/json"][
+    assert paths["/v1/enroll"]["post"]["responses"]["422"]["content"]["application/json"][
         "schema"]["$ref"].endswith("/ErrorResponse")
     # Every $ref resolves.
     text = json.dumps(schema)

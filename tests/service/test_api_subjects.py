@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.cursors import encode_cursor
 from service.api.routes.common import encode_embedding
 from service.gallery.gallery import Gallery
 from tests.service import postgres_util
@@ -227,9 +228,11 @@ def test_a_subjects_faces_page_by_page(api: TestClient) -> None:
 
 def test_face_pages_refuse_bad_cursors_and_unknown_subjects(api: TestClient) -> None:
     enroll(api, "rose", fake_photo(1))
-    for bad in ("x", "f1.!!", "f1.LTE", "s1.cm9zZQ"):
+    subjects_cursor = encode_cursor("subjects", "", "rose")  # another list's
+    for bad in ("x", "f1.!!", "f1.LTE", "s1.cm9zZQ", subjects_cursor,
+                encode_cursor("subject_faces", "", -1)):
         r = api.get("/subjects/rose/faces", params={"cursor": bad})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor", bad
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", bad
     r = api.get("/subjects/nobody/faces")
     assert r.status_code == 404 and r.json()["error"]["code"] == "subject_not_found"
 

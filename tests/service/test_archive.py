@@ -33,6 +33,8 @@ from service.gallery.gallery import Gallery
 from service.gallery.reembed import decode_chip
 from service.gallery.store import GalleryStore, NewFace, open_store
 from service.gallery.store.base import NewAuditEvent
+from service.gallery.store.negatives import NegativeRecord
+from service.gallery.store.unknown import UnknownFace
 from service.inference.inference import encode_jpeg
 from service.security.keys import Namespace
 from tests.service import postgres_util
@@ -66,6 +68,24 @@ def build_source(store: GalleryStore, *, subjects: int = 12, per_subject: int = 
     store.delete_face("f-000101")
     store.add_audit(NewAuditEvent(at="2026-01-05T00:00:00.000Z", key_id=None, key_name="t",
                                   action="enroll"))
+    # The unknown-face pool (two galleries, one face from long ago) and negatives (issue 17).
+    store.add_unknown([  # type: ignore[attr-defined]
+        UnknownFace(face_id=f"u-{i}", gallery="acme" if i % 2 else "", photo=f"photo-{i // 2}",
+                    source=None if i == 3 else f"album/{i}.jpg", bbox=(i, 2, 50, 60),
+                    landmarks=[[1.5, 2.0]] * 5, detection_confidence=0.75, model=model,
+                    created_at="2000-01-01T00:00:00.000Z" if i == 0 else
+                    f"2026-02-{1 + i:02d}T00:00:00.000Z", embedding=_near(unit(50 + i), i),
+                    chip_jpeg=None if i == 2 else encode_jpeg(chip(900 + i)),
+                    cluster_id="c1" if i < 3 else None, pinned=i == 1)
+        for i in range(5)])
+    for i, sid in enumerate(("person-001", "person-002", ACME.internal("member-000"))):
+        if store.get_subject(sid, with_faces=False) is None:
+            continue
+        store.add_negative(NegativeRecord(  # type: ignore[attr-defined]
+            negative_id=f"n-{i}", subject_id=sid, source="embedding" if i else "face",
+            source_id=None if i else "f-000300", model=model,
+            created_at=f"2026-03-0{1 + i}T00:00:00.000Z", embedding=_near(unit(60 + i), i),
+            chip_jpeg=encode_jpeg(chip(950)) if i == 0 else None))
 
 
 def _near(center: np.ndarray, seed: int, noise: float = 0.15) -> np.ndarray:
@@ -78,6 +98,7 @@ def content(path: Path) -> dict[str, Any]:
     with ArchiveReader(path) as reader:
         subjects = [s for page in reader.subject_pages() for s in page]
         faces = [f for page in reader.face_pages() for f in page]
+        pool = list(reader.pool_pages())
         m = reader.manifest
         return {
             "model": m["model"], "operating_point": m["operating_point"],
@@ -88,6 +109,13 @@ def content(path: Path) -> dict[str, Any]:
             "faces": [(f.face_id, f.subject_id, f.bbox, f.landmarks, f.detection_confidence,
                        f.model, f.image_sha256, f.created_at, f.embedding.tobytes(),
                        f.chip_jpeg) for f in faces],
+            "unknown": [(f.face_id, f.gallery, f.photo, f.source, f.bbox, f.landmarks,
+                         f.detection_confidence, f.model, f.created_at, f.cluster_id, f.pinned,
+                         f.embedding.tobytes(), f.chip_jpeg)
+                        for kind, page in pool if kind == "unknown" for f in page],
+            "negatives": [(n.negative_id, n.subject_id, n.source, n.source_id, n.model,
+                           n.created_at, n.embedding.tobytes(), n.chip_jpeg)
+                          for kind, page in pool if kind == "negatives" for n in page],
         }
 
 
@@ -132,6 +160,8 @@ def test_round_trip_sqlite_postgres_sqlite_keeps_everything(
     assert first["galleries"] == {"": {"subjects": 8, "faces": 23},
                                   "acme": {"subjects": 4, "faces": 12}}
     assert any(f[9] is None for f in first["faces"]) and any(f[9] for f in first["faces"])
+    assert [f[0] for f in first["unknown"]] == [f"u-{i}" for i in range(5)]
+    assert [n[0] for n in first["negatives"]] == ["n-0", "n-1", "n-2"]
 
     pg = open_store(tmp_path / "pg", pg_url)
     with ArchiveReader(source_archive) as reader:
@@ -286,6 +316,10 @@ def test_model_mismatch_is_refused_and_reembed_recomputes_from_chips(
                                 skip_without_chip=True, progress=False)
     assert result.complete and result.faces_without_chip_skipped == 2
     assert result.reembedded == result.faces_added == 33
+    # The pool and the negatives too, those with a chip (4 + 1); the rest is left out.
+    assert (result.pool_reembedded, result.pool_skipped) == (5, 3)
+    assert {n.model for n in target.negatives(  # type: ignore[attr-defined]
+        ["person-001", "person-002"])} == {NEW}
     assert target.state().model_counts == {NEW: 33}
     face = target.get_face("f-000300")
     stored = target.get_chip("f-000300")
@@ -298,7 +332,9 @@ def test_model_mismatch_is_refused_and_reembed_recomputes_from_chips(
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    # The client package of this checkout too (the server's response models live there).
+    path = os.pathsep.join((str(REPO), str(REPO / "clients" / "python")))
+    environ = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=240)
 
@@ -512,3 +548,31 @@ def test_killed_import_resumes(tmp_path: Path) -> None:
             "import_gallery_started", "import_gallery"]
     finally:
         store.close()
+
+
+def test_the_pool_and_negatives_move_within_their_retention(
+    tmp_path: Path, source_archive: Path, target: GalleryStore
+) -> None:
+    with ArchiveReader(source_archive) as reader:  # exported without a retention cut-off
+        result = import_gallery(reader, target, MODEL, target_dim=128, progress=False,
+                                unknown_after="2020-01-01T00:00:00.000Z")
+    assert (result.unknown_added, result.negatives_added, result.pool_skipped) == (4, 3, 1)
+    pool = target.unknown_faces("") + target.unknown_faces("acme")  # type: ignore[attr-defined]
+    assert sorted(f.face_id for f in pool) == ["u-1", "u-2", "u-3", "u-4"]  # u-0 is from 2000
+    u1 = next(f for f in pool if f.face_id == "u-1")
+    assert (u1.gallery, u1.cluster_id, u1.pinned, u1.created_at) == (
+        "acme", "c1", True, "2026-02-02T00:00:00.000Z")
+    assert target.unknown_chip("acme", "u-1") is not None  # type: ignore[attr-defined]
+    [neg] = target.negatives([ACME.internal("member-000")])  # type: ignore[attr-defined]
+    assert (neg.negative_id, neg.source, neg.source_id) == ("n-2", "embedding", None)
+    with ArchiveReader(source_archive) as reader:  # again: nothing twice
+        again = import_gallery(reader, target, MODEL, target_dim=128, progress=False)
+    assert (again.unknown_added, again.negatives_added) == (1, 0)  # u-0: no cut-off now
+
+    out = tmp_path / "cut.tar"
+    exported = export_gallery(target, out, progress=False,
+                              unknown_after="2026-02-04T00:00:00.000Z", gallery="acme")
+    assert (exported.unknown_faces, exported.negatives) == (1, 1)  # acme's u-3; n-2
+    got = content(out)
+    assert [f[0] for f in got["unknown"]] == ["u-3"]
+    assert [n[0] for n in got["negatives"]] == ["n-2"]

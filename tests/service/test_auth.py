@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.app import API_PREFIX
 from service.security.keys import SCOPES, KeyRing, Namespace, hash_token, validate_gallery
 from tests.service.conftest import AppFactory, fake_embedding, fake_photo
 
@@ -89,6 +90,15 @@ def merge_dave_into_alice(w: World, h: dict[str, str]) -> Any:
     return w.client.post("/subjects/dave/merge", json={"into": "alice"}, headers=h)
 
 
+def new_negative(w: World) -> str:
+    """A negative of alice, made with the all-scopes key (for the DELETE's own call)."""
+    r = w.client.post("/negatives", json={"subject_id": "alice",
+                                          "embedding": b64(fake_embedding(5))},
+                      headers=bearer(w.tokens["all"]))
+    assert r.status_code == 201, r.text
+    return str(r.json()["negative_id"])
+
+
 # Each protected endpoint: (name, scope, request). The request must succeed (2xx) with a key
 # of the default gallery holding the scope.
 Request = Callable[[World, dict[str, str]], Any]
@@ -141,6 +151,17 @@ ENDPOINTS: list[tuple[str, str, Request]] = [
         "/keys", json={"name": "new", "scopes": ["enroll"]}, headers=h)),
     ("DELETE /keys/{id}", "admin", lambda w, h: w.client.delete(
         f"/keys/{w.key_ids['enroll']}", headers=h)),
+    ("POST /negatives", "enroll", lambda w, h: w.client.post(
+        "/negatives", json={"subject_id": "alice", "embedding": b64(fake_embedding(5))},
+        headers=h)),
+    ("GET /negatives", "read", lambda w, h: w.client.get(
+        "/negatives", params={"subject_id": "alice"}, headers=h)),
+    ("DELETE /negatives/{id}", "erase", lambda w, h: w.client.delete(
+        f"/negatives/{new_negative(w)}", headers=h)),
+    ("POST /faces/{id}/move", "enroll", lambda w, h: w.client.post(
+        f"/faces/{w.alice_face}/move", json={"subject_id": "alice-2"}, headers=h)),
+    ("GET /clusters?include=chips", "read", lambda w, h: w.client.get(
+        "/clusters", params={"include": "chips"}, headers=h)),
     ("GET /galleries", "admin", lambda w, h: w.client.get("/galleries", headers=h)),
     ("POST /galleries", "admin", lambda w, h: w.client.post(
         "/galleries", json={"name": "new-one"}, headers=h)),
@@ -195,7 +216,9 @@ def test_every_scope_has_an_endpoint_and_a_test() -> None:
 def test_every_protected_route_is_in_the_table(world: World) -> None:
     """A route added without a row here would go untested against the scopes."""
     schema = world.client.get("/openapi.json").json()
-    protected = {f"{method.upper()} {path}" for path, ops in schema["paths"].items()
+    # The table calls the unversioned aliases: the same routes as the documented /v1 paths.
+    protected = {f"{method.upper()} {path.removeprefix(API_PREFIX)}"
+                 for path, ops in schema["paths"].items()
                  for method, op in ops.items() if op.get("security")}
     table = {re.sub(r"\{[^}]+\}", "{}", name) for name in IDS}
     missing = {op for op in protected if re.sub(r"\{[^}]+\}", "{}", op) not in table}
@@ -324,6 +347,27 @@ def test_another_gallerys_subject_cannot_be_renamed_merged_or_paged(world: World
         world.alice_face)
 
 
+def test_corrections_never_reach_another_gallery(world: World) -> None:
+    c, mine, other = world.client, bearer(world.tokens["all"]), bearer(world.tokens["other"])
+    vector = {"subject_id": "alice", "embedding": b64(fake_embedding(5))}
+    assert_error(c.post("/negatives", json=vector, headers=other), 404, "subject_not_found")
+    assert_error(c.post("/negatives", json={"subject_id": "bob", "face_id": world.alice_face},
+                        headers=other), 404, "face_not_found")
+    mine_negative = new_negative(world)
+    assert_error(c.delete(f"/negatives/{mine_negative}", headers=other), 404,
+                 "negative_not_found")
+    assert_error(c.get("/negatives", params={"subject_id": "alice"}, headers=other), 404,
+                 "subject_not_found")
+    assert c.delete(f"/negatives/{mine_negative}", headers=mine).status_code == 200
+    assert_error(c.post(f"/faces/{world.alice_face}/move", json={"subject_id": "x"},
+                        headers=other), 404, "face_not_found")
+    # Within its own gallery a move works, and the new subject is that gallery's.
+    r = c.post(f"/faces/{world.bob_face}/move", json={"subject_id": "bobby"}, headers=other)
+    assert r.status_code == 200 and r.json()["from_subject_id"] == "bob"
+    assert_error(c.get("/subjects/bobby", headers=mine), 404, "subject_not_found")
+    assert c.get("/subjects/bobby", headers=other).json()["face_count"] == 1
+
+
 def test_control_characters_cannot_reach_another_gallery(world: World) -> None:
     """Stored ids of gallery b are "\\x1fb\\x1fbob": a client cannot spell them."""
     c, mine = world.client, bearer(world.tokens["all"])
@@ -365,7 +409,7 @@ def test_listing_walks_only_its_gallery_even_between_neighbours(
     first = client.get("/subjects", params={"limit": 1}, headers=bearer(tokens["a"])).json()
     r = client.get("/subjects", params={"cursor": first["next_cursor"]},
                    headers=bearer(tokens["b"]))
-    assert_error(r, 400, "invalid_cursor")
+    assert_error(r, 422, "invalid_cursor")
 
 
 def test_namespace_mapping() -> None:
@@ -444,9 +488,9 @@ def test_the_openapi_schema_declares_both_key_headers(world: World) -> None:
     assert schemes["BearerKey"] == {"type": "http", "scheme": "bearer",
                                     "description": schemes["BearerKey"]["description"]}
     assert schemes["HeaderKey"]["in"] == "header" and schemes["HeaderKey"]["name"] == "X-API-Key"
-    enroll = schema["paths"]["/enroll"]["post"]
+    enroll = schema["paths"]["/v1/enroll"]["post"]
     assert {"BearerKey": []} in enroll["security"] and "401" in enroll["responses"]
-    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert "security" not in schema["paths"]["/v1/healthz"]["get"]
 
 
 def test_every_credential_sent_must_be_valid(world: World) -> None:

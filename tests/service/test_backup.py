@@ -351,7 +351,8 @@ def test_after_a_restore_the_api_still_sees_the_erasure_and_the_revocation(
 ) -> None:
     data_dir = tmp_path / "g"
     ops = run(capsys, "keys", "create", "--name", "ops", "--scope", "admin", "--scope",
-              "enroll", "--scope", "recognize", "--data-dir", str(data_dir), "--json")
+              "enroll", "--scope", "recognize", "--scope", "erase", "--scope", "read",
+              "--data-dir", str(data_dir), "--json")
     app_key = run(capsys, "keys", "create", "--name", "kiosk", "--scope", "recognize",
                   "--data-dir", str(data_dir), "--json")
     admin = {"Authorization": f"Bearer {ops['token']}"}

@@ -229,6 +229,52 @@ def test_invalid_arguments_are_the_services_422(client: fc.Client, people: Path)
         client.identify(people / "test/obama1.jpg", face_id="f_x")
 
 
+def test_corrections_and_clusters(server: LiveServer, client: fc.Client, lfw: Path,
+                                  admin: str) -> None:
+    """Real photos: a face marked "not this person" stops matching, and moves and negatives
+    go through both clients."""
+    person = next(p for p in sorted(lfw.iterdir(), reverse=True)
+                  if p.is_dir() and len(list(p.glob("*.jpg"))) >= 3)  # used by no other test
+    photos = sorted(person.glob("*.jpg"))
+    a = client.enroll(photos[0], "joe")
+    b = client.enroll(photos[1], "joe")
+    found = client.identify(photos[2], return_embedding=True)
+    face = found.faces[0]
+    assert face.match is not None and face.match.subject_id == "joe" and face.embedding_b64
+    negative = client.add_negative("joe", embedding=face.embedding_b64)
+    assert negative.source == "embedding"
+    again = client.identify(photos[2]).faces[0]
+    assert again.match is None or again.match.subject_id != "joe"
+    refused = [c for c in again.candidates if c.suppressed_by]
+    assert [(c.subject_id, c.suppressed_by.negative_id) for c in refused] == [
+        ("joe", negative.negative_id)]
+    assert [n.negative_id for n in client.negatives("joe")] == [negative.negative_id]
+    assert client.delete_negative(negative.negative_id).deleted
+    with pytest.raises(fc.NotFoundError):
+        client.delete_negative(negative.negative_id)
+
+    moved = client.move_face(b.face_id, "joe-2")
+    assert (moved.from_subject_id, moved.subject_created) == ("joe", True)
+    assert [f.face_id for f in client.faces("joe-2")] == [b.face_id]
+    assert client.run_clustering().clusters == []
+    assert client.clusters(chips=True).clusters == []
+
+    async def twin() -> None:
+        async with fc.AsyncClient(server.url, api_key=admin, timeout=120) as c:
+            n = await c.add_negative("joe", face_id=b.face_id)
+            assert [x.source for x in await c.negatives("joe")] == ["face"]
+            assert (await c.delete_negative(n.negative_id)).deleted
+            back = await c.move_face(b.face_id, "joe")
+            assert (back.subject_created, back.from_subject_deleted) == (False, True)
+            assert (await c.clusters()).pending == 0
+
+    asyncio.run(twin())
+    assert {f.face_id for f in client.faces("joe")} == {a.face_id, b.face_id}
+    with pytest.raises(fc.SubjectNotFoundError):  # it went with its only face
+        client.subject("joe-2")
+    client.delete_subject("joe")
+
+
 def test_the_async_client_does_the_same(server: LiveServer, admin: str, people: Path) -> None:
     async def scenario() -> None:
         async with fc.AsyncClient(server.url, api_key=admin, timeout=120) as c:

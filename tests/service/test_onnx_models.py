@@ -227,3 +227,52 @@ def test_an_onnx_file_without_manifest_and_a_changed_file_are_refused_at_start(
     (changed / "tiny_arc.onnx").write_bytes((model_dir / "tiny_arc2.onnx").read_bytes())
     client = serve(settings(tmp_path / "g2", changed), ready=False)
     assert "hash mismatch" in startup_error(client)
+
+
+def test_face_crop_with_scrfd(model_dir: Path, tmp_path: Path, serve: Any) -> None:
+    """``face_crop=true`` behind SCRFD: the upload's one face is enrolled and found again;
+    an upload without a face is 422 ``not_a_face``, as behind dlib's detector."""
+    client = serve(settings(tmp_path / "gallery", model_dir))
+    r = client.post("/enroll", data={"subject_id": "carol", "face_crop": "true", "force": "true"},
+                    files={"image": ("c.png", photo(4, background=11, cell=(6, 2)), "image/png")})
+    assert r.status_code == 201, r.text
+    enrolled = r.json()
+    chip = client.get(f"/faces/{enrolled['face_id']}/chip")
+    assert Image.open(io.BytesIO(chip.content)).size == (112, 112)
+    # The same texture in a full photo, found by plain detection: carol.
+    body = identify(client, photo(4, background=12, cell=(9, 9)))
+    assert body["faces"][0]["match"]["subject_id"] == "carol", body
+    # face_crop on identify: one face, where the square is.
+    r = client.post("/identify", data={"face_crop": "true"},
+                    files={"image": ("c.png", photo(4, background=13, cell=(2, 11)), "image/png")})
+    assert r.status_code == 200, r.text
+    faces = r.json()["faces"]
+    assert len(faces) == 1 and faces[0]["match"]["subject_id"] == "carol"
+    assert (faces[0]["bbox"]["left"], faces[0]["bbox"]["top"]) == (11 * 32, 2 * 32)
+    # Dark noise is not a face.
+    noise = np.random.default_rng(5).integers(0, 40, (200, 200, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    r = client.post("/enroll", data={"subject_id": "nobody", "face_crop": "true"},
+                    files={"image": ("n.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "not_a_face"
+
+
+def test_the_servers_minimum_face_is_kept_when_the_decode_is_reduced(
+    model_dir: Path, tmp_path: Path, serve: Any
+) -> None:
+    """FACESERVE_MIN_FACE_PX=256 lets a 2048x1536 JPEG be decoded at half size; the
+    minimum is the photo's pixels, so the detector must look for 128 px faces in the
+    decoded image, and the 512 px face is found (scanned at 16/256, it is SCRFD's 32 px)."""
+    img = np.full((1536, 2048, 3), 20, np.uint8)
+    img[512:1024, 1024:1536] = 230
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    client = serve(settings(tmp_path / "gallery", model_dir, min_face_px=256))
+    r = client.post("/identify", files={"image": ("big.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    faces = r.json()["faces"]
+    assert len(faces) == 1, r.json()
+    box = faces[0]["bbox"]
+    assert (box["left"], box["top"]) == (1024, 512), box

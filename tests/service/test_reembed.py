@@ -354,3 +354,30 @@ def test_reembed_moves_a_real_gallery_to_an_exported_model(
         for photo in strangers:
             faces = client.post("/identify", files={"image": jpeg(photo)}).json()["faces"]
             assert all(f["match"] is None for f in faces), photo.name
+
+
+def test_negatives_and_pool_faces_are_reembedded_from_their_chips(place: Place) -> None:
+    from service.gallery.store.negatives import NegativeRecord
+    from service.gallery.store.unknown import UnknownFace
+
+    enroll_faces(place, 2)
+    with place.exclusive() as store:
+        for i, with_chip in enumerate((True, False)):
+            store.add_negative(NegativeRecord(  # type: ignore[attr-defined]
+                negative_id=f"n{i}", subject_id="subject-0", source="face", source_id=None,
+                model=OLD, created_at="2026-01-01T00:00:00.000Z", embedding=unit(50 + i),
+                chip_jpeg=encode_jpeg(chip(50 + i)) if with_chip else None))
+        store.add_unknown([UnknownFace(  # type: ignore[attr-defined]
+            face_id="u0", gallery="", photo="p", source=None, bbox=(0, 0, 9, 9),
+            landmarks=[[0.0, 0.0]] * 5, detection_confidence=0.9, model=OLD,
+            created_at="2026-01-01T00:00:00.000Z", embedding=unit(60),
+            chip_jpeg=encode_jpeg(chip(60)))])
+        result = reembed(store, new_model, NEW, dim=NEW_DIM, batch_size=1, progress=False)
+        assert (result.negatives_reembedded, result.negatives_without_chip) == (1, 1)
+        assert (result.unknown_reembedded, result.unknown_without_chip) == (1, 0)
+        n0, n1 = store.negatives(["subject-0"])  # type: ignore[attr-defined]
+        assert (n0.model, n1.model) == (NEW, OLD)  # the chipless one is left (and ignored)
+        expected = new_model(decode_chip(encode_jpeg(chip(50)))[None])[0]
+        np.testing.assert_allclose(n0.embedding, expected, atol=1e-6)
+        [u0] = store.unknown_faces("")  # type: ignore[attr-defined]
+        assert u0.model == NEW and u0.embedding.shape == (NEW_DIM,)

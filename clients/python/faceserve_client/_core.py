@@ -26,9 +26,12 @@ from faceserve_client.errors import (
 )
 from faceserve_client.photos import Photo, photo_file
 
-__all__ = ["DEFAULT_URL", "Call", "FaceChoice", "RetryPolicy", "calls", "face_choice"]
+__all__ = ["API", "DEFAULT_URL", "Call", "FaceChoice", "RetryPolicy", "calls", "face_choice"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Every operation is under the API version's prefix (the server also answers the older
+# unversioned paths, deprecated).
+API = "/v1"
 RETRY_STATUSES = frozenset({429, 503})
 USER_AGENT = "faceserve-client/0.1.0"
 
@@ -179,8 +182,8 @@ class calls:
             if not photos:
                 raise ValueError("give at least one photo")
             files = [("images", photo_file(p, f"photo{i}")) for i, p in enumerate(photos)]
-            return Call("POST", "/enroll", m.EnrollBatchResponse, data=form, files=files)
-        return Call("POST", "/enroll", m.EnrollResponse, data=form,
+            return Call("POST", f"{API}/enroll", m.EnrollBatchResponse, data=form, files=files)
+        return Call("POST", f"{API}/enroll", m.EnrollResponse, data=form,
                     files=[("image", photo_file(photos))])
 
     @staticmethod
@@ -201,7 +204,7 @@ class calls:
             files = [("image_a", photo_file(photo, "a")), ("image_b", photo_file(other, "b"))]
         else:
             files = [("image", photo_file(photo))]
-        return Call("POST", "/verify", m.VerifyResponse, data=form, files=files)
+        return Call("POST", f"{API}/verify", m.VerifyResponse, data=form, files=files)
 
     @staticmethod
     def identify(
@@ -215,6 +218,7 @@ class calls:
         max_faces: int | None = None,
         face_crop: bool = False,
         include_metadata: bool = False,
+        return_embedding: bool = False,
     ) -> Call:
         given = sum(x is not None for x in (photo, face_id, embedding))
         if given != 1:
@@ -222,36 +226,38 @@ class calls:
         if photo is not None:
             form = _form(k=k, threshold=threshold, identify_fpir=identify_fpir,
                          max_faces=max_faces, face_crop=face_crop,
-                         include_metadata=include_metadata or None)
-            return Call("POST", "/identify", m.IdentifyImageResponse, data=form,
+                         include_metadata=include_metadata or None,
+                         return_embedding=return_embedding or None)
+            return Call("POST", f"{API}/identify", m.IdentifyImageResponse, data=form,
                         files=[("image", photo_file(photo))])
         params = {"face_id": face_id, "k": k, "threshold": threshold,
                   "identify_fpir": identify_fpir,
                   "embedding": None if embedding is None else encode_embedding(embedding),
                   "include_metadata": "true" if include_metadata else None}
-        return Call("GET", "/identify", m.IdentifyResponse, params=params)
+        return Call("GET", f"{API}/identify", m.IdentifyResponse, params=params)
 
     @staticmethod
     def embed(photo: Photo, *, max_faces: int | None = None, face_crop: bool = False) -> Call:
-        return Call("POST", "/embed", m.EmbedResponse,
+        return Call("POST", f"{API}/embed", m.EmbedResponse,
                     data=_form(max_faces=max_faces, face_crop=face_crop),
                     files=[("image", photo_file(photo))])
 
     @staticmethod
     def subject_page(cursor: str | None = None, limit: int = 100) -> Call:
-        return Call("GET", "/subjects", m.SubjectList, params={"cursor": cursor, "limit": limit})
+        return Call("GET", f"{API}/subjects", m.SubjectList,
+                    params={"cursor": cursor, "limit": limit})
 
     @staticmethod
     def subject(subject_id: str) -> Call:
-        return Call("GET", f"/subjects/{_segment(subject_id)}", m.SubjectDetail)
+        return Call("GET", f"{API}/subjects/{_segment(subject_id)}", m.SubjectDetail)
 
     @staticmethod
     def delete_subject(subject_id: str) -> Call:
-        return Call("DELETE", f"/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
+        return Call("DELETE", f"{API}/subjects/{_segment(subject_id)}", m.DeleteSubjectResponse)
 
     @staticmethod
     def subject_faces_page(subject_id: str, cursor: str | None = None, limit: int = 100) -> Call:
-        return Call("GET", f"/subjects/{_segment(subject_id)}/faces", m.FaceList,
+        return Call("GET", f"{API}/subjects/{_segment(subject_id)}/faces", m.FaceList,
                     params={"cursor": cursor, "limit": limit})
 
     @staticmethod
@@ -265,59 +271,113 @@ class calls:
             body["subject_id"] = new_id
         if metadata is not None:
             body["metadata"] = metadata
-        return Call("PATCH", f"/subjects/{_segment(subject_id)}", m.UpdateSubjectResponse,
+        return Call("PATCH", f"{API}/subjects/{_segment(subject_id)}", m.UpdateSubjectResponse,
                     json=body)
 
     @staticmethod
     def merge_subject(subject_id: str, into: str) -> Call:
-        return Call("POST", f"/subjects/{_segment(subject_id)}/merge", m.MergeSubjectResponse,
+        return Call("POST", f"{API}/subjects/{_segment(subject_id)}/merge", m.MergeSubjectResponse,
                     json={"into": into})
 
     @staticmethod
     def face(face_id: str) -> Call:
-        return Call("GET", f"/faces/{_segment(face_id)}", m.FaceInfo)
+        return Call("GET", f"{API}/faces/{_segment(face_id)}", m.FaceInfo)
 
     @staticmethod
     def delete_face(face_id: str) -> Call:
-        return Call("DELETE", f"/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+        return Call("DELETE", f"{API}/faces/{_segment(face_id)}", m.DeleteFaceResponse)
+
+    @staticmethod
+    def move_face(face_id: str, subject_id: str) -> Call:
+        return Call("POST", f"{API}/faces/{_segment(face_id)}/move", m.MoveFaceResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def add_negative(
+        subject_id: str, *, face_id: str | None = None, unknown_face_id: str | None = None,
+        embedding: str | Sequence[float] | Any | None = None,
+    ) -> Call:
+        if sum(x is not None for x in (face_id, unknown_face_id, embedding)) != 1:
+            raise ValueError("give exactly one of face_id, unknown_face_id or embedding")
+        body = {"subject_id": subject_id, "face_id": face_id, "unknown_face_id": unknown_face_id,
+                "embedding": None if embedding is None else encode_embedding(embedding)}
+        return Call("POST", f"{API}/negatives", m.NegativeInfo,
+                    json={k: v for k, v in body.items() if v is not None})
+
+    @staticmethod
+    def negatives(subject_id: str) -> Call:
+        return Call("GET", f"{API}/negatives", m.NegativeList, params={"subject_id": subject_id})
+
+    @staticmethod
+    def delete_negative(negative_id: str) -> Call:
+        return Call("DELETE", f"{API}/negatives/{_segment(negative_id)}", m.DeleteNegativeResponse)
+
+    @staticmethod
+    def clusters(*, chips: bool = False, chips_per_cluster: int = 3) -> Call:
+        params = {"include": "chips", "chips_per_cluster": chips_per_cluster} if chips else None
+        return Call("GET", f"{API}/clusters", m.ClusterList, params=params)
+
+    @staticmethod
+    def run_clustering(mode: str = "incremental", threshold: float | None = None) -> Call:
+        body: dict[str, Any] = {"mode": mode}
+        if threshold is not None:
+            body["threshold"] = threshold
+        return Call("POST", f"{API}/clusters", m.ClusterList, json=body)
+
+    @staticmethod
+    def name_cluster(cluster_id: str, subject_id: str) -> Call:
+        return Call("POST", f"{API}/clusters/{_segment(cluster_id)}/name", m.NameClusterResponse,
+                    json={"subject_id": subject_id})
+
+    @staticmethod
+    def delete_cluster(cluster_id: str) -> Call:
+        return Call("DELETE", f"{API}/clusters/{_segment(cluster_id)}", m.DeleteClusterResponse)
 
     @staticmethod
     def keys(gallery: str | None = None) -> Call:
-        return Call("GET", "/keys", m.KeyList, params={"gallery": gallery})
+        return Call("GET", f"{API}/keys", m.KeyList, params={"gallery": gallery})
 
     @staticmethod
     def create_key(name: str, scopes: Sequence[str], gallery: str | None = None) -> Call:
         body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
         if gallery is not None:
             body["gallery"] = gallery
-        return Call("POST", "/keys", m.CreatedKey, json=body)
+        return Call("POST", f"{API}/keys", m.CreatedKey, json=body)
 
     @staticmethod
     def galleries() -> Call:
-        return Call("GET", "/galleries", m.GalleryList)
+        return Call("GET", f"{API}/galleries", m.GalleryList)
 
     @staticmethod
     def create_gallery(name: str) -> Call:
-        return Call("POST", "/galleries", m.GalleryInfo, json={"name": name})
+        return Call("POST", f"{API}/galleries", m.GalleryInfo, json={"name": name})
 
     @staticmethod
     def delete_gallery(name: str, force: bool = False) -> Call:
-        return Call("DELETE", f"/galleries/{_segment(name)}", m.DeleteGalleryResponse,
+        return Call("DELETE", f"{API}/galleries/{_segment(name)}", m.DeleteGalleryResponse,
                     params={"force": "true" if force else None})
 
     @staticmethod
     def revoke_key(key_id: str) -> Call:
-        return Call("DELETE", f"/keys/{_segment(key_id)}", m.KeyInfo)
+        return Call("DELETE", f"{API}/keys/{_segment(key_id)}", m.KeyInfo)
 
     @staticmethod
-    def audit_page(after: int = 0, limit: int = 100, action: str | None = None) -> Call:
-        return Call("GET", "/audit", m.AuditList,
-                    params={"after": after, "limit": limit, "action": action})
+    def audit_page(
+        after: int = 0, limit: int = 100, action: str | None = None, cursor: str | None = None
+    ) -> Call:
+        """A page of the audit log: the first one after event id ``after``, or the one a
+        previous page's ``next_cursor`` points to."""
+        params = {"limit": limit, "action": action}
+        if cursor is not None:
+            params["cursor"] = cursor
+        elif after:
+            params["after"] = after
+        return Call("GET", f"{API}/audit", m.AuditList, params=params)
 
     @staticmethod
     def health() -> Call:
-        return Call("GET", "/healthz", m.HealthResponse)
+        return Call("GET", f"{API}/healthz", m.HealthResponse)
 
     @staticmethod
     def ready() -> Call:
-        return Call("GET", "/readyz", m.ReadyResponse)
+        return Call("GET", f"{API}/readyz", m.ReadyResponse)

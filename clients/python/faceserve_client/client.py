@@ -159,6 +159,7 @@ class Client:
         self, photo: Photo, *, k: int = ..., threshold: float | None = ...,
         identify_fpir: float | None = ..., max_faces: int | None = ..., face_crop: bool = ...,
         include_metadata: bool = ...,
+        return_embedding: bool = ...,
     ) -> m.IdentifyImageResponse: ...
 
     def identify(
@@ -173,6 +174,7 @@ class Client:
         max_faces: int | None = None,
         face_crop: bool = False,
         include_metadata: bool = False,
+        return_embedding: bool = False,
     ) -> m.IdentifyImageResponse | m.IdentifyResponse:
         """1:n. A photo: every face of it (``IdentifyImageResponse``). A stored ``face_id`` or
         an ``embedding`` (floats, a numpy vector or ``embedding_b64``): ``IdentifyResponse``.
@@ -181,6 +183,7 @@ class Client:
             photo, face_id=face_id, embedding=embedding, k=k, threshold=threshold,
             identify_fpir=identify_fpir, max_faces=max_faces, face_crop=face_crop,
             include_metadata=include_metadata,
+            return_embedding=return_embedding,
         ))
 
     def embed(
@@ -247,6 +250,47 @@ class Client:
     def delete_face(self, face_id: str) -> m.DeleteFaceResponse:
         return self.send(calls.delete_face(face_id))
 
+    # ------------------------------------------------------------ corrections and clusters
+
+    def move_face(self, face_id: str, subject_id: str) -> m.MoveFaceResponse:
+        """Give an enrolled face to another subject (created when new): split it out."""
+        return self.send(calls.move_face(face_id, subject_id))
+
+    def add_negative(
+        self, subject_id: str, *, face_id: str | None = None,
+        unknown_face_id: str | None = None, embedding: str | Sequence[float] | Any | None = None,
+    ) -> m.NegativeInfo:
+        """Mark a face "not this person" for ``subject_id``: exactly one of an enrolled face of
+        another subject, a pool/cluster face, or an embedding (``embedding_b64`` of an identify
+        result made with ``return_embedding=True``, floats or a numpy vector)."""
+        return self.send(calls.add_negative(subject_id, face_id=face_id,
+                                         unknown_face_id=unknown_face_id, embedding=embedding))
+
+    def negatives(self, subject_id: str) -> list[m.NegativeInfo]:
+        """The subject's negative examples, oldest first."""
+        return (self.send(calls.negatives(subject_id))).negatives
+
+    def delete_negative(self, negative_id: str) -> m.DeleteNegativeResponse:
+        return self.send(calls.delete_negative(negative_id))
+
+    def clusters(self, *, chips: bool = False, chips_per_cluster: int = 3) -> m.ClusterList:
+        """The unknown-face pool's clusters; ``chips``: with representative chips inline."""
+        return self.send(calls.clusters(chips=chips, chips_per_cluster=chips_per_cluster))
+
+    def run_clustering(
+        self, mode: str = "incremental", threshold: float | None = None
+    ) -> m.ClusterList:
+        """Cluster the pool (``ConflictError``, code ``clustering_running``, while another
+        run of the same gallery is under way)."""
+        return self.send(calls.run_clustering(mode, threshold))
+
+    def name_cluster(self, cluster_id: str, subject_id: str) -> m.NameClusterResponse:
+        """Enroll the cluster's faces as ``subject_id`` (new or existing)."""
+        return self.send(calls.name_cluster(cluster_id, subject_id))
+
+    def delete_cluster(self, cluster_id: str) -> m.DeleteClusterResponse:
+        return self.send(calls.delete_cluster(cluster_id))
+
     # ------------------------------------------------------------ keys and audit
 
     def keys(self, gallery: str | None = None) -> list[m.KeyInfo]:
@@ -268,12 +312,14 @@ class Client:
         self, *, action: str | None = None, after: int = 0, page_size: int = 100
     ) -> Iterator[m.AuditEvent]:
         """The audit log of the key's gallery, oldest first; pages are fetched as you go."""
+        cursor: str | None = None
         while True:
-            page: m.AuditList = self.send(calls.audit_page(after, page_size, action))
+            page: m.AuditList = self.send(
+                calls.audit_page(after, page_size, action, cursor))
             yield from page.events
-            if page.next_after is None:
+            if page.next_cursor is None:
                 return
-            after = page.next_after
+            cursor = page.next_cursor
 
     # ------------------------------------------------------------ galleries (admin)
 

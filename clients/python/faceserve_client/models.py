@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "AuditEvent",
@@ -18,6 +18,7 @@ __all__ = [
     "BBox",
     "CallerInfo",
     "Candidate",
+    "ClusterChip",
     "ClusterFace",
     "ClusterInfo",
     "ClusterList",
@@ -25,7 +26,9 @@ __all__ = [
     "DeleteClusterResponse",
     "DeleteFaceResponse",
     "DeleteGalleryResponse",
+    "DeleteNegativeResponse",
     "DeleteSubjectResponse",
+    "DetectionConfidence",
     "EmbedResponse",
     "EmbeddedFace",
     "EnrollBatchResponse",
@@ -46,7 +49,11 @@ __all__ = [
     "KeyList",
     "Landmarks",
     "MergeSubjectResponse",
+    "MoveFaceResponse",
     "NameClusterResponse",
+    "NegativeInfo",
+    "NegativeList",
+    "NegativeMatch",
     "OperatingPoint",
     "Quality",
     "ReadyResponse",
@@ -60,6 +67,17 @@ __all__ = [
     "VerifiedFace",
     "VerifyResponse",
 ]
+
+
+def _fill_decision(data: Any, boolean_match: bool = False) -> Any:
+    """An answer of a server older than ``matched`` gets it from ``match`` (and the reverse
+    for verify, whose deprecated ``match`` is the same boolean)."""
+    if isinstance(data, dict):
+        if "matched" not in data and "match" in data:
+            data = {**data, "matched": bool(data["match"])}
+        if boolean_match and "match" not in data and "matched" in data:
+            data = {**data, "match": data["matched"]}
+    return data
 
 
 # ---------------------------------------------------------------- errors
@@ -79,7 +97,7 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     """The body of every error response."""
 
-    error: ErrorBody
+    error: ErrorBody = Field(description="What went wrong.")
 
 
 # ---------------------------------------------------------------- shared parts
@@ -91,10 +109,10 @@ class BBox(BaseModel):
     Detector boxes may extend past the image border.
     """
 
-    left: int
-    top: int
-    right: int
-    bottom: int
+    left: int = Field(description="Left edge, pixels from the photo's left (may be negative).")
+    top: int = Field(description="Top edge, pixels from the photo's top (may be negative).")
+    right: int = Field(description="Right edge, inclusive (may pass the photo's width).")
+    bottom: int = Field(description="Bottom edge, inclusive (may pass the photo's height).")
 
 
 Landmarks = Annotated[
@@ -102,6 +120,22 @@ Landmarks = Annotated[
     Field(description="Five landmarks [x, y] in image pixels: with dlib's detector (the "
           "default) eye corners and nose base; with an SCRFD detector eye centres, nose tip and "
           "mouth corners."),
+]
+
+
+DetectionConfidence = Annotated[
+    float,
+    Field(
+        description="The face detector's raw score (dlib's MMOD linear detector, not a "
+        "probability): always > 0, since windows scoring 0 or less are not faces, and with no "
+        "upper bound. Faces found in ordinary photos score about 0.95-1.15 (67 faces of the "
+        "test photos: 0.97-1.11; the training margin is 1), so values above 1 are normal; "
+        "blurred, dark or turned faces score lower (the default enrollment limit is 0.5). "
+        "With an SCRFD detector (`detector` in GET /readyz) it is that model's face "
+        "probability instead, from its score threshold (0.5 by default) to 1. Comparable "
+        "between faces and photos of one detector, not across detectors.",
+        examples=[1.04],
+    ),
 ]
 
 
@@ -176,9 +210,7 @@ class Quality(BaseModel):
         description="In-plane tilt in degrees of the line between the eye centres (positive: "
         "the eye on the image's right is lower). Alignment rotates it away."
     )
-    detection_confidence: float = Field(
-        description="The face detector's score (> 0; clear faces about 1.0-1.1)."
-    )
+    detection_confidence: DetectionConfidence
     brightness: float = Field(description="Mean grey level of the face region, 0-1.")
     contrast: float = Field(
         description="Standard deviation of the face region's grey levels, 0-1."
@@ -213,8 +245,23 @@ class FaceSelection(BaseModel):
     faces_detected: int = Field(description="Faces found in the photo.")
 
 
+class NegativeMatch(BaseModel):
+    """Why a candidate cannot be the match: a face marked "not this person" for its subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "similarity": 0.962}]})
+
+    negative_id: str = Field(
+        description="The subject's negative example (POST /negatives) nearest "
+        "to the face.")
+    similarity: float = Field(
+        description="Cosine similarity of the face with that negative: at or above the "
+        "candidate's own `similarity` (its best enrolled face), so the nearest example of this "
+        "subject says \"not this person\" (README, Clustering: the negatives rule).")
+
+
 class Candidate(BaseModel):
-    subject_id: str
+    subject_id: str = Field(description="A subject of the gallery.")
     face_id: str = Field(description="The subject's template that scored best.")
     similarity: float = Field(description="Cosine similarity with the query, in [-1, 1].")
     metadata: dict[str, Any] | None = Field(
@@ -222,6 +269,12 @@ class Candidate(BaseModel):
         "`include_metadata` (needs scope `read`); absent otherwise.",
         exclude_if=lambda value: value is None,  # identify answers keep their other nulls
     )
+    suppressed_by: NegativeMatch | None = Field(
+        None,
+        description="Present when the subject is refused for this face by one of its negative "
+        "examples: the face is at least as similar to that negative as to the subject's best "
+        "enrolled face. A suppressed candidate is never the `match`; it stays in the list so "
+        "the decision can be explained. Only candidates at or above the threshold are checked.")
 
 
 # ---------------------------------------------------------------- enroll
@@ -241,14 +294,14 @@ MetadataStatus = Annotated[
 
 class EnrollResponse(BaseModel):
     face_id: str = Field(description="Id of the stored template (new, or the existing one).")
-    subject_id: str
+    subject_id: str = Field(description="The subject the face was enrolled for.")
     created: bool = Field(
         description="False when these exact image bytes were already enrolled for the subject "
         "(the existing face is returned)."
     )
-    bbox: BBox
+    bbox: BBox = Field(description="Box of the face in the photo's pixels.")
     landmarks: Landmarks
-    detection_confidence: float
+    detection_confidence: DetectionConfidence
     faces_detected: int = Field(
         description="Faces found in the photo (the primary one was used, see face_selection)."
     )
@@ -275,9 +328,13 @@ class EnrollImageOutcome(BaseModel):
         "`error` says why."
     )
     face_id: str | None = Field(None, description="The stored face (not when rejected).")
-    bbox: BBox | None = None
-    landmarks: Landmarks | None = None
-    detection_confidence: float | None = None
+    bbox: BBox | None = Field(
+        None, description="Box of the face in the photo's pixels. Absent without a face."
+    )
+    landmarks: Landmarks | None = Field(
+        None, description="Five landmarks [x, y] in image pixels (absent without a face)."
+    )
+    detection_confidence: DetectionConfidence | None = None
     faces_detected: int | None = Field(
         None, description="Faces found in the photo (absent when it could not be decoded)."
     )
@@ -304,15 +361,17 @@ class EnrollImageOutcome(BaseModel):
 class EnrollBatchResponse(BaseModel):
     """POST /enroll with ``images``: one outcome per photo, in request order."""
 
-    subject_id: str
-    images: list[EnrollImageOutcome]
+    subject_id: str = Field(description="The subject the photos were enrolled for.")
+    images: list[EnrollImageOutcome] = Field(description="One outcome per photo, in request order.")
     enrolled: int = Field(description="Photos stored now or before (`enrolled` and "
                           "`already_enrolled`).")
     created: int = Field(description="Faces stored by this request.")
-    rejected: int
+    rejected: int = Field(description="Photos not stored (`status: rejected`).")
     threshold: float = Field(description="The similarity at which a face of another subject "
                              "counts as a possible duplicate (the identify decision).")
-    operating_point: OperatingPoint
+    operating_point: OperatingPoint = Field(
+        description="Which threshold decided, and where it came from."
+    )
     model: str = Field(description="Embedding model version.")
     metadata_status: MetadataStatus | None = None
 
@@ -323,9 +382,16 @@ class EnrollBatchResponse(BaseModel):
 class VerifiedFace(BaseModel):
     """One side of a comparison: the face found in an uploaded image, or a stored template."""
 
-    source: Literal["image_a", "image_b", "image", "template"]
+    source: Literal["image_a", "image_b", "image", "template"] = Field(
+        description="`image_a`/`image_b`/`image`: a face of that uploaded image; `template`: a "
+        "stored face of the subject."
+    )
     bbox: BBox | None = Field(None, description="Box of the face used (uploaded images).")
-    detection_confidence: float | None = None
+    landmarks: Landmarks | None = Field(
+        None, description="Five landmarks [x, y] in image pixels: of the uploaded image, or of "
+        "the photo the template was enrolled from."
+    )
+    detection_confidence: DetectionConfidence | None = None
     faces_detected: int | None = Field(
         None, description="Faces found in that image; the primary one was used."
     )
@@ -333,23 +399,45 @@ class VerifiedFace(BaseModel):
         None, description="Which face of the uploaded image was used, and why."
     )
     face_id: str | None = Field(None, description="The stored template used (subject mode).")
-    subject_id: str | None = None
+    subject_id: str | None = Field(
+        None, description="The subject the template belongs to (subject mode)."
+    )
     quality: Quality | None = Field(
         None, description="Quality of the face found (uploaded images; null for templates)."
     )
 
 
 class VerifyResponse(BaseModel):
-    match: bool = Field(description="similarity >= threshold.")
+    matched: bool = Field(description="The decision: `similarity >= threshold`, and (against "
+                          "a subject) no negative example of the subject refuses the face "
+                          "(`suppressed_by`). Named as in identify, where `matched` is the "
+                          "same decision and `match` the matched candidate.")
+    match: bool = Field(
+        description="Deprecated: the same as `matched` (removed in a later release; `match` "
+        "elsewhere is the matched candidate, not a boolean).",
+        deprecated=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data, boolean_match=True)
     similarity: float = Field(description="Cosine similarity of the two faces (best template).")
     distance: float = Field(description="Squared L2 distance of the unit embeddings: 2 - 2 cos.")
-    threshold: float
-    operating_point: OperatingPoint
+    threshold: float = Field(
+        description="The similarity threshold of the decision (`operating_point.threshold`)."
+    )
+    operating_point: OperatingPoint = Field(
+        description="Which threshold decided, and where it came from."
+    )
     faces: list[VerifiedFace] = Field(description="The two faces compared: probe first.")
     templates_compared: int | None = Field(
         None, description="Templates of the subject compared (subject mode)."
     )
-    model: str
+    model: str = Field(description="Embedding model version.")
+    suppressed_by: NegativeMatch | None = Field(
+        None, description="Subject mode: the subject's negative example (\"not this person\") "
+        "at least as similar to the face as its best template; `matched` is then false.")
 
 
 # ---------------------------------------------------------------- identify
@@ -362,33 +450,62 @@ class IdentifyResponse(BaseModel):
         description="Best subjects, most similar first; each subject once, with its best face."
     )
     match: Candidate | None = Field(
-        description="The best candidate if at or above the threshold, else null (unknown)."
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`), else null (unknown)."
     )
-    threshold: float
-    operating_point: OperatingPoint
-    model: str
+    matched: bool = Field(description="The decision: whether `match` is a candidate (someone "
+                          "at or above the threshold) rather than null (unknown).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data)
+
+    threshold: float = Field(
+        description="The similarity threshold of the decision (`operating_point.threshold`)."
+    )
+    operating_point: OperatingPoint = Field(
+        description="Which threshold decided, and where it came from."
+    )
+    model: str = Field(description="Embedding model version.")
 
 
 class IdentifiedFace(BaseModel):
-    bbox: BBox
+    bbox: BBox = Field(description="Box of the face in the photo's pixels.")
     landmarks: Landmarks
-    detection_confidence: float
-    candidates: list[Candidate]
-    match: Candidate | None = Field(
-        description="The best candidate at or above the threshold whose subject no "
-        "better-scoring face of the same photo has taken (one person appears at most once in "
-        "a photo), else null (unknown)."
+    detection_confidence: DetectionConfidence
+    candidates: list[Candidate] = Field(
+        description="Best subjects for this face, most similar first (at most `k`)."
     )
-    quality: Quality
+    match: Candidate | None = Field(
+        description="The best candidate at or above the threshold that no negative example "
+        "suppresses (`suppressed_by`) and whose subject no better-scoring face of the same "
+        "photo has taken (one person appears at most once in a photo), else null (unknown)."
+    )
+    matched: bool = Field(description="The decision: whether `match` is a candidate rather "
+                          "than null (unknown).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _decision(cls, data: Any) -> Any:
+        return _fill_decision(data)
+
+    quality: Quality = Field(description="Quality of this face.")
     unknown_face_id: str | None = Field(
         None, description="With `remember_unknown`: the id this unmatched face has in the "
         "unknown-face pool.")
+    embedding_b64: str | None = Field(
+        None, description="With `return_embedding`: the face's embedding as URL-safe base64 of "
+        "128 little-endian float32 (what POST /negatives takes as `embedding` to "
+        "mark this face \"not this person\", and GET /identify as `embedding`).")
 
 
 class IdentifyImageResponse(BaseModel):
     """POST /identify: every face of the photo (most confident first), each with candidates."""
 
-    faces: list[IdentifiedFace]
+    faces: list[IdentifiedFace] = Field(
+        description="The identified faces, most confident detection first."
+    )
     faces_detected: int = Field(description="Faces found; at most max_faces are identified.")
     truncated: bool = Field(
         False,
@@ -399,28 +516,34 @@ class IdentifyImageResponse(BaseModel):
         None, description="The cap that applied: the request's `max_faces`, at most the "
         "server's setting."
     )
-    threshold: float
-    operating_point: OperatingPoint
-    model: str
+    threshold: float = Field(
+        description="The similarity threshold of the decision (`operating_point.threshold`)."
+    )
+    operating_point: OperatingPoint = Field(
+        description="Which threshold decided, and where it came from."
+    )
+    model: str = Field(description="Embedding model version.")
 
 
 # ---------------------------------------------------------------- embed
 
 
 class EmbeddedFace(BaseModel):
-    bbox: BBox
+    bbox: BBox = Field(description="Box of the face in the photo's pixels.")
     landmarks: Landmarks
-    detection_confidence: float
+    detection_confidence: DetectionConfidence
     embedding: list[float] = Field(description="128 floats, L2-normalised.")
     embedding_b64: str = Field(
         description="The same vector as URL-safe base64 of 128 little-endian float32 (the "
         "`embedding=` input of GET /identify)."
     )
-    quality: Quality
+    quality: Quality = Field(description="Quality of this face.")
 
 
 class EmbedResponse(BaseModel):
-    faces: list[EmbeddedFace]
+    faces: list[EmbeddedFace] = Field(
+        description="The faces found, most confident first (at most `max_faces`)."
+    )
     faces_detected: int = Field(description="Faces found; at most max_faces are embedded.")
     truncated: bool = Field(
         False,
@@ -431,38 +554,40 @@ class EmbedResponse(BaseModel):
         None, description="The cap that applied: the request's `max_faces`, at most the "
         "server's setting."
     )
-    model: str
+    model: str = Field(description="Embedding model version.")
 
 
 # ---------------------------------------------------------------- subjects and faces
 
 
 class FaceInfo(BaseModel):
-    face_id: str
-    subject_id: str
-    bbox: BBox
+    face_id: str = Field(description="Id of a stored face template.")
+    subject_id: str = Field(description="The subject the face belongs to.")
+    bbox: BBox = Field(description="Box of the face in the photo it was enrolled from.")
     landmarks: Landmarks
-    detection_confidence: float
-    model: str
+    detection_confidence: DetectionConfidence
+    model: str = Field(description="Embedding model version of the stored template.")
     image_sha256: str = Field(description="SHA-256 of the enrolled image file's bytes.")
     created_at: str = Field(description="ISO 8601, UTC.")
 
 
 class SubjectSummary(BaseModel):
-    subject_id: str
-    metadata: dict[str, Any]
-    created_at: str
-    face_count: int
+    subject_id: str = Field(description="The client's identifier of the person.")
+    metadata: dict[str, Any] = Field(
+        description="The JSON object stored with the subject (empty when none was given)."
+    )
+    created_at: str = Field(description="When the subject was first enrolled: ISO 8601, UTC.")
+    face_count: int = Field(description="Stored face templates of the subject.")
 
 
 class SubjectDetail(SubjectSummary):
-    faces: list[FaceInfo]
+    faces: list[FaceInfo] = Field(description="Every stored face of the subject, oldest first.")
 
 
 class SubjectList(BaseModel):
-    subjects: list[SubjectSummary]
+    subjects: list[SubjectSummary] = Field(description="This page's subjects, in id order.")
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null on the last page."
+        description="Pass as `cursor` for the next page (opaque); null on the last page."
     )
 
 
@@ -505,14 +630,14 @@ class MergeSubjectResponse(BaseModel):
 
 
 class DeleteSubjectResponse(BaseModel):
-    subject_id: str
+    subject_id: str = Field(description="The erased subject.")
     faces_deleted: int = Field(description="Templates removed from storage and index.")
 
 
 class DeleteFaceResponse(BaseModel):
-    face_id: str
-    subject_id: str
-    deleted: bool
+    face_id: str = Field(description="The deleted face.")
+    subject_id: str = Field(description="The subject it belonged to.")
+    deleted: bool = Field(description="Always true: an unknown face is 404.")
     subject_deleted: bool = Field(
         False,
         description="The face was its subject's last, so the subject (and its metadata) was "
@@ -524,7 +649,7 @@ class DeleteFaceResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok"] = Field(description="Always `ok` while the process answers.")
 
 
 class ReplicationLag(BaseModel):
@@ -533,7 +658,10 @@ class ReplicationLag(BaseModel):
         None, description="The last change committed to the database (absent, like the two "
         "below, when the database cannot be reached: see `error`)."
     )
-    changes_behind: int | None = None
+    changes_behind: int | None = Field(
+        None, description="Changes committed to the database and not in this replica's index "
+        "yet."
+    )
     seconds_behind: float | None = Field(
         None, description="Age of the oldest change not applied yet; 0 when caught up."
     )
@@ -546,7 +674,7 @@ class SelfTestReport(BaseModel):
 
     device: str = Field(description="The torch device the models run on.")
     device_name: str = Field(description="The GPU's or CPU's name.")
-    torch: str
+    torch: str = Field(description="PyTorch version.")
     cuda: str | None = Field(None, description="CUDA version torch was built with, if any.")
     detect_ms: float = Field(description="Detection of one 640x480 photo, milliseconds.")
     embed_ms_per_face: float = Field(description="Embedding, per face in a batch of 8.")
@@ -574,8 +702,10 @@ class CallerInfo(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready"]
-    model: str
+    status: Literal["ready"] = Field(
+        description="`ready` once models and gallery are loaded (503 before)."
+    )
+    model: str = Field(description="Embedding model version.")
     embedding_size: int | None = Field(
         None, description="Length of the model's embeddings (128 for dlib's ResNet, 512 for "
         "most ArcFace-family models)."
@@ -587,8 +717,8 @@ class ReadyResponse(BaseModel):
     detector: str | None = Field(
         None, description="The face detector: `dlib-mmod`, or the version of an SCRFD model."
     )
-    device: str
-    index_kind: str
+    device: str = Field(description="The torch device the models run on (`cpu`, `cuda:0`).")
+    index_kind: str = Field(description="The FAISS index kind (`flat`, `hnsw`, ...).")
     index_source: Literal["snapshot", "store"] = Field(
         description="Where the index came from at start-up: the validated snapshot, or a "
         "rebuild from the database (no snapshot, or a stale or damaged one)."
@@ -598,7 +728,9 @@ class ReadyResponse(BaseModel):
         "gallery (or without keys); anyone else learns readiness only."
     )
     gallery_subjects: int | None = Field(None, description="Subjects, as `gallery_faces`.")
-    batching: bool
+    batching: bool = Field(
+        description="Whether concurrent requests are embedded in shared batches."
+    )
     replication: ReplicationLag | None = Field(
         None,
         description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "
@@ -633,15 +765,17 @@ class KeyInfo(BaseModel):
     """An API key as listed: never its token (only its hash is stored)."""
 
     key_id: str = Field(description="Public id, for revoking.")
-    name: str
-    scopes: list[Scope]
+    name: str = Field(description="The key's name (who holds it).")
+    scopes: list[Scope] = Field(description="What the key may do.")
     gallery: str | None = Field(description="The key's gallery; null for the default one.")
-    created_at: str
-    revoked_at: str | None
+    created_at: str = Field(description="When it was created: ISO 8601, UTC.")
+    revoked_at: str | None = Field(
+        description="When it was revoked (ISO 8601, UTC); null while valid."
+    )
 
 
 class KeyList(BaseModel):
-    keys: list[KeyInfo]
+    keys: list[KeyInfo] = Field(description="The keys, oldest first.")
 
 
 class CreatedKey(KeyInfo):
@@ -649,18 +783,21 @@ class CreatedKey(KeyInfo):
 
 
 class AuditEvent(BaseModel):
-    id: int
+    id: int = Field(description="The event's number: increasing, for ordering.")
     at: str = Field(description="ISO 8601, UTC.")
     key_id: str | None = Field(description="The key that acted; null without keys (operator).")
-    key_name: str
+    key_name: str = Field(
+        description="The acting key's name at the time (`(no key)` for the operator)."
+    )
     action: Literal[
         "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
         "name_cluster", "delete_cluster", "update_subject", "rename_subject", "merge_subject",
         "restore",
         "create_gallery", "delete_gallery",
-    ]
-    subject_id: str | None
-    face_id: str | None
+        "move_face", "add_negative", "delete_negative",
+    ] = Field(description="What was done.")
+    subject_id: str | None = Field(description="The subject concerned, if any.")
+    face_id: str | None = Field(description="The face concerned, if any.")
     detail: dict[str, Any] = Field(
         description="Small facts (`created`, `faces_deleted`, `scopes`); never images, "
         "embeddings or metadata."
@@ -668,9 +805,14 @@ class AuditEvent(BaseModel):
 
 
 class AuditList(BaseModel):
-    events: list[AuditEvent]
+    events: list[AuditEvent] = Field(description="This page's events, oldest first.")
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null on the last page."
+    )
     next_after: int | None = Field(
-        description="Pass as `after` for the next page; null on the last page."
+        None,
+        description="Deprecated (use `next_cursor`): pass as `after` for the next page.",
+        deprecated=True,
     )
 
 
@@ -740,38 +882,123 @@ class DeleteGalleryResponse(BaseModel):
 
 
 class ClusterFace(BaseModel):
-    face_id: str
-    source: str | None = None
-    bbox: BBox
-    created_at: str
+    face_id: str = Field(description="A face of the unknown-face pool.")
+    source: str | None = Field(
+        None, description="The caller's reference to the photo (`source` of POST /identify)."
+    )
+    bbox: BBox = Field(description="Box of the face in the photo's pixels.")
+    created_at: str = Field(description="When the face was seen: ISO 8601, UTC.")
+
+
+class ClusterChip(BaseModel):
+    """A representative face of a cluster with its chip inline (GET /clusters?include=chips)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"face_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b", "jpeg_b64": "/9j/4AAQSkZJRgABAQAAAQ..."}]})
+
+    face_id: str = Field(description="The pool face.")
+    jpeg_b64: str = Field(
+        description="Its aligned 150x150 face chip, JPEG, standard base64 (a few kB; "
+        "`data:image/jpeg;base64,` + this is an image URL).")
 
 
 class ClusterInfo(BaseModel):
     """One group of the unknown-face pool: probably one person."""
 
-    cluster_id: str
-    size: int
+    cluster_id: str = Field(description="The cluster's id (changes when the pool is reclustered).")
+    size: int = Field(description="Faces in the cluster.")
     representative_face_id: str = Field(
         description="The face most similar to the rest; its chip is at "
         "GET /clusters/faces/{face_id}/chip.")
-    faces: list[ClusterFace]
+    faces: list[ClusterFace] = Field(description="The cluster's faces.")
+    chips: list[ClusterChip] | None = Field(
+        None,
+        description="With `include=chips`: the chips of the cluster's most representative "
+        "faces (most similar to the rest first, at most `chips_per_cluster`); faces without a "
+        "stored chip are left out. Absent for clusters past the response's chip budget.")
 
 
 class ClusterList(BaseModel):
     """GET and POST /clusters: the pool's groups, largest first."""
 
-    clusters: list[ClusterInfo]
+    clusters: list[ClusterInfo] = Field(description="The groups, largest first.")
     unclustered: int = Field(description="Pool faces in no group (seen once so far).")
     pending: int = Field(description="Pool faces not clustered yet (POST /clusters does).")
-    threshold: float | None = None
+    threshold: float | None = Field(
+        None, description="The similarity used for one person (POST /clusters)."
+    )
+
+
+# ---------------------------------------------------------------- corrections
+
+
+class NegativeInfo(BaseModel):
+    """A face marked "not this person" for a subject: a negative example of it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "source": "unknown_face", "source_id": "0b6f3c1e9a2d4f5e8c7b6a5d4e3f2a1b",
+        "model": "dlib-resnet-v1", "created_at": "2026-12-04T10:15:30.123Z"}]})
+
+    negative_id: str = Field(description="Id of the negative (DELETE it to undo).")
+    subject_id: str = Field(description="The subject the face is not.")
+    source: Literal["face", "unknown_face", "embedding"] = Field(
+        description="What was marked: an enrolled face (`face_id`), a pool or cluster face "
+        "(`unknown_face_id`), or an embedding the client sent (e.g. `embedding_b64` of an "
+        "identify result).")
+    source_id: str | None = Field(
+        None, description="The face or pool face it was taken from (absent for an embedding). "
+        "Its embedding was copied: erasing that face later keeps the negative.")
+    model: str = Field(description="Embedding model of the stored vector; negatives of another "
+                       "model than the server's are not used.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+
+
+class NegativeList(BaseModel):
+    """GET /negatives?subject_id=..."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "subject_id": "person-0042", "negatives": [NegativeInfo.model_config[
+            "json_schema_extra"]["examples"][0]]}]})  # type: ignore[index]
+
+    subject_id: str = Field(description="The subject.")
+    negatives: list[NegativeInfo] = Field(description="Its negative examples, oldest first.")
+
+
+class DeleteNegativeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "negative_id": "5f0c2a9d41b84e6c9e3d7a1b2c4d6e8f", "subject_id": "person-0042",
+        "deleted": True}]})
+
+    negative_id: str = Field(description="The negative erased.")
+    subject_id: str = Field(description="Its subject.")
+    deleted: bool = Field(description="Always true (an unknown negative is 404).")
+
+
+class MoveFaceResponse(BaseModel):
+    """POST /faces/{face_id}/move: the face now belongs to another subject."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "face_id": "9c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f", "from_subject_id": "person-0042",
+        "subject_id": "person-0043", "subject_created": True, "from_subject_deleted": False}]})
+
+    face_id: str = Field(description="The face moved; its id, embedding, chip and enrollment "
+                         "time are kept.")
+    from_subject_id: str = Field(description="The subject it was taken from.")
+    subject_id: str = Field(description="The subject it now belongs to.")
+    subject_created: bool = Field(description="True when that subject was created by the "
+                                  "move (with no metadata).")
+    from_subject_deleted: bool = Field(
+        False, description="True when the face was its old subject's last: that subject is "
+        "gone with it (with its metadata and negatives), as after DELETE /faces/{id}.")
 
 
 class NameClusterResponse(BaseModel):
-    cluster_id: str
-    subject_id: str
+    cluster_id: str = Field(description="The named cluster (now gone from the pool).")
+    subject_id: str = Field(description="The subject its faces were enrolled as.")
     face_ids: list[str] = Field(description="The faces enrolled (new gallery face ids).")
 
 
 class DeleteClusterResponse(BaseModel):
-    cluster_id: str
-    faces_deleted: int
+    cluster_id: str = Field(description="The deleted cluster.")
+    faces_deleted: int = Field(description="Pool faces erased.")

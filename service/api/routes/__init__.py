@@ -14,6 +14,7 @@ from service.api.routes import (
     health,
     identify,
     keys,
+    negatives,
     subjects,
     verify,
 )
@@ -26,6 +27,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     identify.router,
     embed.router,
     subjects.router,
+    negatives.router,
     faces.router,
     clusters.router,
     audit.router,

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
+from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
 from service.api.deps import ServicesDep
-from service.api.errors import Forbidden, error_responses
+from service.api.errors import Forbidden, InvalidField, error_responses
 from service.api.routes.common import run_in_threadpool
 from service.api.schemas import AuditEvent, AuditList
 from service.security.auth import AuditKey
@@ -22,7 +23,8 @@ router = APIRouter(tags=["security"])
     summary="The audit log",
     description=(
         "Enrollments, erasures and key changes of the key's gallery, oldest first, `limit` per "
-        "page; pass `next_after` back as `after`. Events name the key (who), the action and "
+        "page; pass `next_cursor` back as `cursor` (the older `after`/`next_after` pair "
+        "still works, deprecated). Events name the key (who), the action and "
         "ids (what) and the time (when); never images, embeddings or metadata. `enroll` "
         "creates a subject, `add_face` adds a face to one that existed before (with the "
         "metadata's key names when it was replaced). A gallery other than the default numbers "
@@ -34,13 +36,23 @@ router = APIRouter(tags=["security"])
 async def audit_log(
     principal: AuditKey,
     services: ServicesDep,
-    after: Annotated[int, Query(ge=0, le=2**62, description="Events after this id.")] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
+              "(opaque; 422 `invalid_cursor` otherwise)."),
+    ] = None,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=2**62, deprecated=True,
+              description="Deprecated (use `cursor`): events after this event id."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 100,
     action: Annotated[
         Literal[
             "enroll", "add_face", "delete_subject", "delete_face", "create_key", "revoke_key",
             "name_cluster", "delete_cluster", "update_subject", "rename_subject",
             "merge_subject", "create_gallery", "delete_gallery",
+            "move_face", "add_negative", "delete_negative",
         ] | None,
         Query(description="Only this kind of event."),
     ] = None,
@@ -57,10 +69,17 @@ async def audit_log(
                 f"key {principal.name!r} is bound to gallery {principal.gallery!r}: only an "
                 "audit key of the default gallery reads other galleries' logs")
         log = gallery
+    if cursor is not None and after is not None:
+        raise InvalidField("give `cursor` or the deprecated `after`, not both")
+    start = after or 0
+    if cursor is not None:
+        start = decode_cursor("audit", log, cursor, int)
+        if start < 0:
+            raise invalid_cursor()
     if services.audit is None:
-        return AuditList(events=[], next_after=None)
+        return AuditList(events=[], next_cursor=None, next_after=None)
     records = await run_in_threadpool(
-        services.audit.events, log, after, limit, action
+        services.audit.events, log, start, limit, action
     )
     events = [
         AuditEvent(
@@ -69,4 +88,9 @@ async def audit_log(
         )
         for r in records
     ]
-    return AuditList(events=events, next_after=events[-1].id if len(events) == limit else None)
+    last = events[-1].id if len(events) == limit else None
+    return AuditList(
+        events=events,
+        next_cursor=None if last is None else encode_cursor("audit", log, last),
+        next_after=last,
+    )

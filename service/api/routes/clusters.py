@@ -15,14 +15,15 @@ data: ``erase``.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Query, Response
 
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
@@ -30,11 +31,13 @@ from service.api.errors import Forbidden, InvalidField, ServiceError, error_resp
 from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
+    ClusterChip,
     ClusterFace,
     ClusterInfo,
     ClusterList,
     ClusterRequest,
     DeleteClusterResponse,
+    ErrorResponse,
     MergeClusterRequest,
     NameClusterRequest,
     NameClusterResponse,
@@ -48,7 +51,8 @@ from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 router = APIRouter(prefix="/clusters", tags=["clusters"])
 
 ALONE = ""  # cluster_id of a face clustered and found alone
-ClusterPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+ClusterPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$",
+                                   description="A cluster id (from GET /clusters).")]
 
 
 class ClusterNotFound(ServiceError):
@@ -57,6 +61,14 @@ class ClusterNotFound(ServiceError):
 
 class ClusterOfAnotherModel(ServiceError):
     status, code = 409, "model_mismatch"
+
+
+class ClusteringRunning(ServiceError):
+    status, code = 409, "clustering_running"
+
+
+MAX_CHIPS_PER_CLUSTER = 8
+MAX_CHIPS = 200  # per response: 150x150 JPEG chips are a few kB each, so at most ~1-2 MB
 
 
 def _now() -> str:
@@ -74,19 +86,39 @@ def remember(gallery: Gallery, faces: list[UnknownFace]) -> None:
     gallery.store.add_unknown(faces)  # type: ignore[attr-defined]
 
 
-def _listing(faces: list[UnknownFace], threshold: float | None) -> ClusterList:
+def _listing(
+    faces: list[UnknownFace], threshold: float | None,
+    chips: tuple[Gallery, str, int] | None = None,
+) -> ClusterList:
+    """The listing; ``chips`` (gallery, pool, per cluster): with that many representative
+    chips inline per cluster, largest clusters first, until ``MAX_CHIPS`` are given."""
     groups: dict[str, list[UnknownFace]] = {}
     for f in faces:
         if f.cluster_id:
             groups.setdefault(f.cluster_id, []).append(f)
     clusters = []
+    budget = MAX_CHIPS
     for cid, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         v = np.stack([np.asarray(m.embedding) for m in members])
-        rep = members[int(np.argmax(v @ v.sum(axis=0)))]
+        order = np.argsort(-(v @ v.sum(axis=0)), kind="stable")  # most representative first
+        rep = members[int(order[0])]
+        inline = None
+        if chips is not None and budget > 0:
+            gallery, pool, per_cluster = chips
+            inline = []
+            for i in order.tolist():
+                if len(inline) >= min(per_cluster, budget):
+                    break
+                jpeg = gallery.store.unknown_chip(pool, members[i].face_id)  # type: ignore[attr-defined]
+                if jpeg is not None:
+                    inline.append(ClusterChip(face_id=members[i].face_id,
+                                              jpeg_b64=base64.b64encode(jpeg).decode("ascii")))
+            budget -= len(inline)
         clusters.append(ClusterInfo(
             cluster_id=cid, size=len(members), representative_face_id=rep.face_id,
             faces=[ClusterFace(face_id=m.face_id, source=m.source, bbox=to_bbox(m.bbox),
-                               created_at=m.created_at) for m in members]))
+                               created_at=m.created_at) for m in members],
+            chips=inline))
     return ClusterList(
         clusters=clusters,
         unclustered=sum(1 for f in faces if f.cluster_id == ALONE),
@@ -143,9 +175,14 @@ def recluster(faces: list[UnknownFace], mode: str, threshold: float) -> dict[str
         "Groups the faces of the key's unknown-face pool into people (average linkage; two "
         "faces of one photo never in one group). `incremental` (default) places the faces "
         "new since the last run without moving the others; `full` reclusters everything. "
-        "Faces past the retention limit are erased first. Needs scope `enroll`."
+        "Faces past the retention limit are erased first. One run at a time per gallery, "
+        "across replicas: a POST while another runs is refused with 409 `clustering_running` "
+        "(try again when it has finished; its result is then in GET /clusters). Needs scope "
+        "`enroll`."
     ),
-    responses=error_responses(400, 401, 403, 408, 422, 429, 503),
+    responses={**error_responses(400, 401, 403, 408, 409, 422, 429, 503), 409: {
+        "model": ErrorResponse, "description": "`clustering_running`: another "
+        "POST /clusters of this gallery is running (any replica); retry when it is done."}},
 )
 async def run_clustering(
     principal: EnrollKey, gallery: GalleryDep, settings: SettingsDep,
@@ -156,14 +193,19 @@ async def run_clustering(
     pool = principal.namespace.gallery
 
     def run() -> ClusterList:
-        expire(gallery, settings)
-        faces = gallery.store.unknown_faces(pool)  # type: ignore[attr-defined]
-        assignment = recluster(faces, request.mode, threshold)
-        changed = {f.face_id: assignment[f.face_id] for f in faces
-                   if assignment.get(f.face_id, f.cluster_id) != f.cluster_id}
-        gallery.store.set_unknown_clusters(pool, changed)  # type: ignore[attr-defined]
-        faces = [replace(f, cluster_id=assignment.get(f.face_id, f.cluster_id)) for f in faces]
-        return _listing(faces, threshold)
+        with gallery.store.clustering_lock(pool) as taken:  # type: ignore[attr-defined]
+            if not taken:
+                raise ClusteringRunning("the pool of this gallery is being clustered by "
+                                        "another request; try again when it has finished")
+            expire(gallery, settings)
+            faces = gallery.store.unknown_faces(pool)  # type: ignore[attr-defined]
+            assignment = recluster(faces, request.mode, threshold)
+            changed = {f.face_id: assignment[f.face_id] for f in faces
+                       if assignment.get(f.face_id, f.cluster_id) != f.cluster_id}
+            gallery.store.set_unknown_clusters(pool, changed)  # type: ignore[attr-defined]
+            faces = [replace(f, cluster_id=assignment.get(f.face_id, f.cluster_id))
+                     for f in faces]
+            return _listing(faces, threshold)
 
     return await run_in_threadpool(run)
 
@@ -173,16 +215,28 @@ async def run_clustering(
     response_model=ClusterList,
     summary="The clusters of the unknown-face pool",
     description="Groups as the last POST /clusters left them, largest first, with their "
-    "faces and a representative face. Needs scope `read`.",
+    "faces and a representative face. With `include=chips`, each cluster also carries the "
+    "JPEG chips of its most representative faces inline (base64, at most `chips_per_cluster` "
+    f"each and {MAX_CHIPS} in all, largest clusters first), so a page of groups needs one "
+    "request. Needs scope `read`.",
     responses=error_responses(401, 403, 408, 422, 429, 503),
 )
 async def list_clusters(
-    principal: ReadKey, gallery: GalleryDep, settings: SettingsDep
+    principal: ReadKey, gallery: GalleryDep, settings: SettingsDep,
+    include: Annotated[Literal["chips"] | None, Query(
+        description="`chips`: the representative faces' chips inline (`chips` of each "
+        "cluster).")] = None,
+    chips_per_cluster: Annotated[int, Query(
+        ge=1, le=MAX_CHIPS_PER_CLUSTER,
+        description="With `include=chips`: chips per cluster, most representative first.")] = 3,
 ) -> ClusterList:
+    pool = principal.namespace.gallery
+
     def read() -> ClusterList:
         expire(gallery, settings)
-        faces = gallery.store.unknown_faces(principal.namespace.gallery)  # type: ignore[attr-defined]
-        return _listing(faces, None)
+        faces = gallery.store.unknown_faces(pool)  # type: ignore[attr-defined]
+        return _listing(faces, None, (gallery, pool, chips_per_cluster)
+                        if include == "chips" else None)
 
     return await run_in_threadpool(read)
 
@@ -192,11 +246,13 @@ async def list_clusters(
     response_class=Response,
     summary="The aligned face chip of a pool face (JPEG)",
     description="Needs scope `read`.",
-    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(401, 403, 404, 429)},
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The chip, JPEG."},
+               **error_responses(401, 403, 404, 422, 429)},
 )
 async def pool_chip(
     principal: ReadKey, gallery: GalleryDep,
-    face_id: Annotated[str, Path(min_length=1, max_length=64)],
+    face_id: Annotated[str, Path(min_length=1, max_length=64,
+                                 description="A face of the unknown-face pool.")],
 ) -> Response:
     chip = await run_in_threadpool(
         gallery.store.unknown_chip,  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from models.face_selection import Selection
 from models.faces import Box
 from models.imageio import InvalidBase64 as InvalidImageBase64
 from models.imageio import b64decode_image
+from models.negatives import nearest_negative, refused
 from service.api.deps import Services
 from service.api.errors import BadRequest, InvalidBase64, InvalidField, UnsupportedMediaType
 from service.api.schemas import (
@@ -37,6 +38,7 @@ from service.api.schemas import (
     BBox,
     Candidate,
     FaceSelection,
+    NegativeMatch,
     OperatingPoint,
 )
 from service.gallery.gallery import Gallery
@@ -60,6 +62,7 @@ __all__ = [
     "parse_body",
     "parse_metadata",
     "run_in_threadpool",
+    "suppress_by_negatives",
     "to_bbox",
     "too_many_images",
 ]
@@ -409,9 +412,48 @@ def candidates_for(
         fetch = min(total, fetch * 4)
 
 
+def suppress_by_negatives(
+    gallery: Gallery,
+    queries: np.ndarray,
+    per_face: list[list[Candidate]],
+    threshold: float,
+    namespace: Namespace,
+) -> None:
+    """Mark (``suppressed_by``) each candidate at or above ``threshold`` whose subject one of
+    its negative examples refuses for that query (``models.negatives``: the query is at least
+    as similar to the negative as to the subject's best enrolled face). Blocking: one store
+    read of the candidates' subjects' negatives, none when no candidate reaches the
+    threshold; negatives of another model than the gallery's are not comparable and not used.
+    """
+    wanted = {c.subject_id for cands in per_face for c in cands if c.similarity >= threshold}
+    if not wanted:
+        return
+    internal = {namespace.internal(s): s for s in wanted}
+    grouped: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    for n in gallery.store.negatives(list(internal)):  # type: ignore[attr-defined]
+        if n.model == gallery.model_version and n.embedding is not None:
+            ids, vectors = grouped.setdefault(internal[n.subject_id], ([], []))
+            ids.append(n.negative_id)
+            vectors.append(n.embedding)
+    if not grouped:
+        return
+    matrices = {s: (ids, np.stack(v)) for s, (ids, v) in grouped.items()}
+    for query, candidates in zip(queries, per_face, strict=True):
+        for c in candidates:
+            if c.similarity < threshold or c.subject_id not in matrices:
+                continue
+            ids, matrix = matrices[c.subject_id]
+            hit = nearest_negative(query, matrix)
+            if hit is not None and refused(c.similarity, hit.similarity, threshold):
+                c.suppressed_by = NegativeMatch(negative_id=ids[hit.index],
+                                                similarity=hit.similarity)
+
+
 def match_of(candidates: list[Candidate], threshold: float) -> Candidate | None:
-    if candidates and candidates[0].similarity >= threshold:
-        return candidates[0]
+    """The best candidate that no negative suppresses, if it reaches ``threshold``."""
+    best = next((c for c in candidates if c.suppressed_by is None), None)
+    if best is not None and best.similarity >= threshold:
+        return best
     return None
 
 
@@ -420,7 +462,8 @@ def one_subject_per_photo(
 ) -> list[Candidate | None]:
     """Each face's match when one person appears at most once in a photo.
 
-    ``per_face[i]`` are face ``i``'s candidates, most similar first. Matches are handed out
+    ``per_face[i]`` are face ``i``'s candidates, most similar first; those a negative
+    suppresses are never offered. Matches are handed out
     best similarity first across the whole photo: a face whose subject a better-scoring face
     already took falls to its next candidate at or above ``threshold``, else to unknown
     (None). Equal similarities go to the earlier face (the more confident detection).
@@ -430,7 +473,7 @@ def one_subject_per_photo(
             (-c.similarity, face, rank, c)
             for face, candidates in enumerate(per_face)
             for rank, c in enumerate(candidates)
-            if c.similarity >= threshold
+            if c.similarity >= threshold and c.suppressed_by is None
         ),
         key=lambda offer: offer[:3],
     )

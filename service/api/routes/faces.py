@@ -1,4 +1,5 @@
-"""GET /faces/{face_id}, GET /faces/{face_id}/chip and DELETE /faces/{face_id}: single templates."""
+"""GET /faces/{face_id}, GET /faces/{face_id}/chip, DELETE /faces/{face_id} and POST
+/faces/{face_id}/move (a face split out of its subject): single templates."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from service.api.deps import GalleryDep, ServicesDep
-from service.api.errors import FaceNotFound, error_responses
+from service.api.errors import FaceNotFound, InvalidField, ServiceError, error_responses
 from service.api.routes.common import audit_event, run_in_threadpool
 from service.api.routes.subjects import face_info
-from service.api.schemas import DeleteFaceResponse, FaceInfo
+from service.api.schemas import (
+    DeleteFaceResponse,
+    ErrorResponse,
+    FaceInfo,
+    MoveFaceRequest,
+    MoveFaceResponse,
+)
 from service.gallery.gallery import Gallery
-from service.security.auth import EraseKey, Principal, ReadKey
+from service.security.auth import EnrollKey, EraseKey, Principal, ReadKey
 
 router = APIRouter(prefix="/faces", tags=["gallery"])
 
@@ -95,4 +102,59 @@ async def delete_face(
     result = await run_in_threadpool(_delete, gallery, face_id, principal)
     await audit_event(services, principal, "delete_face", subject_id=result.subject_id,
                       face_id=face_id, detail={"subject_deleted": result.subject_deleted})
+    return result
+
+
+class SameImageInSubject(ServiceError):
+    status, code = 409, "duplicate_face"
+
+
+def _move(gallery: Gallery, face_id: str, principal: Principal, subject_id: str
+          ) -> MoveFaceResponse:
+    namespace = principal.namespace
+    record = gallery.get_face(face_id)
+    if record is None or not namespace.owns(record.subject_id):
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    target = namespace.internal(subject_id)
+    if record.subject_id == target:
+        raise InvalidField(f"face {face_id!r} already belongs to {subject_id!r}")
+    result = gallery.move_face(face_id, target)
+    if result.record is None:  # deleted meanwhile
+        raise FaceNotFound(f"face {face_id!r} does not exist")
+    if result.conflict is not None:
+        raise SameImageInSubject(
+            f"{subject_id!r} already has a face of the same image ({result.conflict!r}); "
+            "delete one of the two instead")
+    old = result.from_subject or record.subject_id
+    return MoveFaceResponse(face_id=face_id, from_subject_id=namespace.external(old) or old,
+                            subject_id=subject_id, subject_created=result.subject_created,
+                            from_subject_deleted=result.subject_deleted)
+
+
+@router.post(
+    "/{face_id}/move",
+    response_model=MoveFaceResponse,
+    summary="Move a face to another subject (split it out)",
+    description="Gives one enrolled face to another subject, existing or new (created with no "
+    "metadata): a face enrolled under the wrong person, or one person's subject split in two. "
+    "Atomic: identify finds the face under its old subject or its new one, never both; on a "
+    "shared PostgreSQL gallery every replica follows through the change log. The face keeps "
+    "its id, embedding, chip and enrollment time; the old subject goes when this was its "
+    "last face (`from_subject_deleted`), as with DELETE /faces/{id}. Refused (409 "
+    "`duplicate_face`) when the target already has a face of the same image. Needs scope "
+    "`enroll`, as PATCH and merge of subjects; audited as `move_face`.",
+    responses={**error_responses(400, 401, 403, 404, 408, 409, 422, 429, 503), 409: {
+        "model": ErrorResponse, "description": "`duplicate_face`: the target "
+        "subject already has a face of the same image."}},
+)
+async def move_face(
+    principal: EnrollKey, face_id: FacePath, services: ServicesDep, gallery: GalleryDep,
+    body: MoveFaceRequest,
+) -> MoveFaceResponse:
+    result = await run_in_threadpool(_move, gallery, face_id, principal, body.subject_id)
+    await audit_event(services, principal, "move_face", subject_id=result.subject_id,
+                      face_id=face_id, detail={"from_subject_id": result.from_subject_id,
+                                               "subject_created": result.subject_created,
+                                               "from_subject_deleted":
+                                                   result.from_subject_deleted})
     return result

@@ -17,7 +17,13 @@ from service.security.auth import MetricsKey, identify_caller
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process is up")
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    summary="Liveness: the process is up",
+    description="Answers 200 as soon as the process serves HTTP, also while the models are "
+    "loading (readiness is GET /readyz). Needs no key.",
+)
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 

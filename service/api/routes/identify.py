@@ -13,6 +13,7 @@ from service.api.routes.clusters import expire, pool_faces_for, remember
 from service.api.routes.common import (
     candidates_for,
     decode_embedding,
+    encode_embedding,
     identify_point,
     image_bytes,
     image_request_body,
@@ -21,6 +22,7 @@ from service.api.routes.common import (
     one_subject_per_photo,
     parse_body,
     run_in_threadpool,
+    suppress_by_negatives,
     to_bbox,
 )
 from service.api.schemas import (
@@ -48,8 +50,9 @@ router = APIRouter(tags=["recognition"])
         "For clients that already hold a face: give exactly one of `face_id` (a stored "
         "template; that template itself is left out of the candidates, other templates of "
         "its subject are not) or `embedding`. Candidates are subjects, each once with its "
-        "best-scoring face, most similar first; `match` is the first candidate if its "
-        "similarity reaches the threshold, else null (unknown person). Needs scope "
+        "best-scoring face, most similar first; `match` is the first candidate that no "
+        "negative example of its subject suppresses (`suppressed_by`) if its similarity "
+        "reaches the threshold, else null (unknown person). Needs scope "
         "`recognize`; only the key's gallery is searched. `include_metadata=true` adds each "
         "candidate's subject metadata and needs scope `read` as well."
     ),
@@ -138,11 +141,15 @@ async def _search(
     [candidates] = await run_in_threadpool(
         candidates_for, gallery, query[None, :], k, exclude, principal.namespace.external
     )
+    await run_in_threadpool(suppress_by_negatives, gallery, query[None, :], [candidates],
+                            point.threshold, principal.namespace)
     if include_metadata:
         await run_in_threadpool(with_metadata, gallery, [candidates], principal)
+    match = match_of(candidates, point.threshold)
     return IdentifyResponse(
         candidates=candidates,
-        match=match_of(candidates, point.threshold),
+        match=match,
+        matched=match is not None,
         threshold=point.threshold,
         operating_point=point,
         model=services.pipeline.model_version,
@@ -184,11 +191,13 @@ def _stored_embedding(gallery: Gallery, face_id: str, principal: Principal) -> n
         "capped by the server's setting) and searches the gallery with each. One person "
         "appears at most once in a photo: when two faces would match the same subject, the "
         "better-scoring face keeps it and the other takes its next candidate at or above "
-        "the threshold, or none (unknown). A photo without faces gives an empty `faces` "
-        "list; one with more faces than `max_faces` says so (`truncated: true`, "
-        "`faces_detected` counts them all). Needs scope `recognize`; only the key's gallery "
-        "is searched. `include_metadata` adds each candidate's subject metadata and needs "
-        "scope `read` as well."
+        "the threshold, or none (unknown). A candidate whose subject has a negative example "
+        "(\"not this person\") at least as similar to the face as the subject's best enrolled "
+        "face is never the match (`suppressed_by` says which negative). A photo without faces "
+        "gives an empty `faces` list; one with more faces than `max_faces` says so "
+        "(`truncated: true`, `faces_detected` counts them all). Needs scope `recognize`; only "
+        "the key's gallery is searched. `include_metadata` adds each candidate's subject "
+        "metadata and needs scope `read` as well."
     ),
     responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     openapi_extra=image_request_body(IdentifyForm, IdentifyJSON),
@@ -213,6 +222,8 @@ async def identify_image(
     per_face = await run_in_threadpool(
         candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
     )
+    await run_in_threadpool(suppress_by_negatives, gallery, found.embeddings, per_face,
+                            point.threshold, principal.namespace)
     matches = one_subject_per_photo(per_face, point.threshold)
     if body.include_metadata:
         await run_in_threadpool(with_metadata, gallery, per_face, principal)
@@ -227,11 +238,14 @@ async def identify_image(
             detection_confidence=float(face.confidence),
             candidates=candidates,
             match=match,
+            matched=match is not None,
             quality=quality_model(quality),
             unknown_face_id=pool_id,
+            embedding_b64=encode_embedding(vector) if body.return_embedding else None,
         )
-        for face, candidates, match, quality, pool_id in zip(
-            found.faces, per_face, matches, found.quality, pool_ids, strict=True
+        for face, candidates, match, quality, pool_id, vector in zip(
+            found.faces, per_face, matches, found.quality, pool_ids, found.embeddings,
+            strict=True,
         )
     ]
     return IdentifyImageResponse(

@@ -127,7 +127,8 @@ def _record(services: ServicesDep, principal: Principal, action: str, gallery: s
 async def revoke_key(
     principal: AdminKey,
     services: ServicesDep,
-    key_id: Annotated[str, Path(min_length=1, max_length=64)],
+    key_id: Annotated[str, Path(min_length=1, max_length=64,
+                                description="The key's public id (`key_id`).")],
 ) -> KeyInfo:
     scope = principal.gallery or None  # None: any gallery (the operator's admin)
     record = await run_in_threadpool(_ring(services).revoke, key_id, scope)

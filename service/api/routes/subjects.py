@@ -7,16 +7,14 @@ with ``/`` from older versions are reached with ``%2F``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
 
 import service.api.subject_paths  # noqa: F401  (registers the `subject` path convertor)
+from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
 from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import (
-    BadRequest,
     InvalidField,
     ServiceError,
     SubjectNotFound,
@@ -100,13 +98,15 @@ def _summary(record: Any, namespace: Namespace) -> SubjectSummary:
     summary="List subjects",
     description="Subjects of the key's gallery in a stable order, `limit` per page; follow "
     "`next_cursor`. Needs scope `read`.",
-    responses=error_responses(400, 401, 403, 408, 422, 429, 503),
+    responses=error_responses(401, 403, 408, 422, 429, 503),
 )
 async def list_subjects(
     principal: ReadKey,
     gallery: GalleryDep,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
+              "(opaque; 422 `invalid_cursor` otherwise)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Subjects per page.")] = 100,
 ) -> SubjectList:
@@ -114,21 +114,44 @@ async def list_subjects(
 
     def page() -> tuple[list[Any], str | None]:
         # A gallery's stored ids form one contiguous run (service.security.keys): start at its
-        # beginning, or at a cursor inside it, and stop at the first id outside it.
+        # beginning, or after the cursor's subject, and stop at the first id outside it.
+        start = _encode_cursor(namespace.list_after)
+        if cursor is not None:
+            start = _start_of(cursor, namespace)
         try:
-            if cursor is not None and not namespace.owns(_decode_cursor(cursor)):
-                raise ValueError("cursor of another gallery")
-            start = cursor if cursor is not None else _encode_cursor(namespace.list_after)
-            records, next_cursor = gallery.list_subjects(start, limit)
+            records, more = gallery.list_subjects(start, limit)
         except ValueError:
-            raise BadRequest("cursor is not valid", code="invalid_cursor") from None
+            raise invalid_cursor() from None
         mine = [r for r in records if namespace.owns(r.subject_id)]
-        return mine, next_cursor if len(mine) == len(records) else None
+        if more is None or len(mine) < len(records) or not mine:
+            return mine, None
+        last = namespace.external(mine[-1].subject_id)
+        return mine, encode_cursor("subjects", namespace.gallery, last or "")
 
     records, next_cursor = await run_in_threadpool(page)
     return SubjectList(
         subjects=[_summary(r, namespace) for r in records], next_cursor=next_cursor
     )
+
+
+def _start_of(cursor: str, namespace: Namespace) -> str:
+    """The gallery's own cursor for an API cursor (``service.api.cursors``). The unversioned
+    cursors of earlier releases (which showed the stored id, gallery prefix included) are still
+    taken, for one release, when they point into the caller's gallery."""
+    try:
+        after = decode_cursor("subjects", namespace.gallery, cursor)
+    except ServiceError:
+        try:
+            legacy = _decode_cursor(cursor)
+        except ValueError:
+            legacy = None
+        if legacy is None or not namespace.owns(legacy):
+            raise
+        return cursor
+    try:
+        return _encode_cursor(namespace.internal(after))
+    except ValueError:
+        raise invalid_cursor() from None
 
 
 def _detail(gallery: Gallery, subject_id: str, namespace: Namespace) -> SubjectDetail:
@@ -191,35 +214,12 @@ async def delete_subject(
 
 # ---------------------------------------------------------------- faces of a subject
 
-_FACE_CURSOR = "f1."
-
-
-def _face_cursor(row_id: int) -> str:
-    raw = base64.urlsafe_b64encode(str(row_id).encode("ascii")).decode("ascii").rstrip("=")
-    return _FACE_CURSOR + raw
-
-
-def _face_after(cursor: str | None) -> int:
-    """The keyset a face cursor stands for; ``invalid_cursor`` for anything not issued here."""
-    if cursor is None:
-        return 0
-    try:
-        if not cursor.startswith(_FACE_CURSOR):
-            raise ValueError
-        raw = cursor[len(_FACE_CURSOR):]
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-        after = int(text)
-        if after < 0 or _face_cursor(after) != cursor:
-            raise ValueError
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("cursor is not valid", code="invalid_cursor") from None
-    return after
-
-
 def _face_page(
     gallery: Gallery, subject_id: str, namespace: Namespace, cursor: str | None, limit: int
 ) -> FaceList:
-    after = _face_after(cursor)
+    after = 0 if cursor is None else decode_cursor("subject_faces", namespace.gallery, cursor, int)
+    if after < 0:
+        raise invalid_cursor()
     stored = namespace.internal(subject_id)
     if gallery.get_subject(stored) is None:
         raise SubjectNotFound(f"subject {subject_id!r} does not exist")
@@ -228,7 +228,8 @@ def _face_page(
     rows = rows[:limit]
     return FaceList(
         faces=[face_info(record, namespace) for _, record in rows],
-        next_cursor=_face_cursor(rows[-1][0]) if more else None,
+        next_cursor=(encode_cursor("subject_faces", namespace.gallery, rows[-1][0])
+                     if more else None),
     )
 
 
@@ -242,7 +243,7 @@ _FACES_EXAMPLE = {
         "image_sha256": "9b74c9897bac770ffc029102a200c5de",
         "created_at": "2026-12-04T09:30:00.000Z",
     }],
-    "next_cursor": "f1.MTI",
+    "next_cursor": encode_cursor("subject_faces", "", 12),
 }
 
 
@@ -263,7 +264,9 @@ async def list_subject_faces(
     subject_id: SubjectPath,
     gallery: GalleryDep,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+        str | None,
+        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
+              "(opaque; 422 `invalid_cursor` otherwise)."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Faces per page.")] = 100,
 ) -> FaceList:

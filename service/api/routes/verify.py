@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 
 from models.face_selection import RULE, Selection
 from models.faces import Face
+from models.negatives import nearest_negative, refused
 from service.api.deps import GalleryDep, InferenceDep, ServicesDep, SettingsDep
 from service.api.errors import (
     InvalidField,
@@ -22,12 +24,19 @@ from service.api.routes.common import (
     face_selection_of,
     image_bytes,
     image_request_body,
+    landmarks_list,
     operating_point_for,
     parse_body,
     run_in_threadpool,
     to_bbox,
 )
-from service.api.schemas import VerifiedFace, VerifyForm, VerifyJSON, VerifyResponse
+from service.api.schemas import (
+    NegativeMatch,
+    VerifiedFace,
+    VerifyForm,
+    VerifyJSON,
+    VerifyResponse,
+)
 from service.inference.inference import EmbeddedFaces, Inference, keep_all, most_confident
 from service.inference.quality import quality_model
 from service.security.auth import RecognizeImageKey
@@ -85,11 +94,26 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
     return VerifiedFace(
         source=source,  # type: ignore[arg-type]
         bbox=to_bbox(face.box),
+        landmarks=landmarks_list(face.landmarks),
         detection_confidence=float(face.confidence),
         faces_detected=found.faces_detected,
         quality=quality_model(found.quality[0]),
         face_selection=face_selection_of(found.selection),
     )
+
+
+def _negative_against(
+    gallery: Any, stored: str, probe: np.ndarray, similarity: float, threshold: float
+) -> NegativeMatch | None:
+    """The subject's negative that refuses ``probe`` (``models.negatives``), or None."""
+    records = [n for n in gallery.store.negatives([stored])
+               if n.model == gallery.model_version and n.embedding is not None]
+    if not records:
+        return None
+    hit = nearest_negative(probe, np.stack([n.embedding for n in records]))
+    if hit is None or not refused(similarity, hit.similarity, threshold):
+        return None
+    return NegativeMatch(negative_id=records[hit.index].negative_id, similarity=hit.similarity)
 
 
 @router.post(
@@ -102,10 +126,13 @@ def _uploaded(found: EmbeddedFaces, source: str) -> VerifiedFace:
         "of the subject; the best score counts. The primary face is the largest visible one "
         "(box clipped to the photo); faces of about the same size go to the most confident "
         "detection, then to the one nearest the centre; each uploaded face's "
-        "`face_selection` says which rule step chose it. `match` is `similarity >= threshold`; "
+        "`face_selection` says which rule step chose it. `matched` is "
+        "`similarity >= threshold` (`match`, the same boolean, is deprecated); "
         "`distance` is the squared L2 distance of the unit embeddings (2 - 2 cos). A photo "
-        "without a face is 422 `no_face`. Needs scope `recognize`; `subject_id` is looked up "
-        "in the key's gallery.\n\n"
+        "without a face is 422 `no_face`. Against a subject, `match` is also false when the "
+        "face is at least as similar to one of the subject's negative examples (\"not this "
+        "person\", POST /negatives) as to its best template (`suppressed_by`). Needs scope "
+        "`recognize`; `subject_id` is looked up in the key's gallery.\n\n"
         "`on_multiple` says which face of a photo with several is compared: `primary` (the "
         "default, the rule above), `reject` (422 `multiple_faces` if anyone else is in the "
         "frame: kiosks), or `any` (subject mode only: every face, at most the server's "
@@ -134,6 +161,7 @@ async def verify(
                            "image and subject_id (two photos compare their primary faces)")
     point = operating_point_for(services.operating_point, body.threshold)
     templates_compared = None
+    suppressed: NegativeMatch | None = None
     if pair:
         if body.image_a is None or body.image_b is None:
             raise InvalidField("image_a and image_b must both be given")
@@ -176,13 +204,21 @@ async def verify(
                 face_id=templates[best].face_id,
                 subject_id=subject_id,
                 bbox=to_bbox(templates[best].bbox),
+                landmarks=landmarks_list(templates[best].landmarks),
                 detection_confidence=float(templates[best].detection_confidence),
             ),
         ]
         templates_compared = len(templates)
+        if similarity >= point.threshold:
+            suppressed = await run_in_threadpool(
+                _negative_against, gallery, principal.namespace.internal(subject_id),
+                probe.embeddings[0], similarity, point.threshold)
     similarity = max(-1.0, min(1.0, similarity))
+    decision = similarity >= point.threshold and suppressed is None
     return VerifyResponse(
-        match=similarity >= point.threshold,
+        matched=decision,
+        match=decision,
+        suppressed_by=suppressed,
         similarity=similarity,
         distance=max(0.0, 2.0 - 2.0 * similarity),
         threshold=point.threshold,

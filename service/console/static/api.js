@@ -46,8 +46,11 @@ async function failure(response) {
 }
 
 // fetch + error mapping. `body` is FormData (multipart) or a plain object (JSON).
+// Every operation is under the API version's prefix; pages name paths without it.
+export const API = "/v1";
+
 export async function request(method, path, { body, query, raw = false, quiet = false } = {}) {
-  let url = path;
+  let url = API + path;
   if (query) {
     const params = new URLSearchParams();
     for (const [name, value] of Object.entries(query)) {

@@ -25,6 +25,7 @@ __all__ = [
     "ChangeListener",
     "DeleteResult",
     "FaceChunk",
+    "FaceMoveResult",
     "FaceRecord",
     "GalleryStore",
     "ImportBatchResult",
@@ -127,6 +128,21 @@ class MoveResult:
     # enrolled for both); erased rather than moved (a subject holds one face per image).
     faces_dropped: int = 0
     change_id: int = 0
+
+
+@dataclass(frozen=True)
+class FaceMoveResult:
+    """One face given to another subject (``move_face``): deleted and inserted again in one
+    transaction, like the faces of a merge (see ``MoveResult``)."""
+
+    record: FaceRecord | None  # the face as now stored; None: no such face
+    from_subject: str | None  # its subject before the move
+    subject_created: bool = False
+    # The face was its subject's last: the subject went with it (and its negatives).
+    subject_deleted: bool = False
+    change_id: int = 0
+    # The target subject already has a face of the same image (nothing was changed): its id
+    conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,11 @@ class GalleryStore(Protocol):
 
     def delete_face(self, face_id: str) -> DeleteResult:
         """Remove one face; its subject too when it was the last (``subject_deleted``)."""
+        ...
+
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> FaceMoveResult:
+        """Give the face to ``subject_id`` (created, with ``created_at`` and no metadata, when
+        new), atomically; its old subject goes when it was its last face."""
         ...
 
     def get_face(self, face_id: str, *, with_embedding: bool = True) -> FaceRecord | None: ...

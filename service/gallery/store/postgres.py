@@ -67,6 +67,7 @@ from service.gallery.store.base import (
 )
 from service.gallery.store.galleries import GalleryRegistrySql
 from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
@@ -133,7 +134,8 @@ class PostgresListener:
         self._conn.close()
 
 
-class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql):
+class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql,
+                    NegativesSql):
     """``GalleryStore`` on a PostgreSQL schema; several processes may open the same one."""
 
     _P = "%s"
@@ -540,6 +542,23 @@ class PostgresStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql):
             for r in rows
         ]
         return ChangeBatch(changes, subjects, pruned)
+
+    # ------------------------------------------------------------ clustering (#17)
+
+    @contextmanager
+    def clustering_lock(self, gallery: str) -> Iterator[bool]:
+        """A session advisory lock per schema and gallery, on a pooled connection held for the
+        whole run: every replica's POST /clusters of that gallery excludes the others'. A
+        replica that dies while holding it loses its session, and the lock with it."""
+        with self._reader() as conn:
+            key = ("faceserve.clusters." + self.schema + "." + gallery,)
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", key).fetchone()
+            taken = bool(row and row[0])
+            try:
+                yield taken
+            finally:
+                if taken and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
 
     # ------------------------------------------------------------ replicas and pruning (#16)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.gallery.store.base import (
+    FaceMoveResult,
     FaceRecord,
     KeyRecord,
     MoveResult,
@@ -261,6 +262,49 @@ class SqlReads:
             f"SELECT 1 FROM subjects WHERE subject_id = {self._P}", (subject_id,)
         ).fetchone() is not None
 
+    def move_face(self, face_id: str, subject_id: str, created_at: str) -> FaceMoveResult:
+        """One face to ``subject_id`` (see ``GalleryStore.move_face``), as ``_move_faces``
+        moves a subject's: its row deleted and inserted again, a delete and an add logged."""
+        p = self._P
+        with self._write_transaction() as conn:
+            row = conn.execute(f"SELECT {FACE_COLUMNS}, embedding FROM faces "
+                               f"WHERE face_id = {p}", (face_id,)).fetchone()
+            if row is None:
+                return FaceMoveResult(None, None, change_id=self._last_change(conn))
+            record, old_row = self._face_record(row, True), int(row[0])
+            source = record.subject_id
+            same = conn.execute(f"SELECT face_id FROM faces WHERE subject_id = {p} AND "
+                                f"image_sha256 = {p}", (subject_id, record.image_sha256)
+                                ).fetchone()
+            if same is not None:
+                return FaceMoveResult(record, source, change_id=self._last_change(conn),
+                                      conflict=str(same[0]))
+            created = not self._subject_exists(conn, subject_id)
+            if created:
+                conn.execute(f"INSERT INTO subjects (subject_id, metadata, created_at) "
+                             f"VALUES ({p}, '{{}}', {p})", (subject_id, created_at))
+            moved = conn.execute(f"SELECT {_MOVED_COLUMNS} FROM faces WHERE id = {p}",
+                                 (old_row,)).fetchone()
+            conn.execute(f"DELETE FROM faces WHERE id = {p}", (old_row,))
+            new = conn.execute(
+                f"INSERT INTO faces (subject_id, {_MOVED_COLUMNS}) VALUES "
+                f"({', '.join([p] * 10)}) RETURNING id", (subject_id, *moved)).fetchone()
+            self._log_changes(conn, "delete", [old_row])
+            change_id = self._log_changes(conn, "add", [int(new[0])])
+            # A subject never stays behind without faces (its negatives go with it).
+            gone = conn.execute(
+                f"DELETE FROM subjects WHERE subject_id = {p} AND NOT EXISTS "
+                f"(SELECT 1 FROM faces WHERE subject_id = {p})", (source, source)).rowcount > 0
+        self._after_move()
+        record.subject_id = subject_id
+        return FaceMoveResult(record, source, created, gone, change_id)
+
+    def _move_negatives(self, conn: Any, source: str, target: str) -> None:
+        """A renamed or merged subject's negatives ("not this person") go to ``target``: they
+        were said of the same person (deleting ``source`` would erase them otherwise)."""
+        conn.execute(f"UPDATE negatives SET subject_id = {self._P} WHERE subject_id = {self._P}",
+                     (target, source))
+
     def rename_subject(
         self, subject_id: str, new_id: str, metadata: dict[str, Any] | None = None
     ) -> MoveResult:
@@ -283,6 +327,7 @@ class SqlReads:
                     (json.dumps(metadata, ensure_ascii=False), new_id),
                 )
             result = self._move_faces(conn, subject_id, new_id)
+            self._move_negatives(conn, subject_id, new_id)
             # The subject keeps its erasure token under its new id, so that erasing it erases
             # its copies in backups made before the rename too (service/gallery/backup.py).
             token = conn.execute(f"SELECT erasure_token FROM subjects WHERE subject_id = {p}",
@@ -302,6 +347,7 @@ class SqlReads:
             if not self._subject_exists(conn, target):
                 return MoveResult("no_target", change_id=self._last_change(conn))
             result = self._move_faces(conn, source, target)
+            self._move_negatives(conn, source, target)
             conn.execute(f"DELETE FROM subjects WHERE subject_id = {self._P}", (source,))
         self._after_move()
         return result
@@ -552,4 +598,48 @@ class SqlSnapshot:
                     embedding=rec.embedding, chip_jpeg=None if r[10] is None else bytes(r[10]),
                 ))
             yield page
+            after = int(rows[-1][0])
+
+    def unknown_pages(
+        self, size: int, gallery: str | None = None, created_after: str | None = None
+    ) -> Iterator[list[Any]]:
+        """The unknown-face pool (of one gallery, "" the default, or all when None; created
+        after ``created_after`` when given: the faces within their retention limit), with
+        embeddings and chips, in insertion order, ``size`` at a time."""
+        from service.gallery.store.unknown import UNKNOWN_COLUMNS, unknown_record
+
+        p, after = self._store._P, 0
+        where, args = "", []
+        if gallery is not None:
+            where += f" AND gallery = {p}"
+            args.append(gallery)
+        if created_after is not None:
+            where += f" AND created_at >= {p}"
+            args.append(created_after)
+        while True:
+            rows = self._conn.execute(
+                f"SELECT id, {UNKNOWN_COLUMNS}, embedding, chip FROM unknown_faces "
+                f"WHERE id > {p}{where} ORDER BY id LIMIT {p}",
+                (after, *args, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            yield [unknown_record(r[1:], r[12], r[13]) for r in rows]
+            after = int(rows[-1][0])
+
+    def negative_pages(self, size: int) -> Iterator[list[Any]]:
+        """The negatives of the snapshot's subjects with embeddings and chips, in insertion
+        order, ``size`` at a time."""
+        from service.gallery.store.negatives import NEGATIVE_COLUMNS, negative_record
+
+        p, after = self._store._P, 0
+        while True:
+            rows = self._conn.execute(
+                f"SELECT id, {NEGATIVE_COLUMNS}, embedding, chip FROM negatives "
+                f"WHERE id > {p} AND {self._where} ORDER BY id LIMIT {p}",
+                (after, *self._bounds, int(size)),
+            ).fetchall()
+            if not rows:
+                return
+            yield [negative_record(r[1:], r[7], r[8]) for r in rows]
             after = int(rows[-1][0])

@@ -48,6 +48,7 @@ from service.gallery.store.base import (
     Tombstone,
 )
 from service.gallery.store.galleries import GalleryRegistrySql
+from service.gallery.store.negatives import NegativesSql
 from service.gallery.store.sql_common import (
     FACE_COLUMNS,
     KEY_COLUMNS,
@@ -205,6 +206,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT OR IGNORE INTO galleries (name, created_at) SELECT gallery, min(created_at) "
         "FROM api_keys WHERE gallery <> '' GROUP BY gallery",
     ),
+    # 7: negative examples of subjects, "not this person" (issue 17;
+    # service/gallery/store/negatives.py). Erased with their subject (the cascade); a subject
+    # whose id changes takes them along.
+    (
+        """CREATE TABLE negatives (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            negative_id TEXT NOT NULL UNIQUE,
+            subject_id TEXT NOT NULL REFERENCES subjects(subject_id)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            source TEXT NOT NULL,
+            source_id TEXT,
+            model TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            chip BLOB
+        )""",
+        "CREATE INDEX negatives_subject ON negatives(subject_id, id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -213,7 +232,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql):
+class SqliteStore(SqlReads, UnknownPoolSql, TombstoneSql, GalleryRegistrySql,
+                  NegativesSql):
     """``GalleryStore`` on ``<data_dir>/gallery.sqlite3``."""
 
     _P = "?"

@@ -12,8 +12,9 @@ of each store.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +24,13 @@ import numpy as np
 from service.gallery.store.base import Tombstone
 from service.gallery.store.sql_common import from_blob, to_blob
 
-__all__ = ["UnknownFace", "UnknownPoolSql"]
+__all__ = ["UNKNOWN_COLUMNS", "UnknownFace", "UnknownPoolSql", "unknown_record"]
 
-_COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, model, "
-            "created_at, cluster_id, pinned")
+UNKNOWN_COLUMNS = ("face_id, gallery, photo, source, bbox, landmarks, detection_confidence, "
+                   "model, created_at, cluster_id, pinned")
+
+
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,14 @@ class UnknownFace:
     pinned: bool = False  # placed by a user's correction: reclustering leaves it where it is
 
 
-def _record(row: Sequence[Any], embedding: Any = None) -> UnknownFace:
+def unknown_record(row: Sequence[Any], embedding: Any = None, chip: Any = None) -> UnknownFace:
     return UnknownFace(
         face_id=row[0], gallery=row[1], photo=row[2], source=row[3],
         bbox=tuple(json.loads(row[4])), landmarks=json.loads(row[5]),
         detection_confidence=float(row[6]), model=row[7], created_at=row[8],
         cluster_id=row[9], pinned=bool(row[10]),
         embedding=None if embedding is None else from_blob(embedding),
+        chip_jpeg=None if chip is None else bytes(chip),
     )
 
 
@@ -70,19 +75,41 @@ class UnknownPoolSql:
     def _after_erasure(self) -> None:
         """Erase deleted bytes the database still holds elsewhere (a no-op by default)."""
 
-    def add_unknown(self, faces: Sequence[UnknownFace]) -> None:
+    @contextmanager
+    def clustering_lock(self, gallery: str) -> Iterator[bool]:
+        """Hold the right to cluster ``gallery``'s pool: True when taken, False when another
+        clustering of it is running (the caller answers 409 rather than queue: a second run
+        would redo the same work on the same faces). Here a lock of this process, which is
+        enough for SQLite: one process per data directory (``gallery.lock_data_dir``). The
+        PostgreSQL store overrides it with an advisory lock, which replicas share."""
+        with _LOCKS_GUARD:
+            locks = self.__dict__.setdefault("_clustering_locks", {})
+            lock = locks.setdefault(gallery, threading.Lock())
+        taken = lock.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                lock.release()
+
+    def add_unknown(self, faces: Sequence[UnknownFace], *, skip_present: bool = False) -> int:
+        """Store these pool faces; ``skip_present`` (an import): leave out face ids the pool
+        already holds instead of failing. How many were added."""
         if not faces:
-            return
+            return 0
         p = self._P
+        conflict = " ON CONFLICT (face_id) DO NOTHING" if skip_present else ""
+        sql = (f"INSERT INTO unknown_faces ({UNKNOWN_COLUMNS}, embedding, chip) "
+               f"VALUES ({', '.join([p] * 13)}){conflict}")
+        rows = [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
+                 json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
+                 f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
+                for f in faces]
         with self._write_transaction() as conn:
-            conn.cursor().executemany(
-                f"INSERT INTO unknown_faces ({_COLUMNS}, embedding, chip) "
-                f"VALUES ({', '.join([p] * 13)})",
-                [(f.face_id, f.gallery, f.photo, f.source, json.dumps(list(f.bbox)),
-                  json.dumps(f.landmarks), f.detection_confidence, f.model, f.created_at,
-                  f.cluster_id, int(f.pinned), to_blob(np.asarray(f.embedding)), f.chip_jpeg)
-                 for f in faces],
-            )
+            if not skip_present:
+                conn.cursor().executemany(sql, rows)
+                return len(rows)
+            return sum(max(conn.execute(sql, row).rowcount, 0) for row in rows)
 
     def unknown_faces(
         self, gallery: str, *, with_embeddings: bool = True, cluster_id: str | None = None
@@ -91,11 +118,20 @@ class UnknownPoolSql:
         p = self._P
         extra = f" AND cluster_id = {p}" if cluster_id is not None else ""
         args: tuple[Any, ...] = (gallery,) if cluster_id is None else (gallery, cluster_id)
-        cols = _COLUMNS + (", embedding" if with_embeddings else "")
+        cols = UNKNOWN_COLUMNS + (", embedding" if with_embeddings else "")
         with self._read_transaction() as conn:
             rows = list(conn.execute(
                 f"SELECT {cols} FROM unknown_faces WHERE gallery = {p}{extra} ORDER BY id", args))
-        return [_record(r, r[11] if with_embeddings else None) for r in rows]
+        return [unknown_record(r, r[11] if with_embeddings else None) for r in rows]
+
+    def unknown_face(self, gallery: str, face_id: str) -> UnknownFace | None:
+        """One pool face of the gallery, with its embedding and chip, or None."""
+        p = self._P
+        with self._read_transaction() as conn:
+            row = conn.execute(
+                f"SELECT {UNKNOWN_COLUMNS}, embedding, chip FROM unknown_faces "
+                f"WHERE gallery = {p} AND face_id = {p}", (gallery, face_id)).fetchone()
+        return None if row is None else unknown_record(row, row[11], row[12])
 
     def unknown_chip(self, gallery: str, face_id: str) -> bytes | None:
         p = self._P
@@ -117,6 +153,29 @@ class UnknownPoolSql:
                 f"WHERE gallery = {p} AND face_id = {p}",
                 [(c, gallery, f) for f, c in clusters.items()],
             )
+
+    def unknown_to_reembed(
+        self, model: str, after: int, limit: int
+    ) -> list[tuple[int, str, bytes | None]]:
+        """``(row id, face id, chip or None)`` of up to ``limit`` pool faces (any gallery)
+        not of ``model``, row ids above ``after``, in row order (``faceserve reembed``)."""
+        p = self._P
+        with self._read_transaction() as conn:
+            rows = conn.execute(
+                f"SELECT id, face_id, chip FROM unknown_faces WHERE model <> {p} AND id > {p} "
+                f"ORDER BY id LIMIT {p}", (model, int(after), int(limit))).fetchall()
+        return [(int(r[0]), r[1], None if r[2] is None else bytes(r[2])) for r in rows]
+
+    def set_unknown_embeddings(self, updates: Sequence[tuple[str, np.ndarray]],
+                               model: str) -> int:
+        p = self._P
+        changed = 0
+        with self._write_transaction() as conn:
+            for face_id, vector in updates:
+                cur = conn.execute(f"UPDATE unknown_faces SET embedding = {p}, model = {p} "
+                                   f"WHERE face_id = {p}", (to_blob(vector), model, face_id))
+                changed += max(cur.rowcount, 0)
+        return changed
 
     def delete_unknown(self, gallery: str, face_ids: Sequence[str]) -> int:
         """Erase these faces of the gallery's pool; returns how many there were."""

@@ -37,13 +37,13 @@ async function readiness(section) {
 }
 
 async function latestEvents(limit = 20) {
-  let after = 0;
+  let cursor = null;
   let events = [];
   for (let pages = 0; pages < 50; pages += 1) {
-    const page = await get("/audit", { query: { after, limit: 1000 } });
+    const page = await get("/audit", { query: { cursor, limit: 1000 } });
     events = events.concat(page.events).slice(-limit);
-    if (page.next_after === null || page.next_after === undefined) break;
-    after = page.next_after;
+    if (page.next_cursor === null || page.next_cursor === undefined) break;
+    cursor = page.next_cursor;
   }
   return events.reverse();
 }

@@ -57,15 +57,15 @@ export function verifyPage(view, params) {
     try {
       const body = await post("/verify", form);
       result.replaceChildren(h("div", { class: "card" },
-        h("h2", { class: body.match ? "decision pass" : "decision fail" },
-          body.match ? "Same person" : "Not the same person"),
+        h("h2", { class: body.matched ? "decision pass" : "decision fail" },
+          body.matched ? "Same person" : "Not the same person"),
         similarityBar(body.similarity, body.threshold),
         h("p", {}, `similarity ${fixed(body.similarity)} against threshold `
           + `${fixed(body.threshold)}`
           + (body.templates_compared ? ` (best of ${body.templates_compared} templates)` : "")),
         facesUsed(body),
         operatingPoint(body.operating_point)));
-      result.dataset.match = String(body.match);
+      result.dataset.match = String(body.matched);
     } catch (err) {
       result.replaceChildren(message("error", errorText(err)));
     }

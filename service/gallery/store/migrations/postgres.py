@@ -138,5 +138,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO galleries (name, created_at) SELECT gallery, min(created_at) "
         "FROM api_keys WHERE gallery <> '' GROUP BY gallery ON CONFLICT (name) DO NOTHING",
     ),
+    # 8: negative examples of subjects, "not this person" (issue 17; SQLite's version 7).
+    (
+        """CREATE TABLE negatives (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            negative_id text NOT NULL UNIQUE,
+            subject_id text COLLATE "C" NOT NULL REFERENCES subjects (subject_id)
+                ON DELETE CASCADE ON UPDATE CASCADE,
+            source text NOT NULL,
+            source_id text,
+            model text NOT NULL,
+            created_at text NOT NULL,
+            embedding bytea NOT NULL,
+            chip bytea
+        )""",
+        "ALTER TABLE negatives ALTER COLUMN chip SET STORAGE EXTERNAL",
+        "CREATE INDEX negatives_subject ON negatives (subject_id, id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
