@@ -216,7 +216,7 @@ def test_every_scope_is_explained_and_every_page_names_its_scope() -> None:
     ("subject.js", ["patch(", "/merge", "/faces`", "subject_exists"]),
     ("enroll.js", ["replace_metadata", "metadata_status", '"face"', "index"]),
     ("verify.js", ["on_multiple", '"any"', '"reject"', '"primary"']),
-    ("identify.js", ["include_metadata"]),
+    ("identify.js", ["include_metadata", "return_embedding", "/negatives"]),
     ("status.js", ["/galleries", "force"]),
 ])
 def test_each_page_uses_the_api_it_offers(page: str, calls: list[str]) -> None:

@@ -290,6 +290,22 @@ def test_the_console_end_to_end(
         assert page.locator(".candidate .bar .threshold").count() >= 2
         assert "Operating point: threshold" in page.inner_text("#identify-result")
         shots.take(page, "identify")
+        # "Not this person" on obama's face: identify then refuses obama for it; undone.
+        obama_card = "#identify-result .face-result:has(.name:text-is('obama'))"
+        page.click(f"{obama_card} button.not-this-person")
+        page.wait_for_selector(f"{obama_card} .negative-status .message.ok")
+        negatives = api.get("/negatives", params={"subject_id": "obama"}).json()["negatives"]
+        assert len(negatives) == 1 and negatives[0]["source"] == "embedding", negatives
+
+        def group_names() -> list[str | None]:
+            r = api.post("/identify", files={"image": ("g.jpg", group.read_bytes())})
+            return sorted((f["match"] or {}).get("subject_id", "-") for f in r.json()["faces"])
+
+        assert "obama" not in group_names()
+        page.click(f"{obama_card} button.undo-negative")
+        page.wait_for_selector(f"{obama_card} .negative-status:has-text('Undone')")
+        assert api.get("/negatives", params={"subject_id": "obama"}).json()["negatives"] == []
+        assert "obama" in group_names()
 
         # 5. Verify a photo against a subject.
         page.click("nav a[data-page=verify]")

@@ -1,13 +1,15 @@
 // Identify: every face of a photo boxed and named (or "unknown"), each face's candidates as
 // similarity bars against the threshold, and the operating point the decision used. A key
 // that may also read the gallery asks for the subjects' metadata (include_metadata) and shows
-// their display names (metadata `name`, `display_name` or `displayName`) beside the ids.
-import { post } from "../api.js";
+// their display names (metadata `name`, `display_name` or `displayName`) beside the ids. A
+// key that may enroll marks a named face "not this person" (POST /negatives with the face's
+// embedding, asked for with return_embedding); one that may also erase can undo it.
+import { del, post } from "../api.js";
 import { cameraControl } from "../camera.js";
 import {
   boxedPhoto, errorText, fixed, h, message, operatingPoint, photoInput, similarityBar, track,
 } from "../dom.js";
-import { can, needsText } from "../session.js";
+import { can, gate, needsText } from "../session.js";
 
 const NAME_KEYS = ["name", "display_name", "displayName"];
 
@@ -34,7 +36,8 @@ function faceResult(face, number, threshold) {
   const name = face.match ? named(matchOf(face)) : "unknown";
   const rows = face.candidates.map((c) => h("li", { class: "candidate" },
     h("a", { class: "subject-id", href: `#/subject/${encodeURIComponent(c.subject_id)}` },
-      named(c)),
+      named(c), c.suppressed_by ? h("span", { class: "muted suppressed" },
+        " (marked not this person)") : null),
     similarityBar(c.similarity, threshold),
     h("span", { class: "score" }, fixed(c.similarity))));
   return h("div", { class: "card face-result", dataset: { face: String(number) } },
@@ -43,7 +46,43 @@ function faceResult(face, number, threshold) {
     h("p", { class: "muted" }, `quality ${face.quality.verdict}, detection `
       + fixed(face.detection_confidence, 2)),
     rows.length ? h("ol", { class: "candidates" }, rows)
-      : h("p", { class: "muted" }, "No candidates (empty gallery)."));
+      : h("p", { class: "muted" }, "No candidates (empty gallery)."),
+    face.match ? notThisPerson(face, number) : null);
+}
+
+// "Not this person": the face's embedding kept as a negative example of the subject it was
+// given to, so identify refuses that subject for it (and for faces nearer it than to the
+// subject's own photos). Undone by deleting the negative.
+function notThisPerson(face, number) {
+  const subjectId = face.match.subject_id;
+  const status = h("div", { class: "negative-status" });
+  const mark = gate(h("button", { type: "button", class: "secondary small not-this-person",
+    onclick: async () => {
+      mark.disabled = true;
+      try {
+        const negative = await post("/negatives", { subject_id: subjectId,
+          embedding: face.embedding_b64 });
+        const undo = gate(h("button", { type: "button", class: "secondary small undo-negative",
+          onclick: async () => {
+            try {
+              await del(`/negatives/${encodeURIComponent(negative.negative_id)}`);
+              status.replaceChildren(message("ok", `Undone: face ${number} may be matched to `
+                + `“${subjectId}” again.`));
+              mark.disabled = false;
+            } catch (err) {
+              status.replaceChildren(message("error", errorText(err)));
+            }
+          } }, "Undo"), "erase", "Undoing a “not this person” mark");
+        status.replaceChildren(message("ok", `Face ${number} is marked as not “${subjectId}”: `
+          + "identify will no longer give this face, or faces more like it than like "
+          + `${subjectId}'s photos, to ${subjectId}. `, undo));
+      } catch (err) {
+        mark.disabled = false;
+        status.replaceChildren(message("error", errorText(err)));
+      }
+    } }, "Not this person"), "enroll", "Marking a face “not this person”");
+  if (!face.embedding_b64) mark.disabled = true;
+  return h("div", { class: "actions" }, mark, status);
 }
 
 export function identifyPage(view) {
@@ -56,6 +95,7 @@ export function identifyPage(view) {
     form.append("image", file);
     form.append("k", "5");
     if (can("read")) form.append("include_metadata", "true");
+    if (can("enroll")) form.append("return_embedding", "true"); // for "not this person"
     let body;
     try {
       body = await post("/identify", form);
