@@ -167,3 +167,61 @@ def test_the_console_offers_every_scope_the_server_knows() -> None:
     match = re.search(r"^const SCOPES = (\[.*?\]);", source, re.MULTILINE)
     assert match is not None
     assert tuple(json.loads(match.group(1))) == SCOPES
+
+
+def test_readyz_tells_a_key_its_own_scopes_and_gallery(world: World) -> None:  # noqa: F811
+    """The console shows and hides its pages by the key's scopes, read from /readyz."""
+    from service.security.keys import SCOPES
+
+    c = world.client
+    for scope in SCOPES:
+        caller = c.get("/readyz", headers=bearer(world.tokens[scope])).json()["caller"]
+        assert caller["scopes"] == [scope] and caller["key_id"].startswith("k_"), caller
+        assert "gallery" not in caller
+    other = c.get("/readyz", headers=bearer(world.tokens["other"])).json()["caller"]
+    assert other["gallery"] and other["name"] == "other"
+    for headers in ({}, bearer("fsk_not-a-key"), bearer(world.tokens["revoked"])):
+        assert "caller" not in c.get("/readyz", headers=headers).json()
+
+
+def test_readyz_on_a_keyless_server_gives_every_scope(client: TestClient) -> None:
+    from service.security.keys import SCOPES
+
+    caller = client.get("/readyz").json()["caller"]
+    assert caller["scopes"] == list(SCOPES) and "key_id" not in caller
+
+
+def test_every_scope_is_explained_and_every_page_names_its_scope() -> None:
+    """The key form explains each scope in one line; the pages closed to a key say which
+    scope they need (session.js), so no scope the server knows goes unexplained."""
+    import json
+
+    from service.security.keys import SCOPES
+
+    source = (STATIC_DIR / "session.js").read_text()
+    block = re.search(r"^export const SCOPE_HELP = \{(.*?)^\};", source, re.S | re.M)
+    assert block is not None
+    explained = re.findall(r"^\s+(\w+): \"", block.group(1), re.M)
+    assert tuple(explained) == SCOPES
+    pages = re.search(r"^export const PAGE_SCOPES = \{(.*?)\};", source, re.S | re.M)
+    assert pages is not None
+    needed = dict(re.findall(r"(\w+): \"(\w+)\"", pages.group(1)))
+    assert set(needed.values()) <= set(SCOPES)
+    nav = re.findall(r'data-page="(\w+)"', (STATIC_DIR / "index.html").read_text())
+    assert set(needed) <= {*nav, "subject"} and "status" not in needed
+    assert json.loads(json.dumps(needed))["gallery"] == "read"
+
+
+@pytest.mark.parametrize(("page", "calls"), [
+    ("subject.js", ["patch(", "/merge", "/faces`", "subject_exists"]),
+    ("enroll.js", ["replace_metadata", "metadata_status", '"face"', "index"]),
+    ("verify.js", ["on_multiple", '"any"', '"reject"', '"primary"']),
+    ("identify.js", ["include_metadata", "return_embedding", "/negatives"]),
+    ("status.js", ["/galleries", "force"]),
+])
+def test_each_page_uses_the_api_it_offers(page: str, calls: list[str]) -> None:
+    """A cheap guard that the pages still send what the README says they do; the browser
+    test exercises them."""
+    source = (STATIC_DIR / "pages" / page).read_text()
+    for call in calls:
+        assert call in source, (page, call)

@@ -6,7 +6,11 @@ keyless loopback server, create a key, sign in (a wrong key first), take a webca
 (Chromium's fake camera), enroll two people by upload (one request also holds a group photo
 and a photo of dogs: per-photo outcomes), identify a group photo and read the names drawn on
 it, verify, see a hostile subject id shown as text, open a subject and erase it (gone from the
-API too), and read the status page, creating and revoking a key there.
+API too), and read the status page, creating and revoking a key there. Since issue 20's
+scopes and subject edits: a face clicked in a group photo is the one enrolled, metadata is
+kept or replaced as ticked, identify shows display names, verify's `on_multiple`, a subject
+renamed (a taken id offers the merge), edited, merged and its faces paged, a gallery created,
+given a key, filled and deleted, and keys with fewer scopes see closed pages with the reason.
 
 Chromium: Playwright cannot download its own browser builds here, so the test uses the
 system's ``chromium``. When it is missing and the test runs as root with ``apt-get`` (CI),
@@ -40,7 +44,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 README_SHOTS = ("enroll", "identify", "gallery")  # docs/console-<name>.png
 TIMEOUT_MS = 180_000  # the machine is slow and shared: every wait is generous
-HOSTILE_ID = "<script>window.pwned=1</script><b>bold</b> & co"
+# Markup that would run if parsed as HTML (no "/": new subject ids may not hold one).
+HOSTILE_ID = '<img src=x onerror="window.pwned=1"><script>window.pwned=1<b>bold & co'
 
 
 def _find_chromium() -> str | None:
@@ -88,7 +93,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("console-server")
     port = free_port()
     log = root / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # This checkout's client models too (the service's responses are defined there), not
+    # those of an installed faceserve_client.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients/python")])}
     env.setdefault("FACESERVE_CACHE_DIR", str(REPO / ".cache" / "weights"))
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -140,16 +147,39 @@ def wait_count(page: Any, selector: str, count: int) -> None:
 
 
 def enroll_through_the_page(
-    page: Any, subject: str, photos: list[Path], metadata: str = ""
+    page: Any, subject: str, photos: list[Path], metadata: str = "", *,
+    replace: bool = False, choose: int | None = None,
 ) -> None:
+    """Enroll ``photos``; ``choose``: click that face (by /embed's order) of the first one."""
     page.click("nav a[data-page=enroll]")
     page.fill("#subject-id", subject)
     page.fill("#metadata", metadata)
+    page.set_checked("#replace-metadata", replace)
     page.set_input_files("input[name=enroll-photos]", [str(p) for p in photos])
     # Every preview done (faces detected by POST /embed) before committing.
     wait_count(page, ".photo[data-faces]", len(photos))
+    if choose is not None:
+        page.click(f".photo:first-child figure[data-ready] .box[data-index='{choose}']")
+        page.wait_for_selector(f".photo:first-child[data-chosen='{choose}']")
     page.click("#enroll-submit")
     wait_count(page, ".photo[data-outcome]", len(photos))
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (
+        sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def sign_in(browser: Any, server: str, token: str) -> tuple[Any, Any]:
+    """A fresh tab signed in with ``token``."""
+    context = browser.new_context(viewport={"width": 1180, "height": 820})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/ui/")
+    page.fill("#api-key", token)
+    page.click("form.signin button[type=submit]")
+    page.wait_for_selector("#who:has-text('signed in as')")
+    return context, page
 
 
 @pytest.mark.timeout(2400)  # room for the fixture's one-off `apt-get install chromium`
@@ -192,7 +222,8 @@ def test_the_console_end_to_end(
         shots.take(page, "signin")
         page.fill("#api-key", token)
         page.click("form.signin button[type=submit]")
-        page.wait_for_selector("#who:has-text('may read the gallery')")
+        page.wait_for_selector("#who:has-text('signed in as “console-admin”')")
+        assert "admin" in page.inner_text("#who")
         assert page.evaluate("sessionStorage.getItem('faceserve.apiKey')") == token
         assert context.cookies() == [] and token not in page.url
 
@@ -215,6 +246,36 @@ def test_the_console_end_to_end(
         assert page.get_attribute(".photo:nth-child(2)", "data-faces") == "3"
         page.wait_for_selector(".photo figure[data-ready] .box")
         shots.take(page, "enroll")
+        # An existing subject keeps its metadata unless "replace" is ticked: both said.
+        enroll_through_the_page(page, "biden", [people / "train/biden/biden2.jpg"],
+                                metadata='{"name": "Joe Biden"}')
+        assert "metadata was kept" in page.inner_text("#enroll-status")
+        assert api.get("/subjects/biden").json()["metadata"] == {}
+        enroll_through_the_page(page, "biden", [people / "train/biden/biden2.jpg"],
+                                metadata='{"name": "Joe Biden"}', replace=True)
+        assert "metadata was replaced" in page.inner_text("#enroll-status")
+        assert api.get("/subjects/biden").json()["metadata"] == {"name": "Joe Biden"}
+
+        # Rose from the photo she shares with Kit (whose face the rule would take): her box
+        # clicked, that face enrolled. Which box is hers: the one nearest her own portrait.
+        kit_rose = people / "test/kit_with_rose.jpg"
+        embed = lambda path: api.post(  # noqa: E731
+            "/embed", data={"max_faces": "20"},
+            files={"image": (path.name, path.read_bytes())}).json()["faces"]
+        rose_portrait = embed(people / "train/rose_leslie/img2.jpg")[0]["embedding"]
+        in_photo = [cosine(f["embedding"], rose_portrait) for f in embed(kit_rose)]
+        rose_box = in_photo.index(max(in_photo))
+        assert len(in_photo) == 2, in_photo  # (/embed lists her first: most confident)
+        enroll_through_the_page(page, "rose", [kit_rose], metadata='{"name": "Rose Leslie"}',
+                                choose=rose_box)
+        assert page.locator(".photo .outcome").all_inner_texts() == ["enrolled"]
+        assert "Metadata stored with the new subject" in page.inner_text("#enroll-status")
+        r = api.post("/verify", data={"subject_id": "rose"}, files={
+            "image": ("r.jpg", (people / "train/rose_leslie/img2.jpg").read_bytes())})
+        assert r.json()["match"] is True, r.text
+        r = api.post("/verify", data={"subject_id": "rose"}, files={
+            "image": ("k.jpg", (people / "train/kit_harington/john1.jpeg").read_bytes())})
+        assert r.json()["match"] is False, r.text
 
         # 4. Identify the group photo: every face boxed and named, the stranger "unknown".
         page.click("nav a[data-page=identify]")
@@ -222,10 +283,29 @@ def test_the_console_end_to_end(
         page.wait_for_selector("#identify-result[data-done] figure[data-ready]")
         labels = page.locator("#identify-result .box .label").all_inner_texts()
         names = sorted(label.split(": ", 1)[1] for label in labels)
-        assert names == ["biden", "obama", "unknown"], labels
+        # Biden by the display name of his metadata (the key may read it), obama by id.
+        assert names == ["Joe Biden", "obama", "unknown"], labels
+        assert "Joe Biden (biden)" in page.locator(
+            "#identify-result .face-result .name").all_inner_texts()
         assert page.locator(".candidate .bar .threshold").count() >= 2
         assert "Operating point: threshold" in page.inner_text("#identify-result")
         shots.take(page, "identify")
+        # "Not this person" on obama's face: identify then refuses obama for it; undone.
+        obama_card = "#identify-result .face-result:has(.name:text-is('obama'))"
+        page.click(f"{obama_card} button.not-this-person")
+        page.wait_for_selector(f"{obama_card} .negative-status .message.ok")
+        negatives = api.get("/negatives", params={"subject_id": "obama"}).json()["negatives"]
+        assert len(negatives) == 1 and negatives[0]["source"] == "embedding", negatives
+
+        def group_names() -> list[str | None]:
+            r = api.post("/identify", files={"image": ("g.jpg", group.read_bytes())})
+            return sorted((f["match"] or {}).get("subject_id", "-") for f in r.json()["faces"])
+
+        assert "obama" not in group_names()
+        page.click(f"{obama_card} button.undo-negative")
+        page.wait_for_selector(f"{obama_card} .negative-status:has-text('Undone')")
+        assert api.get("/negatives", params={"subject_id": "obama"}).json()["negatives"] == []
+        assert "obama" in group_names()
 
         # 5. Verify a photo against a subject.
         page.click("nav a[data-page=verify]")
@@ -236,6 +316,17 @@ def test_the_console_end_to_end(
         assert page.get_attribute("#verify-result", "data-match") == "true"
         assert "Same person" in page.inner_text("#verify-result")
         shots.take(page, "verify")
+        # Rose stands beside Kit: found anywhere in the frame with "any", refused by "reject".
+        page.set_input_files("input[name=verify-a]", str(kit_rose))
+        page.fill("#verify-subject", "rose")
+        page.select_option("#verify-on-multiple", "any")
+        page.click("#verify-submit")
+        page.wait_for_selector("#verify-result[data-match='true']")
+        assert "faces in the photo" in page.inner_text("#verify-result")
+        page.select_option("#verify-on-multiple", "reject")
+        page.click("#verify-submit")
+        error = page.wait_for_selector("#verify-result .message.error")
+        assert "multiple_faces" in error.inner_text()
 
         # 6. A subject id made of markup is shown as its characters, and never runs.
         with (people / "train/rose_leslie/img1.jpg").open("rb") as photo:
@@ -243,34 +334,74 @@ def test_the_console_end_to_end(
                          files={"image": ("rose.jpg", photo, "image/jpeg")})
         assert r.status_code == 201, r.text
         page.click("nav a[data-page=gallery]")
-        wait_count(page, "#subjects .thumb img", 3)
+        wait_count(page, "#subjects .thumb img", 4)
         ids = page.locator("#subjects .subject-id").all_inner_texts()
-        assert sorted(ids) == sorted(["obama", "biden", HOSTILE_ID]), ids
+        assert sorted(ids) == sorted(["obama", "biden", "rose", HOSTILE_ID]), ids
         assert page.evaluate("window.pwned") is None
         assert page.locator("#subjects b").count() == 0
+        assert page.locator("#subjects img[src=x]").count() == 0
         assert page.evaluate("document.scripts.length") == 1
         assert page.evaluate(
             "document.querySelector('#subjects .thumb img').naturalWidth") == 150
         shots.take(page, "gallery")
 
-        # 7. Open a subject, delete one of its faces, then erase it after a confirmation
-        # naming it: gone from the API too.
-        page.click("#subjects a.subject[data-subject-id='obama']")
-        wait_count(page, "#faces .card.face .thumb img", 2)
+        # 7a. Rename rose, edit her metadata; a rename onto a taken id offers the merge,
+        # confirmed naming both subjects.
+        page.click("#subjects a.subject[data-subject-id='rose']")
+        page.click("#edit-subject summary")
+        page.fill("#rename-to", "rose-leslie")
+        page.click("#rename-form button[type=submit]")
+        page.wait_for_selector("text=“rose” renamed to “rose-leslie” (1 face moved).")
+        assert page.inner_text("h1.subject-id") == "rose-leslie"
+        assert api.get("/subjects/rose").status_code == 404
+        page.click("#edit-subject summary")
+        page.fill("#metadata-edit", '{"name": "Rose Leslie", "show": "GoT"}')
+        page.click("#metadata-form button[type=submit]")
+        page.wait_for_selector("#metadata-status .message.ok")
+        assert '"show": "GoT"' in page.inner_text("#metadata-shown")
+        assert api.get("/subjects/rose-leslie").json()["metadata"]["show"] == "GoT"
+        with (people / "train/biden/biden.jpg").open("rb") as photo:
+            assert api.post("/enroll", data={"subject_id": "joe"},
+                            files={"image": ("b.jpg", photo, "image/jpeg")}).status_code == 201
+        page.evaluate("location.hash = '#/subject/joe'")
+        page.wait_for_selector("h1.subject-id:has-text('joe')")
+        page.click("#edit-subject summary")
+        page.fill("#rename-to", "biden")
+        page.click("#rename-form button[type=submit]")
+        offer = page.wait_for_selector("#rename-status .message.error")
+        assert "already a subject" in offer.inner_text()
+        page.click("#offer-merge")
+        confirm = page.wait_for_selector("dialog.confirm[open]")
+        assert "“joe” into “biden”" in confirm.inner_text()
+        page.click("dialog.confirm .confirm-yes")
+        page.wait_for_selector("text=“joe” merged into “biden”")
+        assert page.inner_text("h1.subject-id") == "biden"
+        assert api.get("/subjects/joe").status_code == 404
+
+        # 7b. Open a subject one face per page, delete one of its faces, then erase it after
+        # a confirmation naming it: gone from the API too.
+        page.evaluate("location.hash = '#/subject/obama?per_page=1'")
+        wait_count(page, "#faces .card.face .thumb img", 1)
+        assert page.inner_text("#faces-page") == "page 1 of 2"
         assert '"office": "44th"' in page.inner_text("main pre.metadata")
         shots.take(page, "subject")
         first_face = page.get_attribute("#faces .card.face", "data-face-id")
-        page.click(f"#faces [data-face-id='{first_face}'] button")
-        assert first_face in page.inner_text("dialog.confirm[open]")
+        page.click("#faces-next")
+        page.wait_for_selector("#faces[data-page='2']")
+        second_face = page.get_attribute("#faces .card.face", "data-face-id")
+        assert second_face != first_face and page.is_disabled("#faces-next")
+        page.click(f"#faces [data-face-id='{second_face}'] button")
+        assert second_face in page.inner_text("dialog.confirm[open]")
         page.click("dialog.confirm .confirm-yes")
-        wait_count(page, "#faces .card.face", 1)
-        assert api.get(f"/faces/{first_face}").status_code == 404
+        page.wait_for_selector(f"#faces[data-page='1'] [data-face-id='{first_face}']")
+        assert page.inner_text("#face-count") == "1 face"
+        assert api.get(f"/faces/{second_face}").status_code == 404
         page.click("#delete-subject")
         confirm = page.wait_for_selector("dialog.confirm[open]")
         assert "obama" in confirm.inner_text() and "its only face" in confirm.inner_text()
         page.click("dialog.confirm .confirm-yes")
         page.wait_for_selector("text=Subject “obama” erased (1 face).")
-        wait_count(page, "#subjects .subject-id", 2)
+        wait_count(page, "#subjects .subject-id", 3)  # biden, rose-leslie, the markup
         assert "obama" not in page.locator("#subjects .subject-id").all_inner_texts()
         assert api.get("/subjects/obama").status_code == 404
         assert [f["match"] for f in api.post(
@@ -300,6 +431,70 @@ def test_the_console_end_to_end(
         r = httpx.post(f"{server}/identify", headers={"Authorization": f"Bearer {desk_token}"},
                        files={"image": ("o.jpg", (people / "test/obama1.jpg").read_bytes())})
         assert r.status_code == 401 and r.json()["error"]["code"] == "revoked_api_key"
+        # Every scope offered with its one-line explanation.
+        assert page.locator("#key-form label.scope").count() == len(SCOPES)
+        assert "erasure requests" in page.inner_text("#key-form label.scope:has-text('erase')")
+
+        # 9. Galleries: create one, give it a key (the key form names the gallery), fill it
+        # through that key, delete it after a confirmation naming it and what it holds.
+        page.wait_for_selector("#galleries tr[data-gallery=''] em:has-text('default')")
+        page.fill("#gallery-name", "acme")
+        page.click("#gallery-form button[type=submit]")
+        page.wait_for_selector("#galleries tr[data-gallery='acme']")
+        page.fill("#key-name", "acme-app")
+        page.fill("#key-gallery", "acme")
+        page.click("#key-form button[type=submit]")
+        acme_token = page.inner_text("#key-list code.token")
+        with (people / "train/alex_lacamoire/img1.jpg").open("rb") as photo:
+            r = httpx.post(f"{server}/enroll", data={"subject_id": "alex"},
+                           headers={"Authorization": f"Bearer {acme_token}"},
+                           files={"image": ("a.jpg", photo, "image/jpeg")}, timeout=120)
+        assert r.status_code == 201, r.text
+        page.click("nav a[data-page=status]")
+        row = page.wait_for_selector("#galleries tr[data-gallery='acme']")
+        assert row.inner_text().split("\t")[1:5] == ["1", "1", "0", "1"], row.inner_text()
+        shots.take(page, "galleries")
+        page.click("#galleries tr[data-gallery='acme'] button:has-text('Delete')")
+        confirm_text = page.inner_text("dialog.confirm[open]")
+        assert "“acme”" in confirm_text and "1 subject, 1 face" in confirm_text, confirm_text
+        page.click("dialog.confirm .confirm-yes")
+        page.wait_for_selector("#gallery-status:has-text('Gallery “acme” deleted')")
+        wait_count(page, "#galleries tr[data-gallery='acme']", 0)
+        assert "acme" not in [g.get("name") for g in api.get("/galleries").json()["galleries"]]
+        r = httpx.get(f"{server}/readyz", headers={"Authorization": f"Bearer {acme_token}"})
+        assert "caller" not in r.json()  # its key went with it
+
+        # 10. Keys with fewer scopes: what they may not do is shown closed, with the reason.
+        r = api.post("/keys", json={"name": "desk", "scopes": ["enroll", "recognize", "read"]})
+        desk_context, desk = sign_in(browser, server, r.json()["token"])
+        try:
+            desk.wait_for_selector("#subjects .subject-id")
+            desk.click("#subjects a.subject[data-subject-id='biden']")
+            desk.wait_for_selector("#faces .card.face")
+            assert desk.is_disabled("#delete-subject")
+            assert "scope erase" in (desk.get_attribute("#delete-subject", "title") or "")
+            assert desk.locator("#faces .card.face button.delete-face").first.is_disabled()
+            assert "scope erase" in desk.inner_text(".needs-scope[data-scope=erase]")
+            desk.click("nav a[data-page=status]")
+            desk.wait_for_selector("#key-list .needs-scope[data-scope=admin]")
+            desk.wait_for_selector("#audit-events .needs-scope[data-scope=audit]")
+            desk.wait_for_selector("#gallery-list .needs-scope[data-scope=admin]")
+            shots.take(desk, "status-desk")
+        finally:
+            desk_context.close()
+        r = api.post("/keys", json={"name": "kiosk", "scopes": ["recognize"]})
+        kiosk_context, kiosk = sign_in(browser, server, r.json()["token"])
+        try:
+            kiosk.wait_for_selector("h1:has-text('Identify')")  # its first page
+            assert "locked" in (kiosk.get_attribute("nav a[data-page=gallery]", "class") or "")
+            assert "locked" in (kiosk.get_attribute("nav a[data-page=enroll]", "class") or "")
+            assert "scope read" in (kiosk.get_attribute("nav a[data-page=gallery]", "title") or "")
+            kiosk.click("nav a[data-page=gallery]")
+            note = kiosk.wait_for_selector("main .needs-scope[data-scope=read]")
+            assert "this key has recognize" in note.inner_text()
+            assert kiosk.locator("#subjects").count() == 0
+        finally:
+            kiosk_context.close()
     finally:
         context.close()
     assert errors == [] and dialogs == [], (errors, dialogs)

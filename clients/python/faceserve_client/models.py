@@ -16,6 +16,7 @@ __all__ = [
     "AuditEvent",
     "AuditList",
     "BBox",
+    "CallerInfo",
     "Candidate",
     "ClusterChip",
     "ClusterFace",
@@ -685,6 +686,21 @@ class SelfTestReport(BaseModel):
     )
 
 
+class CallerInfo(BaseModel):
+    """Who a request to /readyz was made as: the key's own rights, so a client (the web
+    console, an app checking its configuration) learns what it may do without trying."""
+
+    key_id: str | None = Field(
+        None, description="The key's public id; absent on a server without keys (the caller "
+        "then acts as the operator, with every scope)."
+    )
+    name: str = Field(description="The key's name (`(no key)` on a server without keys).")
+    scopes: list[Scope] = Field(description="The scopes the key holds.")
+    gallery: str | None = Field(
+        None, description="The gallery the key is bound to; absent for the default gallery."
+    )
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = Field(
         description="`ready` once models and gallery are loaded (503 before)."
@@ -732,6 +748,10 @@ class ReadyResponse(BaseModel):
         None, description="The operating point a POST /identify of the caller's gallery would "
         "use now (it follows the gallery's size under a target FPIR): only for a key with "
         "scope `recognize` (or without keys)."
+    )
+    caller: CallerInfo | None = Field(
+        None, description="The key the request was made with (name, id, scopes, gallery): for "
+        "a valid, unrevoked key (or anyone on a server without keys); absent otherwise."
     )
 
 

@@ -11,7 +11,7 @@ from service.api.deps import MetricsDep, ServicesDep, SettingsDep
 from service.api.errors import Forbidden, error_responses
 from service.api.metrics import CONTENT_TYPE_LATEST
 from service.api.routes.common import identify_point, run_in_threadpool
-from service.api.schemas import HealthResponse, ReadyResponse, ReplicationLag
+from service.api.schemas import CallerInfo, HealthResponse, ReadyResponse, ReplicationLag
 from service.security.auth import MetricsKey, identify_caller
 
 router = APIRouter(tags=["operations"])
@@ -35,7 +35,8 @@ async def healthz() -> HealthResponse:
     description="503 `not_ready` while loading, 503 `startup_failed` if loading failed. "
     "Needs no key; the gallery's totals are shown only to a `metrics` key of the default gallery "
     "(or to anyone on a server without keys), the operating points to a valid key. Replicas "
-    "of a shared PostgreSQL gallery also report their lag (`replication`).",
+    "of a shared PostgreSQL gallery also report their lag (`replication`). A valid key also "
+    "learns its own name, id, scopes and gallery (`caller`): what it may do, without trying.",
     responses=error_responses(503),
     response_model_exclude_none=True,
 )
@@ -77,6 +78,11 @@ async def readyz(
         self_test=services.self_test if totals else None,
         operating_point=point,
         identify_operating_point=identify,
+        caller=None if caller is None else CallerInfo(
+            key_id=caller.key_id, name=caller.name,
+            scopes=list(caller.scopes),  # type: ignore[arg-type]
+            gallery=caller.gallery or None,
+        ),
     )
 
 

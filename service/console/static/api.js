@@ -83,6 +83,7 @@ export async function request(method, path, { body, query, raw = false, quiet = 
 
 export const get = (path, options) => request("GET", path, options);
 export const post = (path, body, options) => request("POST", path, { ...options, body });
+export const patch = (path, body, options) => request("PATCH", path, { ...options, body });
 export const del = (path, options) => request("DELETE", path, options);
 
 export function subjectPath(subjectId) {

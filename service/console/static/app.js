@@ -1,19 +1,19 @@
 // The console's shell: who we are (a key, or a keyless loopback server), the navigation, and
 // a hash router (#/gallery, #/subject/<id>, #/enroll, #/identify, #/verify, #/status).
-import { get, getKey, setKey, whenUnauthorized } from "./api.js";
+import { getKey, setKey, whenUnauthorized } from "./api.js";
 import { errorText, h, message, releaseUrls } from "./dom.js";
 import { enrollPage } from "./pages/enroll.js";
 import { galleryPage } from "./pages/gallery.js";
 import { identifyPage } from "./pages/identify.js";
-import { checkKey, signInPage } from "./pages/signin.js";
+import { signInPage, whoAmI } from "./pages/signin.js";
 import { statusPage } from "./pages/status.js";
 import { subjectPage } from "./pages/subject.js";
 import { verifyPage } from "./pages/verify.js";
+import { PAGE_SCOPES, can, needs, needsText, session, setSession } from "./session.js";
 
 const view = document.getElementById("view");
 const who = document.getElementById("who");
 const signOut = document.getElementById("sign-out");
-let session = null; // {keyless, read}: read = the key may list the gallery (scope read)
 let signInNotice = null;
 let rendering = 0;
 
@@ -25,59 +25,78 @@ function route() {
     params: new URLSearchParams(query) };
 }
 
-// The server decides: with a key, GET /subjects says whether it is valid (401) and may read
-// the gallery (scope `read`: 403 or not); without one, a 200 means a keyless server on the loopback, which needs none.
+function fromCaller(caller) {
+  return { keyless: !caller.key_id, name: caller.name, scopes: caller.scopes,
+    gallery: caller.gallery || null };
+}
+
+// The first page this key may open: the gallery, else identify, else enroll, else status.
+function home() {
+  for (const page of ["gallery", "identify", "enroll"]) if (can(PAGE_SCOPES[page])) return page;
+  return "status";
+}
+
+// The server decides: GET /readyz names the caller (a valid key, or anyone on a keyless
+// loopback server) with its scopes; a key it does not name was refused (GET /subjects says why).
 async function establish() {
-  if (session) return session;
-  if (getKey()) {
-    const result = await checkKey(getKey());
-    if (result.ok) session = { keyless: false, read: result.read };
-    else if (result.error.status === 401) {
-      signInNotice = `Your API key was not accepted: ${errorText(result.error)}.`;
-    } else {
-      signInNotice = `The key could not be checked: ${errorText(result.error)}. Reload to retry.`;
-    }
-    return session;
-  }
+  if (session()) return session();
   for (let attempt = 0; ; attempt += 1) {
-    try {
-      await get("/subjects", { query: { limit: 1 }, quiet: true });
-      session = { keyless: true, read: true };
-    } catch (err) {
-      // Models still loading (a few seconds after start): wait for them, up to 2 minutes.
-      if (err.code === "not_ready" && attempt < 60) {
-        view.replaceChildren(message("info", "The server is still loading its models…"));
-        await new Promise((resolve) => setTimeout(resolve, 2000));
-        continue;
-      }
-      if (err.status !== 401) signInNotice = errorText(err);
+    const result = await whoAmI();
+    if (result.ok) {
+      setSession(fromCaller(result.caller));
+      return session();
     }
-    return session;
+    const err = result.error;
+    // Models still loading (a few seconds after start): wait for them, up to 2 minutes.
+    if (err.code === "not_ready" && attempt < 60) {
+      view.replaceChildren(message("info", "The server is still loading its models…"));
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      continue;
+    }
+    if (getKey()) {
+      if (err.status === 401) {
+        setKey(null);
+        signInNotice = `Your API key was not accepted: ${errorText(err)}.`;
+      } else {
+        signInNotice = `The key could not be checked: ${errorText(err)}. Reload to retry.`;
+      }
+    } else if (err.status !== 401) {
+      signInNotice = errorText(err);
+    }
+    return null;
   }
 }
 
 whenUnauthorized((err) => {
-  session = null;
+  setSession(null);
   setKey(null);
   signInNotice = `The server refused the key: ${errorText(err)}. Sign in again.`;
   render();
 });
 
 function showWho() {
-  if (!session) {
+  const current = session();
+  if (!current) {
     who.textContent = "not signed in";
     signOut.hidden = true;
-  } else if (session.keyless) {
+  } else if (current.keyless) {
     who.textContent = "no key needed (this server has no API keys; loopback only)";
     signOut.hidden = true;
   } else {
-    who.textContent = session.read ? "signed in (the key may read the gallery)"
-      : "signed in (no read scope: the gallery pages are closed)";
+    who.textContent = `signed in as “${current.name}”`
+      + (current.gallery ? ` (gallery ${current.gallery})` : "")
+      + ` · ${current.scopes.join(", ")}`;
     signOut.hidden = false;
   }
-  const current = route().page || "gallery";
+  const page = route().page || home();
   for (const link of document.querySelectorAll("nav a[data-page]")) {
-    link.classList.toggle("current", link.dataset.page === current);
+    link.classList.toggle("current", link.dataset.page === page);
+    // A page the key may not use stays in the menu, marked, with the reason as its tooltip.
+    const scope = PAGE_SCOPES[link.dataset.page];
+    const locked = Boolean(current && scope && !can(scope));
+    link.classList.toggle("locked", locked);
+    if (locked) link.title = needsText(scope, `The ${link.textContent} page`);
+    else link.removeAttribute("title");
   }
 }
 
@@ -89,12 +108,12 @@ async function render() {
   if (token !== rendering) return;
   view.replaceChildren();
   showWho();
-  if (!session) {
+  if (!session()) {
     const notice = signInNotice;
     signInNotice = null;
     signInPage(view, { notice, onSignedIn: (result) => {
-      session = { keyless: false, read: result.read };
-      const target = result.read ? "#/gallery" : "#/identify";
+      setSession(fromCaller(result.caller));
+      const target = `#/${home()}`;
       if (location.hash === target) render();
       else location.hash = target;
     } });
@@ -108,19 +127,25 @@ async function render() {
   const { page, arg, params } = route();
   const pages = {
     gallery: () => galleryPage(view),
-    subject: () => subjectPage(view, arg || ""),
+    subject: () => subjectPage(view, arg || "", params),
     enroll: () => enrollPage(view, params),
     identify: () => identifyPage(view),
     verify: () => verifyPage(view, params),
     status: () => statusPage(view),
   };
-  const show = pages[page] || pages[session.read ? "gallery" : "identify"];
-  show();
+  const name = pages[page] ? page : home();
+  const scope = PAGE_SCOPES[name];
+  if (scope && !can(scope)) {
+    const title = name[0].toUpperCase() + name.slice(1);
+    view.append(h("h1", {}, title), needs(scope, `The ${title} page`));
+    return;
+  }
+  pages[name]();
 }
 
 signOut.addEventListener("click", () => {
   setKey(null);
-  session = null;
+  setSession(null);
   render();
 });
 window.addEventListener("hashchange", render);

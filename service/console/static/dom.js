@@ -59,23 +59,38 @@ export const fixed = (value, digits = 3) =>
   (typeof value === "number" ? value.toFixed(digits) : "–");
 
 // A photo with its faces boxed: `boxes` are {bbox, label, kind}; boxes are positioned in
-// percent of the photo's natural size, so they follow the image however it is scaled.
-export function boxedPhoto(src, boxes, alt = "photo") {
+// percent of the photo's natural size, so they follow the image however it is scaled. With
+// `onPick`, each box is a button: a click (or Enter) calls onPick(its index, its element).
+export function boxedPhoto(src, boxes, alt = "photo", { onPick } = {}) {
   const img = h("img", { src, alt });
   const figure = h("figure", { class: "boxed" }, img);
   const place = () => {
     const width = img.naturalWidth;
     const height = img.naturalHeight;
     if (!width || !height) return;
-    for (const { bbox, label, kind } of boxes) {
-      const box = h("div", { class: `box ${kind || ""}` }, label ? h("span", { class: "label" },
-        label) : null);
+    boxes.forEach(({ bbox, label, kind }, index) => {
+      const box = h("div", { class: `box ${kind || ""}`, dataset: { index: String(index) } },
+        label ? h("span", { class: "label" }, label) : null);
+      if (onPick) {
+        const pick = () => onPick(index, box);
+        box.classList.add("pickable");
+        box.setAttribute("role", "button");
+        box.tabIndex = 0;
+        box.title = "Enroll this face";
+        box.addEventListener("click", pick);
+        box.addEventListener("keydown", (event) => {
+          if (event.key === "Enter" || event.key === " ") {
+            event.preventDefault();
+            pick();
+          }
+        });
+      }
       box.style.left = `${(100 * bbox.left) / width}%`;
       box.style.top = `${(100 * bbox.top) / height}%`;
       box.style.width = `${(100 * (bbox.right - bbox.left + 1)) / width}%`;
       box.style.height = `${(100 * (bbox.bottom - bbox.top + 1)) / height}%`;
       figure.append(box);
-    }
+    });
     figure.dataset.ready = "true";
   };
   if (img.complete && img.naturalWidth) place();

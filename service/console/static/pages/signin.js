@@ -1,19 +1,33 @@
-// Sign in: paste an API key. It is checked against GET /subjects: 401 means not valid (or
-// revoked); 403 means valid but without scope `read` (the gallery pages are then closed to
-// it; enroll, identify and verify stay open to the scopes they need).
-import { ApiError, get, setKey } from "../api.js";
+// Sign in: paste an API key. GET /readyz with it says whether it is valid and what it may do
+// (`caller`: its name, scopes and gallery); for a key it does not know, GET /subjects gives
+// the server's reason (401: not valid, or revoked).
+import { get, setKey } from "../api.js";
 import { errorText, h, message } from "../dom.js";
+
+// The caller GET /readyz reports for the key now held (or for none, on a keyless server);
+// {ok: false, error} when there is none: refused, or the server cannot tell yet.
+export async function whoAmI() {
+  let ready;
+  try {
+    ready = await get("/readyz", { quiet: true });
+  } catch (err) {
+    return { ok: false, error: err };
+  }
+  if (ready.caller) return { ok: true, caller: ready.caller };
+  try {
+    await get("/subjects", { query: { limit: 1 }, quiet: true });
+  } catch (err) {
+    if (err.status === 401) return { ok: false, error: err };
+  }
+  return { ok: false, error: { status: 401, code: "invalid_api_key",
+    message: "the server did not recognise the key" } };
+}
 
 export async function checkKey(key) {
   setKey(key);
-  try {
-    await get("/subjects", { query: { limit: 1 }, quiet: true });
-    return { ok: true, read: true };
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 403) return { ok: true, read: false };
-    if (err.status === 401) setKey(null); // else (not ready, offline) the key may be fine
-    return { ok: false, error: err };
-  }
+  const result = await whoAmI();
+  if (!result.ok && result.error.status === 401) setKey(null); // else (not ready) it may be fine
+  return result;
 }
 
 export function signInPage(view, { notice, onSignedIn }) {
