@@ -5,6 +5,11 @@ clustered (:mod:`models.clustering`; faces of one photo never share a cluster), 
 are written as ``person_NNN/`` folders of symbolic links to the photos (a photo of two people
 is in two folders; faces alone are under ``unclustered/``) and/or a CSV with one row per face.
 No server, no gallery: nothing is stored but the output.
+
+The output tells who is in which photo: the CSV is created ``0o600`` and the folders ``0o700``
+(an existing ``--out`` folder keeps its mode, since others may use it; a warning says when it
+is open to them). The same rule as ``service.gallery.private``, kept here because ``models``
+does not depend on ``service``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -106,8 +113,30 @@ def embed_folder(
         no_face, unreadable
 
 
+def _private_dir(path: Path) -> None:
+    """``path`` created ``0o700`` if missing; an existing folder is never chmodded."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif stat.S_IMODE(path.stat().st_mode) & 0o077:
+        print(f"faceserve cluster: {path} is open to other users; the files written in it "
+              f"are owner-only, but consider `chmod 700 {path}`", file=sys.stderr)
+
+
+def _open_private(path: Path) -> TextIO:
+    """``path`` truncated for writing, created ``0o600`` (an existing file is tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o077)
+        return os.fdopen(fd, "w", newline="", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_csv(path: Path, rows: list[FaceRow], labels: np.ndarray, no_face: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with _open_private(path) as f:
         w = csv.writer(f)
         w.writerow(["photo", "face", "left", "top", "right", "bottom", "cluster"])
         for row, label in zip(rows, labels, strict=True):
@@ -121,7 +150,7 @@ def write_links(out: Path, root: Path, rows: list[FaceRow], labels: np.ndarray) 
     width = max(3, len(str(int(labels.max()) + 1))) if len(labels) else 3
     for row, label in zip(rows, labels, strict=True):
         folder = out / ("unclustered" if label < 0 else f"person_{int(label) + 1:0{width}d}")
-        folder.mkdir(parents=True, exist_ok=True)
+        _private_dir(folder)
         # A flat name that stays unique when two sub-folders hold photos of one name.
         link = folder / row.photo.replace(os.sep, "__")
         if not link.exists():
@@ -153,7 +182,7 @@ def _cluster(args: argparse.Namespace) -> int:
         pipeline, root, photos, min_face_px=args.min_face_px, progress=not args.no_progress)
     labels = (cluster(vectors, args.threshold, algorithm=args.algorithm,
                       photos=[r.photo for r in rows]) if len(rows) else np.zeros(0, np.int64))
-    args.out.mkdir(parents=True, exist_ok=True)
+    _private_dir(args.out)
     if args.format in ("csv", "both"):
         write_csv(args.out / "clusters.csv", rows, labels, no_face)
     if args.format in ("links", "both"):

@@ -38,10 +38,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="replace the gallery by a backup, keeping erasures and key revocations made since",
         description=(
             "Replace the SQLite gallery by a file from `faceserve backup`, with the server "
-            "stopped. Subjects and faces erased and API keys revoked after the backup was "
-            "taken stay erased and revoked: their tombstones (random ids, no personal data) "
-            "are read from the current database and from tombstones.jsonl beside it (enough "
-            "when the database itself is lost) and applied to the restored copy before it "
+            "stopped. Subjects, faces and negatives erased and API keys revoked after the "
+            "backup was taken stay erased and revoked: their tombstones (random ids, no "
+            "personal data) are read from the current database and from tombstones.jsonl "
+            "beside it (enough when the database itself is lost) and applied to the restored "
+            "copy before it "
             "replaces the gallery. The replaced database is kept as "
             "gallery.sqlite3.replaced-<time> unless --discard-replaced. Everything else "
             "enrolled or created after the backup is not in it."
@@ -59,11 +60,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "tombstones",
         help="export or re-apply the record of erasures and key revocations",
         description=(
-            "Tombstones record every erasure (subject, face) and key revocation with random "
-            "ids only. `faceserve restore` re-applies them by itself; these commands do it by "
-            "hand, for a PostgreSQL gallery restored with pg_restore: export them from the "
-            "live database before restoring, apply them after (see the README, Backup and "
-            "restore)."
+            "Tombstones record every erasure (subject, face, negative) and key revocation "
+            "with random ids only. `faceserve restore` re-applies them by itself; these "
+            "commands do it by hand, for a PostgreSQL gallery restored with pg_restore: "
+            "export them from the live database before restoring, apply them after (see the "
+            "README, Backup and restore)."
         ),
     )
     actions = t.add_subparsers(dest="tombstones_command", metavar="ACTION")
@@ -86,9 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     a = actions.add_parser(
         "apply", help="erase and revoke again what a tombstone file names",
-        description="Erase again the subjects and faces, and revoke again the keys, that the "
-        "tombstones in FILE name and the gallery holds (as after restoring an older backup), "
-        "and record the tombstones. Needs the gallery to itself: stop the server or every "
+        description="Erase again the subjects, faces and negatives, and revoke again the keys, "
+        "that the tombstones in FILE name and the gallery holds (as after restoring an older "
+        "backup), and record the tombstones. Needs the gallery to itself: stop the server or every "
         "replica first.",
     )
     a.add_argument("file", type=Path, metavar="FILE",

@@ -10,6 +10,9 @@ tries the errors again. A photo sent just before an interruption but not yet wri
 CSV is sent again: the server returns the face it already stored for those bytes (``created``
 false), so no face is ever stored twice. At the end the CSV is rewritten with one row per
 photo, in file order.
+
+Both CSVs (enroll-dir's outcomes, identify-dir's rows) link photos to people: they are
+created owner-only (``service.gallery.private.open_private``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
+
+from service.gallery.private import open_private
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -113,7 +118,7 @@ def read_journal(path: Path) -> dict[str, EnrollOutcome]:
 
 def write_csv(path: Path, rows: list[EnrollOutcome]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with open_private(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
@@ -187,7 +192,7 @@ async def enroll_dir(
     done = read_journal(csv_path) if resume else {}
     results: dict[str, EnrollOutcome] = {}
     new_file = not csv_path.is_file() or not resume
-    journal = csv_path.open("w" if new_file else "a", newline="", encoding="utf-8")
+    journal = open_private(csv_path, "w" if new_file else "a", newline="")
     writer = csv.DictWriter(journal, CSV_FIELDS)
     if new_file:
         writer.writeheader()
@@ -534,7 +539,8 @@ def _identify_dir(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
-    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    # Rows name the people in the photos: the file is owner-only (0600), as the gallery's.
+    out = sys.stdout if args.out == "-" else open_private(args.out, "w", newline="")
 
     async def run() -> Counter[str]:
         async with _open_client(args) as client:

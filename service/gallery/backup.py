@@ -12,16 +12,16 @@ the audit log, the unknown-face pool and the tombstones. The FAISS snapshot is n
 cache, rebuilt at start-up.
 
 **Restore.** Restoring an older backup must not bring back what was erased, nor re-open a
-revoked key, after the backup was taken. Every erasure (subject, face) and revocation writes
-a tombstone (``service.gallery.store.base.Tombstone``: random ids only, no personal data) in
-the same transaction, into the table ``tombstones`` and, after commit, into the journal file
-``tombstones.jsonl`` beside the database. ``restore_sqlite`` (server stopped) collects the
-tombstones of the current database and of the journal (so a lost or corrupted database still
-has its erasures re-applied), copies the backup to a temporary file, migrates it, erases and
-revokes again what the tombstones name, records them all in it, and only then swaps it in;
-the replaced database is kept beside it (``gallery.sqlite3.replaced-<time>``, mode 0600)
-unless asked not to, and the index snapshot is removed so the server rebuilds its index from
-the restored database.
+revoked key, after the backup was taken. Every erasure (subject, face, pool face, negative) and
+revocation writes a tombstone (``service.gallery.store.base.Tombstone``: random ids only, no
+personal data) in the same transaction, into the table ``tombstones`` and, after commit, into
+the journal file ``tombstones.jsonl`` beside the database. ``restore_sqlite`` (server stopped)
+collects the tombstones of the current database and of the journal (so a lost or corrupted
+database still has its erasures re-applied), copies the backup to a temporary file, migrates
+it, erases and revokes again what the tombstones name, records them all in it, and only then
+swaps it in; the replaced database is kept beside it (``gallery.sqlite3.replaced-<time>``, mode
+0600) unless asked not to, and the index snapshot is removed so the server rebuilds its index
+from the restored database.
 """
 
 from __future__ import annotations

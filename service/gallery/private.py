@@ -14,9 +14,10 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "create_private_file", "private_dir",
-           "tighten"]
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "create_private_file", "open_private",
+           "private_dir", "tighten"]
 
 log = logging.getLogger("faceserve.files")
 
@@ -83,3 +84,27 @@ def create_private_file(path: Path, *, exist_ok: bool = True) -> Path:
         return path
     os.close(fd)
     return path
+
+
+def open_private(path: Path | str, mode: str = "w", *, newline: str | None = None) -> TextIO:
+    """Open ``path`` to write text (``"w"`` truncates, ``"a"`` appends; UTF-8), created
+    ``0o600``: for command outputs that hold personal data (identify-dir's rows, enroll-dir's
+    outcomes). An existing regular file loses its group and other permissions before anything
+    is written; a device or pipe (``/dev/null``, a FIFO) is written as it is, never chmodded."""
+    if mode not in ("w", "a"):
+        raise ValueError(f"mode must be 'w' or 'a', not {mode!r}")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        current = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and current & 0o077:
+            try:
+                os.fchmod(fd, current & ~0o077)
+            except PermissionError:
+                log.warning("%s holds personal data and is readable by other users (mode %o), "
+                            "but this process cannot change its permissions", path, current)
+        return os.fdopen(fd, mode, newline=newline, encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise

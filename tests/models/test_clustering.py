@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,55 @@ def test_cluster_command_on_a_folder(shared_data: Path, tmp_path: Path) -> None:
     assert len(rows) == 10
     kit_rose = [r for r in rows if r["photo"] == "kit_with_rose.jpg"]
     assert len(kit_rose) == 2 and kit_rose[0]["cluster"] != kit_rose[1]["cluster"]
+    assert _mode(out) == 0o700 and _mode(out / "clusters.csv") == 0o600
+    assert {_mode(d) for d in out.iterdir() if d.is_dir()} == {0o700}
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_cluster_output_is_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV and the folders say who is in which photo: created 0600 and 0700, an old
+    clusters.csv tightened; an existing --out folder (others may use it) keeps its mode. The
+    pipeline is replaced by fixed embeddings: only the writing is under test."""
+    import models.cluster_command as cc
+    import models.pipeline
+    from service.cli import main
+
+    album = tmp_path / "album"
+    album.mkdir()
+    for name in ("a1.jpg", "a2.jpg", "loner.jpg", "empty.jpg"):
+        (album / name).write_bytes(b"not decoded")
+    rng = np.random.default_rng(0)
+    alice, other = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 128)))
+
+    def fake_embed(pipeline: object, root: Path, photos: list[Path], **_: object
+                   ) -> tuple[list[cc.FaceRow], np.ndarray, list[str], list[str]]:
+        rows = [cc.FaceRow(n, 0, (0, 0, 9, 9)) for n in ("a1.jpg", "a2.jpg", "loner.jpg")]
+        return rows, np.stack([alice, alice, other]).astype(np.float32), ["empty.jpg"], []
+
+    monkeypatch.setattr(cc, "embed_folder", fake_embed)
+    monkeypatch.setattr(models.pipeline, "FacePipeline", lambda **_: object())
+
+    out = tmp_path / "new" / "out"  # absent: created owner-only
+    assert main(["cluster", str(album), "--out", str(out), "--no-progress"]) == 0
+    assert _mode(out) == 0o700 and _mode(out / "clusters.csv") == 0o600
+    folders = sorted(d.name for d in out.iterdir() if d.is_dir())
+    assert folders == ["person_001", "unclustered"]
+    assert all(_mode(out / d) == 0o700 for d in folders)
+    assert sorted(p.name for p in (out / "person_001").iterdir()) == ["a1.jpg", "a2.jpg"]
+
+    shared = tmp_path / "shared"  # an existing folder open to others, with an old CSV
+    shared.mkdir()
+    shared.chmod(0o755)
+    (shared / "clusters.csv").write_text("old rows\n")
+    (shared / "clusters.csv").chmod(0o644)
+    assert main(["cluster", str(album), "--out", str(shared), "--no-progress"]) == 0
+    assert _mode(shared) == 0o755  # never chmodded
+    assert _mode(shared / "clusters.csv") == 0o600
+    assert "old rows" not in (shared / "clusters.csv").read_text()
+    assert {_mode(d) for d in shared.iterdir() if d.is_dir()} == {0o700}
 
 
 def test_eval_cluster_command(shared_data: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,7 +26,7 @@ from service.gallery.store import GalleryStore, SqliteStore, SubjectRecord
 from service.gallery.store.sqlite import FILENAME, JOURNAL_NAME
 from tests.service import postgres_util
 from tests.service.conftest import FakePipeline, fake_photo, wait_ready
-from tests.service.test_store import face
+from tests.service.test_store import face, vec
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,14 +104,15 @@ def test_applying_tombstones_erases_by_token_and_revokes(store: Any) -> None:
         Tombstone("subject", "f" * 32, "t"),  # a subject this store never had
     ])
     assert undone == {"subjects_erased": 1, "faces_erased": 2, "unknown_faces_erased": 0,
-                      "keys_revoked": 1}
+                      "negatives_erased": 0, "keys_revoked": 1}
     assert store.get_subject("alice") is None
     assert [f.face_id for f in store.subject_faces("bob")] == ["face-bob-1"]
     assert store.list_keys()[0].revoked_at == "2026-05-05T00:00:00.000Z"
     assert len(store.tombstones()) == 5  # and alice's face, recorded by erasing her
     # Applying them again changes nothing and records nothing twice.
     assert store.apply_tombstones(store.tombstones()) == {
-        "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0, "keys_revoked": 0}
+        "subjects_erased": 0, "faces_erased": 0, "unknown_faces_erased": 0,
+        "negatives_erased": 0, "keys_revoked": 0}
     assert len(store.tombstones()) == 5
 
 
@@ -133,6 +135,58 @@ def test_an_erased_unknown_face_is_erased_again(store: Any) -> None:
     undone = store.apply_tombstones([Tombstone("unknown_face", "u1", "t")])
     assert undone["unknown_faces_erased"] == 1
     assert [f.face_id for f in store.unknown_faces("")] == ["u2"]
+
+
+def negative(subject: str, seed: int) -> Any:
+    """A negative ("not this person") of ``subject`` with a random id, as the API makes one."""
+    import uuid
+
+    from service.gallery.store.negatives import NegativeRecord
+
+    return NegativeRecord(negative_id=uuid.uuid4().hex, subject_id=subject, source="embedding",
+                          source_id=None, model="m1", created_at="2026-01-01T00:00:00.000Z",
+                          embedding=vec(seed), chip_jpeg=b"chip of a face")
+
+
+def token_of(store: Any, subject: str) -> str:
+    with store._reader() as conn:
+        return str(conn.execute(
+            f"SELECT erasure_token FROM subjects WHERE subject_id = {store._P}", (subject,)
+        ).fetchone()[0])
+
+
+def test_a_deleted_negative_leaves_a_tombstone_and_is_erased_again(store: Any) -> None:
+    from service.gallery.store.base import Tombstone
+
+    for subject in ("alice", "bob", "carol"):
+        store.add_face(face(subject, 1), None)
+    n1, n2, n3, n4 = (negative(s, i) for i, s in
+                      enumerate(("alice", "alice", "bob", "carol")))
+    for n in (n1, n2, n3, n4):
+        store.add_negative(n)
+
+    assert store.delete_negative("alice", n1.negative_id)
+    assert not store.delete_negative("bob", n2.negative_id)  # not bob's: nothing happens
+    assert [(t.kind, t.ref) for t in store.tombstones()] == [("negative", n1.negative_id)]
+    store.delete_subject("bob")  # its negatives by id, as its faces
+    assert [(t.kind, t.ref) for t in store.tombstones()][-2:] == [
+        ("face", "face-bob-1"), ("negative", n3.negative_id)]
+
+    # As after restoring an older backup: n1 is back, and so is bob with n3.
+    assert store.import_negatives([n1]) == 1
+    assert store.negative(n1.negative_id) is not None
+    undone = store.apply_tombstones([Tombstone("negative", n1.negative_id, "t")])
+    assert undone["negatives_erased"] == 1
+    assert store.negative(n1.negative_id) is None
+    assert store.negative(n2.negative_id) is not None  # only the one named
+    # A subject's tombstone alone erases its negatives too (they go with their subject).
+    undone = store.apply_tombstones([Tombstone("subject", token_of(store, "carol"), "t")])
+    assert undone["subjects_erased"] == 1 and undone["negatives_erased"] == 0
+    assert store.negative(n4.negative_id) is None
+    # A tombstone of a kind a newer faceserve may add is skipped, not an error.
+    future = Tombstone("future", "x", "t")  # type: ignore[arg-type]
+    assert store.apply_tombstones([future])["subjects_erased"] == 0
+    assert all(t.kind != "future" for t in store.tombstones())
 
 
 def test_a_subject_keeps_its_token_and_a_new_one_gets_another(tmp_path: Path) -> None:
@@ -398,6 +452,63 @@ def test_after_a_restore_the_api_still_sees_the_erasure_and_the_revocation(
         client.__exit__(None, None, None)
 
 
+def test_a_negative_deleted_after_the_backup_stays_deleted_after_a_restore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Negatives hold a face's embedding and chip. One deleted through the API after the
+    backup, and those of a subject erased after it, are not brought back by the restore."""
+    import base64
+
+    from tests.service.conftest import fake_embedding
+
+    data_dir = tmp_path / "g"
+    client = serve(data_dir)
+    try:
+        faces = {}
+        for person, subject in enumerate(("alice", "bob", "carol"), start=21):
+            r = client.post("/enroll", data={"subject_id": subject},
+                            files={"image": ("p.png", fake_photo(person), "image/png")})
+            assert r.status_code == 201, r.text
+            faces[subject] = r.json()["face_id"]
+        stranger = base64.urlsafe_b64encode(
+            np.asarray(fake_embedding(99), "<f4").tobytes()).decode().rstrip("=")
+        made = {}
+        for name, body in (("deleted", {"subject_id": "alice", "face_id": faces["bob"]}),
+                           ("kept", {"subject_id": "alice", "embedding": stranger}),
+                           ("of_carol", {"subject_id": "carol", "face_id": faces["bob"]})):
+            r = client.post("/negatives", json=body)
+            assert r.status_code == 201, r.text
+            made[name] = r.json()["negative_id"]
+        backup = run(capsys, "backup", str(tmp_path / "b.sqlite3"), "--data-dir",
+                     str(data_dir), "--json")
+        r = client.delete(f"/negatives/{made['deleted']}")
+        assert r.status_code == 200 and r.json()["deleted"] is True
+        assert client.delete("/subjects/carol").status_code in (200, 204)
+    finally:
+        client.__exit__(None, None, None)
+    journal = [json.loads(line) for line in (data_dir / JOURNAL_NAME).read_text().splitlines()]
+    negatives = [d["ref"] for d in journal if d["kind"] == "negative"]
+    assert negatives == [made["deleted"], made["of_carol"]]
+
+    result = run(capsys, "restore", backup["backup"], "--data-dir", str(data_dir), "--json")
+    assert result["negatives_erased"] == 1 and result["subjects_erased"] == 1
+
+    client = serve(data_dir)
+    try:
+        listed = client.get("/negatives", params={"subject_id": "alice"}).json()
+        assert [n["negative_id"] for n in listed["negatives"]] == [made["kept"]]
+        assert client.get("/subjects/carol").status_code == 404
+        r = client.delete(f"/negatives/{made['deleted']}")
+        assert r.status_code == 404
+    finally:
+        client.__exit__(None, None, None)
+    conn = sqlite3.connect(data_dir / FILENAME)
+    try:
+        assert conn.execute("SELECT negative_id FROM negatives").fetchall() == [(made["kept"],)]
+    finally:
+        conn.close()
+
+
 # ---------------------------------------------------------------- owner-only files
 
 
@@ -488,12 +599,16 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
         store.add_face(face("alice", 1), None)
         store.add_face(face("bob", 1), None)
         store.add_key(KeyRecord("k_1", "app", "h1", ("enroll",), "", "2026-01-01T00:00:00Z"))
+        of_alice, deleted, kept = negative("alice", 1), negative("bob", 2), negative("bob", 3)
+        for n in (of_alice, deleted, kept):
+            store.add_negative(n)
         store.close()
         dump = tmp_path / "gallery.dump"
         subprocess.run(["pg_dump", "--format=custom", f"--schema={schema}", f"--file={dump}",
                         postgres_util.PG_URL], check=True, timeout=60)
         store = PostgresStore.open(url)
         store.delete_subject("alice")
+        assert store.delete_negative("bob", deleted.negative_id)
         store.revoke_key("k_1", "2026-02-02T00:00:00.000Z")
         store.close()
 
@@ -506,18 +621,24 @@ def test_postgres_restored_with_pg_restore_gets_its_tombstones_back(
                         f"--dbname={postgres_util.PG_URL}", str(dump)], check=True, timeout=60)
         store = PostgresStore.open(url)
         assert store.get_subject("alice") is not None  # the dump brought it back
+        assert store.negative(deleted.negative_id) is not None  # and the negative
         store.close()
 
         undone = run(capsys, "tombstones", "apply", str(saved), "--database-url", url,
                      "--data-dir", str(data_dir))
-        assert undone == {"tombstones": 3, "subjects_erased": 1, "faces_erased": 1,
-                          "unknown_faces_erased": 0, "keys_revoked": 1}
+        assert undone == {"tombstones": 5, "subjects_erased": 1, "faces_erased": 1,
+                          "unknown_faces_erased": 0, "negatives_erased": 1,
+                          "keys_revoked": 1}
         store = PostgresStore.open(url)
         try:
             assert store.get_subject("alice") is None
             assert store.get_subject("bob") is not None
+            assert store.negative(deleted.negative_id) is None
+            assert store.negative(of_alice.negative_id) is None  # went with alice
+            assert store.negative(kept.negative_id) is not None
             assert store.list_keys()[0].revoked_at == "2026-02-02T00:00:00.000Z"
-            assert len(store.tombstones()) == 3  # alice, her face, the key
+            # alice, her face and her negative, the deleted negative, the key
+            assert len(store.tombstones()) == 5
         finally:
             store.close()
 
@@ -539,3 +660,89 @@ def test_a_shared_directory_is_not_tightened_but_what_goes_in_it_is_private(
     other.chmod(0o755)
     SqliteStore.open(other).close()  # a new gallery in an existing directory
     assert mode(other) == 0o755 and mode(other / FILENAME) == 0o600
+
+
+# ---------------------------------------------------------------- the migration to 'negative'
+
+
+OLD_TOMBSTONES = [("subject", "a" * 32, "2026-01-01T00:00:00.000Z"),
+                  ("face", "face-x-1", "2026-01-02T00:00:00.000Z"),
+                  ("key", "k_1", "2026-01-03T00:00:00.000Z")]
+
+
+def test_sqlite_migration_keeps_the_tombstones_and_allows_negatives(tmp_path: Path) -> None:
+    """A gallery of the version before (7, the CHECK without 'negative') with tombstones is
+    upgraded: the rows stay, in their order, and a deleted negative can have one."""
+    from service.gallery.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+    before = 7
+    data_dir = tmp_path / "g"
+    data_dir.mkdir()
+    conn = sqlite3.connect(data_dir / FILENAME)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (before,))
+    for migration in MIGRATIONS[:before]:
+        for statement in migration:
+            conn.execute(statement)
+    conn.executemany("INSERT INTO tombstones (kind, ref, at) VALUES (?, ?, ?)", OLD_TOMBSTONES)
+    with pytest.raises(sqlite3.IntegrityError):  # the old CHECK, as the test's premise
+        conn.execute("INSERT INTO tombstones (kind, ref, at) VALUES ('negative', 'n', 't')")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore.open(data_dir)
+    try:
+        assert [(t.kind, t.ref, t.at) for t in store.tombstones()] == OLD_TOMBSTONES
+        store.add_face(face("alice", 1), None)
+        n = negative("alice", 1)
+        store.add_negative(n)
+        assert store.delete_negative("alice", n.negative_id)
+        assert [(t.kind, t.ref) for t in store.tombstones()][-1] == ("negative", n.negative_id)
+    finally:
+        store.close()
+    conn = sqlite3.connect(data_dir / FILENAME)
+    try:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == \
+            SCHEMA_VERSION
+        with pytest.raises(sqlite3.IntegrityError):  # the CHECK is still there
+            conn.execute("INSERT INTO tombstones (kind, ref, at) VALUES ('other', 'r', 't')")
+    finally:
+        conn.close()
+
+
+def test_postgres_migration_keeps_the_tombstones_and_allows_negatives() -> None:
+    """As for SQLite: a PostgreSQL gallery of version 8 with tombstones is upgraded."""
+    import psycopg
+
+    from service.gallery.store.migrations.postgres import MIGRATIONS, SCHEMA_VERSION
+    from service.gallery.store.postgres import PostgresStore
+
+    before = 8
+    with postgres_util.fresh_schema() as (url, _):
+        with psycopg.connect(url) as conn:
+            conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (before,))
+            for migration in MIGRATIONS[:before]:
+                for statement in migration:
+                    conn.execute(statement)
+            for row in OLD_TOMBSTONES:
+                conn.execute("INSERT INTO tombstones (kind, ref, at) VALUES (%s, %s, %s)", row)
+        with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO tombstones (kind, ref, at) VALUES ('negative', 'n', 't')")
+
+        store = PostgresStore.open(url)
+        try:
+            assert [(t.kind, t.ref, t.at) for t in store.tombstones()] == OLD_TOMBSTONES
+            store.add_face(face("alice", 1), None)
+            n = negative("alice", 1)
+            store.add_negative(n)
+            assert store.delete_negative("alice", n.negative_id)
+            assert [(t.kind, t.ref) for t in store.tombstones()][-1] == (
+                "negative", n.negative_id)
+        finally:
+            store.close()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == \
+                SCHEMA_VERSION
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("INSERT INTO tombstones (kind, ref, at) VALUES ('other', 'r', 't')")

@@ -275,3 +275,32 @@ def test_photos_are_listed_through_folder_links_once(tmp_path: Path) -> None:
     listed = [p.relative_to(root).as_posix() for p in list_photos(root)]
     assert listed == ["ann/a.png", "ann/b.JPG"]
     assert [subject_of(rel, None) for rel in listed] == ["ann", "ann"]
+
+
+def test_the_output_files_are_owner_only(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """identify-dir's rows and enroll-dir's outcomes link photos to people: created 0600, and
+    an existing file open to others is tightened before anything is written to it. A server
+    that cannot be reached makes every photo an error row, enough to write both files."""
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    photos = tmp_path / "photos"
+    (photos / "ann").mkdir(parents=True)
+    (photos / "ann" / "a.jpg").write_bytes(b"x")
+    unreachable = ["--url", "http://127.0.0.1:1", "--retries", "0", "--no-progress"]
+    who = tmp_path / "who.csv"
+    assert main(["identify-dir", str(photos), "--out", str(who), *unreachable]) == 1
+    assert mode(who) == 0o600 and "ann/a.jpg" in who.read_text()
+    old = tmp_path / "old.jsonl"
+    old.write_text("rows of an earlier run\n")
+    old.chmod(0o644)
+    assert main(["identify-dir", str(photos), "--out", str(old), *unreachable]) == 1
+    assert mode(old) == 0o600 and "earlier" not in old.read_text()
+    outcomes = tmp_path / "outcomes.csv"
+    assert main(["enroll-dir", str(photos), "--csv", str(outcomes), *unreachable]) == 1
+    assert mode(outcomes) == 0o600 and "ann/a.jpg" in outcomes.read_text()
+    outcomes.chmod(0o640)  # a resumed run appends: the file is tightened first
+    assert main(["enroll-dir", str(photos), "--csv", str(outcomes), *unreachable]) == 1
+    assert mode(outcomes) == 0o600
+    capsys.readouterr()

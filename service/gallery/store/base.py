@@ -388,17 +388,19 @@ class KeyRecord:
     revoked_at: str | None = None
 
 
-TombstoneKind = Literal["subject", "face", "unknown_face", "key"]
+TombstoneKind = Literal["subject", "face", "unknown_face", "key", "negative"]
 
 
 @dataclass(frozen=True)
 class Tombstone:
-    """Something that happened and must not be undone by restoring an older backup: a subject
-    or face erased, an API key revoked (``service.gallery.backup``).
+    """Something that happened and must not be undone by restoring an older backup: a subject,
+    face or negative example ("not this person") erased, an API key revoked
+    (``service.gallery.backup``).
 
     ``ref`` identifies it without personal data: a subject by the random erasure token it was
     given at creation (not its id, which may be a name), a face (or a face of the unknown-face
-    pool, ``unknown_face``) by its random face id, a key by its key id. Once the subject is
+    pool, ``unknown_face``) by its random face id, a negative by its random negative id, a key
+    by its key id. Once the subject is
     erased, its token links to nothing but the copies of it in older backups, which is
     exactly what a restore must find."""
 

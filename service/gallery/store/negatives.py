@@ -8,8 +8,13 @@ not faces of the gallery: no change-log entry, no index; identify reads the few 
 its candidate subjects from the store, so every replica honours a negative as soon as it is
 committed. The rows reference their subject with ``ON DELETE CASCADE``: erasing the subject
 erases its negatives in the same transaction (and SQLite's ``secure_delete`` overwrites them).
-The table is created by migration 6 of the SQLite store and 7 of the PostgreSQL one. A
+The table is created by migration 7 of the SQLite store and 8 of the PostgreSQL one. A
 renamed or merged subject takes its negatives along (``SqlReads._move_negatives``).
+
+A negative holds biometric data, so deleting one writes a tombstone (kind ``negative``, its
+random id) in the same transaction, and erasing a subject one for each of its negatives
+(``TombstoneSql._erasure_tombstones``): restoring an older backup erases them again
+(``service.gallery.backup``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
+from service.gallery.store.base import Tombstone
 from service.gallery.store.sql_common import from_blob, to_blob
 
 __all__ = ["NEGATIVE_COLUMNS", "NEGATIVE_SOURCES", "NegativeRecord", "NegativesSql",
@@ -112,14 +119,21 @@ class NegativesSql:
         return None if row is None else negative_record(row)
 
     def delete_negative(self, subject_id: str, negative_id: str) -> bool:
-        """Erase one negative of ``subject_id``; False when it has no such negative."""
+        """Erase one negative of ``subject_id``; False when it has no such negative. Its
+        tombstone is written in the same transaction (and to the journal after commit), so a
+        restore of an older backup erases it again."""
         p = self._P
+        at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        tombstone = Tombstone("negative", negative_id, at)
         with self._write_transaction() as conn:
             cur = conn.execute(
                 f"DELETE FROM negatives WHERE subject_id = {p} AND negative_id = {p}",
                 (subject_id, negative_id))
             removed = cur.rowcount > 0
+            if removed:
+                self._tombstone(conn, tombstone)  # type: ignore[attr-defined]
         if removed:
+            self._journal([tombstone])  # type: ignore[attr-defined]
             self._after_erasure()
         return removed
 

@@ -11,9 +11,10 @@ as well; the write runs in the store's own ``_write_transaction``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from service.gallery.store.base import (
     StoreState,
     SubjectRecord,
     Tombstone,
+    TombstoneKind,
 )
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "key_record",
     "to_blob",
 ]
+
+log = logging.getLogger("faceserve.store")
 
 # The columns a moved face keeps (everything but its row id and subject).
 _MOVED_COLUMNS = (
@@ -414,8 +418,9 @@ class TombstoneSql:
 
     Each erasure writes its tombstone in the transaction that erases (``_tombstone``), so a
     committed erasure always has one. A store supplies what ``SqlReads`` needs plus
-    ``delete_subject``, ``delete_face`` and ``revoke_key``, which ``apply_tombstones`` uses so
-    that a re-applied erasure is a real one (change log, WAL erased, audit-free)."""
+    ``delete_subject``, ``delete_face``, ``delete_unknown``, ``delete_negative`` and
+    ``revoke_key``, which ``apply_tombstones`` uses so that a re-applied erasure is a real one
+    (change log, WAL erased, audit-free)."""
 
     _P: str
 
@@ -438,15 +443,19 @@ class TombstoneSql:
 
     def _erasure_tombstones(self, conn: Any, subject_id: str, at: str) -> list[Tombstone] | None:
         """Record (in ``conn``'s transaction) the tombstones of erasing a subject: its token,
-        and each of its faces by face id, since a face keeps its id when a rename or a merge
-        moves it (a backup from before a merge holds those faces under the other subject).
-        None when there is no such subject."""
+        and each of its faces by face id and negatives by negative id, since both keep their
+        ids when a rename or a merge moves them (a backup from before a merge holds them under
+        the other subject). None when there is no such subject."""
         token = self._subject_token(conn, subject_id)
         if token is None:
             return None
         items = [Tombstone("subject", token, at)] + [
             Tombstone("face", str(r[0]), at) for r in conn.execute(
                 f"SELECT face_id FROM faces WHERE subject_id = {self._P} ORDER BY id",
+                (subject_id,)).fetchall()
+        ] + [
+            Tombstone("negative", str(r[0]), at) for r in conn.execute(
+                f"SELECT negative_id FROM negatives WHERE subject_id = {self._P} ORDER BY id",
                 (subject_id,)).fetchall()
         ]
         for item in items:
@@ -488,9 +497,14 @@ class TombstoneSql:
     def apply_tombstones(self, items: Sequence[Tombstone]) -> dict[str, int]:
         """Erase and revoke again what ``items`` name and this store still holds (as after
         restoring an older backup), then record the tombstones; counts of what was undone."""
-        refs: dict[str, list[str]] = {"subject": [], "face": [], "unknown_face": [], "key": []}
+        refs: dict[str, list[str]] = {kind: [] for kind in get_args(TombstoneKind)}
         revoked_at: dict[str, str] = {}
+        known: list[Tombstone] = []
         for item in items:
+            if item.kind not in refs:  # from a newer faceserve: nothing here to erase
+                log.warning("skipped a tombstone of unknown kind %r", item.kind)
+                continue
+            known.append(item)
             refs[item.kind].append(item.ref)
             if item.kind == "key":
                 revoked_at.setdefault(item.ref, item.at)
@@ -517,12 +531,22 @@ class TombstoneSql:
                 ).fetchone()
             if row is not None:
                 unknown += self.delete_unknown(str(row[0]), [face_id])  # type: ignore[attr-defined]
+        negatives = 0  # after the subjects: an erased subject took its negatives along
+        for negative_id in self._matching("negative_id", "negatives", refs["negative"]):
+            with self._reader() as conn:
+                row = conn.execute(
+                    f"SELECT subject_id FROM negatives WHERE negative_id = {self._P}",
+                    (negative_id,)).fetchone()
+            if row is not None and self.delete_negative(  # type: ignore[attr-defined]
+                    str(row[0]), negative_id):
+                negatives += 1
         keys = self._matching("key_id", "api_keys", refs["key"], " AND revoked_at IS NULL")
         for key_id in keys:
             self.revoke_key(key_id, revoked_at[key_id])  # type: ignore[attr-defined]
-        self.add_tombstones(items)
+        self.add_tombstones(known)
         return {"subjects_erased": len(subjects), "faces_erased": len(faces) + erased_faces,
-                "unknown_faces_erased": unknown, "keys_revoked": len(keys)}
+                "unknown_faces_erased": unknown, "negatives_erased": negatives,
+                "keys_revoked": len(keys)}
 
 
 class SqlSnapshot:

@@ -224,6 +224,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX negatives_subject ON negatives(subject_id, id)",
     ),
+    # 8: tombstones of deleted negatives (kind 'negative'), so a restore erases them again.
+    # SQLite cannot change a CHECK constraint in place: the table is made anew and its rows
+    # copied with their ids (the order a restore reads them in). Safe to run twice.
+    (
+        "DROP TABLE IF EXISTS tombstones_new",
+        """CREATE TABLE tombstones_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('subject', 'face', 'unknown_face', 'key', 'negative')),
+            ref TEXT NOT NULL,
+            at TEXT NOT NULL,
+            UNIQUE (kind, ref)
+        )""",
+        "INSERT INTO tombstones_new (id, kind, ref, at) SELECT id, kind, ref, at FROM tombstones",
+        "DROP TABLE tombstones",
+        "ALTER TABLE tombstones_new RENAME TO tombstones",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -155,5 +155,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE negatives ALTER COLUMN chip SET STORAGE EXTERNAL",
         "CREATE INDEX negatives_subject ON negatives (subject_id, id)",
     ),
+    # 9: tombstones of deleted negatives (kind 'negative'; SQLite's version 8). The CHECK of
+    # version 6 has PostgreSQL's default name; the rows stay as they are.
+    (
+        "ALTER TABLE tombstones DROP CONSTRAINT IF EXISTS tombstones_kind_check",
+        "ALTER TABLE tombstones ADD CONSTRAINT tombstones_kind_check "
+        "CHECK (kind IN ('subject', 'face', 'unknown_face', 'key', 'negative'))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
