@@ -31,6 +31,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.api.app import create_app
@@ -107,7 +108,25 @@ def running() -> Iterator[None]:
 def test_every_operation_survives_fuzzing(case: Any, running: None) -> None:
     response = case.call()
     STATS[(case.operation.label, response.status_code)] += 1
-    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+    try:
+        case.validate_response(response, excluded_checks=[positive_data_acceptance])
+    except FailureGroup as group:
+        if not (case.media_type or "").startswith("multipart/form-data") or not all(
+            _only_type_mutations(e) for e in group.exceptions
+        ):
+            raise
+
+
+def _only_type_mutations(failure: BaseException) -> bool:
+    """Whether schemathesis' "schema-violating request accepted" is one no server can see: a
+    multipart field is text on the wire, so a string mutated to a boolean arrives as the
+    string ``false``, and an array that is empty is no field at all. Every other violation
+    (missing or extra fields, bad formats, lengths) must still be refused."""
+    if not isinstance(failure, AcceptedNegativeData):
+        return False
+    violations = [line.strip() for line in failure.message.splitlines()
+                  if line.strip().startswith("- ")]
+    return bool(violations) and all(v.startswith("- violates `type`") for v in violations)
 
 
 def test_a_wrong_method_lists_every_allowed_one(running: None) -> None:
