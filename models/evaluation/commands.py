@@ -204,6 +204,15 @@ def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_eval_negatives)
 
 
+def _lfw_image_dir(root: Path) -> Path:
+    """The folder holding ``Name/Name_0001.jpg``: ``root`` itself or its first such child
+    (the shared data has LFW one level down)."""
+    if any(root.glob("*/*.jpg")):
+        return root
+    return next((d for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
+                root)
+
+
 def _eval_negatives(args: argparse.Namespace) -> int:
     import torch
 
@@ -213,9 +222,7 @@ def _eval_negatives(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    image_dir = args.root if any(args.root.glob("*/*.jpg")) else next(
-        (d for d in sorted(args.root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
-        args.root)
+    image_dir = _lfw_image_dir(args.root)
     paths = sorted(image_dir.glob("*/*.jpg"))
     pipeline = FacePipeline(device=None if args.device == "auto" else args.device, flip=False)
     cache = (EmbeddingCache(args.cache, pipeline.model_version) if args.cache
@@ -282,9 +289,7 @@ def _eval_cluster(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    image_dir = args.root if any(args.root.glob("*/*.jpg")) else next(
-        (d for d in sorted(args.root.iterdir()) if d.is_dir() and any(d.glob("*/*.jpg"))),
-        args.root)
+    image_dir = _lfw_image_dir(args.root)
     paths, truth = cluster_subset(image_dir, people_images=args.people_images,
                                   distractors=args.distractors, per_person=args.per_person,
                                   seed=args.seed)

@@ -26,7 +26,6 @@ from the restored database.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.gallery.durable import fsync_path, sha256_file
 from service.gallery.gallery import SNAPSHOT_NAME, lock_data_dir, unlock_data_dir
 from service.gallery.index import remove_snapshot
 from service.gallery.private import create_private_file, private_dir
@@ -100,20 +100,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy_database(source: sqlite3.Connection, target: Path) -> None:
@@ -129,7 +115,7 @@ def _copy_database(source: sqlite3.Connection, target: Path) -> None:
             raise BackupError(f"the copy failed its integrity check: {check}")
     finally:
         dst.close()
-    _fsync(target)
+    fsync_path(target)
 
 
 def _describe(path: Path) -> tuple[int, int, int]:
@@ -191,8 +177,8 @@ def backup_sqlite(data_dir: Path, out: Path | str, *, overwrite: bool = False) -
         source.close()
     version, subjects, faces = _describe(partial)
     os.replace(partial, out)
-    _fsync(out.parent, directory=True)
-    return BackupResult(out, out.stat().st_size, _sha256(out), version, subjects, faces,
+    fsync_path(out.parent, directory=True)
+    return BackupResult(out, out.stat().st_size, sha256_file(out), version, subjects, faces,
                         time.perf_counter() - started)
 
 
@@ -276,7 +262,7 @@ def restore_sqlite(data_dir: Path, backup: Path, *, keep_replaced: bool = True) 
             ))
         finally:
             store.close()  # checkpoints: the restored database is one file again
-        _fsync(restoring)
+        fsync_path(restoring)
         replaced = None
         if current.exists():
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -287,7 +273,7 @@ def restore_sqlite(data_dir: Path, backup: Path, *, keep_replaced: bool = True) 
                 if leftover.exists():
                     os.replace(leftover, Path(str(replaced) + suffix))
         os.replace(restoring, current)
-        _fsync(data_dir, directory=True)
+        fsync_path(data_dir, directory=True)
         write_tombstones(data_dir / JOURNAL_NAME, unique)
         remove_snapshot(data_dir / SNAPSHOT_NAME)  # the server rebuilds its index
         if replaced is not None and not keep_replaced:

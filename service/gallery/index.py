@@ -40,7 +40,6 @@ caller expects; a crash between the two renames leaves a hash mismatch, never a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from service.gallery.durable import fsync_path, sha256_file
 from service.gallery.private import create_private_file
 
 __all__ = [
@@ -88,28 +88,7 @@ def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def remove_snapshot(path: Path) -> None:
@@ -349,7 +328,7 @@ class FaceIndex:
         create_private_file(tmp)
         create_private_file(side_tmp)
         faiss.write_index(self._index, str(tmp))
-        _fsync_file(tmp)
+        fsync_path(tmp)
         header = {
             "format": SNAPSHOT_FORMAT,
             "kind": self.kind,
@@ -358,7 +337,7 @@ class FaceIndex:
             "count": self.ntotal,
             "last_change_id": int(last_change_id),
             "tombstones": sorted(self._tombstones),
-            "sha256": _sha256(tmp),
+            "sha256": sha256_file(tmp),
         }
         with open(side_tmp, "w", encoding="utf-8") as f:
             json.dump(header, f)
@@ -366,7 +345,7 @@ class FaceIndex:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         os.replace(side_tmp, side)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent, directory=True)
 
     @classmethod
     def load_snapshot(
@@ -416,7 +395,7 @@ class FaceIndex:
         if kind != "hnsw" and tombstones:
             raise SnapshotInvalid(f"a {kind} index cannot have tombstones")
         try:
-            digest = _sha256(path)
+            digest = sha256_file(path)
         except OSError as exc:
             raise SnapshotInvalid(f"cannot read {path.name}: {exc}") from None
         if digest != header.get("sha256"):
