@@ -14,11 +14,20 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Query
 
 from service.api.errors import InvalidField
 
-__all__ = ["decode_cursor", "encode_cursor", "invalid_cursor"]
+__all__ = ["CursorQuery", "decode_cursor", "encode_cursor", "invalid_cursor"]
+
+# The ``cursor`` query parameter of every paged list.
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
+          "(opaque; 422 `invalid_cursor` otherwise)."),
+]
 
 _VERSION = 1
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from service.config import DEFAULT_THRESHOLD, ProfileError, Settings, resolve_operating_point
+from service.security.keys import SCOPES
 from tests.service.conftest import fake_photo
 
 
@@ -23,6 +24,8 @@ def test_healthz_and_readyz(client: TestClient) -> None:
         "index_source": "store", "gallery_faces": 0, "gallery_subjects": 0, "batching": True,
         "operating_point": {"threshold": 0.915, "source": "setting"},
         "identify_operating_point": {"threshold": 0.915, "source": "setting"},
+        # A keyless server acts as the operator, with every scope (the console reads this).
+        "caller": {"name": "(no key)", "scopes": list(SCOPES)},
     }
 
 

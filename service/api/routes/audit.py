@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
+from service.api.cursors import CursorQuery, decode_cursor, encode_cursor, invalid_cursor
 from service.api.deps import ServicesDep
 from service.api.errors import Forbidden, InvalidField, error_responses
 from service.api.routes.common import run_in_threadpool
@@ -36,11 +36,7 @@ router = APIRouter(tags=["security"])
 async def audit_log(
     principal: AuditKey,
     services: ServicesDep,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
-              "(opaque; 422 `invalid_cursor` otherwise)."),
-    ] = None,
+    cursor: CursorQuery = None,
     after: Annotated[
         int | None,
         Query(ge=0, le=2**62, deprecated=True,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query
 
 import service.api.subject_paths  # noqa: F401  (registers the `subject` path convertor)
-from service.api.cursors import decode_cursor, encode_cursor, invalid_cursor
+from service.api.cursors import CursorQuery, decode_cursor, encode_cursor, invalid_cursor
 from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import (
     InvalidField,
@@ -103,11 +103,7 @@ def _summary(record: Any, namespace: Namespace) -> SubjectSummary:
 async def list_subjects(
     principal: ReadKey,
     gallery: GalleryDep,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
-              "(opaque; 422 `invalid_cursor` otherwise)."),
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Subjects per page.")] = 100,
 ) -> SubjectList:
     namespace = principal.namespace
@@ -263,11 +259,7 @@ async def list_subject_faces(
     principal: ReadKey,
     subject_id: SubjectPath,
     gallery: GalleryDep,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=1024, description="`next_cursor` of the previous page, unchanged "
-              "(opaque; 422 `invalid_cursor` otherwise)."),
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Faces per page.")] = 100,
 ) -> FaceList:
     return await run_in_threadpool(
