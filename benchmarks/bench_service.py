@@ -215,6 +215,10 @@ def main() -> int:
     ap.add_argument("--prefill-into", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prefill_into is not None:  # the child of prefill_with
+        # That checkout's Gallery, not this one's (REPO was put first on sys.path above).
+        code = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+        if code:
+            sys.path.insert(0, code)
         print(prefill(args.prefill_into, args.faces))
         return 0
     started = time.monotonic()
