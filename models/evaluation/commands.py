@@ -168,6 +168,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_negatives_parser(evals)
 
 
+def _add_lfw_cache_args(q: argparse.ArgumentParser) -> None:
+    """--root, --out, --cache of the commands that reuse `eval lfw`'s embedding cache."""
+    q.add_argument("--root", type=Path, required=True,
+                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
+    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
+                   help="output directory, shared with `eval lfw` for its cache "
+                        "(default: out/eval-lfw)")
+    q.add_argument("--cache", type=Path, metavar="FILE",
+                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+
+
+def _add_run_args(q: argparse.ArgumentParser) -> None:
+    """--device, --threads, --no-progress."""
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    q.add_argument("--threads", type=int, help="torch CPU threads")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
     q = evals.add_parser(
         "negatives",
@@ -181,13 +199,7 @@ def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
             "true matches kept and lost. Writes negatives.json and negatives.md."
         ),
     )
-    q.add_argument("--root", type=Path, required=True,
-                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
-    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
-                   help="output directory, shared with `eval lfw` for its cache "
-                        "(default: out/eval-lfw)")
-    q.add_argument("--cache", type=Path, metavar="FILE",
-                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+    _add_lfw_cache_args(q)
     q.add_argument("--thresholds", default="0.915",
                    help="cosine match thresholds, comma-separated (default: the service's "
                         "verify threshold, which identify uses with identify_fpir off)")
@@ -198,9 +210,7 @@ def _add_negatives_parser(evals: argparse._SubParsersAction) -> None:
     q.add_argument("--enroll-per-person", default="1,3",
                    help="photos enrolled per subject, comma-separated (default 1,3)")
     q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    q.add_argument("--threads", type=int, help="torch CPU threads")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_args(q)
     q.set_defaults(func=_eval_negatives)
 
 
@@ -255,13 +265,7 @@ def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:
             "against a full recluster. Writes cluster.json and cluster.md."
         ),
     )
-    q.add_argument("--root", type=Path, required=True,
-                   help="LFW image directory (Name/Name_0001.jpg inside) or the directory above")
-    q.add_argument("--out", type=Path, default=Path("out/eval-lfw"),
-                   help="output directory, shared with `eval lfw` for its cache "
-                        "(default: out/eval-lfw)")
-    q.add_argument("--cache", type=Path, metavar="FILE",
-                   help="embedding cache (default: OUT/embeddings-<model>.npz)")
+    _add_lfw_cache_args(q)
     q.add_argument("--people-images", type=int, default=5000, metavar="N",
                    help="photos of people with two or more photos (default 5000)")
     q.add_argument("--distractors", type=int, default=1000, metavar="N",
@@ -272,9 +276,7 @@ def _add_cluster_parser(evals: argparse._SubParsersAction) -> None:
     q.add_argument("--thresholds", default="",
                    help="cosine thresholds, comma-separated (default: the service's verify "
                         "threshold, the clustering default and a few around it)")
-    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    q.add_argument("--threads", type=int, help="torch CPU threads")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_args(q)
     q.set_defaults(func=_eval_cluster)
 
 

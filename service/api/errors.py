@@ -28,6 +28,7 @@ __all__ = [
     "Forbidden",
     "InvalidBase64",
     "InvalidField",
+    "ModelMismatch",
     "MultipleFaces",
     "NoFace",
     "NotReady",
@@ -114,6 +115,13 @@ class DuplicateFace(ServiceError):
     """The face already matches another subject of the gallery (``on_duplicate=reject``)."""
 
     status, code = 409, "duplicate_face"
+
+
+class ModelMismatch(ServiceError):
+    """Stored faces (a cluster's, a negative's source) were embedded by another model than
+    the one serving: comparing them would be meaningless."""
+
+    status, code = 409, "model_mismatch"
 
 
 class PoorQuality(ServiceError):

@@ -27,7 +27,13 @@ from fastapi import APIRouter, Body, Path, Query, Response
 
 from models.clustering import CLUSTER_THRESHOLD, Clustering
 from service.api.deps import GalleryDep, ServicesDep, SettingsDep
-from service.api.errors import Forbidden, InvalidField, ServiceError, error_responses
+from service.api.errors import (
+    Forbidden,
+    InvalidField,
+    ModelMismatch,
+    ServiceError,
+    error_responses,
+)
 from service.api.identifiers import check_new_subject_id
 from service.api.routes.common import audit_event, run_in_threadpool, to_bbox
 from service.api.schemas import (
@@ -57,10 +63,6 @@ ClusterPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a-
 
 class ClusterNotFound(ServiceError):
     status, code = 404, "cluster_not_found"
-
-
-class ClusterOfAnotherModel(ServiceError):
-    status, code = 409, "model_mismatch"
 
 
 class ClusteringRunning(ServiceError):
@@ -291,7 +293,7 @@ async def name_cluster(
         faces = _members(gallery, principal, cluster_id)
         others = {f.model for f in faces} - {gallery.model_version}
         if others:  # remembered before a `faceserve reembed`: not comparable any more
-            raise ClusterOfAnotherModel(
+            raise ModelMismatch(
                 f"cluster {cluster_id!r} holds embeddings of {sorted(others)}, the gallery "
                 f"is {gallery.model_version}; discard it")
         stored = principal.namespace.internal(body.subject_id)

@@ -26,6 +26,7 @@ from service.api.deps import GalleryDep, ServicesDep
 from service.api.errors import (
     FaceNotFound,
     InvalidField,
+    ModelMismatch,
     ServiceError,
     SubjectNotFound,
     error_responses,
@@ -50,10 +51,6 @@ NegativePath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9a
 
 class FaceOfSubject(ServiceError):
     status, code = 409, "face_of_subject"
-
-
-class NegativeOfAnotherModel(ServiceError):
-    status, code = 409, "model_mismatch"
 
 
 class NegativeNotFound(ServiceError):
@@ -110,7 +107,7 @@ def _negative_of(
         vector, model, source, source_id = (decode_embedding(body.embedding),
                                             gallery.model_version, "embedding", None)
     if model != gallery.model_version:
-        raise NegativeOfAnotherModel(
+        raise ModelMismatch(
             f"that face's embedding is of model {model!r}, the gallery's {gallery.model_version}")
     return NegativeRecord(
         negative_id=uuid.uuid4().hex, subject_id=stored, source=source, source_id=source_id,
