@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.boxes import dlib_nms
+from models.detector_screening import ScreenedScorer, bf16_is_fast
 from models.device import resolve_device
 from models.dlib_format import DlibFormatError, DnnLayer, check_finite, read_dnn
 from models.faces import Box
@@ -304,7 +305,8 @@ def pyramid_layout(
 def build_pyramid(
     image: Tensor, avg_rgb: Tensor, padding: int = 10, outer_padding: int = 11
 ) -> tuple[Tensor, np.ndarray]:
-    """The network input for one ``(H, W, 3)`` image: ``((1, 3, NR, NC) float32, rects)``.
+    """The network input for one ``(H, W, 3)`` image: ``((1, 3, NR, NC) float32, rects)``,
+    channels-last.
 
     Level 0 is ``(pixel - mean)/256``; each further level is an align-corners bilinear
     resize of the **previous level** in that normalised float domain (dlib resizes the
@@ -312,13 +314,16 @@ def build_pyramid(
     """
     height, width = int(image.shape[0]), int(image.shape[1])
     rects, nr, nc = pyramid_layout(height, width, padding, outer_padding)
-    tensor = torch.zeros((1, 3, nr, nc), dtype=torch.float32, device=image.device)
+    # Built channels-last (the layout the network runs in): the photo's (H, W, 3) rows copy
+    # straight in and the resizes take the fast kernel, 1.45x faster, the same values.
+    pixels = torch.zeros((1, nr, nc, 3), dtype=torch.float32, device=image.device)
+    tensor = pixels.permute(0, 3, 1, 2)
     if len(rects) == 0:
         return tensor, rects
     l0, t0 = int(rects[0, 0]), int(rects[0, 1])
-    level0 = tensor[0, :, t0 : t0 + height, l0 : l0 + width]
-    level0.copy_(image.permute(2, 0, 1))
-    level0.sub_(avg_rgb.to(image.device, torch.float32)[:, None, None]).div_(256.0)
+    level0 = pixels[0, t0 : t0 + height, l0 : l0 + width]
+    level0.copy_(image)
+    level0.sub_(avg_rgb.to(image.device, torch.float32)).div_(256.0)
     for prev, cur in itertools.pairwise(rects):
         pl, pt, pr, pb = (int(v) for v in prev)
         cl, ct, cr, cb = (int(v) for v in cur)
@@ -502,19 +507,36 @@ def _as_image(image: np.ndarray | Tensor, device: torch.device) -> Tensor:
 
 
 class FaceDetector:
-    """Finds faces like ``dlib.cnn_face_detection_model_v1(path)(image, upsample)``."""
+    """Finds faces like ``dlib.cnn_face_detection_model_v1(path)(image, upsample)``.
 
-    def __init__(self, net: MMODNet, config: DetectorConfig, device: torch.device) -> None:
+    ``screening``: score the pyramid in bf16 first and only the windows near the threshold
+    in float32 (``models.detector_screening``: same boxes and confidences, 2-4x less time);
+    ``None`` turns it on where the CPU has bf16 matrix units.
+    """
+
+    def __init__(
+        self,
+        net: MMODNet,
+        config: DetectorConfig,
+        device: torch.device,
+        screening: bool | None = None,
+    ) -> None:
         # Channels-last: oneDNN's convolutions run 1.4x faster on it on a CPU, with scores
         # equal to 1e-5 (benchmarks/bench_detect.py), so the boxes do not change.
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
         self.config = config
         self.device = device
         self._avg = torch.tensor(config.avg_rgb, dtype=torch.float32, device=device)
+        if screening is None:
+            screening = device.type == "cpu" and bf16_is_fast()
+        self.screener = ScreenedScorer(self.net) if screening else None
 
     @classmethod
     def from_arrays(
-        cls, arrays: Mapping[str, Tensor | np.ndarray], device: str | torch.device | None = None
+        cls,
+        arrays: Mapping[str, Tensor | np.ndarray],
+        device: str | torch.device | None = None,
+        screening: bool | None = None,
     ) -> FaceDetector:
         net = MMODNet()
         state = {
@@ -523,7 +545,7 @@ class FaceDetector:
             if k.startswith("net.")
         }
         net.load_state_dict(state)
-        return cls(net, DetectorConfig.from_arrays(arrays), resolve_device(device))
+        return cls(net, DetectorConfig.from_arrays(arrays), resolve_device(device), screening)
 
     @torch.inference_mode()
     def score_map(self, image: Tensor) -> tuple[Tensor, np.ndarray]:
@@ -534,6 +556,18 @@ class FaceDetector:
             return tensor.new_zeros((0, 0)), rects
         tensor = tensor.contiguous(memory_format=torch.channels_last)
         return self.net(tensor)[0, 0], rects
+
+    @torch.inference_mode()
+    def _thresholded(self, image: Tensor, threshold: float) -> tuple[Tensor, np.ndarray]:
+        """The score map, exact (float32) wherever it is at least ``threshold``."""
+        if self.screener is None:
+            return self.score_map(image)
+        c = self.config
+        tensor, rects = build_pyramid(image, self._avg, c.pyramid_padding, c.pyramid_outer_padding)
+        if min(tensor.shape[-2:]) < _MIN_TENSOR_SIDE:
+            return tensor.new_zeros((0, 0)), rects
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return self.screener.scores(tensor, threshold), rects
 
     @torch.inference_mode()
     def detect(
@@ -572,7 +606,7 @@ class FaceDetector:
         for _ in range(upsample):
             img = dlib_pyramid_up(img)
 
-        scores, rects = self.score_map(img)
+        scores, rects = self._thresholded(img, threshold)
         keep_mask = scores > threshold
         positions = keep_mask.nonzero().cpu().numpy()
         values = scores[keep_mask].float().cpu()
@@ -602,13 +636,16 @@ class FaceDetector:
 
 
 def load_detector(
-    device: str | torch.device | None = None, cache_dir: str | Path | None = None
+    device: str | torch.device | None = None,
+    cache_dir: str | Path | None = None,
+    screening: bool | None = None,
 ) -> FaceDetector:
-    """The dlib MMOD detector on ``device`` (CUDA when available), converted once and cached."""
+    """The dlib MMOD detector on ``device`` (CUDA when available), converted once and cached;
+    ``screening`` as in :class:`FaceDetector`."""
     arrays = load_converted(
         "detector",
         dlib_model_path("detector"),
         convert_dlib,
         Path(cache_dir) if cache_dir is not None else None,
     )
-    return FaceDetector.from_arrays(arrays, device)
+    return FaceDetector.from_arrays(arrays, device, screening)

@@ -1,0 +1,172 @@
+"""bf16 screening of the MMOD score map, with exact float32 scores where they decide anything.
+
+On CPUs with bf16 matrix units (AMX, AVX512-BF16) the detector network runs about 4x faster
+in bf16, but its scores move by up to ~0.05, enough to flip a window at the threshold or
+reorder two neighbours in NMS (the README's "bf16 autocast: other boxes on 2 of 12 photos").
+So bf16 only *screens*: every window it scores below ``threshold - margin`` is no face (the
+margin is several times the largest bf16 error seen on real photos, ``bench_detect.py``
+reports it), and every other window is scored again in float32 from the pyramid, on a crop
+just large enough that its scores equal the full float32 pass (``exact_scores``). The
+candidates are the few windows around faces, so the float32 work is a small part of the
+photo's; the boxes, their order and their confidences are the float32 detector's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_MARGIN",
+    "ScreenedScorer",
+    "bf16_is_fast",
+    "candidate_rects",
+    "exact_scores",
+]
+
+# Windows the bf16 screen scores at least this far below the threshold are not rescored.
+# The largest |bf16 - float32| score difference on the group photos and 1,000 LFW photos is
+# ~0.05 (bench_detect.py); 0.25 leaves a factor of five.
+DEFAULT_MARGIN = 0.25
+# Above this share of the score map in crops, one float32 pass over everything is cheaper.
+_FULL_PASS_SHARE = 0.6
+
+
+def bf16_is_fast() -> bool:
+    """Whether this CPU computes bf16 convolutions natively (AMX tiles or AVX512-BF16);
+    elsewhere oneDNN emulates bf16 and screening would be slower than float32."""
+    cpu = torch.cpu
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def _geometry(net: nn.Module) -> tuple[dict[int, int], int, int, int]:
+    """What cropping ``net``'s input must respect: the paddings of the same-size convolutions
+    after the strided ones (by module id), the score-map cells of context a score needs on
+    each side (their sum), the strided part's total stride, and the input pixels behind one
+    feature cell (its receptive field)."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    strided = [c for c in convs if c.stride != (1, 1)]
+    if any(c.padding != (0, 0) for c in strided) or convs[: len(strided)] != strided:
+        raise ValueError("screening needs unpadded strided convolutions first")
+    pads = {id(c): int(c.padding[0]) for c in convs[len(strided) :]}
+    stride, receptive = 1, 1
+    for c in reversed(strided):
+        receptive = (receptive - 1) * int(c.stride[0]) + int(c.kernel_size[0])
+        stride *= int(c.stride[0])
+    return pads, sum(pads.values()), stride, receptive
+
+
+def candidate_rects(mask: Tensor, gap: int) -> np.ndarray:
+    """Rectangles ``(r0, c0, r1, c1)`` (inclusive) covering every ``True`` cell of ``mask``;
+    cells with at most ``gap`` empty cells between them share one rectangle (merging saves a
+    crop's context)."""
+    cells = mask.nonzero().cpu().numpy()
+    if len(cells) == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    rects = np.concatenate([cells, cells], axis=1).astype(np.int64)
+    reach = gap + 1
+    while True:
+        merged: list[np.ndarray] = []
+        free = np.ones(len(rects), dtype=bool)
+        for i in range(len(rects)):
+            if not free[i]:
+                continue
+            cur = rects[i].copy()
+            while True:
+                near = free & (rects[:, 0] <= cur[2] + reach) & (rects[:, 2] >= cur[0] - reach)
+                near &= (rects[:, 1] <= cur[3] + reach) & (rects[:, 3] >= cur[1] - reach)
+                if not near.any():
+                    break
+                free &= ~near
+                group = rects[near]
+                cur = np.array(
+                    [
+                        min(cur[0], group[:, 0].min()),
+                        min(cur[1], group[:, 1].min()),
+                        max(cur[2], group[:, 2].max()),
+                        max(cur[3], group[:, 3].max()),
+                    ]
+                )
+            merged.append(cur)
+        if len(merged) == len(rects):
+            return np.stack(merged)
+        rects = np.stack(merged)
+
+
+def exact_scores(
+    net: nn.Module, tensor: Tensor, rect: tuple[int, int, int, int], map_shape: tuple[int, int]
+) -> Tensor:
+    """float32 scores of the score-map cells ``rect`` (inclusive ``r0, c0, r1, c1``), equal to
+    ``net(tensor)`` there, computed from a crop of ``tensor``.
+
+    The strided convolutions have no padding, so a crop starting at a multiple of their
+    stride gives exactly the full pass's features; each same-size convolution after them pads
+    with zeros, which is right at the map's true border and wrong within ``padding`` cells of
+    a crop edge. The crop therefore carries the paddings' sum of context on every side that
+    is not the border, and each layer drops the cells its padding spoiled.
+    """
+    pads, context, stride, receptive = _geometry(net)
+    h, w = map_shape
+    r0, c0, r1, c1 = rect
+    top, bottom = max(0, r0 - context), min(h - 1, r1 + context)  # global cells x holds
+    left, right = max(0, c0 - context), min(w - 1, c1 + context)
+    x = tensor[..., top * stride : bottom * stride + receptive,
+               left * stride : right * stride + receptive]  # fmt: skip
+    for module in _layers(net):
+        x = module(x)
+        pad = pads.get(id(module), 0)
+        if pad:
+            # Cells within `pad` of a crop edge that is not the border are spoiled: drop them
+            # (what the later layers need lies further in).
+            dt = pad if top > 0 else 0
+            db = pad if bottom < h - 1 else 0
+            dl = pad if left > 0 else 0
+            dr = pad if right < w - 1 else 0
+            x = x[..., dt : x.shape[-2] - db, dl : x.shape[-1] - dr]
+            top, bottom, left, right = top + dt, bottom - db, left + dl, right - dr
+    return x[0, 0, r0 - top : r1 - top + 1, c0 - left : c1 - left + 1]
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    """The network's layers in order (convolutions and activations), flattened."""
+    return [m for m in net.modules() if not list(m.children())]
+
+
+class ScreenedScorer:
+    """Scores windows like ``net`` in float32, computing most of the map in bf16.
+
+    ``scores(tensor, threshold)`` returns the full score map in which every cell at or above
+    ``threshold - margin`` holds its float32 score; the rest hold bf16 scores, all below
+    ``threshold`` by construction, so thresholding the map gives the float32 detector's
+    windows and confidences.
+    """
+
+    def __init__(self, net: nn.Module, margin: float = DEFAULT_MARGIN) -> None:
+        self.net = net
+        self.margin = margin
+        self._bf16 = copy.deepcopy(net).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        self._context = _geometry(net)[1]
+
+    @torch.inference_mode()
+    def scores(self, tensor: Tensor, threshold: float) -> Tensor:
+        screen = self._bf16(tensor.to(torch.bfloat16))[0, 0].float()
+        rects = candidate_rects(screen >= threshold - self.margin, self._context)
+        if len(rects) == 0:
+            return screen
+        h, w = screen.shape
+        c = self._context
+        area = sum(
+            (min(h - 1, r1 + c) - max(0, r0 - c) + 1) * (min(w - 1, c1 + c) - max(0, c0 - c) + 1)
+            for r0, c0, r1, c1 in rects
+        )
+        if area > _FULL_PASS_SHARE * h * w:
+            return self.net(tensor)[0, 0]
+        for r0, c0, r1, c1 in rects.tolist():
+            screen[r0 : r1 + 1, c0 : c1 + 1] = exact_scores(
+                self.net, tensor, (r0, c0, r1, c1), (h, w)
+            )
+        return screen
