@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from models.cpu_share import CoreShare
 from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
 from service.api.docs import docs_router
@@ -160,10 +161,14 @@ def _build_services(
         executor = ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="faceserve-infer"
         )
+        # Requests share the cores: each stage (one photo's detection, one embedding batch)
+        # gets cores / stages running torch threads (models.cpu_share).
+        cores = CoreShare()
+        embed_chips = cores.wrap(pipeline.embed_chips)
         embedder: Embedder
         if settings.batching:
             embedder = MicroBatcher(
-                pipeline.embed_chips,
+                embed_chips,
                 max_batch_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
                 dim=pipeline.embedding_size,
@@ -171,7 +176,7 @@ def _build_services(
             )
         else:
             embedder = DirectEmbedder(
-                pipeline.embed_chips,
+                embed_chips,
                 executor,
                 dim=pipeline.embedding_size,
                 on_batch=metrics.observe_batch,
@@ -182,7 +187,8 @@ def _build_services(
         gallery.close()
         raise
     inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
-                          pixel_budget=PixelBudget(settings.decoded_pixels_in_flight))
+                          pixel_budget=PixelBudget(settings.decoded_pixels_in_flight),
+                          cores=cores)
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
     if gallery.replication_status() is not None:
         metrics.bind_replication(gallery.replication_status)

@@ -14,12 +14,14 @@ import io
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from models.cpu_share import CoreShare
 from models.face_selection import Selection, primary_face
 from models.faces import Face
 from models.imageio import DecodedImage, decode_reduced
@@ -98,12 +100,15 @@ class Inference:
         *,
         max_pixels: int,
         pixel_budget: PixelBudget | None = None,
+        cores: CoreShare | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.embedder = embedder
         self.executor = executor
         self.max_pixels = max_pixels
         self.pixel_budget = pixel_budget
+        # Detection and alignment run as one stage of the CPU's share (models.cpu_share).
+        self.cores = cores
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -159,6 +164,24 @@ class Inference:
         digest = hashlib.sha256(data).hexdigest()
         decoded = self._decode(data, None if face_crop else min_face_px, held)
         _check(gone)
+        pixels = decoded.image.shape[0] * decoded.image.shape[1]
+        with self.cores.stage(pixels) if self.cores is not None else nullcontext():
+            faces = self._detect_and_align_image(
+                decoded, select, primary, face_crop, min_face_px, gone, pick
+            )
+        chosen, chips, detected, selection, quality = faces
+        return chosen, chips, detected, digest, selection, quality
+
+    def _detect_and_align_image(
+        self,
+        decoded: DecodedImage,
+        select: FaceSelector,
+        primary: bool,
+        face_crop: bool,
+        min_face_px: int | None,
+        gone: threading.Event | None,
+        pick: FacePicker | None,
+    ) -> tuple[list[Face], np.ndarray, int, Selection | None, list[FaceQuality]]:
         image = decoded.image
         if face_crop:
             detected = self.pipeline.detect_face_crop(image)
@@ -196,7 +219,7 @@ class Inference:
         chips = self.pipeline.align(image, local)
         # The model's chip geometry (ArcFace chips are cut otherwise than dlib's); fakes: dlib.
         quality = assess(chosen, chips, getattr(self.pipeline, "geometry", None))
-        return chosen, chips, len(detected), digest, selection, quality
+        return chosen, chips, len(detected), selection, quality
 
     async def faces(
         self,
