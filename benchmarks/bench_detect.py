@@ -6,12 +6,15 @@ other processes slows every side alike):
 * **before**: the detector as it was (``git show BASE:models/detector.py``: contiguous
   convolutions, float shrink) with a full-size decode;
 * **now** at the defaults, and with ``min_face_px`` 120 and 200 (reduced JPEG decode
-  included).
+  included); on CPUs with bf16 units the detector screens the pyramid in bf16 and rescores
+  the windows near the threshold in float32 (``models/detector_screening.py``).
 
 The time is that of ``POST /embed`` without HTTP: decode, detect, landmarks, align, embed.
 Also printed: the 640x480 photo's stages, the network's GFLOP and GFLOP/s against this CPU's
-matmul rate, and recall of the hand-labelled faces (``../shared/data/detect``) and of LFW at
-each ``min_face_px``. Table on stdout, JSON in benchmarks/results/bench_detect.json.
+matmul rate, whether screening gives the float32 detector's boxes on the group photos and LFW
+(and the largest bf16 score error it must absorb), and recall of the hand-labelled faces
+(``../shared/data/detect``) and of LFW at each ``min_face_px``. Table on stdout, JSON in
+benchmarks/results/bench_detect.json.
 
     .venv/bin/python benchmarks/bench_detect.py [--repeats 7] [--base a8168be] [--lfw 300]
 """
@@ -39,8 +42,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.boxes import box_iou  # noqa: E402
-from models.detector import build_pyramid  # noqa: E402
+from models.boxes import box_iou, dlib_nms  # noqa: E402
+from models.detector import FaceDetector, build_pyramid, scores_to_boxes  # noqa: E402
 from models.device import resolve_device  # noqa: E402
 from models.imageio import decode_image, decode_reduced  # noqa: E402
 from models.pipeline import FacePipeline  # noqa: E402
@@ -141,9 +144,18 @@ def stages(pipeline: FacePipeline, data: bytes, repeats: int) -> dict[str, float
     out["pyramid"] = timed(lambda: build_pyramid(t, det._avg), repeats)[0]
     cl = tensor.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        out["network"] = timed(lambda: det.net(cl), repeats)[0]
+        out["network float32"] = timed(lambda: det.net(cl), repeats)[0]
+        if det.screener is not None:
+            scorer = det.screener
+            low = cl.to(torch.bfloat16)
+            out["network bf16 screen"] = timed(lambda: scorer._bf16(low), repeats)[0]
+            out["screen + float32 rescoring"] = timed(lambda: scorer.scores(cl, 0.0), repeats)[0]
     out["whole detector"] = timed(lambda: det.detect(image), repeats)[0]
-    out["boxes + NMS"] = max(0.0, out["whole detector"] - out["pyramid"] - out["network"])
+    scores, rects = det._thresholded(t, 0.0)
+    hits = (scores > 0).nonzero().numpy()
+    out["boxes + NMS"] = timed(lambda: dlib_nms(
+        torch.from_numpy(scores_to_boxes(hits[:, 0], hits[:, 1], rects)),
+        scores[scores > 0], det.config.nms_iou, det.config.nms_percent_covered), repeats)[0]
     faces = pipeline.detect(image)
     boxes = [f.box for f in faces]
     out["landmarks"] = timed(lambda: pipeline.landmarker.predict(image, boxes), repeats)[0]
@@ -152,38 +164,54 @@ def stages(pipeline: FacePipeline, data: bytes, repeats: int) -> dict[str, float
     out["embed"] = timed(lambda: pipeline.embed_chips(chips), repeats)[0]
     gflop = conv_gflop(det.net.float(), tuple(tensor.shape))
     out["network GFLOP"] = gflop
-    out["network GFLOP/s"] = gflop / (out["network"] / 1000)
+    out["network GFLOP/s (float32)"] = gflop / (out["network float32"] / 1000)
     return out
 
 
-def tried_bfloat16(pipeline: FacePipeline, repeats: int) -> dict:
-    """bf16 autocast of the detector network: its speed on the 640x480 pyramid, and whether
-    the boxes stay (IoU >= 0.99, same count) on the group photos. Not adopted unless so."""
+def bfloat16(pipeline: FacePipeline, lfw: int, repeats: int) -> dict:
+    """bf16 on the detector: plain autocast (tried, not kept: other boxes) against screening
+    (kept): boxes and confidences against float32 on the group photos and ``lfw`` LFW
+    photos, and the largest |bf16 - float32| score, which the screen's margin must exceed."""
     det = pipeline.detector
     if det.device.type != "cpu":
         return {}
+    plain = FaceDetector(det.net, det.config, det.device, screening=False)
+    screened = FaceDetector(det.net, det.config, det.device, screening=True)
+    scorer = screened.screener
+    assert scorer is not None
     image = torch.from_numpy(decode_image(photos()["640x480, 1 face"]))
-    tensor = build_pyramid(image, det._avg)[0].contiguous(memory_format=torch.channels_last)
+    tensor = build_pyramid(image, det._avg)[0]
     with torch.inference_mode():
         fp32_ms = timed(lambda: det.net(tensor), repeats)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_ms = timed(lambda: det.net(tensor), repeats)[0]
-    same = changed = 0
-    worst_iou = 1.0
-    for path in sorted((SHARED / "detect").glob("*.jpg")):
+            autocast_ms = timed(lambda: det.net(tensor), repeats)[0]
+        screen_ms = timed(lambda: scorer.scores(tensor, 0.0), repeats)[0]
+    paths = sorted((SHARED / "detect").glob("*.jpg"))
+    paths += sorted((SHARED / "lfw" / "lfw-deepfunneled").glob("*/*.jpg"))[::13][:lfw]
+    out = {"network_fp32_ms": fp32_ms, "network_autocast_bf16_ms": autocast_ms,
+           "screened_ms": screen_ms, "photos": len(paths), "autocast_same_boxes": 0,
+           "autocast_worst_iou": 1.0, "screened_same_boxes": 0, "screened_worst_conf_diff": 0.0,
+           "worst_bf16_score_error": 0.0, "margin": scorer.margin}
+    for path in paths:
         img = decode_image(path.read_bytes())
-        a = [b for b, _ in det.detect(img, max_side=pipeline.max_side)]
+        a = plain.detect(img, max_side=pipeline.max_side)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            b = [b for b, _ in det.detect(img, max_side=pipeline.max_side)]
-        if len(a) != len(b):
-            changed += 1
-            continue
-        ious = [max((_iou(x.as_tuple(), y.as_tuple()) for y in b), default=0) for x in a]
-        worst_iou = min([worst_iou, *ious])
-        same += all(i >= 0.99 for i in ious)
-        changed += not all(i >= 0.99 for i in ious)
-    return {"network_fp32_ms": fp32_ms, "network_bf16_ms": bf16_ms,
-            "photos_same_boxes": same, "photos_changed": changed, "worst_iou": worst_iou}
+            b = plain.detect(img, max_side=pipeline.max_side)
+        c = screened.detect(img, max_side=pipeline.max_side)
+        ious = [max((_iou(x.as_tuple(), y.as_tuple()) for y, _ in b), default=0) for x, _ in a]
+        out["autocast_worst_iou"] = min([out["autocast_worst_iou"], *ious])
+        out["autocast_same_boxes"] += len(a) == len(b) and all(i >= 0.99 for i in ious)
+        same = [x for x, _ in a] == [x for x, _ in c]
+        out["screened_same_boxes"] += same
+        if same and a:
+            diff = max(abs(x - y) for (_, x), (_, y) in zip(a, c, strict=True))
+            out["screened_worst_conf_diff"] = max(out["screened_worst_conf_diff"], diff)
+        if max(img.shape) <= pipeline.max_side:
+            t = build_pyramid(torch.from_numpy(np.array(img)), det._avg)[0]
+            with torch.inference_mode():
+                err = (det.net(t) - scorer._bf16(t.to(torch.bfloat16)).float()).abs().max()
+            out["worst_bf16_score_error"] = max(out["worst_bf16_score_error"], float(err))
+    return out
 
 
 def _labels() -> dict[str, list[tuple[int, int, int, int]]]:
@@ -263,7 +291,7 @@ def main() -> int:
 
     breakdown = stages(now, shots["640x480, 1 face"], args.repeats)
     breakdown["CPU matmul GFLOP/s (2048^2 float32)"] = matmul_gflops()
-    bf16 = tried_bfloat16(now, args.repeats)
+    bf16 = bfloat16(now, args.lfw, args.repeats)
     reach = recall(now, args.lfw) if args.lfw else []
 
     labels = [k for k in ("before", "now") if k in speed[0]]
@@ -276,7 +304,18 @@ def main() -> int:
         cells = [f"{row[k]['p50_ms']:.0f} ({row[k]['faces']})" for k in labels]
         print(f"| {row['photo']} | " + " | ".join(cells) + " |")
     if bf16:
-        print(f"\nTried, bf16 autocast of the detector network: {bf16}")
+        n = bf16["photos"]
+        print(f"\nbf16 on the detector ({n} photos: group photos + LFW), 640x480 pyramid:")
+        print("| way | network ms | same boxes as float32 | worst |")
+        print("|---|---:|---:|---|")
+        print(f"| float32 | {bf16['network_fp32_ms']:.1f} | {n}/{n} | |")
+        print(f"| bf16 autocast (not kept) | {bf16['network_autocast_bf16_ms']:.1f} | "
+              f"{bf16['autocast_same_boxes']}/{n} | IoU {bf16['autocast_worst_iou']:.2f} |")
+        print(f"| bf16 screen + float32 rescoring (kept) | {bf16['screened_ms']:.1f} | "
+              f"{bf16['screened_same_boxes']}/{n} | confidence "
+              f"{bf16['screened_worst_conf_diff']:.1e} |")
+        print(f"largest bf16 score error {bf16['worst_bf16_score_error']:.3f} "
+              f"(the screen's margin: {bf16['margin']})")
     print("\nStages of the 640x480 photo (ms unless stated)")
     for k, v in breakdown.items():
         print(f"| {k} | {v:.1f} |")
@@ -292,7 +331,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "bench_detect.json"
     out.write_text(json.dumps({"speed": speed, "stages": breakdown, "reach": reach,
-                               "tried_bfloat16": bf16,
+                               "bfloat16": bf16,
                                "threads": torch.get_num_threads(), "base": args.base},
                               indent=2))
     print(f"\nwrote {out}")
