@@ -320,9 +320,11 @@ def main() -> int:
                                  "per face; written with Gallery.enroll (SQLite + FAISS), "
                                  "not through HTTP",
                     "prefill_s": round(fill_s, 1)},
-        "server": {name: Settings.model_fields[name].default
-                   for name in ("batch_max_size", "batch_max_wait_ms", "inference_threads",
-                                "workers", "max_side", "upsample")},
+        "server": {**{name: Settings.model_fields[name].default
+                      for name in ("batch_max_size", "batch_max_wait_ms", "workers",
+                                   "max_side", "upsample")},
+                   "inference_threads": Settings.model_fields["inference_threads"].default
+                   or os.cpu_count()},
         "skipped": skipped,
         "total_s": round(time.monotonic() - started, 1),
         "probes": "LFW deep-funneled 250x250 JPEGs (first photo of the first 64 people)",

@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from models.cpu_share import CoreShare
+from models.cpu_share import CoreShare, available_cores
 from service.api.accesslog import AccessLogMiddleware
 from service.api.deps import Services
 from service.api.docs import docs_router
@@ -159,10 +159,11 @@ def _build_services(
         # not; the tests' fake pipelines just get one embedding pass.
         self_test = _self_test(pipeline)
         executor = ThreadPoolExecutor(
-            settings.inference_threads, thread_name_prefix="faceserve-infer"
+            settings.inference_threads or available_cores(),
+            thread_name_prefix="faceserve-infer",
         )
         # Requests share the cores: each stage (one photo's detection, one embedding batch)
-        # gets cores / stages running torch threads (models.cpu_share).
+        # runs on one torch thread, a large photo on the cores left (models.cpu_share).
         cores = CoreShare()
         embed_chips = cores.wrap(pipeline.embed_chips)
         embedder: Embedder
