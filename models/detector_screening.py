@@ -24,6 +24,7 @@ __all__ = [
     "ScreenedScorer",
     "bf16_is_fast",
     "candidate_rects",
+    "crop_plan",
     "exact_scores",
 ]
 
@@ -98,7 +99,11 @@ def candidate_rects(mask: Tensor, gap: int) -> np.ndarray:
 
 
 def exact_scores(
-    net: nn.Module, tensor: Tensor, rect: tuple[int, int, int, int], map_shape: tuple[int, int]
+    net: nn.Module,
+    tensor: Tensor,
+    rect: tuple[int, int, int, int],
+    map_shape: tuple[int, int],
+    plan: tuple[list[nn.Module], dict[int, int], int, int, int] | None = None,
 ) -> Tensor:
     """float32 scores of the score-map cells ``rect`` (inclusive ``r0, c0, r1, c1``), equal to
     ``net(tensor)`` there, computed from a crop of ``tensor``.
@@ -107,16 +112,17 @@ def exact_scores(
     stride gives exactly the full pass's features; each same-size convolution after them pads
     with zeros, which is right at the map's true border and wrong within ``padding`` cells of
     a crop edge. The crop therefore carries the paddings' sum of context on every side that
-    is not the border, and each layer drops the cells its padding spoiled.
+    is not the border, and each layer drops the cells its padding spoiled. ``plan``:
+    ``crop_plan(net)``, computed once by callers that score many rectangles.
     """
-    pads, context, stride, receptive = _geometry(net)
+    layers, pads, context, stride, receptive = plan if plan is not None else crop_plan(net)
     h, w = map_shape
     r0, c0, r1, c1 = rect
     top, bottom = max(0, r0 - context), min(h - 1, r1 + context)  # global cells x holds
     left, right = max(0, c0 - context), min(w - 1, c1 + context)
     x = tensor[..., top * stride : bottom * stride + receptive,
                left * stride : right * stride + receptive]  # fmt: skip
-    for module in _layers(net):
+    for module in layers:
         x = module(x)
         pad = pads.get(id(module), 0)
         if pad:
@@ -131,9 +137,11 @@ def exact_scores(
     return x[0, 0, r0 - top : r1 - top + 1, c0 - left : c1 - left + 1]
 
 
-def _layers(net: nn.Module) -> list[nn.Module]:
-    """The network's layers in order (convolutions and activations), flattened."""
-    return [m for m in net.modules() if not list(m.children())]
+def crop_plan(net: nn.Module) -> tuple[list[nn.Module], dict[int, int], int, int, int]:
+    """``net``'s layers in order (convolutions and activations, flattened), then what
+    ``_geometry`` says of it: all that ``exact_scores`` needs to know of the network."""
+    layers = [m for m in net.modules() if not list(m.children())]
+    return (layers, *_geometry(net))
 
 
 class ScreenedScorer:
@@ -149,7 +157,8 @@ class ScreenedScorer:
         self.net = net
         self.margin = margin
         self._bf16 = copy.deepcopy(net).to(torch.bfloat16).to(memory_format=torch.channels_last)
-        self._context = _geometry(net)[1]
+        self._plan = crop_plan(net)
+        self._context = self._plan[2]
 
     @torch.inference_mode()
     def scores(self, tensor: Tensor, threshold: float) -> Tensor:
