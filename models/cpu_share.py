@@ -10,8 +10,9 @@ the next one down. Measured on 2 cores (``benchmarks/bench_service.py``): one LF
 through detection and embedding on two pool threads takes 39 ms with two intra-op threads
 and 25 ms with one; a 1280x914 photo alone is 1.7x faster on two.
 
-So ``CoreShare`` gives a stage one thread, except a large photo's (``parallel_pixels`` and
-up), which gets ``cores // stages running``: all of them when it runs alone. The setting is
+So ``CoreShare`` gives a stage one thread, except a large one (a photo of
+``PARALLEL_PIXELS`` or more, a batch of ``PARALLEL_FACES`` faces or more), which gets
+``cores // stages running``: all of them when it runs alone. The setting is
 per thread (OpenMP's thread count and MKL's are thread-local), so stages on other threads
 keep theirs.
 """
@@ -21,21 +22,24 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
+import numpy as np
 import torch
 
-__all__ = ["PARALLEL_PIXELS", "CoreShare", "available_cores"]
+__all__ = ["PARALLEL_FACES", "PARALLEL_PIXELS", "CoreShare", "available_cores"]
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 
 # Photos from this many pixels up are worth more than one thread (640x480 is not: 64 ms on
 # one thread against 74 ms on two in the service; 1280x914 is).
 PARALLEL_PIXELS = 1_000_000
+# Embedding batches from this many faces up, likewise (4 faces: 18 ms on one thread, 12 on
+# two; 32 faces: 119 and 65 ms; one face gains nothing).
+PARALLEL_FACES = 4
 
 
 def available_cores() -> int:
@@ -48,9 +52,8 @@ def available_cores() -> int:
 class CoreShare:
     """Counts the inference stages running and sizes each new one's torch thread pool."""
 
-    def __init__(self, cores: int | None = None, parallel_pixels: int = PARALLEL_PIXELS) -> None:
+    def __init__(self, cores: int | None = None) -> None:
         self.cores = max(1, cores if cores is not None else torch.get_num_threads())
-        self.parallel_pixels = parallel_pixels
         self._running = 0
         self._lock = threading.Lock()
 
@@ -59,27 +62,31 @@ class CoreShare:
         return self._running
 
     @contextmanager
-    def stage(self, pixels: int = 0) -> Iterator[int]:
-        """Run the body, on ``pixels`` of photo, with this thread's share of the cores
-        (yielded)."""
+    def stage(self, large: bool = False) -> Iterator[int]:
+        """Run the body with this thread's share of the cores (yielded): one thread, or for a
+        ``large`` stage ``cores // stages running``."""
         with self._lock:
             self._running += 1
-            threads = 1
-            if pixels >= self.parallel_pixels:
-                threads = max(1, self.cores // self._running)
+            threads = max(1, self.cores // self._running) if large else 1
+        previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             yield threads
         finally:
+            torch.set_num_threads(previous)  # the thread's own setting outside stages
             with self._lock:
                 self._running -= 1
 
-    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """``fn`` run as one stage."""
+    def photo_stage(self, pixels: int) -> AbstractContextManager[int]:
+        """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment)."""
+        return self.stage(pixels >= PARALLEL_PIXELS)
 
-        @wraps(fn)
-        def staged(*args: P.args, **kwargs: P.kwargs) -> R:
-            with self.stage():
-                return fn(*args, **kwargs)
+    def embedding(self, embed: Callable[[np.ndarray], R]) -> Callable[[np.ndarray], R]:
+        """``embed(chips)`` run as one stage, large from ``PARALLEL_FACES`` chips."""
+
+        @wraps(embed)
+        def staged(chips: np.ndarray) -> R:
+            with self.stage(len(chips) >= PARALLEL_FACES):
+                return embed(chips)
 
         return staged

@@ -163,9 +163,9 @@ def _build_services(
             thread_name_prefix="faceserve-infer",
         )
         # Requests share the cores: each stage (one photo's detection, one embedding batch)
-        # runs on one torch thread, a large photo on the cores left (models.cpu_share).
+        # runs on one torch thread, a large one on the cores left (models.cpu_share).
         cores = CoreShare()
-        embed_chips = cores.wrap(pipeline.embed_chips)
+        embed_chips = cores.embedding(pipeline.embed_chips)
         embedder: Embedder
         if settings.batching:
             embedder = MicroBatcher(

@@ -165,7 +165,7 @@ class Inference:
         decoded = self._decode(data, None if face_crop else min_face_px, held)
         _check(gone)
         pixels = decoded.image.shape[0] * decoded.image.shape[1]
-        with self.cores.stage(pixels) if self.cores is not None else nullcontext():
+        with self.cores.photo_stage(pixels) if self.cores is not None else nullcontext():
             faces = self._detect_and_align_image(
                 decoded, select, primary, face_crop, min_face_px, gone, pick
             )
