@@ -118,7 +118,7 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 def conv_gflop(net: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """Multiply-adds x 2 of every convolution for an input of ``shape``."""
     total = 0.0
-    x = torch.zeros(shape)
+    x = torch.zeros(shape, device=next(net.parameters()).device)
     for layer in [*net.features, net.score]:
         if isinstance(layer, torch.nn.Conv2d):
             y = layer(x)
@@ -138,7 +138,7 @@ def matmul_gflops() -> float:
 def stages(pipeline: FacePipeline, data: bytes, repeats: int) -> dict[str, float]:
     det = pipeline.detector
     image = decode_image(data)
-    t = torch.from_numpy(np.array(image))
+    t = torch.from_numpy(np.array(image)).to(det.device)
     tensor, _ = build_pyramid(t, det._avg)
     out = {"decode": timed(lambda: decode_image(data), repeats)[0]}
     out["pyramid"] = timed(lambda: build_pyramid(t, det._avg), repeats)[0]
@@ -152,6 +152,7 @@ def stages(pipeline: FacePipeline, data: bytes, repeats: int) -> dict[str, float
             out["screen + float32 rescoring"] = timed(lambda: scorer.scores(cl, 0.0), repeats)[0]
     out["whole detector"] = timed(lambda: det.detect(image), repeats)[0]
     scores, rects = det._thresholded(t, 0.0)
+    scores = scores.float().cpu()
     hits = (scores > 0).nonzero().numpy()
     out["boxes + NMS"] = timed(lambda: dlib_nms(
         torch.from_numpy(scores_to_boxes(hits[:, 0], hits[:, 1], rects)),
