@@ -1,8 +1,9 @@
 """bf16 screening of the MMOD score map, with exact float32 scores where they decide anything.
 
-On CPUs with bf16 matrix units (AMX, AVX512-BF16) the detector network runs about 4x faster
-in bf16, but its scores move by up to ~0.05, enough to flip a window at the threshold or
-reorder two neighbours in NMS (the README's "bf16 autocast: other boxes on 2 of 12 photos").
+On CPUs with bf16 matrix units (AMX, AVX512-BF16) the detector network runs about 3.6x
+faster in bf16, but its scores move by up to ~0.04, enough to flip a window at the threshold
+or reorder two neighbours in NMS (plain bf16 gives other boxes on 79 of 312 photos,
+``bench_detect.py``).
 So bf16 only *screens*: every window it scores below ``threshold - margin`` is no face (the
 margin is several times the largest bf16 error seen on real photos, ``bench_detect.py``
 reports it), and every other window is scored again in float32 from the pyramid, on a crop
@@ -28,9 +29,9 @@ __all__ = [
     "exact_scores",
 ]
 
-# Windows the bf16 screen scores at least this far below the threshold are not rescored.
-# The largest |bf16 - float32| score difference on the group photos and 1,000 LFW photos is
-# ~0.05 (bench_detect.py); 0.25 leaves a factor of five.
+# Windows the bf16 screen scores more than this below the threshold are not rescored. The
+# largest |bf16 - float32| score difference on the group photos and 300 LFW photos is 0.042
+# (bench_detect.py; a test keeps it under a third of this); 0.25 leaves a factor of six.
 DEFAULT_MARGIN = 0.25
 # Above this share of the score map in crops, one float32 pass over everything is cheaper.
 _FULL_PASS_SHARE = 0.6
@@ -176,6 +177,6 @@ class ScreenedScorer:
             return self.net(tensor)[0, 0]
         for r0, c0, r1, c1 in rects.tolist():
             screen[r0 : r1 + 1, c0 : c1 + 1] = exact_scores(
-                self.net, tensor, (r0, c0, r1, c1), (h, w)
+                self.net, tensor, (r0, c0, r1, c1), (h, w), self._plan
             )
         return screen
