@@ -310,6 +310,7 @@ def main() -> int:
 
     import torch
 
+    from models.cpu_share import available_cores
     from service.config import Settings
 
     report = {
@@ -324,7 +325,7 @@ def main() -> int:
                       for name in ("batch_max_size", "batch_max_wait_ms", "workers",
                                    "max_side", "upsample")},
                    "inference_threads": Settings.model_fields["inference_threads"].default
-                   or os.cpu_count()},
+                   or available_cores()},
         "skipped": skipped,
         "total_s": round(time.monotonic() - started, 1),
         "probes": "LFW deep-funneled 250x250 JPEGs (first photo of the first 64 people)",

@@ -99,6 +99,21 @@ def candidate_rects(mask: Tensor, gap: int) -> np.ndarray:
         rects = np.stack(merged)
 
 
+def _with_context(
+    rect: tuple[int, int, int, int], context: int, map_shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``rect`` (inclusive ``r0, c0, r1, c1``) grown by ``context`` cells on every side,
+    clipped to the map: the cells a crop that scores ``rect`` exactly must hold."""
+    r0, c0, r1, c1 = rect
+    h, w = map_shape
+    return (
+        max(0, r0 - context),
+        max(0, c0 - context),
+        min(h - 1, r1 + context),
+        min(w - 1, c1 + context),
+    )
+
+
 def exact_scores(
     net: nn.Module,
     tensor: Tensor,
@@ -119,8 +134,7 @@ def exact_scores(
     layers, pads, context, stride, receptive = plan if plan is not None else crop_plan(net)
     h, w = map_shape
     r0, c0, r1, c1 = rect
-    top, bottom = max(0, r0 - context), min(h - 1, r1 + context)  # global cells x holds
-    left, right = max(0, c0 - context), min(w - 1, c1 + context)
+    top, left, bottom, right = _with_context(rect, context, map_shape)  # global cells x holds
     x = tensor[..., top * stride : bottom * stride + receptive,
                left * stride : right * stride + receptive]  # fmt: skip
     for module in layers:
@@ -168,11 +182,8 @@ class ScreenedScorer:
         if len(rects) == 0:
             return screen
         h, w = screen.shape
-        c = self._context
-        area = sum(
-            (min(h - 1, r1 + c) - max(0, r0 - c) + 1) * (min(w - 1, c1 + c) - max(0, c0 - c) + 1)
-            for r0, c0, r1, c1 in rects
-        )
+        crops = [_with_context(rect, self._context, (h, w)) for rect in rects.tolist()]
+        area = sum((bottom - top + 1) * (right - left + 1) for top, left, bottom, right in crops)
         if area > _FULL_PASS_SHARE * h * w:
             return self.net(tensor)[0, 0]
         for r0, c0, r1, c1 in rects.tolist():
