@@ -50,6 +50,7 @@ __all__ = [
     "decode_base64_image",
     "decode_image",
     "decode_reduced",
+    "decoded_pixels",
     "image_sha256",
 ]
 
@@ -174,36 +175,10 @@ def decode_reduced(
     in memory. Other formats are decoded whole. Checks and errors as in ``decode_image``.
     ``admit`` is told the pixel count to be decoded, after the checks and before decoding.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode_image expects bytes, not {type(data).__name__}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    data = bytes(data)
-    if not data:
-        raise EmptyImage("the image is empty (0 bytes)")
-    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by some other code in this process; not by us
-        log.warning(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated uploads "
-            "will be decoded with missing pixels instead of being rejected"
-        )
-
+    data = _checked_bytes(data, max_pixels)
     try:
         with _open(data) as im:
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise UnsupportedImage(f"the image has zero size ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image is {width}x{height} = {width * height:,} pixels; "
-                    f"the limit is {max_pixels:,}"
-                )
-            if reduction is not None and im.format in ("JPEG", "MPO"):
-                # A JPEG's EXIF is parsed with its header, so the upright size is known here.
-                turned = _orientation(im) in (5, 6, 7, 8)
-                factor = reduction(*((height, width) if turned else (width, height)))
-                if factor > 1:
-                    # draft() picks the largest DCT scale that still gives at least this size.
-                    im.draft("RGB", (-(-width // factor), -(-height // factor)))
+            width, height = _reduce(im, max_pixels, reduction)
             if admit is not None:
                 admit(im.size[0] * im.size[1])  # draft() has set the reduced size
             _load(im)
@@ -219,6 +194,62 @@ def decode_reduced(
     rgb = _apply_orientation(rgb, orientation)
     full_w, full_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     return DecodedImage(np.ascontiguousarray(rgb, dtype=np.uint8), full_w, full_h)
+
+
+def decoded_pixels(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, reduction: Reduction | None = None
+) -> int:
+    """How many pixels ``decode_reduced(data, max_pixels, reduction)`` would decode, from the
+    header alone, with the same checks and errors: a memory budget can be taken before the
+    decoding is handed to another process."""
+    data = _checked_bytes(data, max_pixels)
+    try:
+        with _open(data) as im:
+            _reduce(im, max_pixels, reduction)
+            return im.size[0] * im.size[1]
+    except ImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # pragma: no cover - defensive, as in decode_reduced
+        raise TruncatedImage(f"the image could not be decoded: {_describe(e)}") from e
+
+
+def _checked_bytes(data: bytes, max_pixels: int) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_image expects bytes, not {type(data).__name__}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    data = bytes(data)
+    if not data:
+        raise EmptyImage("the image is empty (0 bytes)")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by some other code in this process; not by us
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated uploads "
+            "will be decoded with missing pixels instead of being rejected"
+        )
+    return data
+
+
+def _reduce(im: Image.Image, max_pixels: int, reduction: Reduction | None) -> tuple[int, int]:
+    """Check an opened image's size and set its reduced decode (JPEG ``draft``); returns the
+    full (stored, not upright) width and height."""
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise UnsupportedImage(f"the image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,}"
+        )
+    if reduction is not None and im.format in ("JPEG", "MPO"):
+        # A JPEG's EXIF is parsed with its header, so the upright size is known here.
+        turned = _orientation(im) in (5, 6, 7, 8)
+        factor = reduction(*((height, width) if turned else (width, height)))
+        if factor > 1:
+            # draft() picks the largest DCT scale that still gives at least this size.
+            im.draft("RGB", (-(-width // factor), -(-height // factor)))
+    return width, height
 
 
 def decode_base64_image(text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
