@@ -14,7 +14,9 @@ So ``CoreShare`` gives a stage one thread, except a large one (a photo of
 ``PARALLEL_PIXELS`` or more, a batch of ``PARALLEL_FACES`` faces or more), which gets
 ``cores // stages running``: all of them when it runs alone. The setting is
 per thread (OpenMP's thread count and MKL's are thread-local), so stages on other threads
-keep theirs.
+keep theirs. The count can be shared between processes (``counter``, a
+``multiprocessing.Value``): the detection worker processes and the server's embedding stages
+then size their pools from one count.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import wraps
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -52,30 +54,41 @@ def available_cores() -> int:
 class CoreShare:
     """Counts the inference stages running and sizes each new one's torch thread pool."""
 
-    def __init__(self, cores: int | None = None) -> None:
+    def __init__(self, cores: int | None = None, counter: Any | None = None) -> None:
+        """``counter``: a ``multiprocessing.Value("i")`` to count the stages of every process
+        that holds it; None counts this process's alone."""
         self.cores = max(1, cores if cores is not None else torch.get_num_threads())
+        self._counter = counter
         self._running = 0
         self._lock = threading.Lock()
 
     @property
     def running(self) -> int:
-        return self._running
+        return self._running if self._counter is None else self._counter.value
+
+    def _add(self, n: int) -> int:
+        """Add ``n`` to the stages running; returns the new count."""
+        if self._counter is None:
+            with self._lock:
+                self._running += n
+                return self._running
+        with self._counter.get_lock():
+            self._counter.value += n
+            return self._counter.value
 
     @contextmanager
     def stage(self, large: bool = False) -> Iterator[int]:
         """Run the body with this thread's share of the cores (yielded): one thread, or for a
         ``large`` stage ``cores // stages running``."""
-        with self._lock:
-            self._running += 1
-            threads = max(1, self.cores // self._running) if large else 1
+        running = self._add(1)
+        threads = max(1, self.cores // running) if large else 1
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             yield threads
         finally:
             torch.set_num_threads(previous)  # the thread's own setting outside stages
-            with self._lock:
-                self._running -= 1
+            self._add(-1)
 
     def photo_stage(self, pixels: int) -> AbstractContextManager[int]:
         """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment)."""
