@@ -239,6 +239,15 @@ class Settings(BaseSettings):
         "Unset: one per CPU core this process may use; more only queue for the cores and "
         "Python's GIL (on 2 cores, 4 threads answer 10% fewer requests than 2; README, Speed).",
     )
+    detection_processes: int | None = Field(
+        None,
+        ge=0,
+        description="Worker processes that decode, detect and align photos when the models run "
+        "on the CPU (each loads its own copy of the models). Unset: one per CPU core this "
+        "process may use, if there are two or more; 0: in the server process's inference "
+        "threads, where Python's GIL keeps two photos from using two cores (README, Speed). "
+        "Not used on a GPU.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Not used: API keys are created with `faceserve keys create` and stored "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from service.gallery.gallery import Gallery
 from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.inference.inference import Inference, Pipeline
 from service.inference.memory import PixelBudget
+from service.inference.workers import DetectionWorkers
 from service.security.audit import AuditLog
 from service.security.keys import KeyRing, namespace_of, open_security_store
 from service.security.limits import (
@@ -50,7 +52,7 @@ from service.security.limits import (
 from service.security.localguard import LoopbackGuardMiddleware
 from service.security.ratelimit import KeySlots, RateLimiter
 
-__all__ = ["API_PREFIX", "create_app", "default_pipeline"]
+__all__ = ["API_PREFIX", "create_app", "default_pipeline", "pipeline_kwargs"]
 
 API_PREFIX = "/v1"
 
@@ -100,20 +102,45 @@ def _version() -> str:
         return "0+unknown"
 
 
+def pipeline_kwargs(settings: Settings) -> dict[str, Any]:
+    """``FacePipeline``'s arguments for ``settings`` (the server's and its workers')."""
+    return {
+        "device": None if settings.device == "auto" else settings.device,
+        "flip": settings.flip,
+        "upsample": settings.upsample,
+        "max_side": settings.max_side,
+        "model": settings.model,
+        "small_image_retry_px": settings.small_image_retry_px,
+        "min_face_px": settings.min_face_px,
+        "detector": settings.detector,
+        "model_dir": settings.model_dir_path,
+    }
+
+
 def default_pipeline(settings: Settings) -> Pipeline:
     from models.pipeline import FacePipeline
 
-    return FacePipeline(
-        device=None if settings.device == "auto" else settings.device,
-        flip=settings.flip,
-        upsample=settings.upsample,
-        max_side=settings.max_side,
-        model=settings.model,
-        small_image_retry_px=settings.small_image_retry_px,
-        min_face_px=settings.min_face_px,
-        detector=settings.detector,
-        model_dir=settings.model_dir_path,
-    )
+    return FacePipeline(**pipeline_kwargs(settings))
+
+
+def _detection_processes(
+    settings: Settings, pipeline: Pipeline, make_pipeline: PipelineFactory
+) -> int:
+    """How many detection worker processes to run (``FACESERVE_DETECTION_PROCESSES``): none
+    on a GPU (one process feeds it), none for a pipeline the workers could not rebuild (the
+    tests' fakes), else the setting, by default one per core from two cores up."""
+    device = getattr(pipeline, "device", None)
+    if make_pipeline is not default_pipeline or getattr(device, "type", None) != "cpu":
+        if settings.detection_processes:
+            log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: %s",
+                        settings.detection_processes,
+                        "not the default pipeline" if make_pipeline is not default_pipeline
+                        else f"the models run on {device}")
+        return 0
+    if settings.detection_processes is not None:
+        return settings.detection_processes
+    cores = available_cores()
+    return cores if cores >= 2 else 0
 
 
 def _self_test(pipeline: Pipeline) -> dict[str, Any] | None:
@@ -154,6 +181,7 @@ def _build_services(
         database_url=settings.database_url,
         partition=namespace_of,
     )
+    workers: DetectionWorkers | None = None
     try:
         # The self-test also pays lazy initialisation (kernels, allocator), so a client does
         # not; the tests' fake pipelines just get one embedding pass.
@@ -163,8 +191,17 @@ def _build_services(
             thread_name_prefix="faceserve-infer",
         )
         # Requests share the cores: each stage (one photo's detection, one embedding batch)
-        # runs on one torch thread, a large one on the cores left (models.cpu_share).
-        cores = CoreShare()
+        # runs on one torch thread, a large one on the cores left (models.cpu_share), counted
+        # across the detection worker processes too.
+        processes = _detection_processes(settings, pipeline, make_pipeline)
+        counter = multiprocessing.get_context("spawn").Value("i", 0) if processes else None
+        cores = CoreShare(counter=counter)
+        if processes:
+            workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},
+                                       cores.cores, counter)
+            pids = workers.start()
+            log.info("%d detection worker processes ready (pids %s)", processes,
+                     ", ".join(map(str, pids)))
         embed_chips = cores.embedding(pipeline.embed_chips)
         embedder: Embedder
         if settings.batching:
@@ -185,11 +222,13 @@ def _build_services(
         # Keys and audit log: the same database, its own connections (see service.security.keys).
         security = open_security_store(settings)
     except BaseException:
+        if workers is not None:
+            workers.close()
         gallery.close()
         raise
     inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
                           pixel_budget=PixelBudget(settings.decoded_pixels_in_flight),
-                          cores=cores)
+                          cores=cores, workers=workers)
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
     if gallery.replication_status() is not None:
         metrics.bind_replication(gallery.replication_status)
@@ -201,11 +240,14 @@ def _build_services(
     )
     return Services(pipeline, gallery, embedder, inference, point, executor,
                     keys=KeyRing(security), audit=AuditLog(security), fpir_rule=fpir_rule,
-                    identify_fpir=settings.identify_fpir, self_test=self_test)
+                    identify_fpir=settings.identify_fpir, self_test=self_test,
+                    detection_processes=processes)
 
 
 def _close_services(services: Services) -> None:
     services.embedder.close()
+    if services.inference.workers is not None:
+        services.inference.workers.close()
     services.executor.shutdown(wait=True)
     services.gallery.close()
     if services.keys is not None:

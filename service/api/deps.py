@@ -57,6 +57,8 @@ class Services:
     # What the start-up self-test measured (models.self_test.SelfTest.as_dict); None when
     # the pipeline is not the real one (tests' fakes).
     self_test: dict[str, Any] | None = None
+    # Detection worker processes (service.inference.workers); 0: the inference threads.
+    detection_processes: int = 0
 
 
 def get_settings(request: Request) -> Settings:

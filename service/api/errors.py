@@ -39,6 +39,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
+    "WorkerLost",
     "error_body",
     "error_responses",
     "install_error_handlers",
@@ -138,6 +139,16 @@ class PoorQuality(ServiceError):
 
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
+
+
+class WorkerLost(ServiceError):
+    """A detection worker process died with the request's photo (``service.inference.workers``);
+    the pool is restarted, so a retry is answered."""
+
+    status, code = 503, "worker_lost"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class Unauthorized(ServiceError):

@@ -1,9 +1,10 @@
 """Image bytes -> embedded faces, off the event loop.
 
-Decoding, detection, landmarks and alignment of one upload run together in one call on the
-inference thread pool (they are per image and cannot be merged across requests); the aligned
-chips then go to the embedder, which micro-batches them with other requests' chips. The event
-loop only awaits.
+Decoding, detection, landmarks and alignment of one upload run together in one call (they are
+per image and cannot be merged across requests): in a detection worker process on the CPU
+(``service.inference.workers``), else on the inference thread pool. The faces wanted are
+chosen from what it found, and their aligned chips go to the embedder, which micro-batches
+them with other requests' chips. The event loop only awaits.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ from PIL import Image
 from models.cpu_share import CoreShare
 from models.face_selection import Selection, primary_face
 from models.faces import Face
-from models.imageio import DecodedImage, decode_reduced
+from models.imageio import decoded_pixels
+from models.photo_faces import (
+    PhotoJob,
+    decode_photo,
+    detect_faces,
+    in_client_pixels,
+    reduction_for,
+)
 from models.quality import FaceQuality, assess
 from service.api.errors import NotAFace
 from service.inference.batcher import Embedder
 from service.inference.memory import PixelBudget
+from service.inference.workers import DetectionWorkers
 
 __all__ = [
     "EmbeddedFaces", "FacePicker", "Inference", "Pipeline", "RequestGone", "keep_all",
@@ -101,6 +110,7 @@ class Inference:
         max_pixels: int,
         pixel_budget: PixelBudget | None = None,
         cores: CoreShare | None = None,
+        workers: DetectionWorkers | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.embedder = embedder
@@ -109,26 +119,10 @@ class Inference:
         self.pixel_budget = pixel_budget
         # Detection and alignment run as one stage of the CPU's share (models.cpu_share).
         self.cores = cores
+        self.workers = workers  # None: the photo's stage runs on ``executor``
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    def _decode(
-        self, data: bytes, min_face_px: int | None, held: list[int] | None = None
-    ) -> DecodedImage:
-        """The upload, decoded at the smallest size the pipeline says loses nothing. With a
-        pixel budget, the decoded pixels are taken from it first and appended to ``held``
-        (the caller gives them back once the image is no longer needed)."""
-        plan = getattr(self.pipeline, "decode_reduction", None)  # fakes in tests have none
-        reduction = None if plan is None else (lambda w, h: plan(w, h, min_face_px))
-        admit = None
-        budget = self.pixel_budget
-        if budget is not None and held is not None:
-            def admit(pixels: int) -> None:
-                budget.take(pixels)
-                held.append(pixels)
-        return decode_reduced(data, max_pixels=self.max_pixels, reduction=reduction,
-                              admit=admit)
 
     def _detect_and_align(
         self,
@@ -139,87 +133,67 @@ class Inference:
         min_face_px: int | None = None,
         gone: threading.Event | None = None,
         pick: FacePicker | None = None,
-    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
+    ) -> Chosen:
         _check(gone)  # cancelled while it waited for a thread
         held: list[int] = []
-        try:
-            return self._detect_and_align_held(
-                data, select, primary, face_crop, min_face_px, gone, held, pick
-            )
-        finally:
-            if held and self.pixel_budget is not None:
-                self.pixel_budget.give(held[0])
+        budget = self.pixel_budget
 
-    def _detect_and_align_held(
+        def admit(pixels: int) -> None:
+            assert budget is not None
+            budget.take(pixels)
+            held.append(pixels)
+
+        try:
+            decoded = decode_photo(self.pipeline, data, self.max_pixels, face_crop, min_face_px,
+                                   admit if budget is not None else None)
+            digest = hashlib.sha256(data).hexdigest()
+            _check(gone)
+            pixels = decoded.image.shape[0] * decoded.image.shape[1]
+            with self.cores.photo_stage(pixels) if self.cores is not None else nullcontext():
+                local = detect_faces(self.pipeline, decoded, face_crop, min_face_px)
+                _require_face(face_crop, local)
+                told = in_client_pixels(local, decoded)
+                rows, chosen, selection = _choose(told, decoded.width, decoded.height, select,
+                                                  primary, pick)
+                _check(gone)  # detection is the long stage: skip alignment for a request gone
+                chips = self.pipeline.align(decoded.image, [local[i] for i in rows])
+            # The model's chip geometry (ArcFace chips are cut otherwise than dlib's); fakes:
+            # dlib's.
+            quality = assess(chosen, chips, getattr(self.pipeline, "geometry", None))
+            return Chosen(chosen, chips, len(local), digest, selection, quality)
+        finally:
+            if held and budget is not None:
+                budget.give(held[0])
+
+    async def _detect_in_worker(
         self,
+        workers: DetectionWorkers,
         data: bytes,
         select: FaceSelector,
         primary: bool,
         face_crop: bool,
         min_face_px: int | None,
-        gone: threading.Event | None,
-        held: list[int],
-        pick: FacePicker | None = None,
-    ) -> tuple[list[Face], np.ndarray, int, str, Selection | None, list[FaceQuality]]:
-        digest = hashlib.sha256(data).hexdigest()
-        decoded = self._decode(data, None if face_crop else min_face_px, held)
-        _check(gone)
-        pixels = decoded.image.shape[0] * decoded.image.shape[1]
-        with self.cores.photo_stage(pixels) if self.cores is not None else nullcontext():
-            faces = self._detect_and_align_image(
-                decoded, select, primary, face_crop, min_face_px, gone, pick
-            )
-        chosen, chips, detected, selection, quality = faces
-        return chosen, chips, detected, digest, selection, quality
-
-    def _detect_and_align_image(
-        self,
-        decoded: DecodedImage,
-        select: FaceSelector,
-        primary: bool,
-        face_crop: bool,
-        min_face_px: int | None,
-        gone: threading.Event | None,
         pick: FacePicker | None,
-    ) -> tuple[list[Face], np.ndarray, int, Selection | None, list[FaceQuality]]:
-        image = decoded.image
-        if face_crop:
-            detected = self.pipeline.detect_face_crop(image)
-            if not detected:
-                raise NotAFace(
-                    "face_crop=true but the image is not a face: the detector finds no face "
-                    "in it, even aligned or upsampled"
-                )
-        else:
-            # The request's minimum, else the server's (FACESERVE_MIN_FACE_PX), which the
-            # decode was reduced for: both are the client's pixels, told to the pipeline in
-            # the decoded image's (the pipeline's own minimum would be taken as those).
-            wanted = (min_face_px if min_face_px is not None
-                      else getattr(self.pipeline, "min_face_px", None))  # fakes have none
-            if wanted is None:
-                detected = self.pipeline.detect(image)
-            else:
-                detected = self.pipeline.detect(image, min_face_px=local_size(wanted, decoded))
-        # Selection, quality and the response speak the client's pixels; chips come from
-        # the decoded image, in its own.
-        sx, sy = decoded.scale
-        reduced = (sx, sy) != (1.0, 1.0)
-        told = [f.scaled(sx, sy) for f in detected] if reduced else detected
-        chosen = select(told)
-        selection = None
-        if primary:
-            selection = (pick or primary_face)(chosen, decoded.height, decoded.width)
-            chosen = [selection.face] if selection is not None else []
-        if reduced:  # selection returns the very objects it was given
-            where = {id(f): i for i, f in enumerate(told)}
-            local = [detected[where[id(f)]] for f in chosen]
-        else:
-            local = chosen
-        _check(gone)  # detection is the long stage: skip alignment for a request gone since
-        chips = self.pipeline.align(image, local)
-        # The model's chip geometry (ArcFace chips are cut otherwise than dlib's); fakes: dlib.
-        quality = assess(chosen, chips, getattr(self.pipeline, "geometry", None))
-        return chosen, chips, len(detected), selection, quality
+    ) -> Chosen:
+        """``_detect_and_align`` with the photo's stage in a worker process, which aligns and
+        assesses every face it finds; the choice of faces is made here. The pixel budget is
+        taken from the header before the photo leaves for the worker."""
+        budget = self.pixel_budget
+        pixels = 0
+        if budget is not None:
+            reduction = reduction_for(self.pipeline, None if face_crop else min_face_px)
+            pixels = decoded_pixels(data, self.max_pixels, reduction)
+            budget.take(pixels)
+        try:
+            photo = await workers.faces(PhotoJob(data, self.max_pixels, face_crop, min_face_px))
+        finally:
+            if budget is not None:
+                budget.give(pixels)
+        _require_face(face_crop, photo.faces)
+        rows, chosen, selection = _choose(photo.faces, photo.width, photo.height, select,
+                                          primary, pick)
+        return Chosen(chosen, photo.chips[rows], len(photo.faces), photo.image_sha256,
+                      selection, [photo.quality[i] for i in rows])
 
     async def faces(
         self,
@@ -269,23 +243,56 @@ class Inference:
         # tells the stage already running on a thread to stop at its next step.
         gone = threading.Event()
         try:
-            chosen, chips, detected, digest, selection, quality = await self._run(
-                self._detect_and_align, data, select, primary, face_crop, min_face_px, gone,
-                pick,
-            )
-            embeddings = await self.embedder.embed(chips)
+            if self.workers is not None:
+                found = await self._detect_in_worker(self.workers, data, select, primary,
+                                                     face_crop, min_face_px, pick)
+            else:
+                found = await self._run(self._detect_and_align, data, select, primary,
+                                        face_crop, min_face_px, gone, pick)
+            embeddings = await self.embedder.embed(found.chips)
         except asyncio.CancelledError:
             gone.set()
             raise
-        return EmbeddedFaces(chosen, embeddings, chips, detected, digest, selection, quality)
+        return EmbeddedFaces(found.faces, embeddings, found.chips, found.detected,
+                             found.image_sha256, found.selection, found.quality)
 
     async def encode_chip(self, chip: np.ndarray) -> bytes:
         return await self._run(encode_jpeg, chip)
 
 
-def local_size(pixels: int, decoded: DecodedImage) -> int:
-    """A length in the client's photo, in pixels of the (possibly reduced) decoded image."""
-    return max(1, int(pixels / max(decoded.scale)))
+@dataclass
+class Chosen:
+    """The faces chosen from one photo, before embedding."""
+
+    faces: list[Face]
+    chips: np.ndarray
+    detected: int
+    image_sha256: str
+    selection: Selection | None
+    quality: list[FaceQuality]
+
+
+def _require_face(face_crop: bool, faces: list[Face]) -> None:
+    if face_crop and not faces:
+        raise NotAFace(
+            "face_crop=true but the image is not a face: the detector finds no face in it, "
+            "even aligned or upsampled"
+        )
+
+
+def _choose(
+    faces: list[Face], width: int, height: int, select: FaceSelector, primary: bool,
+    pick: FacePicker | None,
+) -> tuple[list[int], list[Face], Selection | None]:
+    """Which of ``faces`` (the client's pixels) to embed: their rows, the faces, and for a
+    primary-face call how the one face was chosen."""
+    chosen = select(faces)
+    selection = None
+    if primary:
+        selection = (pick or primary_face)(chosen, height, width)
+        chosen = [selection.face] if selection is not None else []
+    where = {id(f): i for i, f in enumerate(faces)}  # selection returns the objects it got
+    return [where[id(f)] for f in chosen], chosen, selection
 
 
 CHIP_JPEG_QUALITY = 95

@@ -731,6 +731,11 @@ class ReadyResponse(BaseModel):
     batching: bool = Field(
         description="Whether concurrent requests are embedded in shared batches."
     )
+    detection_processes: int = Field(
+        0,
+        description="Worker processes decoding, detecting and aligning photos on the CPU "
+        "(`FACESERVE_DETECTION_PROCESSES`); 0: the server's own inference threads do it.",
+    )
     replication: ReplicationLag | None = Field(
         None,
         description="Replicas sharing a PostgreSQL gallery only: how far this replica's index "

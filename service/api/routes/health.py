@@ -74,6 +74,7 @@ async def readyz(
         gallery_faces=faces if totals else None,
         gallery_subjects=subjects if totals else None,
         batching=settings.batching,
+        detection_processes=services.detection_processes,
         replication=None if lag is None else ReplicationLag(**dataclasses.asdict(lag)),
         self_test=services.self_test if totals else None,
         operating_point=point,

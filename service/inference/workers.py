@@ -1,0 +1,114 @@
+"""Detection worker processes: the per-photo stage of every request, off the server's GIL.
+
+On the CPU one server process cannot keep two cores busy with two photos: decoding,
+detection, landmarks and alignment hold Python's GIL for a good part of their time
+(``models.photo_worker``). So by default (``FACESERVE_DETECTION_PROCESSES``) that stage runs
+in a pool of worker processes, one per core, each with its own copy of the models; the
+server keeps HTTP, choosing the faces, embedding (batched across requests) and search.
+
+A worker that dies (killed, out of memory) breaks a ``ProcessPoolExecutor`` for good: every
+request it held gets 503 ``worker_lost`` (retry), and a new pool takes over at once; a request
+that finds the pool already broken goes to the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from models import photo_worker
+from models.photo_faces import PhotoFaces, PhotoJob
+from service.api.errors import WorkerLost
+
+__all__ = ["DetectionWorkers"]
+
+log = logging.getLogger("faceserve.workers")
+
+
+class DetectionWorkers:
+    """``processes`` workers, each running ``models.photo_worker`` over
+    ``FacePipeline(**pipeline_kwargs)``; ``cores`` and ``counter`` are the server's core share
+    (``models.cpu_share.CoreShare``), so that workers and embedding size their threads from
+    one count of the stages running. ``initializer``, ``ready`` and ``task`` are the worker's
+    functions (module-level, so that they pickle); the tests give others."""
+
+    def __init__(
+        self,
+        processes: int,
+        pipeline_kwargs: dict[str, Any],
+        cores: int,
+        counter: Any,
+        *,
+        initializer: Callable[..., None] = photo_worker.start,
+        ready: Callable[[], int] = photo_worker.ready,
+        task: Callable[[PhotoJob], PhotoFaces] = photo_worker.run,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be >= 1")
+        self.processes = processes
+        # spawn, not fork: the server has torch's thread pools running, which a fork copies
+        # in whatever state they are (OpenMP hangs in the child).
+        self._context = multiprocessing.get_context("spawn")
+        self._initializer = initializer
+        self._initargs = (pipeline_kwargs, cores, counter)
+        self._ready = ready
+        self._task = task
+        self._lock = threading.Lock()
+        self.restarts = 0
+        self._closed = False
+        self._executor = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.processes, mp_context=self._context, initializer=self._initializer,
+            initargs=self._initargs,
+        )
+
+    def start(self) -> list[int]:
+        """Start every worker now (the pool starts them on demand, one per task it cannot
+        hand to an idle one) and wait until they have their models loaded and warm; returns
+        the pids that answered. Raises what a worker's start raised."""
+        futures = [self._executor.submit(self._ready) for _ in range(self.processes)]
+        return sorted({f.result() for f in futures})
+
+    async def faces(self, job: PhotoJob) -> PhotoFaces:
+        """``job``'s faces from a worker. Image errors raised there are raised here; a worker
+        lost with the photo is ``WorkerLost`` (503)."""
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            future = loop.run_in_executor(executor, self._task, job)
+        except (BrokenProcessPool, RuntimeError):
+            # Broken (or already replaced and shut down) before this photo was handed over.
+            self._replace(executor)
+            executor = self._executor
+            future = loop.run_in_executor(executor, self._task, job)
+        try:
+            return await future
+        except BrokenProcessPool as exc:
+            self._replace(executor)
+            raise WorkerLost(
+                "a detection worker process died while it held this photo (killed, or out of "
+                "memory); the workers were restarted: retry"
+            ) from exc
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken or self._closed:
+                return  # another request already replaced it, or the server is stopping
+            log.error("a detection worker process died; starting a new pool of %d",
+                      self.processes)
+            self._executor = self._new_pool()
+            self.restarts += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)

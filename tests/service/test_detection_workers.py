@@ -1,0 +1,246 @@
+"""Detection worker processes (``service.inference.workers``): the same answers as the
+inference threads, a lost worker costs at most the photos it held, and the pool is what the
+server runs by default on a multi-core CPU.
+
+The API tests run the worker path in this process (``InlineWorkers``: what a worker computes,
+through a pickle round trip) over the fake pipeline and compare every answer with the threads'
+path; the real pool runs over the real models (LFW photos).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
+from service.api.app import create_app
+from service.api.errors import WorkerLost
+from service.config import Settings
+from service.inference.workers import DetectionWorkers
+from tests.service.conftest import FakePipeline, TestClient, fake_photo, wait_ready
+
+
+class InlineWorkers:
+    """``DetectionWorkers.faces`` in this process: ``photo_faces`` of the server's pipeline,
+    sent through pickle as a worker's answer is."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.jobs: list[PhotoJob] = []
+
+    async def faces(self, job: PhotoJob) -> PhotoFaces:
+        self.jobs.append(pickle.loads(pickle.dumps(job)))
+        return pickle.loads(pickle.dumps(photo_faces(self.pipeline, job)))
+
+    def close(self) -> None:
+        pass
+
+
+VOLATILE = {"face_id", "created_at", "updated_at", "request_id", "enrolled_at", "id"}
+
+
+def _stable(body: Any) -> Any:
+    """A response body without the ids and times that differ between two galleries."""
+    if isinstance(body, dict):
+        return {k: _stable(v) for k, v in body.items() if k not in VOLATILE}
+    if isinstance(body, list):
+        return [_stable(v) for v in body]
+    return body
+
+
+def _requests() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(path, files, form) of requests that exercise every choice of faces."""
+    three = fake_photo(person=7, faces=3)
+    return [
+        ("/v1/enroll", {"image": ("a.png", fake_photo(person=1, faces=1))},
+         {"subject_id": "one"}),
+        ("/v1/enroll", {"image": ("b.png", three)}, {"subject_id": "three"}),  # primary face
+        ("/v1/enroll", {"image": ("c.png", fake_photo(person=8, faces=3))},
+         {"subject_id": "by-index", "face": '{"index": 0}'}),
+        ("/v1/enroll", {"image": ("d.png", fake_photo(person=9, faces=2))},
+         {"subject_id": "refused", "on_multiple": "reject"}),
+        ("/v1/embed", {"image": ("e.png", three)}, {}),
+        ("/v1/embed", {"image": ("e.png", three)}, {"max_faces": "2"}),
+        ("/v1/embed", {"image": ("e.png", three)}, {"min_face_px": "70"}),
+        ("/v1/embed", {"image": ("f.png", fake_photo(person=2, faces=0))}, {}),
+        ("/v1/embed", {"image": ("g.png", fake_photo(person=2, faces=0))},
+         {"face_crop": "true"}),  # 422 not_a_face
+        ("/v1/embed", {"image": ("h.png", fake_photo(person=2, faces=2))},
+         {"face_crop": "true"}),
+        ("/v1/embed", {"image": ("x.png", b"not an image")}, {}),  # 415
+        ("/v1/identify", {"image": ("i.png", fake_photo(person=7, faces=3, variant=1))}, {}),
+        ("/v1/identify", {"image": ("j.png", fake_photo(person=1, variant=2))},
+         {"max_faces": "1"}),
+        ("/v1/verify", {"image": ("k.png", fake_photo(person=1, variant=3))},
+         {"subject_id": "one"}),
+        ("/v1/verify", {"image_a": ("l.png", three),
+                        "image_b": ("m.png", fake_photo(person=7, faces=3, variant=4))}, {}),
+    ]
+
+
+def test_worker_path_answers_as_the_threads(make_client: Any) -> None:
+    threads = make_client()
+    pipe = FakePipeline()
+    workers = make_client(pipe)
+    inline = InlineWorkers(pipe)
+    workers.app.state.services.inference.workers = inline
+    for path, files, form in _requests():
+        a = threads.post(path, files=files, data=form)
+        b = workers.post(path, files=files, data=form)
+        assert a.status_code == b.status_code, (path, form, a.text, b.text)
+        assert _stable(a.json()) == _stable(b.json()), (path, form)
+    # Every photo went to the workers but the one that is not an image (refused from its
+    # header), and the requests' answers are not all alike.
+    assert len(inline.jobs) == sum(len(f) for _, f, _ in _requests()) - 1
+    statuses = {threads.post(p, files=f, data=d).status_code for p, f, d in _requests()}
+    assert {200, 415, 422} <= statuses
+
+
+def test_worker_path_holds_and_returns_the_pixel_budget(make_client: Any) -> None:
+    """The budget is taken from the header before the photo leaves and given back after;
+    one photo over the budget alone is admitted, a second while it is held is 429."""
+    pipe = FakePipeline()
+    client = make_client(pipe, decoded_pixels_in_flight=60_000)  # a fake photo: 48,000 px
+    inference = client.app.state.services.inference
+    seen: list[int] = []
+
+    class HeldWorkers(InlineWorkers):
+        async def faces(self, job: PhotoJob) -> PhotoFaces:
+            seen.append(inference.pixel_budget.held)
+            return await super().faces(job)
+
+    inference.workers = HeldWorkers(pipe)
+    r = client.post("/v1/embed", files={"image": ("a.png", fake_photo(faces=1))})
+    assert r.status_code == 200, r.text
+    assert seen == [400 * 120] and inference.pixel_budget.held == 0
+
+    inference.pixel_budget.take(30_000)  # another request's photo, still held
+    try:
+        r = client.post("/v1/embed", files={"image": ("a.png", fake_photo(faces=1))})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "overloaded"
+    finally:
+        inference.pixel_budget.give(30_000)
+
+
+# ----------------------------------------------------------------------- the process pool
+
+
+def _start_nothing(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _die(job: PhotoJob) -> PhotoFaces:
+    os._exit(3)  # as a worker killed by the kernel's OOM killer
+
+
+def _empty(job: PhotoJob) -> PhotoFaces:
+    return PhotoFaces([], np.zeros((0, 150, 150, 3), np.uint8), [], 1, 1, "x")
+
+
+def _pool(task: Any) -> DetectionWorkers:
+    return DetectionWorkers(1, {}, 1, get_context("spawn").Value("i", 0),
+                            initializer=_start_nothing, ready=_pid, task=task)
+
+
+def test_a_worker_dying_with_a_photo_is_503_and_the_pool_is_replaced() -> None:
+    workers = _pool(_die)
+    try:
+        workers.start()
+        with pytest.raises(WorkerLost) as lost:
+            asyncio.run(workers.faces(PhotoJob(b"x", 100)))
+        assert lost.value.status == 503 and lost.value.headers == {"Retry-After": "1"}
+        assert workers.restarts == 1
+        workers._task = _empty  # the next photo is fine: the new pool answers it
+        assert asyncio.run(workers.faces(PhotoJob(b"x", 100))).faces == []
+        assert workers.restarts == 1
+    finally:
+        workers.close()
+
+
+def test_a_pool_broken_between_requests_is_replaced_without_an_error() -> None:
+    """A worker killed while idle costs no request: the next one goes to a new pool."""
+    workers = _pool(_empty)
+    try:
+        (pid,) = workers.start()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not workers._executor._broken and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert workers._executor._broken  # type: ignore[attr-defined]
+        assert asyncio.run(workers.faces(PhotoJob(b"x", 100))).faces == []
+        assert workers.restarts == 1
+    finally:
+        workers.close()
+
+
+def test_closed_workers_start_no_new_pool() -> None:
+    workers = _pool(_empty)
+    workers.start()
+    workers.close()
+    with pytest.raises(RuntimeError):
+        asyncio.run(workers.faces(PhotoJob(b"x", 100)))
+    assert workers.restarts == 0
+
+
+@pytest.fixture(scope="module")
+def lfw_photos(shared_data: Path) -> list[bytes]:
+    root = shared_data / "lfw" / "lfw-deepfunneled"
+    paths = sorted(root.glob("*/*_0001.jpg"))[:6]
+    if not paths:
+        pytest.skip(f"LFW not found at {root}")
+    return [p.read_bytes() for p in paths]
+
+
+def test_real_workers_answer_as_the_threads(tmp_path: Path, lfw_photos: list[bytes]) -> None:
+    """The default server on a multi-core CPU: two worker processes with the real models give
+    the same boxes, landmarks, quality and embeddings as the server's own threads."""
+    answers = []
+    for processes in (0, 2):
+        settings = Settings(data_dir=tmp_path / f"g{processes}", device="cpu",
+                            detection_processes=processes)
+        with TestClient(create_app(settings)) as client:
+            ready = wait_ready(client)
+            assert ready["detection_processes"] == processes
+            answers.append([
+                client.post("/v1/embed", files={"image": ("p.jpg", photo)}).json()
+                for photo in lfw_photos
+            ])
+    threads, workers = answers
+    assert [len(a["faces"]) for a in threads] == [len(a["faces"]) for a in workers]
+    assert sum(len(a["faces"]) for a in threads) >= len(lfw_photos)
+    for a, b in zip(threads, workers, strict=True):
+        for fa, fb in zip(a["faces"], b["faces"], strict=True):
+            assert fa["bbox"] == fb["bbox"] and fa["landmarks"] == fb["landmarks"]
+            assert fa["quality"] == fb["quality"]
+            assert np.allclose(fa["embedding"], fb["embedding"], atol=1e-6)
+
+
+def test_the_default_is_one_worker_per_core_on_the_cpu(tmp_path: Path, monkeypatch: Any) -> None:
+    from service.api import app as app_module
+
+    monkeypatch.setattr(app_module, "available_cores", lambda: 3)
+    settings = Settings(data_dir=tmp_path)
+    cpu = type("P", (), {"device": __import__("torch").device("cpu")})()
+    gpu = type("P", (), {"device": __import__("torch").device("cuda")})()
+    default = app_module.default_pipeline
+    assert app_module._detection_processes(settings, cpu, default) == 3
+    assert app_module._detection_processes(settings, gpu, default) == 0
+    assert app_module._detection_processes(settings, cpu, lambda s: cpu) == 0  # a fake
+    monkeypatch.setattr(app_module, "available_cores", lambda: 1)
+    assert app_module._detection_processes(settings, cpu, default) == 0
+    assert app_module._detection_processes(
+        Settings(data_dir=tmp_path, detection_processes=2), cpu, default) == 2
