@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 from models.cpu_share import CoreShare
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
 
-__all__ = ["ready", "run", "start"]
+__all__ = ["ready", "run", "start", "watch_parent"]
 
 _pipeline: Any = None
 _cores: CoreShare | None = None
@@ -33,6 +35,7 @@ def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
     global _pipeline, _cores
     # Ctrl-C reaches the whole process group: the server shuts its workers down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent()
     torch.set_num_threads(1)
     from models.pipeline import FacePipeline
 
@@ -40,6 +43,20 @@ def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
     _cores = CoreShare(cores, counter=counter)
     # One detection on a blank photo, so that no request pays the kernels' lazy set-up.
     _pipeline.detect(np.zeros((120, 160, 3), np.uint8))
+
+
+def watch_parent(interval_s: float = 1.0) -> None:
+    """Exit when the server is gone. A pool's workers hold both ends of their task queue, so
+    a server killed outright (SIGKILL, OOM) would leave them waiting forever, each holding
+    its copy of the models."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def run(job: PhotoJob) -> PhotoFaces:

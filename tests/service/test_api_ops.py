@@ -22,6 +22,7 @@ def test_healthz_and_readyz(client: TestClient) -> None:
         "status": "ready", "model": "fake-v1", "embedding_size": 128, "device": "cpu",
         "index_kind": "flat",
         "index_source": "store", "gallery_faces": 0, "gallery_subjects": 0, "batching": True,
+        "detection_processes": 0,  # a fake pipeline runs on the inference threads
         "operating_point": {"threshold": 0.915, "source": "setting"},
         "identify_operating_point": {"threshold": 0.915, "source": "setting"},
         # A keyless server acts as the operator, with every scope (the console reads this).

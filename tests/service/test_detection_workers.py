@@ -187,6 +187,50 @@ def test_a_pool_broken_between_requests_is_replaced_without_an_error() -> None:
         workers.close()
 
 
+def _start_watching(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
+    from models.photo_worker import watch_parent
+
+    watch_parent(interval_s=0.05)
+
+
+def _server_with_a_worker(conn: Any) -> None:
+    """A stand-in for the server: starts one worker, reports its pid, waits to be killed."""
+    workers = DetectionWorkers(1, {}, 1, get_context("spawn").Value("i", 0),
+                               initializer=_start_watching, ready=_pid, task=_empty)
+    conn.send(workers.start()[0])
+    time.sleep(600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[:2] == ["State:", "Z"] for line in f)  # dead, unreaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_exit_when_the_server_is_killed() -> None:
+    """SIGKILL gives the server no shutdown: its workers notice it is gone and exit, rather
+    than wait forever on their queue, each holding a copy of the models."""
+    context = get_context("spawn")
+    here, there = context.Pipe()
+    server = context.Process(target=_server_with_a_worker, args=(there,))
+    server.start()
+    try:
+        assert here.poll(120), "the stand-in server did not start its worker"
+        worker = here.recv()
+        assert not _gone(worker)
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(worker), "the worker outlived its server"
+    finally:
+        server.kill()
+        server.join(10)
+
+
 def test_closed_workers_start_no_new_pool() -> None:
     workers = _pool(_empty)
     workers.start()
