@@ -246,7 +246,8 @@ class Settings(BaseSettings):
         "on the CPU (each loads its own copy of the models). Unset: one per CPU core this "
         "process may use, if there are two or more; 0: in the server process's inference "
         "threads, where Python's GIL keeps two photos from using two cores (README, Speed). "
-        "Not used on a GPU.",
+        "A photo that arrives while nothing else runs stays in the server (no hand-over to "
+        "pay). Not used on a GPU.",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

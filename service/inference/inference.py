@@ -1,8 +1,8 @@
 """Image bytes -> embedded faces, off the event loop.
 
 Decoding, detection, landmarks and alignment of one upload run together in one call (they are
-per image and cannot be merged across requests): in a detection worker process on the CPU
-(``service.inference.workers``), else on the inference thread pool. The faces wanted are
+per image and cannot be merged across requests): in a detection worker process on a busy
+CPU (``service.inference.workers``), else on the inference thread pool. The faces wanted are
 chosen from what it found, and their aligned chips go to the embedder, which micro-batches
 them with other requests' chips. The event loop only awaits.
 """
@@ -120,6 +120,12 @@ class Inference:
         # Detection and alignment run as one stage of the CPU's share (models.cpu_share).
         self.cores = cores
         self.workers = workers  # None: the photo's stage runs on ``executor``
+        # With workers, a photo arriving while no other stage runs stays in this process:
+        # alone, it has the GIL to itself and saves the hand-over (~2 ms of a 50 ms request).
+        self.inline_when_idle = True
+
+    def _idle(self) -> bool:
+        return self.inline_when_idle and self.cores is not None and self.cores.running == 0
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -243,7 +249,7 @@ class Inference:
         # tells the stage already running on a thread to stop at its next step.
         gone = threading.Event()
         try:
-            if self.workers is not None:
+            if self.workers is not None and not self._idle():
                 found = await self._detect_in_worker(self.workers, data, select, primary,
                                                      face_crop, min_face_px, pick)
             else:

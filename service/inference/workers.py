@@ -61,6 +61,7 @@ class DetectionWorkers:
         self._task = task
         self._lock = threading.Lock()
         self.restarts = 0
+        self.photos = 0  # answered by a worker
         self._closed = False
         self._executor = self._new_pool()
 
@@ -90,13 +91,15 @@ class DetectionWorkers:
             executor = self._executor
             future = loop.run_in_executor(executor, self._task, job)
         try:
-            return await future
+            photo = await future
         except BrokenProcessPool as exc:
             self._replace(executor)
             raise WorkerLost(
                 "a detection worker process died while it held this photo (killed, or out of "
                 "memory); the workers were restarted: retry"
             ) from exc
+        self.photos += 1
+        return photo
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

@@ -93,6 +93,7 @@ def test_worker_path_answers_as_the_threads(make_client: Any) -> None:
     workers = make_client(pipe)
     inline = InlineWorkers(pipe)
     workers.app.state.services.inference.workers = inline
+    workers.app.state.services.inference.inline_when_idle = False
     for path, files, form in _requests():
         a = threads.post(path, files=files, data=form)
         b = workers.post(path, files=files, data=form)
@@ -119,6 +120,7 @@ def test_worker_path_holds_and_returns_the_pixel_budget(make_client: Any) -> Non
             return await super().faces(job)
 
     inference.workers = HeldWorkers(pipe)
+    inference.inline_when_idle = False
     r = client.post("/v1/embed", files={"image": ("a.png", fake_photo(faces=1))})
     assert r.status_code == 200, r.text
     assert seen == [400 * 120] and inference.pixel_budget.held == 0
@@ -130,6 +132,21 @@ def test_worker_path_holds_and_returns_the_pixel_budget(make_client: Any) -> Non
         assert r.json()["error"]["code"] == "overloaded"
     finally:
         inference.pixel_budget.give(30_000)
+
+
+def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
+    """With nothing else running a photo is detected in the server's own threads (no hand-over
+    to pay); while another stage runs, it goes to a worker."""
+    pipe = FakePipeline()
+    client = make_client(pipe)
+    inference = client.app.state.services.inference
+    inference.workers = inline = InlineWorkers(pipe)
+    photo = {"image": ("a.png", fake_photo(faces=1))}
+    assert client.post("/v1/embed", files=photo).status_code == 200
+    assert inline.jobs == []
+    with inference.cores.stage():  # another request's photo or embedding batch
+        assert client.post("/v1/embed", files=photo).status_code == 200
+    assert len(inline.jobs) == 1
 
 
 # ----------------------------------------------------------------------- the process pool
@@ -259,10 +276,14 @@ def test_real_workers_answer_as_the_threads(tmp_path: Path, lfw_photos: list[byt
         with TestClient(create_app(settings)) as client:
             ready = wait_ready(client)
             assert ready["detection_processes"] == processes
+            inference = client.app.state.services.inference
+            inference.inline_when_idle = False  # one request at a time would stay inline
             answers.append([
                 client.post("/v1/embed", files={"image": ("p.jpg", photo)}).json()
                 for photo in lfw_photos
             ])
+            if processes:
+                assert inference.workers.photos == len(lfw_photos)
     threads, workers = answers
     assert [len(a["faces"]) for a in threads] == [len(a["faces"]) for a in workers]
     assert sum(len(a["faces"]) for a in threads) >= len(lfw_photos)
