@@ -22,20 +22,20 @@ import torch
 from models.cpu_share import CoreShare
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
 
-__all__ = ["ready", "run", "start", "watch_parent"]
+__all__ = ["alive", "ready", "run", "start", "watch_server"]
 
 _pipeline: Any = None
 _cores: CoreShare | None = None
 
 
-def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
+def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any, server: int) -> None:
     """Load this worker's pipeline (``FacePipeline(**pipeline_kwargs)``). ``cores`` and
     ``counter`` are the server's core share, so a large photo here gets the cores no other
-    stage uses, in any process."""
+    stage uses, in any process; ``server`` is the server's pid (the worker exits with it)."""
     global _pipeline, _cores
     # Ctrl-C reaches the whole process group: the server shuts its workers down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    watch_parent()
+    watch_server(server)
     torch.set_num_threads(1)
     from models.pipeline import FacePipeline
 
@@ -45,18 +45,33 @@ def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
     _pipeline.detect(np.zeros((120, 160, 3), np.uint8))
 
 
-def watch_parent(interval_s: float = 1.0) -> None:
-    """Exit when the server is gone. A pool's workers hold both ends of their task queue, so
-    a server killed outright (SIGKILL, OOM) would leave them waiting forever, each holding
-    its copy of the models."""
-    parent = os.getppid()
+def watch_server(server: int, interval_s: float = 1.0) -> None:
+    """Exit when the server process is gone. A pool's workers hold both ends of their task
+    queue (and the fork server they came from waits for them), so a server killed outright
+    (SIGKILL, OOM) would leave them waiting forever, each with its copy of the models."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive(server):
             time.sleep(interval_s)
         os._exit(0)
 
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    threading.Thread(target=watch, name="watch-server", daemon=True).start()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # gone just now; without /proc, trust os.kill
+    return state != "Z"
 
 
 def run(job: PhotoJob) -> PhotoFaces:

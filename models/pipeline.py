@@ -114,6 +114,7 @@ class FacePipeline:
         cache = Path(cache_dir) if cache_dir is not None else None
         self.model: EmbeddingModel = load_embedding_model(model, self.device, cache, model_dir)
         self.geometry = self.model.geometry
+        self._chip_face_px = chip_face_px(self.geometry)  # per photo in decode_reduction
         self.chip_size = self.geometry.size
         self.landmark_scheme = self.geometry.landmarks
         self.detector_name = "dlib" if detector in (None, "", "dlib") else str(detector)
@@ -194,7 +195,7 @@ class FacePipeline:
         else:
             _, upsample = self._scan(min_face_px)
             scan = detection_scale(height, width, self.max_side, m, upsample) * 2**upsample
-        need = max(scan, chip_face_px(self.geometry) / m)
+        need = max(scan, self._chip_face_px / m)
         factor = 1
         while factor < 8 and 1.0 / (2 * factor) >= need:
             factor *= 2

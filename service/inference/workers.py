@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,20 @@ from service.api.errors import WorkerLost
 __all__ = ["DetectionWorkers"]
 
 log = logging.getLogger("faceserve.workers")
+
+
+# What a worker imports, done once in the fork server: ``import torch`` alone costs a process
+# ~290 MB of private memory, which workers forked from it share instead (copy-on-write).
+PRELOAD = ["models.photo_worker", "models.pipeline"]
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers come from a fork server, not from the server itself: the server has torch's
+    thread pools running, which a fork would copy in whatever state they are (OpenMP hangs
+    in the child), while the fork server only imported the modules."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 class DetectionWorkers:
@@ -52,11 +67,9 @@ class DetectionWorkers:
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self.processes = processes
-        # spawn, not fork: the server has torch's thread pools running, which a fork copies
-        # in whatever state they are (OpenMP hangs in the child).
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _context()
         self._initializer = initializer
-        self._initargs = (pipeline_kwargs, cores, counter)
+        self._initargs = (pipeline_kwargs, cores, counter, os.getpid())
         self._ready = ready
         self._task = task
         self._lock = threading.Lock()

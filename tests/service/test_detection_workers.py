@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
+from models.photo_worker import alive
 from service.api.app import create_app
 from service.api.errors import WorkerLost
 from service.config import Settings
@@ -152,7 +153,7 @@ def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
 # ----------------------------------------------------------------------- the process pool
 
 
-def _start_nothing(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
+def _start_nothing(pipeline_kwargs: dict[str, Any], cores: int, counter: Any, server: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -204,10 +205,11 @@ def test_a_pool_broken_between_requests_is_replaced_without_an_error() -> None:
         workers.close()
 
 
-def _start_watching(pipeline_kwargs: dict[str, Any], cores: int, counter: Any) -> None:
-    from models.photo_worker import watch_parent
+def _start_watching(pipeline_kwargs: dict[str, Any], cores: int, counter: Any,
+                    server: int) -> None:
+    from models.photo_worker import watch_server
 
-    watch_parent(interval_s=0.05)
+    watch_server(server, interval_s=0.05)
 
 
 def _server_with_a_worker(conn: Any) -> None:
@@ -219,11 +221,7 @@ def _server_with_a_worker(conn: Any) -> None:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.split()[:2] == ["State:", "Z"] for line in f)  # dead, unreaped
-    except FileNotFoundError:
-        return True
+    return not alive(pid)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")

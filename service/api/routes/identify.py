@@ -219,11 +219,15 @@ async def identify_image(
     found = await inference.faces(
         data, most_confident(limit), body.face_crop, body.min_face_px
     )
-    per_face = await run_in_threadpool(
-        candidates_for, gallery, found.embeddings, body.k, (), principal.namespace.external
-    )
-    await run_in_threadpool(suppress_by_negatives, gallery, found.embeddings, per_face,
-                            point.threshold, principal.namespace)
+
+    def search() -> list[list[Any]]:  # one thread-pool hop for the two reads
+        per_face = candidates_for(gallery, found.embeddings, body.k, (),
+                                  principal.namespace.external)
+        suppress_by_negatives(gallery, found.embeddings, per_face, point.threshold,
+                              principal.namespace)
+        return per_face
+
+    per_face = await run_in_threadpool(search)
     matches = one_subject_per_photo(per_face, point.threshold)
     if body.include_metadata:
         await run_in_threadpool(with_metadata, gallery, per_face, principal)
