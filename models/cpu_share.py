@@ -21,17 +21,19 @@ then size their pools from one count.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["PARALLEL_FACES", "PARALLEL_PIXELS", "CoreShare", "available_cores"]
+__all__ = ["PARALLEL_FACES", "PARALLEL_PIXELS", "CoreShare", "available_cores", "cpu_quota"]
 
 R = TypeVar("R")
 
@@ -44,11 +46,34 @@ PARALLEL_PIXELS = 1_000_000
 PARALLEL_FACES = 4
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask: a container's CPU set)."""
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPU cores this process may use: its affinity mask (a container's CPU set), capped
+    by its cgroup's CPU quota rounded up (``docker run --cpus=2`` on a 16-core host is 2:
+    16 threads or worker processes there would only queue for the quota)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU time the cgroup may use, in cores (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us / cpu.cfs_period_us``); None when unlimited or unknown."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = cgroup / "cpu"
+        if (v1 / "cpu.cfs_quota_us").is_file():
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 class CoreShare:

@@ -195,7 +195,7 @@ def _build_services(
         # across the detection worker processes too.
         processes = _detection_processes(settings, pipeline, make_pipeline)
         counter = multiprocessing.get_context("spawn").Value("i", 0) if processes else None
-        cores = CoreShare(counter=counter)
+        cores = CoreShare(available_cores(), counter=counter)
         if processes:
             workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},
                                        cores.cores, counter)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.cpu_share import PARALLEL_FACES, PARALLEL_PIXELS, CoreShare
+from models.cpu_share import (
+    PARALLEL_FACES,
+    PARALLEL_PIXELS,
+    CoreShare,
+    available_cores,
+    cpu_quota,
+)
 
 
 def test_a_small_stage_gets_one_thread_and_a_large_one_alone_gets_every_core() -> None:
@@ -65,3 +74,36 @@ def test_embedding_batches_are_large_from_parallel_faces() -> None:
     assert got(np.zeros((1, 150, 150, 3), np.uint8)) == 1
     assert got(np.zeros((PARALLEL_FACES, 150, 150, 3), np.uint8)) == 2
     assert share.running == 0
+
+
+def test_stages_are_counted_across_shares_with_one_counter() -> None:
+    """Two processes' shares on one ``multiprocessing.Value`` (here two shares in one process)
+    see each other's stages: a large photo beside a running stage gets half the cores."""
+    counter = get_context("spawn").Value("i", 0)
+    server, worker = CoreShare(4, counter=counter), CoreShare(4, counter=counter)
+    with server.stage():
+        assert worker.running == 1
+        with worker.stage(large=True) as threads:
+            assert threads == 2 and server.running == 2
+    assert counter.value == 0
+    with worker.stage(large=True) as threads:
+        assert threads == 4
+
+
+def test_the_cgroup_quota_caps_the_cores(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # docker run --cpus=1.5
+    assert cpu_quota(v2) == 1.5
+    assert available_cores(v2) == min(2, len(os.sched_getaffinity(0)))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(v2) is None
+    assert available_cores(v2) == len(os.sched_getaffinity(0))
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path / "v1") == 1.0 and available_cores(tmp_path / "v1") == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path / "v1") is None
+    assert cpu_quota(tmp_path / "none") is None
