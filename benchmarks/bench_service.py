@@ -124,6 +124,33 @@ def start_server(data_dir: Path, batching: bool, device: str, log: Path,
     raise RuntimeError("server not ready in 300 s")
 
 
+def tree_pss_mib(pid: int) -> float | None:
+    """Proportional set size of ``pid`` and every process under it (the detection workers
+    and their fork server), in MiB: shared pages counted once across them. None without
+    /proc."""
+    root = Path("/proc")
+    if not (root / "self" / "smaps_rollup").exists():
+        return None
+    children: dict[int, list[int]] = {}
+    for stat in root.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total_kb, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            for line in (root / str(p) / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total_kb / 1024, 1)
+
+
 def batch_stats(base: str) -> tuple[float, float]:
     """(sum, count) of the server's faces-per-forward-pass histogram."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
@@ -257,6 +284,7 @@ def main() -> int:
     endpoints = dict(named[e] for e in args.endpoints)
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
     rows: list[dict] = []
+    memory: list[dict] = []  # per server, after its cells
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         log = Path(tmp) / "server.log"
         # One gallery per code version (a SQLite gallery has one server, and each version
@@ -300,6 +328,12 @@ def main() -> int:
                                   f"{cell['p50_ms']:8.1f}  p95 {cell['p95_ms']:8.1f}  p99 "
                                   f"{cell['p99_ms']:8.1f} ms  faces/pass "
                                   f"{cell['faces_per_pass']}", flush=True)
+                for code, proc, base in servers:
+                    label = code.name if code is not None else "installed"
+                    ready = httpx.get(f"{base}/readyz", timeout=30).json()
+                    memory.append({"code": label, "batching": batching,
+                                   "pss_mib": tree_pss_mib(proc.pid),
+                                   "detection_processes": ready.get("detection_processes", 0)})
             finally:
                 for _, proc, _ in servers:
                     proc.terminate()
@@ -335,6 +369,7 @@ def main() -> int:
                  "python": platform.python_version(), "torch": torch.__version__,
                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "rows": rows,
+        "memory": memory,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -351,6 +386,10 @@ def main() -> int:
               f"| {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
               f"| {r['faces_per_pass']} | {r['requests']}{' (capped)' if r['capped'] else ''} "
               f"| {r['errors']} |")
+    for m in memory:
+        print(f"memory after the cells, {m['code']} (batching {m['batching']}, "
+              f"{m['detection_processes']} detection processes): PSS {m['pss_mib']} MiB, "
+              "server and its workers together")
     print(f"\ngallery {args.faces} synthetic faces; device {report['device']}; "
           f"{os.cpu_count()} CPUs; JSON: {path}")
     return 0

@@ -123,9 +123,12 @@ class Inference:
         # With workers, a photo arriving while no other stage runs stays in this process:
         # alone, it has the GIL to itself and saves the hand-over (~2 ms of a 50 ms request).
         self.inline_when_idle = True
+        self._photos = 0  # photos between admission and the end of their detection
 
     def _idle(self) -> bool:
-        return self.inline_when_idle and self.cores is not None and self.cores.running == 0
+        """No other photo on its way through detection and no stage running anywhere."""
+        return (self.inline_when_idle and self._photos == 0
+                and self.cores is not None and self.cores.running == 0)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -249,12 +252,17 @@ class Inference:
         # tells the stage already running on a thread to stop at its next step.
         gone = threading.Event()
         try:
-            if self.workers is not None and not self._idle():
-                found = await self._detect_in_worker(self.workers, data, select, primary,
-                                                     face_crop, min_face_px, pick)
-            else:
-                found = await self._run(self._detect_and_align, data, select, primary,
-                                        face_crop, min_face_px, gone, pick)
+            workers = self.workers if self.workers is not None and not self._idle() else None
+            self._photos += 1  # before the first await: a second photo of a verify sees it
+            try:
+                if workers is not None:
+                    found = await self._detect_in_worker(workers, data, select, primary,
+                                                         face_crop, min_face_px, pick)
+                else:
+                    found = await self._run(self._detect_and_align, data, select, primary,
+                                            face_crop, min_face_px, gone, pick)
+            finally:
+                self._photos -= 1
             embeddings = await self.embedder.embed(found.chips)
         except asyncio.CancelledError:
             gone.set()

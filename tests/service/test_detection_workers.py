@@ -148,6 +148,12 @@ def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
     with inference.cores.stage():  # another request's photo or embedding batch
         assert client.post("/v1/embed", files=photo).status_code == 200
     assert len(inline.jobs) == 1
+    # The two photos of a verify: the first stays, the second (dispatched while the first is
+    # still on its way) goes to a worker, so both run at once.
+    r = client.post("/v1/verify", files={"image_a": ("a.png", fake_photo(person=3)),
+                                         "image_b": ("b.png", fake_photo(person=3, variant=1))})
+    assert r.status_code == 200, r.text
+    assert len(inline.jobs) == 2
 
 
 # ----------------------------------------------------------------------- the process pool
