@@ -230,7 +230,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         5.0,
         ge=0,
-        description="Longest time a face waits for others to join its micro-batch, in ms.",
+        description="Longest time a face waits for others to join its micro-batch, in ms; "
+        "it waits only while other photos are being detected (a lone request does not).",
     )
     inference_threads: int | None = Field(
         None,

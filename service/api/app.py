@@ -229,6 +229,8 @@ def _build_services(
     inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
                           pixel_budget=PixelBudget(settings.decoded_pixels_in_flight),
                           cores=cores, workers=workers)
+    if isinstance(embedder, MicroBatcher):
+        embedder.expecting = inference.photos_on_their_way
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
     if gallery.replication_status() is not None:
         metrics.bind_replication(gallery.replication_status)

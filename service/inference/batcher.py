@@ -6,7 +6,9 @@ thread takes the first waiting request, gathers others until ``max_batch_size`` 
 collected or ``max_wait_s`` has passed, runs ONE ``embed_fn`` call on the concatenation, and
 hands each request its own rows through its future. A request's chips are never split across
 calls; one larger than ``max_batch_size`` runs alone. Requests that are already queued join a
-batch without waiting, so under load batches fill with no added latency.
+batch without waiting, so under load batches fill with no added latency; and the batch waits
+only while more faces are on their way (``expecting``: photos being detected), so a lone
+request is not held for faces that cannot come.
 
 ``DirectEmbedder`` is the same interface without batching (``batching=false``): every request
 runs its own ``embed_fn`` call on a thread pool.
@@ -81,6 +83,10 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self._dim = dim
         self._on_batch = on_batch
+        # Whether more chips are on their way (photos being detected right now); None: always
+        # assume so. When none are, a batch runs at once instead of waiting ``max_wait_s``
+        # for faces that cannot come (a lone request saved 5 ms of its ~50).
+        self.expecting: Callable[[], bool] | None = None
         self._queue: queue.Queue[_Item | object] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -137,10 +143,12 @@ class MicroBatcher:
             deadline = time.monotonic() + self.max_wait_s
             while size < self.max_batch_size:
                 remaining = deadline - time.monotonic()
+                wait = remaining > 0 and not stopping
+                if wait and self.expecting is not None and not self.expecting():
+                    wait = False  # nothing is on its way: take what is queued, run now
                 try:
                     nxt = (
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0 and not stopping
+                        self._queue.get(timeout=remaining) if wait
                         else self._queue.get_nowait()
                     )
                 except queue.Empty:

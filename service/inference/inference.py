@@ -125,6 +125,10 @@ class Inference:
         self.inline_when_idle = True
         self._photos = 0  # photos between admission and the end of their detection
 
+    def photos_on_their_way(self) -> bool:
+        """Whether some photo is being detected now (its chips will soon want embedding)."""
+        return self._photos > 0
+
     def _idle(self) -> bool:
         """No other photo on its way through detection and no stage running anywhere."""
         return (self.inline_when_idle and self._photos == 0

@@ -236,3 +236,22 @@ def test_a_pass_is_observed_before_its_callers_are_answered() -> None:
     release.set()
     np.testing.assert_array_equal(future.result(NEVER), expected(0, 1))
     batcher.close()
+
+
+def test_a_batch_waits_only_while_chips_are_on_their_way() -> None:
+    """``expecting`` says whether photos are being detected: while they are, a batch waits for
+    their chips; once none are, a lone request runs at once (not after ``max_wait_s``)."""
+    embed = RecordingEmbed()
+    batcher = MicroBatcher(embed, max_batch_size=2, max_wait_s=NEVER)
+    on_their_way = [True]
+    batcher.expecting = lambda: on_their_way[0]
+    first = batcher.submit(chips_for(1, 1))
+    second = batcher.submit(chips_for(2, 1))
+    np.testing.assert_array_equal(first.result(10), expected(1, 1))
+    np.testing.assert_array_equal(second.result(10), expected(2, 1))
+    assert embed.calls == [2]  # the first waited for the second
+    on_their_way[0] = False
+    alone = batcher.submit(chips_for(3, 1))
+    np.testing.assert_array_equal(alone.result(10), expected(3, 1))  # NEVER would time out
+    assert embed.calls == [2, 1]
+    batcher.close()
