@@ -273,7 +273,7 @@ def lfw_photos(shared_data: Path) -> list[bytes]:
 def test_real_workers_answer_as_the_threads(tmp_path: Path, lfw_photos: list[bytes]) -> None:
     """The default server on a multi-core CPU: two worker processes with the real models give
     the same boxes, landmarks, quality and embeddings as the server's own threads."""
-    answers = []
+    answers, errors = [], []
     for processes in (0, 2):
         settings = Settings(data_dir=tmp_path / f"g{processes}", device="cpu",
                             detection_processes=processes)
@@ -288,6 +288,11 @@ def test_real_workers_answer_as_the_threads(tmp_path: Path, lfw_photos: list[byt
             ])
             if processes:
                 assert inference.workers.photos == len(lfw_photos)
+            # A JPEG cut short passes the header check and fails in the decoder, in the
+            # worker: the error comes back as the threads' would.
+            cut = client.post("/v1/embed", files={"image": ("c.jpg", lfw_photos[0][:3000])})
+            errors.append((cut.status_code, cut.json()["error"]["code"]))
+    assert errors[0] == errors[1] == (400, "truncated_image")
     threads, workers = answers
     assert [len(a["faces"]) for a in threads] == [len(a["faces"]) for a in workers]
     assert sum(len(a["faces"]) for a in threads) >= len(lfw_photos)
