@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +40,7 @@ from service.gallery.gallery import Gallery
 from service.inference.batcher import AdmissionGate, DirectEmbedder, Embedder, MicroBatcher
 from service.inference.inference import Inference, Pipeline
 from service.inference.memory import PixelBudget
-from service.inference.workers import DetectionWorkers
+from service.inference.workers import DetectionWorkers, shared_counter
 from service.security.audit import AuditLog
 from service.security.keys import KeyRing, namespace_of, open_security_store
 from service.security.limits import (
@@ -194,7 +193,7 @@ def _build_services(
         # runs on one torch thread, a large one on the cores left (models.cpu_share), counted
         # across the detection worker processes too.
         processes = _detection_processes(settings, pipeline, make_pipeline)
-        counter = multiprocessing.get_context("spawn").Value("i", 0) if processes else None
+        counter = shared_counter() if processes else None
         cores = CoreShare(available_cores(), counter=counter)
         if processes:
             workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},

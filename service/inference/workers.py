@@ -27,7 +27,7 @@ from models import photo_worker
 from models.photo_faces import PhotoFaces, PhotoJob
 from service.api.errors import WorkerLost
 
-__all__ = ["DetectionWorkers"]
+__all__ = ["PRELOAD", "DetectionWorkers", "shared_counter"]
 
 log = logging.getLogger("faceserve.workers")
 
@@ -44,6 +44,11 @@ def _context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def shared_counter() -> Any:
+    """A stage counter the server and its workers share (``models.cpu_share.CoreShare``)."""
+    return _context().Value("i", 0)
 
 
 class DetectionWorkers:

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models.cpu_share import CoreShare
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
 from models.photo_worker import alive
 from service.api.app import create_app
 from service.api.errors import WorkerLost
 from service.config import Settings
-from service.inference.workers import DetectionWorkers
+from service.inference.workers import DetectionWorkers, shared_counter
 from tests.service.conftest import FakePipeline, TestClient, fake_photo, wait_ready
 
 
@@ -176,8 +177,45 @@ def _empty(job: PhotoJob) -> PhotoFaces:
 
 
 def _pool(task: Any) -> DetectionWorkers:
-    return DetectionWorkers(1, {}, 1, get_context("spawn").Value("i", 0),
+    return DetectionWorkers(1, {}, 1, shared_counter(),
                             initializer=_start_nothing, ready=_pid, task=task)
+
+
+_share: CoreShare | None = None
+
+
+def _start_counting(pipeline_kwargs: dict[str, Any], cores: int, counter: Any,
+                    server: int) -> None:
+    global _share
+    _share = CoreShare(cores, counter=counter)
+
+
+def _stages_seen(job: PhotoJob) -> PhotoFaces:
+    """A stage in the worker; answers how many stages ran then, in all processes, and how
+    many threads it got for a large photo (as width and height)."""
+    assert _share is not None
+    with _share.stage(large=True) as threads:
+        return PhotoFaces([], np.zeros((0, 150, 150, 3), np.uint8), [], _share.running,
+                          threads, "x")
+
+
+def test_the_server_and_its_workers_count_stages_together() -> None:
+    """A large photo in a worker gets the cores no stage of the server uses: the count of
+    stages running is one, across the processes."""
+    counter = shared_counter()
+    server = CoreShare(4, counter=counter)
+    workers = DetectionWorkers(1, {}, 4, counter, initializer=_start_counting, ready=_pid,
+                               task=_stages_seen)
+    try:
+        workers.start()
+        alone = asyncio.run(workers.faces(PhotoJob(b"x", 100)))
+        assert (alone.width, alone.height) == (1, 4)
+        with server.stage():  # an embedding batch in the server
+            beside = asyncio.run(workers.faces(PhotoJob(b"x", 100)))
+        assert (beside.width, beside.height) == (2, 2)
+        assert counter.value == 0
+    finally:
+        workers.close()
 
 
 def test_a_worker_dying_with_a_photo_is_503_and_the_pool_is_replaced() -> None:
@@ -220,8 +258,8 @@ def _start_watching(pipeline_kwargs: dict[str, Any], cores: int, counter: Any,
 
 def _server_with_a_worker(conn: Any) -> None:
     """A stand-in for the server: starts one worker, reports its pid, waits to be killed."""
-    workers = DetectionWorkers(1, {}, 1, get_context("spawn").Value("i", 0),
-                               initializer=_start_watching, ready=_pid, task=_empty)
+    workers = DetectionWorkers(1, {}, 1, shared_counter(), initializer=_start_watching,
+                               ready=_pid, task=_empty)
     conn.send(workers.start()[0])
     time.sleep(600)
 
