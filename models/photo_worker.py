@@ -10,6 +10,7 @@ with ``start`` as the pool's initializer and hands them ``PhotoJob``s.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -40,6 +41,11 @@ def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any, server: int
     from models.pipeline import FacePipeline
 
     _pipeline = FacePipeline(**pipeline_kwargs)
+    # A worker never embeds: drop the embedding network (the pipeline keeps its chip
+    # geometry), 22 MB for dlib's, hundreds for a large ONNX model, in every worker.
+    _pipeline.embedder = None
+    _pipeline.model.module = None
+    gc.collect()
     _cores = CoreShare(cores, counter=counter)
     # One detection on a blank photo, so that no request pays the kernels' lazy set-up.
     _pipeline.detect(np.zeros((120, 160, 3), np.uint8))
