@@ -142,6 +142,36 @@ def _detection_processes(
     return cores if cores >= 2 else 0
 
 
+def _start_workers(settings: Settings, processes: int) -> tuple[DetectionWorkers | None, Any]:
+    """``processes`` detection workers, started, and their shared stage counter; (None, None)
+    for none. Workers the operator asked for must start; by default, a machine where they
+    cannot (no ``/dev/shm`` for their semaphores, a sandbox without ``fork``) detects in the
+    server's threads instead, and says so in the log."""
+    if not processes:
+        return None, None
+    workers: DetectionWorkers | None = None
+    try:
+        counter = shared_counter()
+        workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},
+                                   available_cores(), counter)
+        pids = workers.start()
+    except Exception as exc:
+        if workers is not None:
+            workers.close()
+        if settings.detection_processes:
+            raise RuntimeError(
+                f"FACESERVE_DETECTION_PROCESSES={settings.detection_processes}: the detection "
+                f"worker processes could not start: {type(exc).__name__}: {exc}"
+            ) from exc
+        log.error("detection worker processes could not start (%s: %s); detecting in the "
+                  "server's threads instead (FACESERVE_DETECTION_PROCESSES=0 says so "
+                  "quietly)", type(exc).__name__, exc)
+        return None, None
+    log.info("%d detection worker processes ready (pids %s)", processes,
+             ", ".join(map(str, pids)))
+    return workers, counter
+
+
 def _self_test(pipeline: Pipeline) -> dict[str, Any] | None:
     """``models.self_test`` on the real pipeline: refuses to start on a broken device."""
     if not hasattr(pipeline, "detector"):
@@ -193,14 +223,10 @@ def _build_services(
         # runs on one torch thread, a large one on the cores left (models.cpu_share), counted
         # across the detection worker processes too.
         processes = _detection_processes(settings, pipeline, make_pipeline)
-        counter = shared_counter() if processes else None
+        workers, counter = _start_workers(settings, processes)
+        if workers is None:
+            processes = 0
         cores = CoreShare(available_cores(), counter=counter)
-        if processes:
-            workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},
-                                       cores.cores, counter)
-            pids = workers.start()
-            log.info("%d detection worker processes ready (pids %s)", processes,
-                     ", ".join(map(str, pids)))
         embed_chips = cores.embedding(pipeline.embed_chips)
         embedder: Embedder
         if settings.batching:

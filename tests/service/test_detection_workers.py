@@ -356,3 +356,32 @@ def test_the_default_is_one_worker_per_core_on_the_cpu(tmp_path: Path, monkeypat
     assert app_module._detection_processes(settings, cpu, default) == 0
     assert app_module._detection_processes(
         Settings(data_dir=tmp_path, detection_processes=2), cpu, default) == 2
+
+
+def test_workers_that_cannot_start_leave_detection_to_the_threads(
+    tmp_path: Path, monkeypatch: Any, caplog: Any
+) -> None:
+    """By default a machine where worker processes cannot start still serves (in threads, with
+    an error in the log); workers the operator asked for must start, or the server does not."""
+    def broken(self: DetectionWorkers) -> list[int]:
+        raise OSError("no /dev/shm here")
+
+    monkeypatch.setattr(DetectionWorkers, "start", broken)
+    from service.api import app as app_module
+
+    monkeypatch.setattr(app_module, "available_cores", lambda: 2)
+    with TestClient(create_app(Settings(data_dir=tmp_path / "auto", device="cpu"))) as client:
+        assert wait_ready(client)["detection_processes"] == 0
+        r = client.post("/v1/embed", files={"image": ("a.png", fake_photo(faces=0))})
+        assert r.status_code == 200, r.text
+    assert "could not start" in caplog.text and "no /dev/shm here" in caplog.text
+
+    asked = Settings(data_dir=tmp_path / "asked", device="cpu", detection_processes=2)
+    with TestClient(create_app(asked)) as client:
+        deadline = time.monotonic() + 300
+        while (r := client.get("/readyz")).status_code == 503 and time.monotonic() < deadline:
+            if r.json()["error"]["code"] == "startup_failed":
+                break
+            time.sleep(0.05)
+        assert r.json()["error"]["code"] == "startup_failed", r.text
+        assert "FACESERVE_DETECTION_PROCESSES=2" in r.json()["error"]["message"]
