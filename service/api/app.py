@@ -193,7 +193,8 @@ def _self_test(pipeline: Pipeline) -> dict[str, Any] | None:
 
 
 def _build_services(
-    settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory
+    settings: Settings, metrics: Metrics, make_pipeline: PipelineFactory,
+    gate: AdmissionGate | None = None,
 ) -> Services:
     start = time.perf_counter()
     pipeline = make_pipeline(settings)
@@ -253,7 +254,8 @@ def _build_services(
         raise
     inference = Inference(pipeline, embedder, executor, max_pixels=settings.max_image_pixels,
                           pixel_budget=PixelBudget(settings.decoded_pixels_in_flight),
-                          cores=cores, workers=workers)
+                          cores=cores, workers=workers,
+                          admitted=None if gate is None else (lambda: gate.inside))
     if isinstance(embedder, MicroBatcher):
         embedder.expecting = inference.photos_on_their_way
     metrics.bind_gallery(lambda: gallery.size, lambda: gallery.subject_count, gallery.index_kind)
@@ -326,7 +328,7 @@ def create_app(
     async def load(app: FastAPI) -> None:
         try:
             app.state.services = await asyncio.to_thread(
-                _build_services, settings, metrics, make_pipeline
+                _build_services, settings, metrics, make_pipeline, app.state.inference_gate
             )
         except Exception as exc:
             app.state.load_error = f"{type(exc).__name__}: {exc}"

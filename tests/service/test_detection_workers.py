@@ -138,7 +138,7 @@ def test_worker_path_holds_and_returns_the_pixel_budget(make_client: Any) -> Non
 
 def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
     """With nothing else running a photo is detected in the server's own threads (no hand-over
-    to pay); while another stage runs, it goes to a worker."""
+    to pay); while another stage runs or another request is admitted, it goes to a worker."""
     pipe = FakePipeline()
     client = make_client(pipe)
     inference = client.app.state.services.inference
@@ -149,12 +149,19 @@ def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
     with inference.cores.stage():  # another request's photo or embedding batch
         assert client.post("/v1/embed", files=photo).status_code == 200
     assert len(inline.jobs) == 1
+    gate = client.app.state.inference_gate
+    assert gate.try_enter()  # another request admitted, reading its upload
+    try:
+        assert client.post("/v1/embed", files=photo).status_code == 200
+    finally:
+        gate.leave()
+    assert len(inline.jobs) == 2
     # The two photos of a verify: the first stays, the second (dispatched while the first is
     # still on its way) goes to a worker, so both run at once.
     r = client.post("/v1/verify", files={"image_a": ("a.png", fake_photo(person=3)),
                                          "image_b": ("b.png", fake_photo(person=3, variant=1))})
     assert r.status_code == 200, r.text
-    assert len(inline.jobs) == 2
+    assert len(inline.jobs) == 3
 
 
 # ----------------------------------------------------------------------- the process pool
