@@ -82,6 +82,11 @@ def prefill_with(code: Path | None, data_dir: Path, faces: int) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def label_of(code: Path | None) -> str:
+    """How the tables name a served checkout (``--code``), or the installed code."""
+    return code.name if code is not None else "installed"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -307,7 +312,7 @@ def main() -> int:
                 for name, fn in endpoints.items():
                     for conc in args.concurrency:
                         for code, _, base in servers:  # versions interleaved, cell by cell
-                            label = code.name if code is not None else "installed"
+                            label = label_of(code)
                             if time.monotonic() - started > args.max_seconds:
                                 skipped.append({"endpoint": name, "concurrency": conc,
                                                 "batching": batching, "code": label})
@@ -329,7 +334,7 @@ def main() -> int:
                                   f"{cell['p99_ms']:8.1f} ms  faces/pass "
                                   f"{cell['faces_per_pass']}", flush=True)
                 for code, proc, base in servers:
-                    label = code.name if code is not None else "installed"
+                    label = label_of(code)
                     ready = httpx.get(f"{base}/readyz", timeout=30).json()
                     memory.append({"code": label, "batching": batching,
                                    "pss_mib": tree_pss_mib(proc.pid),

@@ -51,20 +51,23 @@ class PhotoFaces:
     image_sha256: str = ""
 
 
-def reduction_for(pipeline: Any, min_face_px: int | None) -> Reduction | None:
-    """By how much the pipeline lets a JPEG be decoded smaller (``decode_reduction``);
-    None for pipelines without the rule (the tests' fakes)."""
+def reduction_for(
+    pipeline: Any, face_crop: bool, min_face_px: int | None
+) -> Reduction | None:
+    """By how much the pipeline lets the upload be decoded smaller (``decode_reduction``);
+    None for pipelines without the rule (the tests' fakes). A face crop is decoded for the
+    pipeline's own minimum: the request's is about photos."""
     plan = getattr(pipeline, "decode_reduction", None)
-    return None if plan is None else (lambda w, h: plan(w, h, min_face_px))
+    wanted = None if face_crop else min_face_px
+    return None if plan is None else (lambda w, h: plan(w, h, wanted))
 
 
 def decode_photo(
     pipeline: Any, data: bytes, max_pixels: int, face_crop: bool, min_face_px: int | None,
     admit: Admit | None = None,
 ) -> DecodedImage:
-    """The upload, decoded at the smallest size the pipeline says loses nothing. A face crop
-    is decoded for the pipeline's own minimum: the request's is about photos."""
-    reduction = reduction_for(pipeline, None if face_crop else min_face_px)
+    """The upload, decoded at the smallest size the pipeline says loses nothing."""
+    reduction = reduction_for(pipeline, face_crop, min_face_px)
     return decode_reduced(data, max_pixels=max_pixels, reduction=reduction, admit=admit)
 
 

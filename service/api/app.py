@@ -142,8 +142,11 @@ def _detection_processes(
     return cores if cores >= 2 else 0
 
 
-def _start_workers(settings: Settings, processes: int) -> tuple[DetectionWorkers | None, Any]:
-    """``processes`` detection workers, started, and their shared stage counter; (None, None)
+def _start_workers(
+    settings: Settings, processes: int, cores: int
+) -> tuple[DetectionWorkers | None, Any]:
+    """``processes`` detection workers sharing ``cores``, started, and their shared stage
+    counter; (None, None)
     for none. Workers the operator asked for must start; by default, a machine where they
     cannot (no ``/dev/shm`` for their semaphores, a sandbox without ``fork``) detects in the
     server's threads instead, and says so in the log."""
@@ -153,7 +156,7 @@ def _start_workers(settings: Settings, processes: int) -> tuple[DetectionWorkers
     try:
         counter = shared_counter()
         workers = DetectionWorkers(processes, {**pipeline_kwargs(settings), "device": "cpu"},
-                                   available_cores(), counter)
+                                   cores, counter)
         pids = workers.start()
     except Exception as exc:
         if workers is not None:
@@ -216,18 +219,19 @@ def _build_services(
         # The self-test also pays lazy initialisation (kernels, allocator), so a client does
         # not; the tests' fake pipelines just get one embedding pass.
         self_test = _self_test(pipeline)
+        cpu_cores = available_cores()
         executor = ThreadPoolExecutor(
-            settings.inference_threads or available_cores(),
+            settings.inference_threads or cpu_cores,
             thread_name_prefix="faceserve-infer",
         )
         # Requests share the cores: each stage (one photo's detection, one embedding batch)
         # runs on one torch thread, a large one on the cores left (models.cpu_share), counted
         # across the detection worker processes too.
         processes = _detection_processes(settings, pipeline, make_pipeline)
-        workers, counter = _start_workers(settings, processes)
+        workers, counter = _start_workers(settings, processes, cpu_cores)
         if workers is None:
             processes = 0
-        cores = CoreShare(available_cores(), counter=counter)
+        cores = CoreShare(cpu_cores, counter=counter)
         embed_chips = cores.embedding(pipeline.embed_chips)
         embedder: Embedder
         if settings.batching:

@@ -202,7 +202,7 @@ class Inference:
         budget = self.pixel_budget
         pixels = 0
         if budget is not None:
-            reduction = reduction_for(self.pipeline, None if face_crop else min_face_px)
+            reduction = reduction_for(self.pipeline, face_crop, min_face_px)
             pixels = decoded_pixels(data, self.max_pixels, reduction)
             budget.take(pixels)
         try:
