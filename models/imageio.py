@@ -27,7 +27,8 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -175,21 +176,12 @@ def decode_reduced(
     in memory. Other formats are decoded whole. Checks and errors as in ``decode_image``.
     ``admit`` is told the pixel count to be decoded, after the checks and before decoding.
     """
-    data = _checked_bytes(data, max_pixels)
-    try:
-        with _open(data) as im:
-            width, height = _reduce(im, max_pixels, reduction)
-            if admit is not None:
-                admit(im.size[0] * im.size[1])  # draft() has set the reduced size
-            _load(im)
-            orientation = _orientation(im)  # other formats (TIFF) have it only once loaded
-            rgb = _to_rgb(im)
-    except (ImageError, DecodeRefused):
-        raise
-    except MemoryError:
-        raise
-    except Exception as e:  # pragma: no cover - defensive: anything Pillow did not expect
-        raise TruncatedImage(f"the image could not be decoded: {_describe(e)}") from e
+    with _opened(data, max_pixels, reduction) as (im, width, height):
+        if admit is not None:
+            admit(im.size[0] * im.size[1])  # draft() has set the reduced size
+        _load(im)
+        orientation = _orientation(im)  # other formats (TIFF) have it only once loaded
+        rgb = _to_rgb(im)
 
     rgb = _apply_orientation(rgb, orientation)
     full_w, full_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
@@ -202,16 +194,28 @@ def decoded_pixels(
     """How many pixels ``decode_reduced(data, max_pixels, reduction)`` would decode, from the
     header alone, with the same checks and errors: a memory budget can be taken before the
     decoding is handed to another process."""
+    with _opened(data, max_pixels, reduction) as (im, _, _):
+        return im.size[0] * im.size[1]
+
+
+@contextmanager
+def _opened(
+    data: bytes, max_pixels: int, reduction: Reduction | None
+) -> Iterator[tuple[Image.Image, int, int]]:
+    """The upload's header parsed and checked, its reduced decode set (``_reduce``), with its
+    full stored width and height. Whatever the body does to the image is under the same
+    error mapping: image errors and refusals pass, anything else Pillow raises is a
+    ``TruncatedImage``."""
     data = _checked_bytes(data, max_pixels)
     try:
         with _open(data) as im:
-            _reduce(im, max_pixels, reduction)
-            return im.size[0] * im.size[1]
-    except ImageError:
+            width, height = _reduce(im, max_pixels, reduction)
+            yield im, width, height
+    except (ImageError, DecodeRefused):
         raise
     except MemoryError:
         raise
-    except Exception as e:  # pragma: no cover - defensive, as in decode_reduced
+    except Exception as e:  # pragma: no cover - defensive: anything Pillow did not expect
         raise TruncatedImage(f"the image could not be decoded: {_describe(e)}") from e
 
 
