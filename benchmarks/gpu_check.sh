@@ -25,13 +25,23 @@ prepare() {
     rm -rf "$STAGE" && mkdir -p "$STAGE/wheels" "$STAGE/site/face_recognition_models/models" \
         "$STAGE/data"
     # What the GPU image (torch, numpy, pillow, httpx, tqdm, matplotlib, pytest, hypothesis,
-    # scikit-image, prometheus-client are there) lacks, for its Python 3.12.
+    # scikit-image, prometheus-client, anyio, click, h11 are there) lacks, for its Python
+    # 3.12, at the versions this checkout's venv runs (an unpinned fastapi once brought a
+    # dependency, opentelemetry-api, that the image lacked).
+    local wanted=(faiss-cpu fastapi starlette pydantic pydantic-core pydantic-settings
+                  python-dotenv python-multipart uvicorn annotated-types annotated-doc
+                  typing-inspection opentelemetry-api safetensors pytest-timeout dlib-bin)
+    local pinned
+    pinned=$("$py" - "${wanted[@]}" <<'PYEOF'
+import sys
+from importlib.metadata import version
+print(" ".join(f"{name}=={version(name)}" for name in sys.argv[1:]))
+PYEOF
+    ) || return 1
+    # shellcheck disable=SC2086  # one word per requirement
     "$pip" download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d "$STAGE/wheels" \
-        faiss-cpu fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv \
-        python-multipart uvicorn annotated-types typing-inspection safetensors \
-        pytest-timeout "dlib-bin==20.0.1.post1" || return 1
+        --platform manylinux2014_x86_64 -d "$STAGE/wheels" $pinned || return 1
     # The dlib models, as a package directory (the 68-point model, 100 MB, is never used).
     local src
     src=$("$py" -c "import importlib.util as u; print(list(u.find_spec('face_recognition_models').submodule_search_locations)[0])")
@@ -126,9 +136,11 @@ PYEOF
     (( quick )) && quick_args=(--repeats 2)
     step "CUDA tests" 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" \
         tests/models/test_cuda.py tests/models/test_self_test.py
-    step "bench_pipeline (embedding batches 1-256, detection)" 120 \
+    # dlib, the reference, runs on the CPU once per cell: five repeats of it alone took
+    # over two minutes there.
+    step "bench_pipeline (embedding batches 1-256, detection)" 150 \
         "$PY" benchmarks/bench_pipeline.py --device "$device" --gpu-batch 256 \
-        --out "$out" "${quick_args[@]}"
+        --dlib-repeats 1 --out "$out" "${quick_args[@]}"
     local detect_args=(--repeats 5)
     (( quick )) && detect_args=(--repeats 1)
     step "bench_detect (embed path by photo size and min_face_px)" 150 \

@@ -450,18 +450,24 @@ def dlib_pyramid_up(image: Tensor) -> Tensor:
     return out
 
 
-def _downscale(image: Tensor, scale: float) -> Tensor:
+def _downscale(image: Tensor, scale: float, through_float: bool = False) -> Tensor:
     """Antialiased bilinear shrink of ``(H, W, 3)`` uint8 by ``scale`` (< 1), in uint8.
 
     torch's uint8 kernel reads the photo as it is: no float copy of a 12-megapixel photo
     (four times its size), and 10x faster than converting first. It rounds differently
     from a float resize in the last bit of some pixels, which moves no box by more than the
-    pyramid's own rounding.
+    pyramid's own rounding. CUDA has no uint8 kernel for it: there the photo is resized in
+    float32 and rounded back (``through_float``), which gives the same pixels to within 1.
     """
     h, w = int(image.shape[0]), int(image.shape[1])
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     x = image.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if through_float or x.device.type != "cpu":
+        x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True,
+                          align_corners=False)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0)
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models.boxes import box_iou
-from models.detector import WINDOW_PX, detection_scale
+from models.detector import WINDOW_PX, _downscale, detection_scale
 from models.faces import Box, Face
 from models.imageio import decode_image, decode_reduced
 from models.pipeline import CHIP_FACE_PX, FacePipeline, upsampling_for
@@ -90,6 +90,18 @@ def test_below_the_window_means_upsampling(pipeline: FacePipeline, shared_data: 
         default += sum(f.box.width < WINDOW_PX for f in pipeline.detect(image))
     assert default == 0
     assert small >= 10
+
+
+def test_the_float_shrink_cuda_uses_gives_the_same_pixels() -> None:
+    """CUDA has no uint8 antialiased resize, so there the photo is shrunk in float32: the
+    pixels must match the CPU's uint8 kernel to within one level, whatever the scale."""
+    g = torch.Generator().manual_seed(0)
+    photo = torch.randint(0, 256, (613, 917, 3), dtype=torch.uint8, generator=g)
+    for scale in (0.9, 0.5, 0.33, 0.21):
+        exact = _downscale(photo, scale)
+        through_float = _downscale(photo, scale, through_float=True)
+        assert through_float.dtype == torch.uint8 and through_float.shape == exact.shape
+        assert int((through_float.int() - exact.int()).abs().max()) <= 1
 
 
 def test_reduction_is_chosen_to_lose_nothing(pipeline: FacePipeline) -> None:
