@@ -243,12 +243,12 @@ class Settings(BaseSettings):
     detection_processes: int | None = Field(
         None,
         ge=0,
-        description="Worker processes that decode, detect and align photos when the models run "
-        "on the CPU (each loads its own copy of the models). Unset: one per CPU core this "
+        description="Worker processes that decode, detect and align photos (each loads its own "
+        "copy of the models). Unset: one per CPU core this "
         "process may use, if there are two or more; 0: in the server process's inference "
         "threads, where Python's GIL keeps two photos from using two cores (README, Speed). "
         "A photo that arrives while nothing else runs stays in the server (no hand-over to "
-        "pay). Not used on a GPU.",
+        "pay). On a GPU: none unless set (each worker then holds its own CUDA context).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

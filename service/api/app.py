@@ -126,18 +126,19 @@ def _detection_processes(
     settings: Settings, pipeline: Pipeline, make_pipeline: PipelineFactory
 ) -> int:
     """How many detection worker processes to run (``FACESERVE_DETECTION_PROCESSES``): none
-    on a GPU (one process feeds it), none for a pipeline the workers could not rebuild (the
-    tests' fakes), else the setting, by default one per core from two cores up."""
+    for a pipeline the workers could not rebuild (the tests' fakes); on a GPU, the setting
+    if given (each worker then holds its own CUDA context), else none; on the CPU the
+    setting, by default one per core from two cores up."""
     device = getattr(pipeline, "device", None)
-    if make_pipeline is not default_pipeline or getattr(device, "type", None) != "cpu":
+    if make_pipeline is not default_pipeline:
         if settings.detection_processes:
-            log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: %s",
-                        settings.detection_processes,
-                        "not the default pipeline" if make_pipeline is not default_pipeline
-                        else f"the models run on {device}")
+            log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: not the default pipeline",
+                        settings.detection_processes)
         return 0
     if settings.detection_processes is not None:
         return settings.detection_processes
+    if getattr(device, "type", None) != "cpu":
+        return 0
     cores = available_cores()
     return cores if cores >= 2 else 0
 

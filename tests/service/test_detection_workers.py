@@ -361,8 +361,10 @@ def test_the_default_is_one_worker_per_core_on_the_cpu(tmp_path: Path, monkeypat
     assert app_module._detection_processes(settings, cpu, lambda s: cpu) == 0  # a fake
     monkeypatch.setattr(app_module, "available_cores", lambda: 1)
     assert app_module._detection_processes(settings, cpu, default) == 0
-    assert app_module._detection_processes(
-        Settings(data_dir=tmp_path, detection_processes=2), cpu, default) == 2
+    two = Settings(data_dir=tmp_path, detection_processes=2)
+    assert app_module._detection_processes(two, cpu, default) == 2
+    assert app_module._detection_processes(two, gpu, default) == 2  # asked for: honoured
+    assert app_module._detection_processes(two, cpu, lambda s: cpu) == 0
 
 
 def test_workers_that_cannot_start_leave_detection_to_the_threads(
