@@ -85,7 +85,8 @@ run() {
     # there but the staged wheels), the dlib model files from the stage.
     export PYTHONPATH=$REPO:$REPO/clients/python:$STAGE/site
     export FACESERVE_SHARED_DATA=${FACESERVE_SHARED_DATA:-$STAGE/data}
-    export FACESERVE_CACHE_DIR=${FACESERVE_CACHE_DIR:-$out/.weights}
+    # Outside OUT_DIR: the device tool brings back 8 files at most, and these are 3 of them.
+    export FACESERVE_CACHE_DIR=${FACESERVE_CACHE_DIR:-${TMPDIR:-/tmp}/faceserve-gpu-check-weights}
     export PYTHONUNBUFFERED=1
     local started=$SECONDS
     {
@@ -152,6 +153,15 @@ PYEOF
                                  --max-seconds 60)
     step "bench_service (verify and identify over HTTP)" 150 \
         "$PY" benchmarks/bench_service.py --device "$device" --out "$out" "${service_args[@]}"
+    # The same with the server's threads alone, the default before detection workers ran
+    # on a GPU (README, GPU figures): what the workers are worth on this machine.
+    local threads_args=(--faces 10000 --requests 200 --concurrency 1 4 16 --batching on
+                        --cell-seconds 8 --max-seconds 70)
+    (( quick )) && threads_args=(--faces 1000 --requests 20 --concurrency 1 4 --batching on
+                                 --cell-seconds 5 --max-seconds 30)
+    step "bench_service with the server's threads alone (FACESERVE_DETECTION_PROCESSES=0)" 100 \
+        env FACESERVE_DETECTION_PROCESSES=0 "$PY" benchmarks/bench_service.py --device "$device" \
+        --out "$out/threads" "${threads_args[@]}"
     echo "total $((SECONDS - started)) s" >> "$report"
     echo "report: $report ($((SECONDS - started)) s)"
 }

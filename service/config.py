@@ -244,11 +244,11 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="Worker processes that decode, detect and align photos (each loads its own "
-        "copy of the models). Unset: one per CPU core this "
-        "process may use, if there are two or more; 0: in the server process's inference "
-        "threads, where Python's GIL keeps two photos from using two cores (README, Speed). "
-        "A photo that arrives while nothing else runs stays in the server (no hand-over to "
-        "pay). On a GPU: none unless set (each worker then holds its own CUDA context).",
+        "copy of the models). Unset: on the CPU one per core this process may use, if there "
+        "are two or more; on a GPU half the cores, from four up (each worker holds its own "
+        "CUDA context; README, GPU figures). 0: in the server process's inference threads, "
+        "where Python's GIL keeps two photos from using two cores (README, Speed). A photo "
+        "that arrives while nothing else runs stays in the server (no hand-over to pay).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -126,10 +126,11 @@ def _detection_processes(
     settings: Settings, pipeline: Pipeline, make_pipeline: PipelineFactory
 ) -> int:
     """How many detection worker processes to run (``FACESERVE_DETECTION_PROCESSES``): none
-    for a pipeline the workers could not rebuild (the tests' fakes); on a GPU, the setting
-    if given (each worker then holds its own CUDA context), else none; on the CPU the
-    setting, by default one per core from two cores up."""
-    device = getattr(pipeline, "device", None)
+    for a pipeline the workers could not rebuild (the tests' fakes), else the setting, by
+    default one per core on the CPU from two cores up, and half the cores on a GPU from four
+    up (each worker holds its own CUDA context; the other half feed the GPU's embedding
+    batches and HTTP: 8 workers on a 16-core H200 host answered identify 5.5x faster at
+    concurrency 16 than the server's threads, README, GPU figures)."""
     if make_pipeline is not default_pipeline:
         if settings.detection_processes:
             log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: not the default pipeline",
@@ -137,10 +138,10 @@ def _detection_processes(
         return 0
     if settings.detection_processes is not None:
         return settings.detection_processes
-    if getattr(device, "type", None) != "cpu":
-        return 0
     cores = available_cores()
-    return cores if cores >= 2 else 0
+    if getattr(getattr(pipeline, "device", None), "type", None) == "cpu":
+        return cores if cores >= 2 else 0
+    return cores // 2 if cores >= 4 else 0
 
 
 def _start_workers(
