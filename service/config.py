@@ -245,8 +245,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Worker processes that decode, detect and align photos (each loads its own "
         "copy of the models). Unset: on the CPU one per core this process may use, if there "
-        "are two or more; on a GPU half the cores, from four up (each worker holds its own "
-        "CUDA context; README, GPU figures). 0: in the server process's inference threads, "
+        "are two or more; on a GPU half the cores from four up, at most 8 (each worker holds "
+        "its own CUDA context; README, GPU figures). 0: in the server process's inference threads, "
         "where Python's GIL keeps two photos from using two cores (README, Speed). A photo "
         "that arrives while nothing else runs stays in the server (no hand-over to pay).",
     )

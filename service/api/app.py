@@ -122,15 +122,20 @@ def default_pipeline(settings: Settings) -> Pipeline:
     return FacePipeline(**pipeline_kwargs(settings))
 
 
+# The most detection workers a GPU gets by default: the count measured (README, GPU figures).
+_GPU_WORKERS_MEASURED = 8
+
+
 def _detection_processes(
     settings: Settings, pipeline: Pipeline, make_pipeline: PipelineFactory
 ) -> int:
     """How many detection worker processes to run (``FACESERVE_DETECTION_PROCESSES``): none
     for a pipeline the workers could not rebuild (the tests' fakes), else the setting, by
     default one per core on the CPU from two cores up, and half the cores on a GPU from four
-    up (each worker holds its own CUDA context; the other half feed the GPU's embedding
-    batches and HTTP: 8 workers on a 16-core H200 host answered identify 5.5x faster at
-    concurrency 16 than the server's threads, README, GPU figures)."""
+    up, at most 8 (each worker holds its own CUDA context; the other half feed the GPU's
+    embedding batches and HTTP: 8 workers on a 16-core H200 host answered identify 5.5x
+    faster at concurrency 16 than the server's threads, README, GPU figures; more were not
+    measured, and each costs GPU memory)."""
     if make_pipeline is not default_pipeline:
         if settings.detection_processes:
             log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: not the default pipeline",
@@ -141,7 +146,7 @@ def _detection_processes(
     cores = available_cores()
     if getattr(getattr(pipeline, "device", None), "type", None) == "cpu":
         return cores if cores >= 2 else 0
-    return cores // 2 if cores >= 4 else 0
+    return min(cores // 2, _GPU_WORKERS_MEASURED) if cores >= 4 else 0
 
 
 def _start_workers(

@@ -363,6 +363,10 @@ def test_the_default_is_one_worker_per_core_on_the_cpu_half_on_a_gpu(
     monkeypatch.setattr(app_module, "available_cores", lambda: 16)
     assert app_module._detection_processes(settings, gpu, default) == 8
     assert app_module._detection_processes(settings, cpu, default) == 16
+    monkeypatch.setattr(app_module, "available_cores", lambda: 64)
+    assert app_module._detection_processes(settings, gpu, default) == 8  # the count measured
+    monkeypatch.setattr(app_module, "available_cores", lambda: 6)
+    assert app_module._detection_processes(settings, gpu, default) == 3
     monkeypatch.setattr(app_module, "available_cores", lambda: 3)
     assert app_module._detection_processes(settings, cpu, lambda s: cpu) == 0  # a fake
     monkeypatch.setattr(app_module, "available_cores", lambda: 1)
