@@ -147,21 +147,19 @@ PYEOF
     step "bench_detect (embed path by photo size and min_face_px)" 150 \
         "$PY" benchmarks/bench_detect.py --device "$device" --lfw 0 --out "$out" \
         "${detect_args[@]}"
-    local service_args=(--faces 10000 --requests 200 --concurrency 1 4 16 --cell-seconds 15
-                        --max-seconds 110)
+    # Twice: at the defaults (on a GPU: no detection workers) and with workers on half the
+    # cores, which detect on the CPU (README, GPU figures): small LFW photos and 640x480 ones,
+    # where the CPU's detection costs far more than the GPU's.
+    local service_args=(--faces 10000 --requests 200 --concurrency 1 4 16 --cell-seconds 12
+                        --max-seconds 110 --batching on --endpoints verify identify embed640)
     (( quick )) && service_args=(--faces 1000 --requests 20 --concurrency 1 4 --cell-seconds 5
-                                 --max-seconds 60)
-    step "bench_service (verify and identify over HTTP)" 150 \
+                                 --max-seconds 40 --batching on --endpoints identify embed640)
+    step "bench_service (verify, identify, embed 640x480 over HTTP; defaults)" 150 \
         "$PY" benchmarks/bench_service.py --device "$device" --out "$out" "${service_args[@]}"
-    # The same with the server's threads alone, the default before detection workers ran
-    # on a GPU (README, GPU figures): what the workers are worth on this machine.
-    local threads_args=(--faces 10000 --requests 200 --concurrency 1 4 16 --batching on
-                        --cell-seconds 8 --max-seconds 70)
-    (( quick )) && threads_args=(--faces 1000 --requests 20 --concurrency 1 4 --batching on
-                                 --cell-seconds 5 --max-seconds 30)
-    step "bench_service with the server's threads alone (FACESERVE_DETECTION_PROCESSES=0)" 100 \
-        env FACESERVE_DETECTION_PROCESSES=0 "$PY" benchmarks/bench_service.py --device "$device" \
-        --out "$out/threads" "${threads_args[@]}"
+    local workers=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+    step "bench_service with $workers detection workers (FACESERVE_DETECTION_PROCESSES)" 150 \
+        env FACESERVE_DETECTION_PROCESSES="$workers" "$PY" benchmarks/bench_service.py \
+        --device "$device" --out "$out/workers" "${service_args[@]}"
     echo "total $((SECONDS - started)) s" >> "$report"
     echo "report: $report ($((SECONDS - started)) s)"
 }

@@ -243,12 +243,13 @@ class Settings(BaseSettings):
     detection_processes: int | None = Field(
         None,
         ge=0,
-        description="Worker processes that decode, detect and align photos (each loads its own "
-        "copy of the models). Unset: on the CPU one per core this process may use, if there "
-        "are two or more; on a GPU half the cores from four up, at most 8 (each worker holds "
-        "its own CUDA context; README, GPU figures). 0: in the server process's inference threads, "
-        "where Python's GIL keeps two photos from using two cores (README, Speed). A photo "
-        "that arrives while nothing else runs stays in the server (no hand-over to pay).",
+        description="Worker processes that decode, detect and align photos, on the CPU (each "
+        "loads its own copy of the models). Unset: one per CPU core this process may use, if "
+        "there are two or more, and none when the models run on a GPU (there workers trade "
+        "the GPU's detection for the CPU's: README, GPU figures). 0: in the server process's "
+        "inference threads, where Python's GIL keeps two photos from using two cores (README, "
+        "Speed). A photo that arrives while nothing else runs stays in the server (no "
+        "hand-over to pay).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

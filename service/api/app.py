@@ -122,20 +122,15 @@ def default_pipeline(settings: Settings) -> Pipeline:
     return FacePipeline(**pipeline_kwargs(settings))
 
 
-# The most detection workers a GPU gets by default: the count measured (README, GPU figures).
-_GPU_WORKERS_MEASURED = 8
-
-
 def _detection_processes(
     settings: Settings, pipeline: Pipeline, make_pipeline: PipelineFactory
 ) -> int:
     """How many detection worker processes to run (``FACESERVE_DETECTION_PROCESSES``): none
     for a pipeline the workers could not rebuild (the tests' fakes), else the setting, by
-    default one per core on the CPU from two cores up, and half the cores on a GPU from four
-    up, at most 8 (each worker holds its own CUDA context; the other half feed the GPU's
-    embedding batches and HTTP: 8 workers on a 16-core H200 host answered identify 5.5x
-    faster at concurrency 16 than the server's threads, README, GPU figures; more were not
-    measured, and each costs GPU memory)."""
+    default one per core on the CPU from two cores up and none on a GPU. Workers always
+    detect on the CPU: beside a GPU they take photos off the server's GIL at the price of
+    CPU detection, which paid for small photos (README, GPU figures) and was not measured
+    for large ones, so there they are the operator's choice."""
     if make_pipeline is not default_pipeline:
         if settings.detection_processes:
             log.warning("FACESERVE_DETECTION_PROCESSES=%d ignored: not the default pipeline",
@@ -143,18 +138,18 @@ def _detection_processes(
         return 0
     if settings.detection_processes is not None:
         return settings.detection_processes
+    if getattr(getattr(pipeline, "device", None), "type", None) != "cpu":
+        return 0
     cores = available_cores()
-    if getattr(getattr(pipeline, "device", None), "type", None) == "cpu":
-        return cores if cores >= 2 else 0
-    return min(cores // 2, _GPU_WORKERS_MEASURED) if cores >= 4 else 0
+    return cores if cores >= 2 else 0
 
 
 def _start_workers(
     settings: Settings, processes: int, cores: int
 ) -> tuple[DetectionWorkers | None, Any]:
     """``processes`` detection workers sharing ``cores``, started, and their shared stage
-    counter; (None, None)
-    for none. Workers the operator asked for must start; by default, a machine where they
+    counter; (None, None) for none. The workers detect on the CPU whatever the server's
+    device. Workers the operator asked for must start; by default, a machine where they
     cannot (no ``/dev/shm`` for their semaphores, a sandbox without ``fork``) detects in the
     server's threads instead, and says so in the log."""
     if not processes:
