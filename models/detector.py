@@ -45,6 +45,7 @@ __all__ = [
     "DetectorConfig",
     "FaceDetector",
     "MMODNet",
+    "TapSumConv",
     "build_pyramid",
     "convert_dlib",
     "detection_scale",
@@ -100,6 +101,35 @@ _MIN_TENSOR_SIDE = _min_input_side()
 # ------------------------------------------------------------------------------------ network
 
 
+class TapSumConv(nn.Conv2d):
+    """A same-size convolution with few output channels, as one matrix product and a fold.
+
+    oneDNN computes a convolution with one output channel (MMOD's 9x9 score layer) at a few
+    GFLOP/s: on a 250x250 photo it took 3.5 ms of the 29 ms float32 pass for 1.5% of the
+    arithmetic. Here every input cell is first multiplied by all the kernel's taps at once
+    (a 1x1 product to ``out * k * k`` planes, a matrix product at full speed), and the planes
+    are then summed at their taps' offsets by ``F.fold`` (kernel flipped, since fold scatters
+    where a convolution gathers), in float32 whatever the input's type: 3.5x faster, equal
+    to ``nn.Conv2d`` to float32 rounding (the sums run in another order).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 padding: int) -> None:
+        if kernel_size != 2 * padding + 1:
+            raise ValueError("TapSumConv is a same-size convolution: kernel = 2 * padding + 1")
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        k = self.kernel_size[0]
+        taps = self.weight.flip(2, 3).permute(1, 0, 2, 3).reshape(c, -1)  # (C, out*k*k)
+        cells = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when channels-last
+        planes = (cells @ taps).reshape(n, h * w, -1).transpose(1, 2).float()
+        out = F.fold(planes, (h, w), k, padding=self.padding)
+        assert self.bias is not None
+        return out.add_(self.bias.float().view(1, -1, 1, 1)).to(x.dtype)
+
+
 class MMODNet(nn.Module):
     """The 19-layer detector CNN with its batch norms folded into the convolutions.
 
@@ -115,7 +145,8 @@ class MMODNet(nn.Module):
             layers += [nn.Conv2d(in_c, out_c, k, stride=s, padding=pad), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         out_c, in_c, k, s, pad = _SCORE_CONV
-        self.score = nn.Conv2d(in_c, out_c, k, stride=s, padding=pad)
+        assert s == 1
+        self.score = TapSumConv(in_c, out_c, k, padding=pad)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.score(self.features(x))

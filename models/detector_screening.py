@@ -18,6 +18,7 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -138,17 +139,25 @@ def exact_scores(
     x = tensor[..., top * stride : bottom * stride + receptive,
                left * stride : right * stride + receptive]  # fmt: skip
     for module in layers:
-        x = module(x)
         pad = pads.get(id(module), 0)
-        if pad:
-            # Cells within `pad` of a crop edge that is not the border are spoiled: drop them
-            # (what the later layers need lies further in).
-            dt = pad if top > 0 else 0
-            db = pad if bottom < h - 1 else 0
-            dl = pad if left > 0 else 0
-            dr = pad if right < w - 1 else 0
+        if not pad:
+            x = module(x)
+            continue
+        # Cells within `pad` of a crop edge that is not the border would be spoiled: they
+        # are dropped (what the later layers need lies further in), and a plain convolution
+        # never computes them: it pads the true border only and convolves unpadded.
+        dt = pad if top > 0 else 0
+        db = pad if bottom < h - 1 else 0
+        dl = pad if left > 0 else 0
+        dr = pad if right < w - 1 else 0
+        if type(module) is nn.Conv2d and dt + db + dl + dr:
+            x = F.pad(x, (pad - dl, pad - dr, pad - dt, pad - db))
+            x = F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation,
+                         module.groups)
+        else:
+            x = module(x)
             x = x[..., dt : x.shape[-2] - db, dl : x.shape[-1] - dr]
-            top, bottom, left, right = top + dt, bottom - db, left + dl, right - dr
+        top, bottom, left, right = top + dt, bottom - db, left + dl, right - dr
     return x[0, 0, r0 - top : r1 - top + 1, c0 - left : c1 - left + 1]
 
 

@@ -7,6 +7,7 @@ only our detector.
 
 from __future__ import annotations
 
+import copy
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.detector import FaceDetector, load_detector
+from models.detector import FaceDetector, TapSumConv, load_detector
 from models.imageio import decode_image
 from models.weights import dlib_model_path
 
@@ -105,6 +106,29 @@ def test_upsample_matches_dlib(detector, dlib_cnn, shared_data):
     ours = _ours(detector, strip, upsample=1)
     _assert_same_detections(ours, theirs)
     assert any(box[3] >= strip.shape[0] for box, _ in ours)  # boxes are not clipped
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(("out_c", "k"), [(1, 9), (3, 5), (2, 1)])
+def test_the_tap_sum_convolution_equals_a_plain_one(channels_last: bool, out_c: int, k: int):
+    """The score layer's matrix-product-and-fold form gives ``nn.Conv2d``'s values: a tap
+    summed at the wrong offset (an unflipped kernel, a transposed plane) fails this, on
+    rectangles smaller and larger than the kernel and a batch of two."""
+    torch.manual_seed(k)
+    conv = torch.nn.Conv2d(7, out_c, k, padding=k // 2).eval()
+    tap = TapSumConv(7, out_c, k, padding=k // 2).eval()
+    tap.load_state_dict(conv.state_dict())
+    tap_bf16 = copy.deepcopy(tap).to(torch.bfloat16)
+    for shape in [(2, 7, 13, 6), (1, 7, 3, 4), (1, 7, 40, 31)]:
+        x = torch.randn(shape)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            torch.testing.assert_close(tap(x), conv(x), rtol=0, atol=2e-5)
+            # bf16 (the screen): the products are bf16, the sums float32, the result bf16.
+            half = tap_bf16(x.to(torch.bfloat16))
+            assert half.dtype == torch.bfloat16
+            torch.testing.assert_close(half.float(), conv(x), rtol=0.02, atol=0.1)
 
 
 def test_dogs_have_no_faces(detector, shared_data):
