@@ -33,14 +33,24 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["PARALLEL_FACES", "PARALLEL_PIXELS", "CoreShare", "available_cores", "cpu_quota"]
+__all__ = [
+    "PARALLEL_FACES", "PARALLEL_PIXELS", "WORKER_PARALLEL_PIXELS", "CoreShare",
+    "available_cores", "cpu_quota", "rebalance",
+]
 
 R = TypeVar("R")
 
 
-# Photos from this many pixels up are worth more than one thread (640x480 is not: 64 ms on
-# one thread against 74 ms on two in the service; 1280x914 is).
+# Photos from this many pixels up are worth more than one thread when the server's own
+# threads detect (640x480 is not: 64 ms on one thread against 74 ms on two in the service;
+# 1280x914 is).
 PARALLEL_PIXELS = 1_000_000
+# In a detection worker process, photos from this many pixels up. There one thread calls
+# torch, so no other thread's stage inherits a spinning OpenMP team, and a photo alone is
+# faster on every core from small sizes up (640x480 through /embed at concurrency 1: p50 90
+# ms against 105 on 2 cores, bench_service.py); LFW's 250x250 stays on one thread, since the
+# throughput of many small photos at once is what matters there.
+WORKER_PARALLEL_PIXELS = 200_000
 # Embedding batches from this many faces up, likewise (4 faces: 18 ms on one thread, 12 on
 # two; 32 faces: 119 and 65 ms; one face gains nothing).
 PARALLEL_FACES = 4
@@ -76,13 +86,38 @@ def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
+# The stage this thread is in, for ``rebalance``: (its share, whether it is large).
+_current = threading.local()
+
+
+def rebalance() -> None:
+    """Between the steps of a long computation: resize this thread's torch pool to its share
+    of the cores now, if it is in a large stage.
+
+    A large stage's share is fixed when it starts; a stage that starts beside it later gets
+    one thread, and the two then ask for more threads than there are cores (OpenMP threads
+    spin while they wait for each other: at concurrency 2 the p99 of 640x480 photos grew by
+    40%). Calling this between a network's layers makes the first stage give the cores back
+    while the other runs, and take them again when it ends. Outside a large stage, nothing.
+    """
+    stage = getattr(_current, "stage", None)
+    if stage is None or not stage[1]:
+        return
+    threads = max(1, stage[0].cores // max(1, stage[0].running))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+
+
 class CoreShare:
     """Counts the inference stages running and sizes each new one's torch thread pool."""
 
-    def __init__(self, cores: int | None = None, counter: Any | None = None) -> None:
+    def __init__(self, cores: int | None = None, counter: Any | None = None,
+                 parallel_pixels: int = PARALLEL_PIXELS) -> None:
         """``counter``: a ``multiprocessing.Value("i")`` to count the stages of every process
-        that holds it; None counts this process's alone."""
+        that holds it; None counts this process's alone. ``parallel_pixels``: the photo size
+        from which a photo stage is large (``WORKER_PARALLEL_PIXELS`` in a worker process)."""
         self.cores = max(1, cores if cores is not None else torch.get_num_threads())
+        self.parallel_pixels = parallel_pixels
         self._counter = counter
         self._running = 0
         self._lock = threading.Lock()
@@ -108,16 +143,19 @@ class CoreShare:
         running = self._add(1)
         threads = max(1, self.cores // running) if large else 1
         previous = torch.get_num_threads()
+        outer = getattr(_current, "stage", None)
         torch.set_num_threads(threads)
+        _current.stage = (self, large)
         try:
             yield threads
         finally:
+            _current.stage = outer
             torch.set_num_threads(previous)  # the thread's own setting outside stages
             self._add(-1)
 
     def photo_stage(self, pixels: int) -> AbstractContextManager[int]:
         """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment)."""
-        return self.stage(pixels >= PARALLEL_PIXELS)
+        return self.stage(pixels >= self.parallel_pixels)
 
     def embedding(self, embed: Callable[[np.ndarray], R]) -> Callable[[np.ndarray], R]:
         """``embed(chips)`` run as one stage, large from ``PARALLEL_FACES`` chips."""

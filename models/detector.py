@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.boxes import dlib_nms
+from models.cpu_share import rebalance
 from models.detector_screening import ScreenedScorer, bf16_is_fast
 from models.device import resolve_device
 from models.dlib_format import DlibFormatError, DnnLayer, check_finite, read_dnn
@@ -149,7 +150,12 @@ class MMODNet(nn.Module):
         self.score = TapSumConv(in_c, out_c, k, padding=pad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.score(self.features(x))
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                rebalance()  # a long photo takes the cores other stages leave it, as they go
+            x = layer(x)
+        rebalance()
+        return self.score(x)
 
 
 # ---------------------------------------------------------------------------------- conversion

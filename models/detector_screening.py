@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.cpu_share import rebalance
+
 __all__ = [
     "DEFAULT_MARGIN",
     "ScreenedScorer",
@@ -139,6 +141,8 @@ def exact_scores(
     x = tensor[..., top * stride : bottom * stride + receptive,
                left * stride : right * stride + receptive]  # fmt: skip
     for module in layers:
+        if isinstance(module, nn.Conv2d):
+            rebalance()  # the cores this photo's stage may use now (models.cpu_share)
         pad = pads.get(id(module), 0)
         if not pad:
             x = module(x)

@@ -13,10 +13,13 @@ import torch
 from models.cpu_share import (
     PARALLEL_FACES,
     PARALLEL_PIXELS,
+    WORKER_PARALLEL_PIXELS,
     CoreShare,
     available_cores,
     cpu_quota,
+    rebalance,
 )
+from models.detector import MMODNet
 
 
 def test_a_small_stage_gets_one_thread_and_a_large_one_alone_gets_every_core() -> None:
@@ -88,6 +91,86 @@ def test_stages_are_counted_across_shares_with_one_counter() -> None:
     assert counter.value == 0
     with worker.stage(large=True) as threads:
         assert threads == 4
+
+
+def test_a_worker_share_runs_mid_sized_photos_on_every_core() -> None:
+    """In a worker process a 640x480 photo alone is large; LFW's 250x250 is not."""
+    share = CoreShare(cores=4, parallel_pixels=WORKER_PARALLEL_PIXELS)
+    with share.photo_stage(640 * 480) as threads:
+        assert threads == 4
+    with share.photo_stage(250 * 250) as threads:
+        assert threads == 1
+
+
+def test_a_large_stage_gives_cores_back_while_another_runs_and_takes_them_again() -> None:
+    """``rebalance`` resizes a running large stage's pool to its share now: halved while a
+    second stage runs beside it, whole again after; a small stage and a thread outside any
+    stage keep theirs."""
+    share = CoreShare(cores=4)
+    before = torch.get_num_threads()
+    rebalance()
+    assert torch.get_num_threads() == before  # outside a stage: untouched
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with share.stage():
+            entered.set()
+            release.wait(10)
+
+    with share.stage(large=True) as threads:
+        assert threads == 4
+        worker = threading.Thread(target=other)
+        worker.start()
+        try:
+            assert entered.wait(10)
+            rebalance()
+            assert torch.get_num_threads() == 2
+        finally:
+            release.set()
+            worker.join(10)
+        rebalance()
+        assert torch.get_num_threads() == 4
+        with share.stage() as inner:  # a small stage inside: one thread, left alone
+            rebalance()
+            assert inner == 1 and torch.get_num_threads() == 1
+        rebalance()
+        assert torch.get_num_threads() == 4  # the inner stage ended: all four again
+    assert torch.get_num_threads() == before
+
+
+def test_the_detector_network_rebalances_between_its_layers() -> None:
+    """The detector calls ``rebalance`` between layers: a stage that starts while the
+    network runs takes threads from it at the next layer."""
+    share = CoreShare(cores=4)
+    net = MMODNet().eval()
+    seen: list[int] = []
+    started = threading.Event()
+
+    def record(module: torch.nn.Module, args: object) -> None:
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:  # a second stage starts during the network's second layer
+            threading.Thread(target=lambda: _hold(share, started)).start()
+            assert started.wait(10)
+
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with share.stage(large=True), torch.inference_mode():
+            net(torch.zeros(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+        _release.set()
+    assert seen[:2] == [4, 4] and seen[2:] == [2] * (len(seen) - 2)
+
+
+_release = threading.Event()
+
+
+def _hold(share: CoreShare, started: threading.Event) -> None:
+    with share.stage():
+        started.set()
+        _release.wait(10)
 
 
 def test_the_cgroup_quota_caps_the_cores(tmp_path: Path) -> None:
