@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "PARALLEL_FACES", "PARALLEL_PIXELS", "WORKER_PARALLEL_PIXELS", "CoreShare",
+    "PARALLEL_FACES", "PARALLEL_PIXELS", "PARALLEL_PIXELS_ALONE", "CoreShare",
     "available_cores", "cpu_quota", "rebalance",
 ]
 
@@ -45,12 +45,13 @@ R = TypeVar("R")
 # threads detect (640x480 is not: 64 ms on one thread against 74 ms on two in the service;
 # 1280x914 is).
 PARALLEL_PIXELS = 1_000_000
-# In a detection worker process, photos from this many pixels up. There one thread calls
-# torch, so no other thread's stage inherits a spinning OpenMP team, and a photo alone is
-# faster on every core from small sizes up (640x480 through /embed at concurrency 1: p50 90
-# ms against 105 on 2 cores, bench_service.py); LFW's 250x250 stays on one thread, since the
-# throughput of many small photos at once is what matters there.
-WORKER_PARALLEL_PIXELS = 200_000
+# Photos from this many pixels up, when their stage has its process's torch to itself (a
+# detection worker process; the server's photo kept inline because nothing else runs): no
+# other thread's stage inherits a spinning OpenMP team there, and detection alone is faster
+# on every core from small sizes up (on 2 cores a 480x373 photo 1.4x; POST /embed of a
+# 640x480 one through the app 95 ms against 113, interleaved).
+# LFW's 250x250 stays on one thread: many small photos at once are what matters there.
+PARALLEL_PIXELS_ALONE = 200_000
 # Embedding batches from this many faces up, likewise (4 faces: 18 ms on one thread, 12 on
 # two; 32 faces: 119 and 65 ms; one face gains nothing).
 PARALLEL_FACES = 4
@@ -96,9 +97,10 @@ def rebalance() -> None:
 
     A large stage's share is fixed when it starts; a stage that starts beside it later gets
     one thread, and the two then ask for more threads than there are cores (OpenMP threads
-    spin while they wait for each other: at concurrency 2 the p99 of 640x480 photos grew by
-    40%). Calling this between a network's layers makes the first stage give the cores back
-    while the other runs, and take them again when it ends. Outside a large stage, nothing.
+    spin while they wait for each other: in one run at concurrency 2, the p99 of 640x480
+    photos rose from 184 to 261 ms). Calling this between a network's layers makes the
+    first stage give the cores back while the other runs, and take them again when it ends.
+    Outside a large stage, nothing.
     """
     stage = getattr(_current, "stage", None)
     if stage is None or not stage[1]:
@@ -115,7 +117,7 @@ class CoreShare:
                  parallel_pixels: int = PARALLEL_PIXELS) -> None:
         """``counter``: a ``multiprocessing.Value("i")`` to count the stages of every process
         that holds it; None counts this process's alone. ``parallel_pixels``: the photo size
-        from which a photo stage is large (``WORKER_PARALLEL_PIXELS`` in a worker process)."""
+        from which a photo stage is large (``PARALLEL_PIXELS_ALONE`` in a worker process)."""
         self.cores = max(1, cores if cores is not None else torch.get_num_threads())
         self.parallel_pixels = parallel_pixels
         self._counter = counter
@@ -153,9 +155,10 @@ class CoreShare:
             torch.set_num_threads(previous)  # the thread's own setting outside stages
             self._add(-1)
 
-    def photo_stage(self, pixels: int) -> AbstractContextManager[int]:
-        """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment)."""
-        return self.stage(pixels >= self.parallel_pixels)
+    def photo_stage(self, pixels: int, alone: bool = False) -> AbstractContextManager[int]:
+        """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment);
+        ``alone``: the only stage of its process, large from ``PARALLEL_PIXELS_ALONE``."""
+        return self.stage(pixels >= (PARALLEL_PIXELS_ALONE if alone else self.parallel_pixels))
 
     def embedding(self, embed: Callable[[np.ndarray], R]) -> Callable[[np.ndarray], R]:
         """``embed(chips)`` run as one stage, large from ``PARALLEL_FACES`` chips."""

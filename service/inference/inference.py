@@ -154,7 +154,11 @@ class Inference:
         min_face_px: int | None = None,
         gone: threading.Event | None = None,
         pick: FacePicker | None = None,
+        alone: bool = False,
     ) -> Chosen:
+        """Decode, detect, choose and align on this process's threads. ``alone``: kept from
+        the workers because nothing else runs, so a mid-sized photo takes every core
+        (``CoreShare.photo_stage``)."""
         _check(gone)  # cancelled while it waited for a thread
         held: list[int] = []
         budget = self.pixel_budget
@@ -170,7 +174,8 @@ class Inference:
             digest = hashlib.sha256(data).hexdigest()
             _check(gone)
             pixels = decoded.image.shape[0] * decoded.image.shape[1]
-            with self.cores.photo_stage(pixels) if self.cores is not None else nullcontext():
+            cores = self.cores
+            with cores.photo_stage(pixels, alone) if cores is not None else nullcontext():
                 local = detect_faces(self.pipeline, decoded, face_crop, min_face_px)
                 _require_face(face_crop, local)
                 told = in_client_pixels(local, decoded)
@@ -272,7 +277,8 @@ class Inference:
                                                          face_crop, min_face_px, pick)
                 else:
                     found = await self._run(self._detect_and_align, data, select, primary,
-                                            face_crop, min_face_px, gone, pick)
+                                            face_crop, min_face_px, gone, pick,
+                                            self.workers is not None)  # alone
             finally:
                 self._photos -= 1
             embeddings = await self.embedder.embed(found.chips)

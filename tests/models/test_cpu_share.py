@@ -13,7 +13,7 @@ import torch
 from models.cpu_share import (
     PARALLEL_FACES,
     PARALLEL_PIXELS,
-    WORKER_PARALLEL_PIXELS,
+    PARALLEL_PIXELS_ALONE,
     CoreShare,
     available_cores,
     cpu_quota,
@@ -95,7 +95,7 @@ def test_stages_are_counted_across_shares_with_one_counter() -> None:
 
 def test_a_worker_share_runs_mid_sized_photos_on_every_core() -> None:
     """In a worker process a 640x480 photo alone is large; LFW's 250x250 is not."""
-    share = CoreShare(cores=4, parallel_pixels=WORKER_PARALLEL_PIXELS)
+    share = CoreShare(cores=4, parallel_pixels=PARALLEL_PIXELS_ALONE)
     with share.photo_stage(640 * 480) as threads:
         assert threads == 4
     with share.photo_stage(250 * 250) as threads:

@@ -10,6 +10,7 @@ path; the real pool runs over the real models (LFW photos).
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import pickle
 import signal
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from models.cpu_share import CoreShare
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
@@ -162,6 +165,35 @@ def test_a_photo_alone_stays_in_the_server(make_client: Any) -> None:
                                          "image_b": ("b.png", fake_photo(person=3, variant=1))})
     assert r.status_code == 200, r.text
     assert len(inline.jobs) == 3
+
+
+def test_a_mid_sized_photo_alone_in_the_server_takes_every_core(make_client: Any) -> None:
+    """Kept inline because nothing else runs, a 640x480 photo is detected on every core (its
+    stage has the process to itself: ``PARALLEL_PIXELS_ALONE``); with no workers at all,
+    where the server's threads detect every photo, it gets one thread."""
+    pipe = FakePipeline()
+    threads: list[int] = []
+    detect = pipe.detect
+
+    def recording(image: np.ndarray, min_face_px: int | None = None) -> list[Any]:
+        threads.append(torch.get_num_threads())
+        return detect(image, min_face_px)
+
+    pipe.detect = recording  # type: ignore[method-assign]
+    client = make_client(pipe)
+    inference = client.app.state.services.inference
+    inference.cores = CoreShare(4)
+    pixels = np.zeros((480, 640, 3), np.uint8)
+    pixels[0, 0] = (1, 0, 7)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    photo = {"image": ("a.png", buf.getvalue())}
+    inference.workers = inline = InlineWorkers(pipe)
+    assert client.post("/v1/embed", files=photo).status_code == 200
+    assert inline.jobs == [] and threads == [4]
+    inference.workers = None
+    assert client.post("/v1/embed", files=photo).status_code == 200
+    assert threads == [4, 1]
 
 
 # ----------------------------------------------------------------------- the process pool
