@@ -10,6 +10,7 @@ them with other requests' chips. The event loop only awaits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import threading
@@ -205,16 +206,14 @@ class Inference:
         assesses every face it finds; the choice of faces is made here. The pixel budget is
         taken from the header before the photo leaves for the worker."""
         budget = self.pixel_budget
-        pixels = 0
+        release = None
         if budget is not None:
             reduction = reduction_for(self.pipeline, face_crop, min_face_px)
             pixels = decoded_pixels(data, self.max_pixels, reduction)
             budget.take(pixels)
-        try:
-            photo = await workers.faces(PhotoJob(data, self.max_pixels, face_crop, min_face_px))
-        finally:
-            if budget is not None:
-                budget.give(pixels)
+            release = functools.partial(budget.give, pixels)
+        job = PhotoJob(data, self.max_pixels, face_crop, min_face_px)
+        photo = await workers.faces(job, release)
         _require_face(face_crop, photo.faces)
         rows, chosen, selection = _choose(photo.faces, photo.width, photo.height, select,
                                           primary, pick)

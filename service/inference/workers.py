@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -96,28 +96,49 @@ class DetectionWorkers:
         futures = [self._executor.submit(self._ready) for _ in range(self.processes)]
         return sorted({f.result() for f in futures})
 
-    async def faces(self, job: PhotoJob) -> PhotoFaces:
+    async def faces(self, job: PhotoJob, release: Callable[[], None] | None = None
+                    ) -> PhotoFaces:
         """``job``'s faces from a worker. Image errors raised there are raised here; a worker
-        lost with the photo is ``WorkerLost`` (503)."""
-        loop = asyncio.get_running_loop()
-        executor = self._executor
+        lost with the photo is ``WorkerLost`` (503).
+
+        ``release`` is called once no worker holds the photo any more: when this returns or
+        raises, or, for a request cancelled while a worker already has its photo (a client
+        gone, a timeout), when that worker is done with it. What the caller reserved for the
+        photo (its decoded pixels) stays reserved while the photo is really in memory."""
         try:
-            future = loop.run_in_executor(executor, self._task, job)
-        except (BrokenProcessPool, RuntimeError):
-            # Broken (or already replaced and shut down) before this photo was handed over.
-            self._replace(executor)
-            executor = self._executor
-            future = loop.run_in_executor(executor, self._task, job)
+            executor, task = self._submit(job)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         try:
-            photo = await future
+            # Cancelling this await cancels ``task`` too, unless a worker already runs it.
+            photo = await asyncio.wrap_future(task)
         except BrokenProcessPool as exc:
             self._replace(executor)
             raise WorkerLost(
                 "a detection worker process died while it held this photo (killed, or out of "
                 "memory); the workers were restarted: retry"
             ) from exc
+        finally:
+            if release is not None:
+                if task.done():
+                    release()
+                else:  # cancelled while a worker has it: released when the worker is done
+                    task.add_done_callback(lambda _: release())
         self.photos += 1
         return photo
+
+    def _submit(self, job: PhotoJob) -> tuple[ProcessPoolExecutor, Future[PhotoFaces]]:
+        """``job`` handed to the pool, and the pool that has it."""
+        executor = self._executor
+        try:
+            return executor, executor.submit(self._task, job)
+        except (BrokenProcessPool, RuntimeError):
+            # Broken (or already replaced and shut down) before this photo was handed over.
+            self._replace(executor)
+            executor = self._executor
+            return executor, executor.submit(self._task, job)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import signal
+import threading
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -42,9 +43,13 @@ class InlineWorkers:
         self.pipeline = pipeline
         self.jobs: list[PhotoJob] = []
 
-    async def faces(self, job: PhotoJob) -> PhotoFaces:
+    async def faces(self, job: PhotoJob, release: Any = None) -> PhotoFaces:
         self.jobs.append(pickle.loads(pickle.dumps(job)))
-        return pickle.loads(pickle.dumps(photo_faces(self.pipeline, job)))
+        try:
+            return pickle.loads(pickle.dumps(photo_faces(self.pipeline, job)))
+        finally:
+            if release is not None:
+                release()
 
     def close(self) -> None:
         pass
@@ -120,9 +125,9 @@ def test_worker_path_holds_and_returns_the_pixel_budget(make_client: Any) -> Non
     seen: list[int] = []
 
     class HeldWorkers(InlineWorkers):
-        async def faces(self, job: PhotoJob) -> PhotoFaces:
+        async def faces(self, job: PhotoJob, release: Any = None) -> PhotoFaces:
             seen.append(inference.pixel_budget.held)
-            return await super().faces(job)
+            return await super().faces(job, release)
 
     inference.workers = HeldWorkers(pipe)
     inference.inline_when_idle = False
@@ -268,6 +273,51 @@ def test_a_worker_dying_with_a_photo_is_503_and_the_pool_is_replaced() -> None:
         workers._task = _empty  # the next photo is fine: the new pool answers it
         assert asyncio.run(workers.faces(PhotoJob(b"x", 100))).faces == []
         assert workers.restarts == 1
+    finally:
+        workers.close()
+
+
+def _held_until_told(job: PhotoJob) -> PhotoFaces:
+    """Says it has the photo (a file ``started`` in the directory ``job.data`` names), then
+    holds it until told (a file ``go``)."""
+    folder = Path(job.data.decode())
+    (folder / "started").touch()
+    deadline = time.monotonic() + 30
+    while not (folder / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _empty(job)
+
+
+def test_a_request_cancelled_while_a_worker_has_its_photo_releases_it_after(
+    tmp_path: Path,
+) -> None:
+    """A request that goes away (client gone, timeout) while a worker decodes its photo
+    keeps the photo's reservation (``release``) until the worker is done with it, since the
+    photo is still in memory there; a request answered releases it at once."""
+    workers = _pool(_held_until_told)
+    released = threading.Event()
+    try:
+        workers.start()
+
+        async def cancel_while_held() -> None:
+            request = asyncio.ensure_future(
+                workers.faces(PhotoJob(str(tmp_path).encode(), 100), released.set))
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+
+        asyncio.run(cancel_while_held())
+        assert (tmp_path / "started").exists()
+        assert not released.is_set()  # the worker still has the photo
+        (tmp_path / "go").touch()
+        assert released.wait(30)
+        answered = threading.Event()
+        assert asyncio.run(workers.faces(PhotoJob(str(tmp_path).encode(), 100),
+                                         answered.set)).faces == []
+        assert answered.is_set()
     finally:
         workers.close()
 
