@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
+from starlette.types import Message
 
 from models.cpu_share import CoreShare, available_cores
 from service.api.accesslog import AccessLogMiddleware
@@ -320,6 +321,29 @@ def _finish_schema(schema: dict[str, Any]) -> None:
         components.pop("ValidationError", None)
 
 
+async def _walk_routes(app: FastAPI) -> None:
+    """Route one request that matches nothing, before the server takes any.
+
+    FastAPI from 0.16x builds an included router's routes (their pydantic models) on the
+    first request that walks it: ~0.4 s for ours, on the event loop, so the first request
+    after a start waited that long, with every other one behind it, and one under a short
+    ``request_timeout_s`` was cut off with its answer half sent. A path no route matches
+    walks them all. Older FastAPI builds them at ``include_router``: a cheap 404.
+    """
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/-", "raw_path": b"/-",
+             "root_path": "", "query_string": b"", "headers": [], "server": None,
+             "client": None}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app.router(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -345,6 +369,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(load(app))
+        await _walk_routes(app)
         try:
             yield
         finally:
