@@ -106,7 +106,7 @@ class TapSumConv(nn.Conv2d):
     """A same-size convolution with few output channels, as one matrix product and a fold.
 
     oneDNN computes a convolution with one output channel (MMOD's 9x9 score layer) at a few
-    GFLOP/s: on a 250x250 photo it took 3.5 ms of the 29 ms float32 pass for 1.5% of the
+    GFLOP/s: on a 250x250 photo it took 3.5 ms of the ~22 ms float32 pass for 1.5% of the
     arithmetic. Here every input cell is first multiplied by all the kernel's taps at once
     (a 1x1 product to ``out * k * k`` planes, a matrix product at full speed), and the planes
     are then summed at their taps' offsets by ``F.fold`` (kernel flipped, since fold scatters
