@@ -144,12 +144,19 @@ def test_the_detector_network_rebalances_between_its_layers() -> None:
     share = CoreShare(cores=4)
     net = MMODNet().eval()
     seen: list[int] = []
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with share.stage():
+            started.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
 
     def record(module: torch.nn.Module, args: object) -> None:
         seen.append(torch.get_num_threads())
         if len(seen) == 2:  # a second stage starts during the network's second layer
-            threading.Thread(target=lambda: _hold(share, started)).start()
+            other.start()
             assert started.wait(10)
 
     hooks = [m.register_forward_pre_hook(record) for m in net.modules()
@@ -160,17 +167,10 @@ def test_the_detector_network_rebalances_between_its_layers() -> None:
     finally:
         for h in hooks:
             h.remove()
-        _release.set()
+        release.set()
+        if other.is_alive():
+            other.join(10)
     assert seen[:2] == [4, 4] and seen[2:] == [2] * (len(seen) - 2)
-
-
-_release = threading.Event()
-
-
-def _hold(share: CoreShare, started: threading.Event) -> None:
-    with share.stage():
-        started.set()
-        _release.wait(10)
 
 
 def test_the_cgroup_quota_caps_the_cores(tmp_path: Path) -> None:
