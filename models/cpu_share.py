@@ -113,13 +113,10 @@ def rebalance() -> None:
 class CoreShare:
     """Counts the inference stages running and sizes each new one's torch thread pool."""
 
-    def __init__(self, cores: int | None = None, counter: Any | None = None,
-                 parallel_pixels: int = PARALLEL_PIXELS) -> None:
+    def __init__(self, cores: int | None = None, counter: Any | None = None) -> None:
         """``counter``: a ``multiprocessing.Value("i")`` to count the stages of every process
-        that holds it; None counts this process's alone. ``parallel_pixels``: the photo size
-        from which a photo stage is large (``PARALLEL_PIXELS_ALONE`` in a worker process)."""
+        that holds it; None counts this process's alone."""
         self.cores = max(1, cores if cores is not None else torch.get_num_threads())
-        self.parallel_pixels = parallel_pixels
         self._counter = counter
         self._running = 0
         self._lock = threading.Lock()
@@ -157,8 +154,9 @@ class CoreShare:
 
     def photo_stage(self, pixels: int, alone: bool = False) -> AbstractContextManager[int]:
         """A stage on a photo of ``pixels`` pixels (detection, landmarks, alignment);
-        ``alone``: the only stage of its process, large from ``PARALLEL_PIXELS_ALONE``."""
-        return self.stage(pixels >= (PARALLEL_PIXELS_ALONE if alone else self.parallel_pixels))
+        ``alone``: the only stage of its process (a detection worker's photo, or the server's
+        photo kept inline because nothing else runs), large from ``PARALLEL_PIXELS_ALONE``."""
+        return self.stage(pixels >= (PARALLEL_PIXELS_ALONE if alone else PARALLEL_PIXELS))
 
     def embedding(self, embed: Callable[[np.ndarray], R]) -> Callable[[np.ndarray], R]:
         """``embed(chips)`` run as one stage, large from ``PARALLEL_FACES`` chips."""

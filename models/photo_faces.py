@@ -107,7 +107,8 @@ def photo_faces(pipeline: Any, job: PhotoJob, cores: CoreShare | None = None) ->
     (``models.imageio.ImageError``) propagate; no face is an empty result."""
     decoded = decode_photo(pipeline, job.data, job.max_pixels, job.face_crop, job.min_face_px)
     pixels = decoded.image.shape[0] * decoded.image.shape[1]
-    with cores.photo_stage(pixels) if cores is not None else nullcontext():
+    # A worker process runs one photo at a time: its stage has the process's torch to itself.
+    with cores.photo_stage(pixels, alone=True) if cores is not None else nullcontext():
         local = detect_faces(pipeline, decoded, job.face_crop, job.min_face_px)
         chips = pipeline.align(decoded.image, local)
     faces = in_client_pixels(local, decoded)

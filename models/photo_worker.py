@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.cpu_share import PARALLEL_PIXELS_ALONE, CoreShare
+from models.cpu_share import CoreShare
 from models.photo_faces import PhotoFaces, PhotoJob, photo_faces
 
 __all__ = ["alive", "ready", "run", "start", "watch_server"]
@@ -46,7 +46,7 @@ def start(pipeline_kwargs: dict[str, Any], cores: int, counter: Any, server: int
     _pipeline.embedder = None
     _pipeline.model.module = None
     gc.collect()
-    _cores = CoreShare(cores, counter=counter, parallel_pixels=PARALLEL_PIXELS_ALONE)
+    _cores = CoreShare(cores, counter=counter)
     # One detection on a blank photo, so that no request pays the kernels' lazy set-up.
     _pipeline.detect(np.zeros((120, 160, 3), np.uint8))
 

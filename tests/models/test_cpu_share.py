@@ -13,7 +13,6 @@ import torch
 from models.cpu_share import (
     PARALLEL_FACES,
     PARALLEL_PIXELS,
-    PARALLEL_PIXELS_ALONE,
     CoreShare,
     available_cores,
     cpu_quota,
@@ -93,12 +92,12 @@ def test_stages_are_counted_across_shares_with_one_counter() -> None:
         assert threads == 4
 
 
-def test_a_worker_share_runs_mid_sized_photos_on_every_core() -> None:
-    """In a worker process a 640x480 photo alone is large; LFW's 250x250 is not."""
-    share = CoreShare(cores=4, parallel_pixels=PARALLEL_PIXELS_ALONE)
-    with share.photo_stage(640 * 480) as threads:
+def test_a_photo_alone_in_its_process_runs_mid_sized_photos_on_every_core() -> None:
+    """A 640x480 photo alone in its process is large; LFW's 250x250 is not."""
+    share = CoreShare(cores=4)
+    with share.photo_stage(640 * 480, alone=True) as threads:
         assert threads == 4
-    with share.photo_stage(250 * 250) as threads:
+    with share.photo_stage(250 * 250, alone=True) as threads:
         assert threads == 1
 
 
