@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -32,8 +34,9 @@ def test_a_small_stage_gets_one_thread_and_a_large_one_alone_gets_every_core() -
     assert torch.get_num_threads() == before  # restored after the stage
 
 
-def test_a_large_stage_beside_others_gets_its_part() -> None:
-    share = CoreShare(cores=4)
+@contextmanager
+def _stage_beside(share: CoreShare) -> Iterator[None]:
+    """Another thread's (small) stage of ``share``, running until the block ends."""
     entered, release = threading.Event(), threading.Event()
 
     def other() -> None:
@@ -45,11 +48,16 @@ def test_a_large_stage_beside_others_gets_its_part() -> None:
     worker.start()
     try:
         assert entered.wait(10)
-        with share.photo_stage(4000 * 3000) as threads:
-            assert threads == 2 and share.running == 2
+        yield
     finally:
         release.set()
         worker.join(10)
+
+
+def test_a_large_stage_beside_others_gets_its_part() -> None:
+    share = CoreShare(cores=4)
+    with _stage_beside(share), share.photo_stage(4000 * 3000) as threads:
+        assert threads == 2 and share.running == 2
     assert share.running == 0
 
 
@@ -109,24 +117,11 @@ def test_a_large_stage_gives_cores_back_while_another_runs_and_takes_them_again(
     before = torch.get_num_threads()
     rebalance()
     assert torch.get_num_threads() == before  # outside a stage: untouched
-    entered, release = threading.Event(), threading.Event()
-
-    def other() -> None:
-        with share.stage():
-            entered.set()
-            release.wait(10)
-
     with share.stage(large=True) as threads:
         assert threads == 4
-        worker = threading.Thread(target=other)
-        worker.start()
-        try:
-            assert entered.wait(10)
+        with _stage_beside(share):
             rebalance()
             assert torch.get_num_threads() == 2
-        finally:
-            release.set()
-            worker.join(10)
         rebalance()
         assert torch.get_num_threads() == 4
         with share.stage() as inner:  # a small stage inside: one thread, left alone
@@ -143,32 +138,21 @@ def test_the_detector_network_rebalances_between_its_layers() -> None:
     share = CoreShare(cores=4)
     net = MMODNet().eval()
     seen: list[int] = []
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with share.stage():
-            started.set()
-            release.wait(10)
-
-    other = threading.Thread(target=hold)
+    beside = ExitStack()
 
     def record(module: torch.nn.Module, args: object) -> None:
         seen.append(torch.get_num_threads())
         if len(seen) == 2:  # a second stage starts during the network's second layer
-            other.start()
-            assert started.wait(10)
+            beside.enter_context(_stage_beside(share))
 
     hooks = [m.register_forward_pre_hook(record) for m in net.modules()
              if isinstance(m, torch.nn.Conv2d)]
     try:
-        with share.stage(large=True), torch.inference_mode():
+        with beside, share.stage(large=True), torch.inference_mode():
             net(torch.zeros(1, 3, 64, 64))
     finally:
         for h in hooks:
             h.remove()
-        release.set()
-        if other.is_alive():
-            other.join(10)
     assert seen[:2] == [4, 4] and seen[2:] == [2] * (len(seen) - 2)
 
 
