@@ -87,7 +87,7 @@ def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
-# The stage this thread is in, for ``rebalance``: (its share, whether it is large).
+# The large stage this thread is in (its CoreShare), for ``rebalance``; None in a small one.
 _current = threading.local()
 
 
@@ -102,10 +102,10 @@ def rebalance() -> None:
     first stage give the cores back while the other runs, and take them again when it ends.
     Outside a large stage, nothing.
     """
-    stage = getattr(_current, "stage", None)
-    if stage is None or not stage[1]:
+    share = getattr(_current, "large_stage", None)
+    if share is None:
         return
-    threads = max(1, stage[0].cores // max(1, stage[0].running))
+    threads = share.threads_for(share.running)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
 
@@ -125,6 +125,11 @@ class CoreShare:
     def running(self) -> int:
         return self._running if self._counter is None else self._counter.value
 
+    def threads_for(self, running: int) -> int:
+        """A large stage's torch threads while ``running`` stages run: its share of the
+        cores."""
+        return max(1, self.cores // max(1, running))
+
     def _add(self, n: int) -> int:
         """Add ``n`` to the stages running; returns the new count."""
         if self._counter is None:
@@ -140,15 +145,15 @@ class CoreShare:
         """Run the body with this thread's share of the cores (yielded): one thread, or for a
         ``large`` stage ``cores // stages running``."""
         running = self._add(1)
-        threads = max(1, self.cores // running) if large else 1
+        threads = self.threads_for(running) if large else 1
         previous = torch.get_num_threads()
-        outer = getattr(_current, "stage", None)
+        outer = getattr(_current, "large_stage", None)
         torch.set_num_threads(threads)
-        _current.stage = (self, large)
+        _current.large_stage = self if large else None
         try:
             yield threads
         finally:
-            _current.stage = outer
+            _current.large_stage = outer
             torch.set_num_threads(previous)  # the thread's own setting outside stages
             self._add(-1)
 
