@@ -442,6 +442,7 @@ def test_the_default_is_one_worker_per_core_on_the_cpu(tmp_path: Path, monkeypat
     assert app_module._detection_processes(settings, gpu, default) == 0
     monkeypatch.setattr(app_module, "available_cores", lambda: 16)
     assert app_module._detection_processes(settings, gpu, default) == 0  # the operator's choice
+    assert app_module._detection_processes(settings, cpu, default) == 16
     monkeypatch.setattr(app_module, "available_cores", lambda: 3)
     assert app_module._detection_processes(settings, cpu, lambda s: cpu) == 0  # a fake
     monkeypatch.setattr(app_module, "available_cores", lambda: 1)
